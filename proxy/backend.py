@@ -1,0 +1,206 @@
+"""One pipelined connection to one Redis server, shared by many clients.
+
+The connection is a FIFO, as twemproxy's server in/out queues are (nc_connection.c):
+
+    send(payload, slot) ──> _out (payloads) ─┐ one writelines per loop turn
+                            _pending (slots) │
+                                             ▼
+                                   redis-server answers in order
+                                             │
+    data_received ── ReplyParser frames raw replies ── _pending.popleft().complete(raw)
+
+A request's slot joins ``_pending`` in the same step that queues its bytes, so nothing is ever
+written without a slot waiting for its reply. Replies are matched strictly in order; if that
+order can no longer be trusted — a reply arrives late (``timeout``), an unparsable byte, an
+unexpected reply, a reset — the connection is closed and every pending slot gets an error reply.
+The pool (pool.py) decides about reconnecting; this module never reconnects by itself.
+
+One op timer per connection, armed lazily: it fires at "last progress + timeout" and re-arms
+itself if replies arrived in between, so a busy connection costs one timer per timeout period,
+not one per request.
+
+Imports: resp, inflight, errors (plus asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from proxy import errors
+from proxy.inflight import Flusher, ReplySlot
+from proxy.resp import ProtocolError, ReplyParser, is_error
+
+log = logging.getLogger(__name__)
+
+LostCallback = Callable[["BackendConnection", str, bool], None]
+"""(connection, reason, was_failure) -> None, called once when the connection is gone."""
+
+
+class BackendConnection(asyncio.Protocol):
+    """A multiplexed, pipelined connection to one server."""
+
+    def __init__(
+        self,
+        server_name: str,
+        loop: asyncio.AbstractEventLoop,
+        flusher: Flusher,
+        timeout_ms: int,
+        init_commands: list[bytes],
+        on_lost: LostCallback,
+    ) -> None:
+        self.server_name = server_name
+        self._loop = loop
+        self._flusher = flusher
+        self._timeout_ms = timeout_ms
+        self._timeout_s = timeout_ms / 1000.0
+        self._init = init_commands  # AUTH / SELECT, written before any request
+        self._init_left = len(init_commands)
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._parser = ReplyParser()
+        self._pending: deque[ReplySlot] = deque()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_progress = 0.0
+        self.closed = False
+        self.connected = False
+        # counters for metrics (read at scrape time)
+        self.requests = 0
+        self.bytes_out = 0
+        self.bytes_in = 0
+
+    # --- sending -------------------------------------------------------------------------
+
+    def send(self, payload: bytes, slot: ReplySlot) -> None:
+        """Queue a request; its reply completes ``slot``."""
+        if self.closed:
+            slot.fail(errors.server_connection_lost(self.server_name, "connection closed"))
+            return
+        if not self._pending:
+            self._last_progress = self._loop.time()
+            if self._timer is None:
+                self._arm_timer()
+        self._pending.append(slot)
+        self._out.append(payload)
+        if not self._flush_scheduled and self._transport is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self._transport is None or self.closed:
+            return
+        self._out = []
+        self.requests += len(out)
+        self._transport.writelines(out)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.connected = True
+        if self.closed:  # closed while connecting
+            transport.abort()
+            return
+        if self._init:
+            transport.writelines(self._init)
+        if self._pending:
+            self._last_progress = self._loop.time()
+        if self._out:
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        parser = self._parser
+        parser.feed(data)
+        try:
+            replies = parser.replies()
+        except ProtocolError as exc:
+            self.close(f"unparsable reply: {exc}")
+            return
+        if not replies:
+            return
+        if self._init_left:
+            replies = self._take_init_replies(replies)
+            if self.closed:
+                return
+        pending = self._pending
+        if len(replies) > len(pending):
+            self.close("reply without a request")
+            return
+        for raw in replies:
+            pending.popleft().complete(raw)
+        self._last_progress = self._loop.time()
+        self._flusher.run()
+
+    def _take_init_replies(self, replies: list[bytes]) -> list[bytes]:
+        n = min(self._init_left, len(replies))
+        for raw in replies[:n]:
+            if is_error(raw):
+                text = raw[1:].strip().decode("utf-8", "replace")
+                log.error("server %s rejected connection setup: %s", self.server_name, text)
+                self.close(f"setup rejected: {text}")
+                return []
+        self._init_left -= n
+        return replies[n:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = str(exc) if exc else "closed by server"
+        was_closed = self.closed
+        self._shutdown(errors.server_connection_lost(self.server_name, reason))
+        if not was_closed:
+            self._on_lost(self, reason, True)
+
+    # --- failure -------------------------------------------------------------------------
+
+    def close(self, reason: str, error_text: str | None = None, failure: bool = True) -> None:
+        """Close now and fail every pending request; the owner hears of it once."""
+        if self.closed:
+            return
+        text = error_text or errors.server_connection_lost(self.server_name, reason)
+        self._shutdown(text)
+        if self._transport is not None:
+            self._transport.abort()
+        self._on_lost(self, reason, failure)
+
+    def _shutdown(self, error_text: str) -> None:
+        self.closed = True
+        self.connected = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._out = []
+        pending, self._pending = self._pending, deque()
+        for slot in pending:
+            slot.fail(error_text)
+        if pending:
+            self._flusher.run()
+
+    def _arm_timer(self) -> None:
+        self._timer = self._loop.call_at(self._last_progress + self._timeout_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed or not self._pending:
+            return
+        if self._loop.time() - self._last_progress >= self._timeout_s:
+            log.warning(
+                "server %s: no reply within %d ms, closing its connection (%d pending)",
+                self.server_name, self._timeout_ms, len(self._pending),
+            )
+            self.close(
+                "timeout",
+                errors.server_timeout(self.server_name, self._timeout_ms),
+            )
+        else:
+            self._arm_timer()

@@ -1,0 +1,413 @@
+"""One client connection: parse, classify, dispatch, replies in order, backpressure.
+
+    data_received ─> RequestParser.commands() ─> _dispatch(args, raw)
+                        single key (fast path) ─> pool.route(key).send(raw, slot)
+                        MGET/MSET/DEL/... across servers ─> fanout.split + Gather
+                        local / refused / bad ─> a completed slot, answered in place
+    ReplyQueue (inflight.py) writes the completed head run: one write per batch.
+
+Limits: reading pauses while more than ``max_pending`` requests await replies or the transport
+holds more than ``max_reply_bytes`` unsent (``pause_writing``); it resumes below half of them.
+A protocol error gets ``-ERR Protocol error: ...`` after the replies owed before it, then the
+connection is closed; so does QUIT (after ``+OK``). Nothing else closes a client.
+
+Imports: resp, commands, fanout, pool, inflight, errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy import __version__, errors
+from proxy.commands import (
+    FAST_SINGLE_KEY,
+    CommandSpec,
+    Kind,
+    UnroutableKeys,
+    command_names,
+    command_rows,
+    is_blocking_call,
+    keys_of,
+    lookup,
+)
+from proxy.fanout import Gather, split
+from proxy.inflight import Flusher, ReplyQueue
+from proxy.pool import RingPool, Server
+from proxy.resp import (
+    OK,
+    PONG,
+    ProtocolError,
+    RequestParser,
+    encode_bulk,
+    encode_command,
+    encode_value,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    max_pending: int = 4096
+    max_reply_bytes: int = 4 * 1024 * 1024
+
+
+class ClientConnection(asyncio.Protocol):
+    """A client of one pool."""
+
+    _next_id = 0
+
+    def __init__(
+        self,
+        pool: RingPool,
+        flusher: Flusher,
+        limits: ClientLimits,
+        on_open: Callable[[ClientConnection], bool],
+        on_close: Callable[[ClientConnection], None],
+    ) -> None:
+        ClientConnection._next_id += 1
+        self.id = ClientConnection._next_id
+        self._pool = pool
+        self._route = pool.route
+        self._flusher = flusher
+        self._limits = limits
+        self._on_open = on_open
+        self._on_close = on_close
+        self._parser = RequestParser()
+        self._queue = ReplyQueue(self._write, flusher)
+        self._queue.on_flushed = self._after_flush
+        self._transport: asyncio.Transport | None = None
+        self._password = pool.config.redis_auth
+        self._authed = self._password is None
+        self._closing = False  # QUIT, protocol error or shutdown: no more requests
+        self._read_paused = False
+        self._write_paused = False
+        self.name = b""
+        self.requests = 0
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=self._limits.max_reply_bytes)
+        if not self._on_open(self):
+            transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._queue.close()
+        self._transport = None
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._maybe_resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._parser.feed(data)
+        try:
+            for args, raw in self._parser.commands():
+                self._dispatch(args, raw)
+                if self._closing:
+                    break
+        except ProtocolError as exc:
+            self._queue.push_error(errors.protocol(str(exc)))
+            self._start_closing()
+        except Exception:  # a bug must not take other clients down
+            log.exception("client %d: internal error while dispatching", self.id)
+            self._queue.push_error(errors.INTERNAL)
+            self._start_closing()
+        self._queue.flush()
+        self._flusher.run()
+        if len(self._queue) >= self._limits.max_pending:
+            self._pause_reading()
+        if self._closing and not len(self._queue):
+            self._close_now()
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def _dispatch(self, args: list[bytes], raw: bytes) -> None:
+        self.requests += 1
+        spec = FAST_SINGLE_KEY.get(args[0])
+        if spec is not None and self._authed:
+            a = spec.arity
+            n = len(args)
+            if n == a if a > 0 else n >= -a:
+                slot = self._queue.push()
+                server = self._route(args[1])
+                if server is None:
+                    slot.fail(errors.no_server_for_key())
+                else:
+                    server.send(raw, slot)
+                return
+        self._dispatch_slow(args, raw)
+
+    def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
+        queue = self._queue
+        name = args[0]
+        if not self._authed and name not in (b"AUTH", b"QUIT", b"HELLO"):
+            queue.push_error(errors.NOAUTH)
+            return
+        found = lookup(args)
+        if isinstance(found, str):
+            queue.push_error(found)
+            return
+        spec = found
+        kind = spec.kind
+        if kind is Kind.LOCAL:
+            self._local(spec, args)
+        elif kind is Kind.REFUSED or is_blocking_call(spec, args):
+            queue.push_error(errors.unsupported(spec.fullname))
+        elif kind is Kind.FANOUT:
+            self._fanout(spec, args, raw)
+        else:
+            self._keyed(spec, args, raw)
+
+    def _keyed(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
+        try:
+            keys = keys_of(spec, args)
+        except UnroutableKeys as exc:
+            self._queue.push_error(str(exc))
+            return
+        if not keys:
+            self._queue.push_error(errors.no_keys(spec.fullname))
+            return
+        route = self._route
+        server = route(keys[0])
+        for key in keys[1:]:
+            if route(key) is not server:
+                self._queue.push_error(errors.CROSS_SERVER)
+                return
+        self._send(server, raw)
+
+    def _send(self, server: Server | None, raw: bytes) -> None:
+        slot = self._queue.push()
+        if server is None:
+            slot.fail(errors.no_server_for_key())
+        else:
+            server.send(raw, slot)
+
+    def _fanout(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
+        if args[0] == b"MSET" and len(args) % 2 == 0:
+            self._queue.push_error(errors.wrong_arity(spec.fullname))
+            return
+        parts = split(args, self._route)
+        if len(parts) == 1:
+            self._send(parts[0][0], raw)
+            return
+        parent = self._queue.push()
+        nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
+        gather = Gather(parent, args[0], nkeys, [positions for _, _, positions in parts])
+        for i, (server, sub_args, _) in enumerate(parts):
+            child = gather.child(i)
+            if server is None:
+                child.fail(errors.no_server_for_key())
+            else:
+                server.send(encode_command(sub_args), child)
+
+    # --- local commands ------------------------------------------------------------------
+
+    def _local(self, spec: CommandSpec, args: list[bytes]) -> None:
+        queue = self._queue
+        name = args[0]
+        if name == b"PING":
+            if len(args) > 2:
+                queue.push_error(errors.wrong_arity("ping"))
+            else:
+                queue.push_reply(PONG if len(args) == 1 else encode_bulk(args[1]))
+        elif name == b"ECHO":
+            queue.push_reply(encode_bulk(args[1]))
+        elif name == b"QUIT":
+            queue.push_reply(OK)
+            self._start_closing()
+        elif name == b"SELECT":
+            self._select(args[1])
+        elif name == b"AUTH":
+            self._auth(args[1:])
+        elif name == b"HELLO":
+            self._hello(args[1:])
+        elif name == b"COMMAND":
+            self._command(args[1:])
+        elif name == b"CLIENT":
+            self._client(spec, args)
+        elif name == b"RESET":
+            self.name = b""
+            queue.push_reply(b"+RESET\r\n")
+        else:
+            queue.push_error(errors.unsupported(spec.fullname))
+
+    def _select(self, arg: bytes) -> None:
+        try:
+            db = int(arg)
+        except ValueError:
+            self._queue.push_error(errors.SELECT_INVALID)
+            return
+        if db == 0:
+            self._queue.push_reply(OK)
+        else:
+            self._queue.push_error(errors.SELECT_ONLY_ZERO)
+
+    def _auth(self, args: Sequence[bytes]) -> None:
+        queue = self._queue
+        if len(args) > 2:
+            queue.push_error(errors.SYNTAX)
+            return
+        if self._password is None:
+            queue.push_error(errors.AUTH_NOT_CONFIGURED)
+            return
+        if self._check_password(args):
+            self._authed = True
+            queue.push_reply(OK)
+        else:
+            queue.push_error(errors.WRONGPASS)
+
+    def _check_password(self, args: Sequence[bytes]) -> bool:
+        password = self._password or ""
+        if len(args) == 2 and args[0] != b"default":
+            return False
+        return args[-1] == password.encode()
+
+    def _hello(self, args: Sequence[bytes]) -> None:
+        queue = self._queue
+        if args:
+            try:
+                version = int(args[0])
+            except ValueError:
+                queue.push_error("ERR Protocol version is not an integer or out of range")
+                return
+            if version != 2:
+                queue.push_error(errors.NOPROTO)
+                return
+        i = 1
+        while i < len(args):
+            option = args[i].upper()
+            if option == b"AUTH" and i + 2 < len(args):
+                if self._password is None or not self._check_password(args[i + 1 : i + 3]):
+                    queue.push_error(errors.WRONGPASS)
+                    return
+                self._authed = True
+                i += 3
+            elif option == b"SETNAME" and i + 1 < len(args):
+                self.name = args[i + 1]
+                i += 2
+            else:
+                queue.push_error(errors.SYNTAX)
+                return
+        if not self._authed:
+            queue.push_error(errors.NOAUTH)
+            return
+        info: list[Any] = [
+            b"server", b"resproxy", b"version", __version__.encode(), b"proto", 2,
+            b"id", self.id, b"mode", b"proxy", b"role", b"master", b"modules", [],
+        ]  # fmt: skip
+        queue.push_reply(encode_value(info))
+
+    def _command(self, args: Sequence[bytes]) -> None:
+        queue = self._queue
+        sub = args[0].upper() if args else b""
+        if not args:
+            queue.push_reply(encode_value(command_rows(None)))
+        elif sub == b"COUNT":
+            queue.push_reply(encode_value(len(command_rows(None))))
+        elif sub == b"INFO":
+            queue.push_reply(encode_value(command_rows([a.upper() for a in args[1:]])))
+        elif sub == b"LIST":
+            queue.push_reply(encode_value([name.lower() for name in command_names()]))
+        elif sub == b"DOCS":
+            queue.push_reply(b"*0\r\n")
+        elif sub == b"GETKEYS":
+            found = lookup(list(args[1:])) if len(args) > 1 else errors.wrong_arity("command|getkeys")
+            if isinstance(found, str):
+                queue.push_error(found)
+                return
+            try:
+                queue.push_reply(encode_value(keys_of(found, list(args[1:]))))
+            except UnroutableKeys as exc:
+                queue.push_error(str(exc))
+        else:
+            queue.push_error(errors.unsupported(f"command|{sub.decode(errors='replace').lower()}"))
+
+    def _client(self, spec: CommandSpec, args: Sequence[bytes]) -> None:
+        queue = self._queue
+        sub = spec.name
+        if sub == b"SETNAME":
+            self.name = args[2]
+            queue.push_reply(OK)
+        elif sub == b"GETNAME":
+            queue.push_reply(encode_bulk(self.name or None))
+        elif sub == b"SETINFO":
+            queue.push_reply(OK)
+        elif sub == b"ID":
+            queue.push_reply(b":%d\r\n" % self.id)
+        elif sub == b"INFO":
+            line = b"id=%d name=%b pool=%b\n" % (self.id, self.name, self._pool.name.encode())
+            queue.push_reply(encode_bulk(line))
+        else:
+            queue.push_error(errors.unsupported(spec.fullname))
+
+    # --- writing, backpressure, closing --------------------------------------------------
+
+    def _write(self, out: list[bytes]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
+
+    def _after_flush(self) -> None:
+        if self._closing:
+            if not len(self._queue):
+                self._close_now()
+        elif self._read_paused:
+            self._maybe_resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self._read_paused
+            and not self._write_paused
+            and not self._closing
+            and len(self._queue) < self._limits.max_pending // 2
+            and self._transport is not None
+        ):
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    def _start_closing(self) -> None:
+        self._closing = True
+        self._pause_reading()
+
+    def _close_now(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def begin_shutdown(self) -> None:
+        """Stop taking requests; close once the replies owed are written."""
+        self._start_closing()
+        if not len(self._queue):
+            self._close_now()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)

@@ -1,0 +1,276 @@
+"""Load and validate resproxy's YAML config into frozen dataclasses (leaf module).
+
+Two shapes are accepted:
+
+* native: ``pools:`` at the top, one mapping per pool;
+* twemproxy's ``nutcracker.yml`` as it is: pool names at the top level.
+
+Pool keys are twemproxy's, with twemproxy's defaults, except ``timeout``: twemproxy waits
+forever when it is absent; resproxy never lets a request hang, so it applies
+``DEFAULT_TIMEOUT_MS``. Unknown keys are errors. Every error names the file, the pool and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+HASHES = (
+    "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
+    "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins",
+)  # fmt: skip
+DISTRIBUTIONS = ("ketama", "modula", "random")
+DEFAULT_TIMEOUT_MS = 5000
+KETAMA_DEFAULT_PORT = 11211  # twemproxy leaves this port out of a server's default name
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names file, pool and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP ``host:port`` or a unix socket ``path`` (port 0)."""
+
+    host: str
+    port: int
+    unix_path: str | None = None
+    unix_mode: int | None = None
+
+    def __str__(self) -> str:
+        return self.unix_path if self.unix_path else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """One backend server line: ``host:port:weight [name]``."""
+
+    address: Address
+    weight: int
+    name: str  # what ketama points are named after (and what logs and errors show)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """One pool: a listener, a key distribution and its servers."""
+
+    name: str
+    listen: Address
+    servers: tuple[ServerConfig, ...]
+    hash: str = "fnv1a_64"
+    hash_tag: bytes = b""
+    distribution: str = "ketama"
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    backlog: int = 512
+    client_connections: int = 0  # 0: no limit
+    preconnect: bool = False
+    redis_auth: str | None = None
+    redis_db: int = 0
+    server_connections: int = 1
+    auto_eject_hosts: bool = False
+    server_retry_timeout_ms: int = 30000
+    server_failure_limit: int = 2
+    tcpkeepalive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    pools: tuple[PoolConfig, ...] = field(default_factory=tuple)
+
+
+# key -> (dataclass field, parser)
+_POOL_KEYS = {
+    "listen", "servers", "hash", "hash_tag", "distribution", "timeout", "backlog",
+    "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
+    "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
+    "tcpkeepalive",
+}  # fmt: skip
+_NATIVE_TOP_KEYS = {"pools"}
+
+
+def load(path: str) -> Config:
+    """Read and validate the config file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    """Validate config text; ``path`` is only used in messages."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise ConfigError(f"{path}: expected a mapping of pools at the top level")
+    if "pools" in doc:
+        unknown = sorted(str(k) for k in doc if k not in _NATIVE_TOP_KEYS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'")
+        pools_doc = doc["pools"]
+        if not isinstance(pools_doc, dict) or not pools_doc:
+            raise ConfigError(f"{path}: key 'pools': expected a mapping of pool names")
+    else:
+        pools_doc = doc  # nutcracker.yml: pool names at the top level
+    pools = tuple(_pool(path, str(name), body) for name, body in pools_doc.items())
+    _check_unique_listen(path, pools)
+    return Config(path=os.path.abspath(path) if path != "<config>" else path, pools=pools)
+
+
+def _pool(path: str, name: str, body: Any) -> PoolConfig:
+    where = f"{path}: pool '{name}'"
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping of pool keys")
+    for key in body:
+        if key not in _POOL_KEYS:
+            raise ConfigError(f"{where}: unknown key '{key}'")
+
+    def err(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}: key '{key}': {msg}")
+
+    def integer(key: str, default: int, minimum: int = 0) -> int:
+        v = body.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise err(key, f"expected an integer, got {v!r}")
+        if v < minimum:
+            raise err(key, f"must be >= {minimum}, got {v}")
+        return v
+
+    def boolean(key: str, default: bool) -> bool:
+        v = body.get(key, default)
+        if not isinstance(v, bool):
+            raise err(key, f"expected true or false, got {v!r}")
+        return v
+
+    def choice(key: str, default: str, options: tuple[str, ...]) -> str:
+        v = body.get(key, default)
+        if v not in options:
+            raise err(key, f"unknown value {v!r}; one of {', '.join(options)}")
+        return str(v)
+
+    if "listen" not in body:
+        raise err("listen", "missing (host:port or /unix/path)")
+    try:
+        listen = _listen(body["listen"])
+    except ValueError as exc:
+        raise err("listen", str(exc)) from None
+
+    if body.get("redis", True) is not True:
+        raise err("redis", "resproxy speaks only the Redis protocol (redis: true)")
+
+    hash_tag = body.get("hash_tag", "")
+    if not isinstance(hash_tag, str) or len(hash_tag) not in (0, 2):
+        raise err("hash_tag", f"expected two characters such as \"{{}}\", got {hash_tag!r}")
+
+    auth = body.get("redis_auth")
+    if auth is not None and not isinstance(auth, (str, int)):
+        raise err("redis_auth", "expected a string")
+
+    timeout = body.get("timeout", DEFAULT_TIMEOUT_MS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout == 0 or timeout < -1:
+        raise err("timeout", f"expected milliseconds > 0, got {timeout!r}")
+    if timeout == -1:  # twemproxy's "wait forever"
+        timeout = DEFAULT_TIMEOUT_MS
+
+    raw_servers = body.get("servers")
+    if not isinstance(raw_servers, list) or not raw_servers:
+        raise err("servers", "expected a non-empty list of 'host:port:weight [name]'")
+    servers = []
+    for line in raw_servers:
+        try:
+            servers.append(_server(line))
+        except ValueError as exc:
+            raise err("servers", f"{line!r}: {exc}") from None
+    seen: set[str] = set()
+    for s in servers:
+        if s.name in seen:
+            raise err("servers", f"duplicate server name {s.name!r}")
+        seen.add(s.name)
+
+    return PoolConfig(
+        name=name,
+        listen=listen,
+        servers=tuple(servers),
+        hash=choice("hash", "fnv1a_64", HASHES),
+        hash_tag=hash_tag.encode(),
+        distribution=choice("distribution", "ketama", DISTRIBUTIONS),
+        timeout_ms=timeout,
+        backlog=integer("backlog", 512, 1),
+        client_connections=integer("client_connections", 0),
+        preconnect=boolean("preconnect", False),
+        redis_auth=None if auth is None else str(auth),
+        redis_db=integer("redis_db", 0),
+        server_connections=integer("server_connections", 1, 1),
+        auto_eject_hosts=boolean("auto_eject_hosts", False),
+        server_retry_timeout_ms=integer("server_retry_timeout", 30000, 1),
+        server_failure_limit=integer("server_failure_limit", 2, 1),
+        tcpkeepalive=boolean("tcpkeepalive", False),
+    )
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port {text!r}")
+    return int(text)
+
+
+def _listen(value: Any) -> Address:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected host:port or /unix/path, got {value!r}")
+    text = value.strip()
+    if text.startswith("/"):
+        path, _, mode = text.partition(" ")
+        try:
+            unix_mode = int(mode.strip(), 8) if mode.strip() else None
+        except ValueError:
+            raise ValueError(f"invalid unix socket permissions {mode.strip()!r}") from None
+        return Address(host="", port=0, unix_path=path, unix_mode=unix_mode)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return Address(host=host.strip("[]"), port=_port(port))
+
+
+def _server(value: Any) -> ServerConfig:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected 'host:port:weight [name]'")
+    addr_part, _, name = value.strip().partition(" ")
+    name = name.strip()
+    if " " in name:
+        raise ValueError("server name must be one word")
+    rest, sep, weight_text = addr_part.rpartition(":")
+    if not sep or not weight_text.isdigit():
+        raise ValueError("expected 'host:port:weight [name]' (weight missing)")
+    weight = int(weight_text)
+    if weight < 1:
+        raise ValueError("weight must be >= 1")
+    if rest.startswith("/"):
+        address = Address(host="", port=0, unix_path=rest)
+        default_name = rest
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected 'host:port:weight [name]'")
+        address = Address(host=host, port=_port(port_text))
+        # twemproxy (conf_add_server): without a name, ketama points are named "host:port",
+        # or just "host" when the port is libmemcached's 11211.
+        default_name = host if address.port == KETAMA_DEFAULT_PORT else f"{host}:{port_text}"
+    return ServerConfig(address=address, weight=weight, name=name or default_name)
+
+
+def _check_unique_listen(path: str, pools: tuple[PoolConfig, ...]) -> None:
+    seen: dict[str, str] = {}
+    for p in pools:
+        key = str(p.listen)
+        if key in seen:
+            raise ConfigError(
+                f"{path}: pool '{p.name}': key 'listen': {key} is also used by pool '{seen[key]}'"
+            )
+        seen[key] = p.name

@@ -1,0 +1,116 @@
+"""Split multi-key commands per server and merge their replies as Redis answers (pure).
+
+MGET, MSET, DEL, UNLINK, EXISTS and TOUCH may name keys on several servers. ``split`` groups the
+keys by the server ``locate(key)`` names, keeping each key's position, one sub-command per server
+(twemproxy's fragmenting, but per server rather than per key). A ``Gather`` collects the
+sub-replies and completes the client's slot once, with what a single Redis would have said:
+
+* MGET: one array in the client's key order; if any part failed, that one error instead;
+* DEL / UNLINK / EXISTS / TOUCH: the sum of the parts' integers (duplicates count as Redis
+  counts them, since each key goes to exactly one server), or the first error;
+* MSET: ``+OK`` when every part said OK, else the first error.
+
+Imports: resp, inflight, errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+from proxy import errors
+from proxy.inflight import ReplySlot
+from proxy.resp import OK, ReplyParser, encode_error, encode_int
+
+T = TypeVar("T", bound=Hashable | None)
+
+Part = tuple[T, list[bytes], list[int]]
+"""(target, sub-command args, positions of its keys in the client's key list)"""
+
+SUM_COMMANDS = frozenset({b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"})
+
+
+def split(args: Sequence[bytes], locate: Callable[[bytes], T]) -> list[Part[T]]:
+    """Group a MGET/MSET/DEL-like command's keys by target, in first-seen order.
+
+    MSET's arguments are key/value pairs (the caller checks they are even). A single-element
+    result means every key is on one target and the original bytes can be forwarded.
+    """
+    name = args[0]
+    step = 2 if name == b"MSET" else 1
+    parts: dict[T, Part[T]] = {}
+    for pos, i in enumerate(range(1, len(args), step)):
+        target = locate(args[i])
+        part = parts.get(target)
+        if part is None:
+            part = parts[target] = (target, [name], [])
+        part[1].extend(args[i : i + step])
+        part[2].append(pos)
+    return list(parts.values())
+
+
+class Gather:
+    """Collects the sub-replies of one split command, then completes the client's slot."""
+
+    __slots__ = ("_parent", "_name", "_nkeys", "_parts", "_slots", "_left")
+
+    def __init__(self, parent: ReplySlot, name: bytes, nkeys: int, positions: list[list[int]]):
+        self._parent = parent
+        self._name = name
+        self._nkeys = nkeys
+        self._parts = positions
+        self._slots = [ReplySlot(self, i) for i in range(len(positions))]
+        self._left = len(positions)
+
+    def child(self, i: int) -> ReplySlot:
+        """The slot for sub-command ``i``."""
+        return self._slots[i]
+
+    def slot_done(self, slot: ReplySlot) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._parent.complete(self._merge())
+
+    def _merge(self) -> bytes:
+        datas = [s.data or b"" for s in self._slots]
+        for raw in datas:
+            if raw[:1] == b"-":
+                return raw
+        name = self._name
+        if name == b"MGET":
+            return _merge_mget(datas, self._parts, self._nkeys)
+        if name in SUM_COMMANDS:
+            total = 0
+            for raw in datas:
+                if raw[:1] != b":":
+                    return encode_error(errors.MERGE_MISMATCH)
+                total += int(raw[1:-2])
+            return encode_int(total)
+        if name == b"MSET":
+            return OK if all(raw == OK for raw in datas) else encode_error(errors.MERGE_MISMATCH)
+        return encode_error(errors.MERGE_MISMATCH)
+
+
+def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes:
+    out: list[bytes] = [b""] * nkeys
+    for raw, positions in zip(datas, parts):
+        items = array_items(raw)
+        if items is None or len(items) != len(positions):
+            return encode_error(errors.MERGE_MISMATCH)
+        for pos, item in zip(positions, items):
+            out[pos] = item
+    return b"*%d\r\n" % nkeys + b"".join(out)
+
+
+def array_items(raw: bytes) -> list[bytes] | None:
+    """The raw items of a complete RESP array reply (None if ``raw`` is not an array)."""
+    if raw[:1] != b"*":
+        return None
+    head = raw.index(b"\r\n")
+    count = int(raw[1:head])
+    if count <= 0:
+        return []
+    parser = ReplyParser()
+    parser.feed(raw[head + 2 :])
+    items = parser.replies()
+    return items if len(items) == count else None

@@ -1,0 +1,151 @@
+"""Reply slots and the per-client ordered reply queue (pure: no asyncio, no sockets).
+
+Every request a client sends gets one ``ReplySlot`` the moment it is parsed, appended to that
+client's ``ReplyQueue``. Whoever answers the request — a backend connection, a fan-out merge, the
+client itself for local commands, a failure path — calls ``slot.complete(raw)`` exactly once
+(later calls are ignored, so a late reply after a timeout cannot answer twice). Replies leave in
+request order however they complete:
+
+    client requests:   r1  r2  r3  r4          (slots queued in arrival order)
+    completions:           r2      r4  r1      (any order, from any backend)
+    written:                           r1 r2   (the completed head run; r3 holds r4 back)
+
+A queue whose head run became ready registers itself with the shared ``Flusher``; the I/O layer
+runs the flusher once per batch (end of a backend read, a timer, a client read), so one client
+gets one write per batch of replies, not one per reply.
+
+A slot's ``sink`` is whoever waits for it: a client's ReplyQueue, or a fan-out gather (fanout.py)
+that merges sub-replies before completing the client's own slot. When a client goes away its
+queue is closed: slots still held by backends complete into nothing, and the shared backend
+connection is never disturbed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from proxy import errors
+
+
+class ReplySink(Protocol):
+    def slot_done(self, slot: ReplySlot) -> None: ...
+
+
+def _error_bytes(text: str) -> bytes:
+    # The one encoder inflight needs; kept here so this module stays a leaf above errors.
+    return b"-" + text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
+
+
+class ReplySlot:
+    """The place one request's reply goes; completed exactly once."""
+
+    __slots__ = ("data", "sink", "tag")
+
+    def __init__(self, sink: ReplySink | None, tag: int = 0) -> None:
+        self.data: bytes | None = None
+        self.sink = sink
+        self.tag = tag  # the sub-request's position in a fan-out
+
+    @property
+    def done(self) -> bool:
+        return self.data is not None
+
+    def complete(self, raw: bytes) -> None:
+        """Deliver the reply (raw RESP bytes); ignored if the slot already has one."""
+        if self.data is None:
+            self.data = raw
+            sink = self.sink
+            if sink is not None:
+                sink.slot_done(self)
+
+    def fail(self, text: str) -> None:
+        """Deliver an error reply with ``text`` (from errors.py)."""
+        if self.data is None:
+            self.complete(_error_bytes(text))
+
+
+class Flusher:
+    """Collects the reply queues whose head became ready; ``run`` writes each one once."""
+
+    __slots__ = ("_ready",)
+
+    def __init__(self) -> None:
+        self._ready: list[ReplyQueue] = []
+
+    def add(self, queue: ReplyQueue) -> None:
+        self._ready.append(queue)
+
+    def run(self) -> None:
+        while self._ready:
+            ready, self._ready = self._ready, []
+            for queue in ready:
+                queue.flush()
+
+
+class ReplyQueue:
+    """One client's requests in arrival order; writes the completed head run."""
+
+    __slots__ = ("_slots", "_write", "_flusher", "_listed", "closed", "on_flushed")
+
+    def __init__(self, write: Callable[[list[bytes]], None], flusher: Flusher) -> None:
+        self._slots: deque[ReplySlot] = deque()
+        self._write = write
+        self._flusher = flusher
+        self._listed = False  # already registered with the flusher
+        self.closed = False
+        self.on_flushed: Callable[[], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def push(self) -> ReplySlot:
+        """A new slot at the tail, for a request just parsed."""
+        slot = ReplySlot(self)
+        self._slots.append(slot)
+        return slot
+
+    def push_reply(self, raw: bytes) -> None:
+        """A request answered in place (local command, refusal): queued already complete."""
+        slot = ReplySlot(None)
+        slot.data = raw
+        self._slots.append(slot)
+
+    def push_error(self, text: str) -> None:
+        self.push_reply(_error_bytes(text))
+
+    def slot_done(self, slot: ReplySlot) -> None:
+        if not self._listed and not self.closed and self._slots and self._slots[0] is slot:
+            self._listed = True
+            self._flusher.add(self)
+
+    def flush(self) -> None:
+        """Write the completed head run (one write), if any."""
+        self._listed = False
+        if self.closed:
+            return
+        slots = self._slots
+        if not slots or slots[0].data is None:
+            return
+        out: list[bytes] = []
+        while slots:
+            data = slots[0].data
+            if data is None:
+                break
+            out.append(data)
+            slots.popleft()
+        self._write(out)
+        if self.on_flushed is not None:
+            self.on_flushed()
+
+    def close(self) -> None:
+        """The client is gone: drop its slots; late replies complete into nothing."""
+        self.closed = True
+        for slot in self._slots:
+            slot.sink = None
+        self._slots.clear()
+
+    def fail_all(self, text: str = errors.INTERNAL) -> None:
+        for slot in list(self._slots):
+            slot.fail(text)

@@ -1,0 +1,284 @@
+"""A ring pool: its servers, their connections, key routing, ejection and reconnects.
+
+``RingPool.route(key)`` hashes the key (hash tag applied) with the pool's twemproxy hash and
+looks it up in the continuum (ring.py) over the servers that are not ejected. Each ``Server``
+owns ``server_connections`` pipelined ``BackendConnection`` lanes, used round-robin.
+
+Server health, as a user sees it:
+
+* a server whose connection fails (refused, reset, timeout) is *down* for a backoff period
+  (100 ms doubling to 1 s, jittered): requests for its keys get an immediate error instead of
+  waiting, and a background probe reconnects; the first successful probe brings it back;
+* with ``auto_eject_hosts``, ``server_failure_limit`` consecutive failures take the server out
+  of the continuum for ``server_retry_timeout`` ms (its keys move to the others, as twemproxy
+  does); afterwards it is put back and must fail ``server_failure_limit`` times again to go.
+
+Imports: backend, ring, hashing, resp, inflight, errors, config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+
+from proxy import errors
+from proxy.backend import BackendConnection
+from proxy.config import PoolConfig, ServerConfig
+from proxy.hashing import hash_function, hash_tag_key
+from proxy.inflight import Flusher, ReplySlot
+from proxy.resp import encode_command
+from proxy.ring import Continuum, RingServer, build
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 1.0
+
+
+class ServerState(enum.Enum):
+    UNKNOWN = "unknown"  # not connected yet (no preconnect, no request so far)
+    UP = "up"
+    DOWN = "down"
+
+
+class Server:
+    """One backend server of a pool and its connection lanes."""
+
+    def __init__(
+        self,
+        pool: RingPool,
+        index: int,
+        config: ServerConfig,
+        loop: asyncio.AbstractEventLoop,
+        flusher: Flusher,
+    ) -> None:
+        self.pool = pool
+        self.index = index
+        self.config = config
+        self.name = config.name
+        self.address = config.address
+        self.weight = config.weight
+        self._loop = loop
+        self._flusher = flusher
+        pc = pool.config
+        self._timeout_ms = pc.timeout_ms
+        self._lanes: list[BackendConnection | None] = [None] * pc.server_connections
+        self._rr = 0
+        self._init: list[bytes] = []
+        if pc.redis_auth is not None:
+            self._init.append(encode_command([b"AUTH", pc.redis_auth.encode()]))
+        if pc.redis_db:
+            self._init.append(encode_command([b"SELECT", b"%d" % pc.redis_db]))
+        self.state = ServerState.UNKNOWN
+        self.down_reason = ""
+        self._down_until = 0.0
+        self._backoff_s = BACKOFF_MIN_S
+        self._probe: asyncio.TimerHandle | None = None
+        self.failures = 0  # consecutive, for ejection
+        self.ejected = False
+        self._eject_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        # counters for metrics
+        self.connects = 0
+        self.connect_failures = 0
+        self.ejections = 0
+
+    def __repr__(self) -> str:
+        return f"<Server {self.name} {self.address} {self.state.value}>"
+
+    # --- requests ------------------------------------------------------------------------
+
+    def send(self, payload: bytes, slot: ReplySlot) -> None:
+        """Send one request (raw RESP) on a lane; its reply completes ``slot``."""
+        lanes = self._lanes
+        if len(lanes) == 1:
+            conn = lanes[0]
+            i = 0
+        else:
+            self._rr = i = (self._rr + 1) % len(lanes)
+            conn = lanes[i]
+        if conn is None:
+            if self._loop.time() < self._down_until or self.closing:
+                slot.fail(errors.server_unavailable(self.name, self.down_reason or "closing"))
+                return
+            conn = self._connect(i)
+        conn.send(payload, slot)
+
+    def connect_all(self) -> None:
+        """Open every lane now (``preconnect``)."""
+        for i, conn in enumerate(self._lanes):
+            if conn is None:
+                self._connect(i)
+
+    # --- connection lifecycle ------------------------------------------------------------
+
+    def _connect(self, lane: int) -> BackendConnection:
+        conn = BackendConnection(
+            self.name, self._loop, self._flusher, self._timeout_ms, self._init, self._on_lost
+        )
+        self._lanes[lane] = conn
+        task = self._loop.create_task(self._open(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return conn
+
+    async def _open(self, conn: BackendConnection) -> None:
+        addr = self.address
+        try:
+            async with asyncio.timeout(self._timeout_ms / 1000.0):
+                if addr.unix_path:
+                    await self._loop.create_unix_connection(lambda: conn, addr.unix_path)
+                else:
+                    await self._loop.create_connection(lambda: conn, addr.host, addr.port)
+        except asyncio.CancelledError:
+            conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+            raise
+        except (OSError, TimeoutError) as exc:
+            reason = _describe(exc)
+            self.connect_failures += 1
+            conn.close(reason, errors.server_unavailable(self.name, reason))
+            return
+        self.connects += 1
+        self._mark_up()
+
+    def _on_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
+        for i, lane in enumerate(self._lanes):
+            if lane is conn:
+                self._lanes[i] = None
+        if self.closing or not failure:
+            return
+        self.failures += 1
+        if reason != "timeout":
+            # Refused, reset or closed: the server may be gone. Requests fail fast until a
+            # probe reconnects, instead of each one trying to connect. A timeout only drops
+            # the connection (the server is slow, not gone); the next request reconnects.
+            self._mark_down(reason)
+        self._maybe_eject()
+
+    def _mark_up(self) -> None:
+        self._down_until = 0.0
+        self._backoff_s = BACKOFF_MIN_S
+        self.failures = 0
+        if self.state is not ServerState.UP:
+            if self.state is ServerState.DOWN:
+                log.warning("pool %s: server %s (%s) is up", self.pool.name, self.name, self.address)
+            self.state = ServerState.UP
+            self.down_reason = ""
+
+    def _mark_down(self, reason: str) -> None:
+        if self.state is not ServerState.DOWN:
+            log.warning(
+                "pool %s: server %s (%s) is down: %s", self.pool.name, self.name, self.address, reason
+            )
+        self.state = ServerState.DOWN
+        self.down_reason = reason
+        delay = self._backoff_s * random.uniform(0.8, 1.2)
+        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        self._down_until = self._loop.time() + delay
+        if self._probe is None:
+            self._probe = self._loop.call_at(self._down_until, self._run_probe)
+
+    def _run_probe(self) -> None:
+        self._probe = None
+        if self.closing or self.state is not ServerState.DOWN:
+            return
+        if self._lanes[0] is None:
+            self._connect(0)
+
+    def _maybe_eject(self) -> None:
+        pool = self.pool
+        if not pool.config.auto_eject_hosts or self.ejected:
+            return
+        if self.failures < pool.config.server_failure_limit:
+            return
+        self.failures = 0
+        self.ejected = True
+        self.ejections += 1
+        retry_s = pool.config.server_retry_timeout_ms / 1000.0
+        log.warning(
+            "pool %s: server %s ejected for %d ms", pool.name, self.name,
+            pool.config.server_retry_timeout_ms,
+        )
+        self._eject_timer = self._loop.call_later(retry_s, self._return)
+        pool.rebuild()
+
+    def _return(self) -> None:
+        self._eject_timer = None
+        if self.closing:
+            return
+        self.ejected = False
+        log.warning("pool %s: server %s back in the ring", self.pool.name, self.name)
+        self.pool.rebuild()
+
+    def close(self) -> None:
+        """Stop reconnecting and close every lane (pending requests get an error)."""
+        self.closing = True
+        for handle in (self._probe, self._eject_timer):
+            if handle is not None:
+                handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in self._lanes:
+            if conn is not None:
+                conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+
+    def pending(self) -> int:
+        return sum(c.pending for c in self._lanes if c is not None)
+
+
+class RingPool:
+    """A twemproxy-style pool: servers on a consistent-hash (or modula/random) continuum."""
+
+    def __init__(
+        self, config: PoolConfig, loop: asyncio.AbstractEventLoop, flusher: Flusher
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._hash = hash_function(config.hash)
+        self._tag = config.hash_tag
+        self.servers = [Server(self, i, s, loop, flusher) for i, s in enumerate(config.servers)]
+        self._many = len(self.servers) > 1
+        self._continuum: Continuum | None = None
+        self.rebuild()
+
+    def start(self) -> None:
+        if self.config.preconnect:
+            for server in self.servers:
+                server.connect_all()
+
+    def rebuild(self) -> None:
+        """Rebuild the continuum over the servers that are not ejected."""
+        live = [RingServer(s.index, s.name, s.weight) for s in self.servers if not s.ejected]
+        self._continuum = build(self.config.distribution, live) if live else None
+
+    def route(self, key: bytes) -> Server | None:
+        """The server that owns ``key`` (None when every server is ejected)."""
+        continuum = self._continuum
+        if continuum is None:
+            return None
+        if self._many and key:
+            if self._tag:
+                key = hash_tag_key(key, self._tag)
+            # twemproxy hashes zero-length keys (and tag-less keys) to 0 (server_pool_hash).
+            return self.servers[continuum.dispatch(self._hash(key) if key else 0)]
+        return self.servers[continuum.dispatch(0)]
+
+    def can_serve(self) -> bool:
+        return self._continuum is not None and any(
+            s.state is not ServerState.DOWN for s in self.servers if not s.ejected
+        )
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connect timeout"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,316 @@
+"""RESP framing, sans-IO (leaf module: no sockets, no clocks, no asyncio).
+
+Two parsers and a few encoders:
+
+* ``RequestParser`` turns the bytes a client sends into commands: each one is its argument list
+  (``args[0]`` upper-cased once here) plus the exact bytes it arrived as, so the proxy can forward
+  them unchanged instead of re-encoding. Inline commands (``PING\\r\\n`` typed into telnet) are
+  accepted like Redis does and re-encoded as multibulk for the servers.
+* ``ReplyParser`` frames the replies a server sends: it only finds where each reply ends and hands
+  back the raw bytes; decoding (``decode_reply``, through hiredis) happens only where the proxy has
+  to act on a value (fan-out merges, errors).
+
+Limits are the parser's own (constructor arguments), so no caller can forget them. A corrupt
+stream raises ``ProtocolError``; nothing can be recovered after it. An error *reply* from a server
+(``-WRONGTYPE ...``) is an ordinary reply, never raised.
+
+Speed: both parsers work on whole reads and resume partial frames without rescanning them
+(a 10 MB value arriving in 64 KB reads is copied once, not 160 times).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import hiredis
+
+CRLF = b"\r\n"
+MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
+MAX_ARGS = 1024 * 1024
+MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
+_BIG_FRAME = 64 * 1024  # partial frames larger than this accumulate in a bytearray
+
+Request = tuple[list[bytes], bytes]
+"""(args, raw): args[0] is the upper-cased command name; raw is what to forward."""
+
+
+class ProtocolError(Exception):
+    """The byte stream cannot be framed; the connection must be closed."""
+
+
+class RequestParser:
+    """Frames client requests (multibulk or inline) out of a byte stream."""
+
+    __slots__ = ("_buf", "_acc", "_need", "max_bulk_bytes", "max_args", "max_inline_bytes")
+
+    def __init__(
+        self,
+        max_bulk_bytes: int = MAX_BULK_BYTES,
+        max_args: int = MAX_ARGS,
+        max_inline_bytes: int = MAX_INLINE_BYTES,
+    ) -> None:
+        self._buf = b""  # unparsed bytes, starting at a command boundary
+        self._acc: bytearray | None = None  # a big partial command being accumulated
+        self._need = 0  # bytes _acc must reach before parsing again
+        self.max_bulk_bytes = max_bulk_bytes
+        self.max_args = max_args
+        self.max_inline_bytes = max_inline_bytes
+
+    def buffered(self) -> int:
+        """Bytes received but not yet framed into a command."""
+        return len(self._buf) + (len(self._acc) if self._acc is not None else 0)
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the client."""
+        if self._acc is not None:
+            self._acc += data
+            if len(self._acc) >= self._need:
+                self._buf = bytes(self._acc)
+                self._acc = None
+        elif self._buf:
+            self._buf += data
+        else:
+            self._buf = data
+
+    def commands(self) -> Iterator[Request]:
+        """Yield every complete command buffered so far, in order.
+
+        Raises ProtocolError after yielding the commands that preceded the corruption.
+        """
+        if self._acc is not None:
+            return
+        buf = self._buf
+        end = len(buf)
+        pos = 0
+        find = buf.find
+        try:
+            while pos < end:
+                if buf[pos] != 42:  # not '*': an inline command
+                    nl = find(b"\n", pos)
+                    if nl < 0:
+                        if end - pos > self.max_inline_bytes:
+                            raise ProtocolError("too big inline request")
+                        break
+                    line = buf[pos:nl]
+                    pos = nl + 1
+                    args = line.split()
+                    if args:
+                        args[0] = args[0].upper()
+                        yield args, encode_command(args)
+                    continue
+                nl = find(CRLF, pos)
+                if nl < 0:
+                    if end - pos > self.max_inline_bytes:
+                        raise ProtocolError("too big mbulk count string")
+                    break
+                head = buf[pos + 1 : nl]
+                if not head.isdigit():
+                    if head[:1] == b"-" and head[1:].isdigit():  # *-1: Redis ignores it
+                        pos = nl + 2
+                        continue
+                    raise ProtocolError("invalid multibulk length")
+                count = int(head)
+                if count > self.max_args:
+                    raise ProtocolError("invalid multibulk length")
+                p = nl + 2
+                args = []
+                append = args.append
+                for _ in range(count):
+                    if p >= end:
+                        break
+                    if buf[p] != 36:  # '$'
+                        raise ProtocolError(f"expected '$', got '{chr(buf[p])}'")
+                    nl = find(CRLF, p)
+                    if nl < 0:
+                        if end - p > 32:
+                            raise ProtocolError("invalid bulk length")
+                        break
+                    head = buf[p + 1 : nl]
+                    if not head.isdigit():
+                        raise ProtocolError("invalid bulk length")
+                    size = int(head)
+                    if size > self.max_bulk_bytes:
+                        raise ProtocolError("invalid bulk length")
+                    start = nl + 2
+                    stop = start + size
+                    if stop + 2 > end:
+                        self._wait_for(stop + 2 - pos)
+                        break
+                    if buf[stop : stop + 2] != CRLF:
+                        raise ProtocolError("bulk string not terminated by CRLF")
+                    append(buf[start:stop])
+                    p = stop + 2
+                if len(args) < count:
+                    break  # incomplete: resume at pos when more bytes arrive
+                if count == 0:
+                    pos = p
+                    continue
+                args[0] = args[0].upper()
+                raw = buf[pos:p]
+                pos = p
+                yield args, raw
+        finally:
+            self._keep(buf, pos)
+
+    def _wait_for(self, total: int) -> None:
+        # The command at the buffer's start needs `total` bytes; don't reparse before then.
+        self._need = total
+
+    def _keep(self, buf: bytes, pos: int) -> None:
+        rest = buf[pos:] if pos else buf
+        if self._need and self._need > _BIG_FRAME and len(rest) < self._need:
+            self._acc = bytearray(rest)
+            self._buf = b""
+        else:
+            self._buf = rest
+            self._need = 0
+
+
+class ReplyParser:
+    """Frames RESP2 replies from a server and returns each one's raw bytes."""
+
+    __slots__ = ("_buf", "_pos", "_start", "_left", "max_bulk_bytes")
+
+    def __init__(self, max_bulk_bytes: int = MAX_BULK_BYTES) -> None:
+        self._buf: bytes | bytearray = b""
+        self._start = 0  # where the reply being framed begins
+        self._pos = 0  # how far it has been scanned
+        self._left = 0  # elements still to scan for it (0: not started)
+        self.max_bulk_bytes = max_bulk_bytes
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the server."""
+        if not self._buf:
+            self._buf = data
+        elif isinstance(self._buf, bytearray):
+            self._buf += data
+        else:
+            self._buf = bytearray(self._buf)
+            self._buf += data
+
+    def replies(self) -> list[bytes]:
+        """Return every complete reply buffered so far (raw bytes each), in order."""
+        buf = self._buf
+        end = len(buf)
+        find = buf.find
+        out: list[bytes] = []
+        start = self._start
+        pos = self._pos
+        left = self._left
+        while True:
+            if left == 0:
+                if start >= end:
+                    break
+                pos = start
+                left = 1
+            while left:
+                if pos >= end:
+                    break
+                kind = buf[pos]
+                nl = find(CRLF, pos)
+                if nl < 0:
+                    break
+                if kind == 36:  # '$'
+                    size = int(buf[pos + 1 : nl])
+                    if size > self.max_bulk_bytes:
+                        raise ProtocolError("invalid bulk length from server")
+                    nxt = nl + 2 if size < 0 else nl + 4 + size
+                    if nxt > end:
+                        break
+                    pos = nxt
+                    left -= 1
+                elif kind == 42:  # '*'
+                    count = int(buf[pos + 1 : nl])
+                    pos = nl + 2
+                    left += count - 1 if count > 0 else -1
+                elif kind in (43, 45, 58):  # '+', '-', ':'
+                    pos = nl + 2
+                    left -= 1
+                else:
+                    raise ProtocolError(f"unexpected reply type byte {kind!r} from server")
+            if left:
+                break
+            out.append(bytes(buf[start:pos]))
+            start = pos
+        # Drop what was handed out, keep the partial reply and how far it was scanned.
+        if start >= end:
+            self._buf = b""
+            self._start = self._pos = self._left = 0
+        else:
+            if start:
+                buf = buf[start:]
+                pos -= start
+                start = 0
+            self._buf = buf
+            self._start = start
+            self._pos = pos
+            self._left = left
+        return out
+
+
+def decode_reply(raw: bytes) -> Any:
+    """Decode one complete raw reply into Python values (bytes, int, list, None, ReplyError)."""
+    reader = hiredis.Reader()
+    reader.feed(raw)
+    return reader.gets()
+
+
+def is_error(raw: bytes) -> bool:
+    """True for an error reply (``-ERR ...``)."""
+    return raw[:1] == b"-"
+
+
+def encode_command(args: Sequence[bytes]) -> bytes:
+    """Encode a command as a RESP multibulk."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        parts.append(b"$%d\r\n%b\r\n" % (len(a), a))
+    return b"".join(parts)
+
+
+def encode_error(text: str) -> bytes:
+    """``-text\\r\\n``; CR and LF inside the text are replaced so the frame stays valid."""
+    return b"-" + text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + CRLF
+
+
+def encode_simple(text: bytes) -> bytes:
+    return b"+" + text + CRLF
+
+
+def encode_int(n: int) -> bytes:
+    return b":%d\r\n" % n
+
+
+def encode_bulk(value: bytes | None) -> bytes:
+    if value is None:
+        return b"$-1\r\n"
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def encode_array(items: Sequence[bytes]) -> bytes:
+    """An array whose items are already-encoded replies."""
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def encode_value(value: Any) -> bytes:
+    """Encode a decoded reply value (as decode_reply returns them) back to RESP2."""
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, bytes):
+        return encode_bulk(value)
+    if isinstance(value, bool):
+        return encode_int(int(value))
+    if isinstance(value, int):
+        return encode_int(value)
+    if isinstance(value, hiredis.ReplyError):
+        return encode_error(str(value))
+    if isinstance(value, list):
+        return encode_array([encode_value(v) for v in value])
+    if isinstance(value, str):
+        return encode_bulk(value.encode())
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"

@@ -1,0 +1,136 @@
+"""RESP framing: requests and replies, fed whole and one byte at a time."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from proxy.resp import (
+    ProtocolError,
+    ReplyParser,
+    RequestParser,
+    decode_reply,
+    encode_command,
+    encode_error,
+    encode_value,
+)
+
+REQUESTS = [
+    [b"GET", b"k"],
+    [b"SET", b"key:1", b"v" * 1000],
+    [b"MSET", b"a", b"", b"b", b"\r\n\x00\xff"],
+    [b"PING"],
+]
+
+
+def _parse_all(parser: RequestParser, data: bytes, step: int) -> list[tuple[list[bytes], bytes]]:
+    out = []
+    for i in range(0, len(data), step):
+        parser.feed(data[i : i + step])
+        out.extend(parser.commands())
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 10_000])
+def test_requests_framed_whole_or_byte_by_byte_keep_raw_bytes(step: int) -> None:
+    stream = b"".join(encode_command(r) for r in REQUESTS)
+    got = _parse_all(RequestParser(), stream, step)
+    assert [args for args, _ in got] == REQUESTS
+    assert b"".join(raw for _, raw in got) == stream
+
+
+def test_command_name_is_upper_cased_but_raw_is_forwarded_unchanged() -> None:
+    p = RequestParser()
+    p.feed(encode_command([b"get", b"Key"]))
+    [(args, raw)] = list(p.commands())
+    assert args == [b"GET", b"Key"]
+    assert raw == encode_command([b"get", b"Key"])
+
+
+def test_inline_commands_are_reencoded_as_multibulk() -> None:
+    p = RequestParser()
+    p.feed(b"set  k v\r\nPING\n\r\n")
+    got = list(p.commands())
+    assert got == [([b"SET", b"k", b"v"], encode_command([b"SET", b"k", b"v"])),
+                   ([b"PING"], encode_command([b"PING"]))]
+
+
+def test_big_value_in_small_reads_is_assembled() -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB
+    stream = encode_command([b"SET", b"k", value])
+    p = RequestParser()
+    got = _parse_all(p, stream, 65536)
+    assert got == [([b"SET", b"k", value], stream)]
+    assert p.buffered() == 0
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"*x\r\n", "invalid multibulk length"),
+        (b"*1\r\n$999999999999\r\n", "invalid bulk length"),
+        (b"*99999999999\r\n", "invalid multibulk length"),
+        (b"*1\r\n+GET\r\n", "expected '$', got '+'"),
+        (b"*1\r\n$3\r\nGETxx", "bulk string not terminated by CRLF"),
+        (b"*1\r\n$-5\r\n", "invalid bulk length"),
+    ],
+)
+def test_corrupt_requests_raise_protocol_error(data: bytes, message: str) -> None:
+    p = RequestParser()
+    p.feed(data)
+    with pytest.raises(ProtocolError, match=re.escape(message)):
+        list(p.commands())
+
+
+def test_commands_before_corruption_are_yielded_first() -> None:
+    p = RequestParser()
+    p.feed(encode_command([b"PING"]) + b"*x\r\n")
+    it = p.commands()
+    assert next(it)[0] == [b"PING"]
+    with pytest.raises(ProtocolError):
+        next(it)
+
+
+def test_endless_inline_line_is_refused() -> None:
+    p = RequestParser(max_inline_bytes=1024)
+    p.feed(b"a" * 2000)
+    with pytest.raises(ProtocolError, match="too big inline request"):
+        list(p.commands())
+
+
+REPLIES = [
+    b"+OK\r\n",
+    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+    b":42\r\n",
+    b"$-1\r\n",
+    b"$0\r\n\r\n",
+    b"$5\r\nhe\r\no\r\n",
+    b"*-1\r\n",
+    b"*0\r\n",
+    b"*3\r\n$1\r\na\r\n$-1\r\n*2\r\n:1\r\n*1\r\n+x\r\n",
+]
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 1000])
+def test_replies_framed_whole_or_byte_by_byte(step: int) -> None:
+    stream = b"".join(REPLIES)
+    p = ReplyParser()
+    got: list[bytes] = []
+    for i in range(0, len(stream), step):
+        p.feed(stream[i : i + step])
+        got.extend(p.replies())
+    assert got == REPLIES
+
+
+def test_reply_parser_rejects_unknown_type_byte() -> None:
+    p = ReplyParser()
+    p.feed(b"?what\r\n")
+    with pytest.raises(ProtocolError):
+        p.replies()
+
+
+def test_encode_decode_round_trip() -> None:
+    value = [b"a", None, 7, [b"", [b"x"]]]
+    assert decode_reply(encode_value(value)) == value
+    assert encode_error("ERR bad\r\nthing") == b"-ERR bad  thing\r\n"
