@@ -28,9 +28,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from proxy import errors
-from proxy.inflight import Flusher, ReplySlot
+from proxy.inflight import ReplySlot
 from proxy.resp import ProtocolError, ReplyParser, is_error
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,12 @@ class BackendConnection(asyncio.Protocol):
         self,
         server_name: str,
         loop: asyncio.AbstractEventLoop,
-        flusher: Flusher,
         timeout_ms: int,
         init_commands: list[bytes],
         on_lost: LostCallback,
     ) -> None:
         self.server_name = server_name
         self._loop = loop
-        self._flusher = flusher
         self._timeout_ms = timeout_ms
         self._timeout_s = timeout_ms / 1000.0
         self._init = init_commands  # AUTH / SELECT, written before any request
@@ -106,8 +105,8 @@ class BackendConnection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
         self.connected = True
         if self.closed:  # closed while connecting
             transport.abort()
@@ -141,7 +140,6 @@ class BackendConnection(asyncio.Protocol):
         for raw in replies:
             pending.popleft().complete(raw)
         self._last_progress = self._loop.time()
-        self._flusher.run()
 
     def _take_init_replies(self, replies: list[bytes]) -> list[bytes]:
         n = min(self._init_left, len(replies))
@@ -183,8 +181,6 @@ class BackendConnection(asyncio.Protocol):
         pending, self._pending = self._pending, deque()
         for slot in pending:
             slot.fail(error_text)
-        if pending:
-            self._flusher.run()
 
     def _arm_timer(self) -> None:
         self._timer = self._loop.call_at(self._last_progress + self._timeout_s, self._on_timer)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from proxy import __version__, errors
 from proxy.commands import (
@@ -72,7 +72,6 @@ class ClientConnection(asyncio.Protocol):
         ClientConnection._next_id += 1
         self.id = ClientConnection._next_id
         self._pool = pool
-        self._route = pool.route
         self._flusher = flusher
         self._limits = limits
         self._on_open = on_open
@@ -92,8 +91,8 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=self._limits.max_reply_bytes)
         if not self._on_open(self):
             transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
@@ -128,8 +127,7 @@ class ClientConnection(asyncio.Protocol):
             log.exception("client %d: internal error while dispatching", self.id)
             self._queue.push_error(errors.INTERNAL)
             self._start_closing()
-        self._queue.flush()
-        self._flusher.run()
+        self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         if len(self._queue) >= self._limits.max_pending:
             self._pause_reading()
         if self._closing and not len(self._queue):
@@ -145,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
             n = len(args)
             if n == a if a > 0 else n >= -a:
                 slot = self._queue.push()
-                server = self._route(args[1])
+                server = self._pool.route(args[1])
                 if server is None:
                     slot.fail(errors.no_server_for_key())
                 else:
@@ -155,11 +153,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
         queue = self._queue
-        name = args[0]
+        sent_name = args[0]
+        args[0] = name = sent_name.upper()  # normalised once; compared as bytes from here on
         if not self._authed and name not in (b"AUTH", b"QUIT", b"HELLO"):
             queue.push_error(errors.NOAUTH)
             return
-        found = lookup(args)
+        found = lookup(args, sent_name)
         if isinstance(found, str):
             queue.push_error(found)
             return
@@ -183,7 +182,7 @@ class ClientConnection(asyncio.Protocol):
         if not keys:
             self._queue.push_error(errors.no_keys(spec.fullname))
             return
-        route = self._route
+        route = self._pool.route
         server = route(keys[0])
         for key in keys[1:]:
             if route(key) is not server:
@@ -202,7 +201,7 @@ class ClientConnection(asyncio.Protocol):
         if args[0] == b"MSET" and len(args) % 2 == 0:
             self._queue.push_error(errors.wrong_arity(spec.fullname))
             return
-        parts = split(args, self._route)
+        parts = split(args, self._pool.route)
         if len(parts) == 1:
             self._send(parts[0][0], raw)
             return
@@ -327,12 +326,13 @@ class ClientConnection(asyncio.Protocol):
         elif sub == b"DOCS":
             queue.push_reply(b"*0\r\n")
         elif sub == b"GETKEYS":
-            found = lookup(list(args[1:])) if len(args) > 1 else errors.wrong_arity("command|getkeys")
+            target = [args[1].upper(), *args[2:]] if len(args) > 1 else []
+            found = lookup(target) if target else errors.wrong_arity("command|getkeys")
             if isinstance(found, str):
                 queue.push_error(found)
                 return
             try:
-                queue.push_reply(encode_value(keys_of(found, list(args[1:]))))
+                queue.push_reply(encode_value(keys_of(found, target)))
             except UnroutableKeys as exc:
                 queue.push_error(str(exc))
         else:

@@ -163,8 +163,12 @@ def _replace_kind(spec: CommandSpec, kind: Kind) -> CommandSpec:
 
 TABLE: dict[bytes, CommandSpec] = build_table()
 # The hot path: keyed commands with exactly one key at args[1] (GET, SET, HSET, INCR...).
+# Names as clients send them, upper and lower case, so the hot path needs no .upper().
 FAST_SINGLE_KEY: dict[bytes, CommandSpec] = {
-    name: spec for name, spec in TABLE.items() if spec.kind is Kind.KEYED and spec.key_index == 1
+    alias: spec
+    for name, spec in TABLE.items()
+    if spec.kind is Kind.KEYED and spec.key_index == 1
+    for alias in (name, name.lower())
 }
 
 
@@ -196,14 +200,15 @@ def command_rows(names: Sequence[bytes] | None) -> list[object]:
     return rows
 
 
-def lookup(args: Sequence[bytes]) -> CommandSpec | str:
+def lookup(args: Sequence[bytes], sent_name: bytes | None = None) -> CommandSpec | str:
     """The spec for a parsed command (container resolved to its subcommand), or an error text.
 
-    Checks existence and arity the way Redis does, with Redis's own error texts.
+    ``args[0]`` is the upper-case name; ``sent_name`` the name as the client spelled it, for
+    the error text. Checks existence and arity the way Redis does, with Redis's own texts.
     """
     spec = TABLE.get(args[0])
     if spec is None:
-        return errors.unknown_command(args[0], list(args[1:]))
+        return errors.unknown_command(sent_name or args[0], list(args[1:]))
     if spec.kind is Kind.CONTAINER or (spec.subcommands and len(args) > 1):
         if len(args) < 2:
             return errors.wrong_arity(spec.fullname)

@@ -13,8 +13,8 @@ includes twemproxy's quirks, kept on purpose:
 * ``murmur`` seeds MurmurHash2 with ``0xdeadbeef * length``; ``jenkins`` is lookup3's
   ``hashlittle`` with initval 13; ``hsieh`` is SuperFastHash starting from 0, not from length.
 
-C-speed primitives where the standard library has them (md5, crc32, crc_hqx); the rest are
-byte loops kept as tight as Python allows.
+The byte loops run in C (proxy/_hashkit.c) when the build compiled it; the Python functions
+here are the reference (tests check the two agree) and the fallback.
 """
 
 from __future__ import annotations
@@ -228,6 +228,17 @@ _FUNCTIONS: dict[str, HashFunction] = {
     "jenkins": jenkins,
 }
 HASH_NAMES: tuple[str, ...] = tuple(_FUNCTIONS)
+PY_FUNCTIONS: dict[str, HashFunction] = dict(_FUNCTIONS)  # the reference implementations
+
+try:  # the C versions of the byte loops (proxy/_hashkit.c), when the build could compile them
+    from proxy import _hashkit
+except ImportError:  # pragma: no cover - depends on the build
+    _hashkit = None  # type: ignore[assignment]
+else:
+    for _name in HASH_NAMES:
+        if hasattr(_hashkit, _name):
+            _FUNCTIONS[_name] = getattr(_hashkit, _name)
+ACCELERATED = _hashkit is not None
 
 
 def hash_function(name: str) -> HashFunction:

@@ -67,17 +67,29 @@ class ReplySlot:
 
 
 class Flusher:
-    """Collects the reply queues whose head became ready; ``run`` writes each one once."""
+    """Collects the reply queues whose head became ready; ``run`` writes each one once.
 
-    __slots__ = ("_ready",)
+    With a ``schedule`` hook (the event loop's ``call_soon``) the first queue that becomes
+    ready schedules one run for the end of the current loop turn, after every socket that was
+    readable has been read: a client whose pipeline was served by three servers gets one
+    write, not three (twemproxy batches the same way, writing on the next epoll turn).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_ready", "_schedule", "_scheduled")
+
+    def __init__(self, schedule: Callable[[Callable[[], None]], object] | None = None) -> None:
         self._ready: list[ReplyQueue] = []
+        self._schedule = schedule
+        self._scheduled = False
 
     def add(self, queue: ReplyQueue) -> None:
         self._ready.append(queue)
+        if self._schedule is not None and not self._scheduled:
+            self._scheduled = True
+            self._schedule(self.run)
 
     def run(self) -> None:
+        self._scheduled = False
         while self._ready:
             ready, self._ready = self._ready, []
             for queue in ready:

@@ -19,15 +19,17 @@ Imports: backend, ring, hashing, resp, inflight, errors, config.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import logging
 import random
+from collections.abc import Callable
 
 from proxy import errors
 from proxy.backend import BackendConnection
 from proxy.config import PoolConfig, ServerConfig
 from proxy.hashing import hash_function, hash_tag_key
-from proxy.inflight import Flusher, ReplySlot
+from proxy.inflight import ReplySlot
 from proxy.resp import encode_command
 from proxy.ring import Continuum, RingServer, build
 
@@ -52,7 +54,6 @@ class Server:
         index: int,
         config: ServerConfig,
         loop: asyncio.AbstractEventLoop,
-        flusher: Flusher,
     ) -> None:
         self.pool = pool
         self.index = index
@@ -61,7 +62,6 @@ class Server:
         self.address = config.address
         self.weight = config.weight
         self._loop = loop
-        self._flusher = flusher
         pc = pool.config
         self._timeout_ms = pc.timeout_ms
         self._lanes: list[BackendConnection | None] = [None] * pc.server_connections
@@ -116,9 +116,7 @@ class Server:
     # --- connection lifecycle ------------------------------------------------------------
 
     def _connect(self, lane: int) -> BackendConnection:
-        conn = BackendConnection(
-            self.name, self._loop, self._flusher, self._timeout_ms, self._init, self._on_lost
-        )
+        conn = BackendConnection(self.name, self._loop, self._timeout_ms, self._init, self._on_lost)
         self._lanes[lane] = conn
         task = self._loop.create_task(self._open(conn))
         self._tasks.add(task)
@@ -232,16 +230,15 @@ class Server:
 class RingPool:
     """A twemproxy-style pool: servers on a consistent-hash (or modula/random) continuum."""
 
-    def __init__(
-        self, config: PoolConfig, loop: asyncio.AbstractEventLoop, flusher: Flusher
-    ) -> None:
+    def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.name = config.name
         self._hash = hash_function(config.hash)
         self._tag = config.hash_tag
-        self.servers = [Server(self, i, s, loop, flusher) for i, s in enumerate(config.servers)]
+        self.servers = [Server(self, i, s, loop) for i, s in enumerate(config.servers)]
         self._many = len(self.servers) > 1
         self._continuum: Continuum | None = None
+        self.route: Callable[[bytes], Server | None] = lambda key: None
         self.rebuild()
 
     def start(self) -> None:
@@ -253,18 +250,49 @@ class RingPool:
         """Rebuild the continuum over the servers that are not ejected."""
         live = [RingServer(s.index, s.name, s.weight) for s in self.servers if not s.ejected]
         self._continuum = build(self.config.distribution, live) if live else None
+        self.route = self._make_route(self._continuum)
 
-    def route(self, key: bytes) -> Server | None:
-        """The server that owns ``key`` (None when every server is ejected)."""
-        continuum = self._continuum
+    def _make_route(self, continuum: Continuum | None) -> Callable[[bytes], Server | None]:
+        """``route(key)``: the server that owns ``key``, or None when every server is ejected.
+
+        Built once per continuum as a closure over its arrays: this runs for every request.
+        """
+        servers = self.servers
         if continuum is None:
-            return None
-        if self._many and key:
-            if self._tag:
-                key = hash_tag_key(key, self._tag)
-            # twemproxy hashes zero-length keys (and tag-less keys) to 0 (server_pool_hash).
-            return self.servers[continuum.dispatch(self._hash(key) if key else 0)]
-        return self.servers[continuum.dispatch(0)]
+            return lambda key: None
+        if not self._many or continuum.distribution == "random":
+            # twemproxy hashes to 0 with a single server (server_pool_hash); random ignores it.
+            return lambda key: servers[continuum.dispatch(0)]
+        hash_key = self._hash
+        tag = self._tag
+        open_tag, close_tag = tag[:1], tag[1:2]
+        if continuum.distribution == "ketama":
+            values = [v for v, _ in continuum.points]
+            owners = [servers[i] for _, i in continuum.points]
+            first = owners[0]
+            count = len(values)
+            find = bisect.bisect_left
+
+            def route(key: bytes) -> Server | None:
+                if tag:  # twemproxy's hash_tag: hash only a non-empty {tag} (hashing.hash_tag_key)
+                    start = key.find(open_tag)
+                    if start >= 0:
+                        end = key.find(close_tag, start + 1)
+                        if end - start > 1:
+                            key = key[start + 1 : end]
+                if not key:
+                    return owners[find(values, 0)] if count else None
+                at = find(values, hash_key(key))
+                return owners[at] if at < count else first
+
+            return route
+
+        def route_modula(key: bytes) -> Server | None:
+            if tag:
+                key = hash_tag_key(key, tag)
+            return servers[continuum.dispatch(hash_key(key) if key else 0)]
+
+        return route_modula
 
     def can_serve(self) -> bool:
         return self._continuum is not None and any(

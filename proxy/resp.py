@@ -3,7 +3,7 @@
 Two parsers and a few encoders:
 
 * ``RequestParser`` turns the bytes a client sends into commands: each one is its argument list
-  (``args[0]`` upper-cased once here) plus the exact bytes it arrived as, so the proxy can forward
+  (as sent; the client normalises the name) plus the exact bytes it arrived as, so the proxy can forward
   them unchanged instead of re-encoding. Inline commands (``PING\\r\\n`` typed into telnet) are
   accepted like Redis does and re-encoded as multibulk for the servers.
 * ``ReplyParser`` frames the replies a server sends: it only finds where each reply ends and hands
@@ -32,15 +32,19 @@ MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 _BIG_FRAME = 64 * 1024  # partial frames larger than this accumulate in a bytearray
 
 Request = tuple[list[bytes], bytes]
-"""(args, raw): args[0] is the upper-cased command name; raw is what to forward."""
+"""(args, raw): args as the client sent them; raw is what to forward."""
 
 
 class ProtocolError(Exception):
     """The byte stream cannot be framed; the connection must be closed."""
 
 
-class RequestParser:
-    """Frames client requests (multibulk or inline) out of a byte stream."""
+class PyRequestParser:
+    """Frames client requests (multibulk or inline) in pure Python, exactly as Redis does.
+
+    ``RequestParser`` hands clients to this one when they send inline commands; it is also the
+    reference the fast parser is tested against.
+    """
 
     __slots__ = ("_buf", "_acc", "_need", "max_bulk_bytes", "max_args", "max_inline_bytes")
 
@@ -96,7 +100,6 @@ class RequestParser:
                     pos = nl + 1
                     args = line.split()
                     if args:
-                        args[0] = args[0].upper()
                         yield args, encode_command(args)
                     continue
                 nl = find(CRLF, pos)
@@ -146,7 +149,6 @@ class RequestParser:
                 if count == 0:
                     pos = p
                     continue
-                args[0] = args[0].upper()
                 raw = buf[pos:p]
                 pos = p
                 yield args, raw
@@ -165,6 +167,174 @@ class RequestParser:
         else:
             self._buf = rest
             self._need = 0
+
+
+
+class RequestParser:
+    """Frames client requests out of a byte stream: hiredis for multibulk, Python for inline.
+
+    hiredis parses a 16-command pipeline about 10x faster than Python can, but it gives values,
+    not byte offsets, and accepts a few encodings Redis refuses. So:
+
+    * each request is re-encoded from its arguments before it is forwarded (canonical RESP
+      always reaches a server, whatever the client sent; ~0.2 us per GET);
+    * an argument that is not a bulk string (an integer, a nil, a nested array) is a protocol
+      error, as in Redis;
+    * a partial command left at the end of a read is checked by a header walk, so a huge
+      declared length or count is refused at once instead of being buffered;
+    * a client that sends an inline command (``PING\\r\\n``) is served by PyRequestParser
+      from then on.
+    """
+
+    __slots__ = ("_reader", "_data", "_tail", "_need", "_slow", "max_bulk_bytes", "max_args",
+                 "max_inline_bytes")
+
+    def __init__(
+        self,
+        max_bulk_bytes: int = MAX_BULK_BYTES,
+        max_args: int = MAX_ARGS,
+        max_inline_bytes: int = MAX_INLINE_BYTES,
+    ) -> None:
+        self._reader = hiredis.Reader()
+        self._data = b""  # fed, not yet given to the reader
+        self._tail: bytes | bytearray = b""  # bytes of the partial command the reader holds
+        self._need = 0  # the partial command's total size, once its headers are known
+        self._slow: PyRequestParser | None = None
+        self.max_bulk_bytes = max_bulk_bytes
+        self.max_args = max_args
+        self.max_inline_bytes = max_inline_bytes
+
+    def buffered(self) -> int:
+        """Bytes received but not yet framed into a command."""
+        slow = self._slow.buffered() if self._slow is not None else 0
+        return len(self._data) + len(self._tail) + slow
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the client."""
+        self._data = self._data + data if self._data else data
+
+    def commands(self) -> Iterator[Request]:
+        """Yield every complete command buffered so far, in order.
+
+        Raises ProtocolError after yielding the commands that preceded the corruption.
+        """
+        data, self._data = self._data, b""
+        if self._slow is not None:
+            yield from self._slow_commands(data)
+            return
+        if not data:
+            return
+        if not self._tail and data[0] != 42:  # an inline command at a command boundary
+            yield from self._slow_commands(data)
+            return
+        reader = self._reader
+        reader.feed(data)
+        # Bytes framed so far; a canonical request is exactly len(encode_command(args)), and
+        # every request Redis accepts is canonical, so this finds where a partial one starts.
+        consumed = 0
+        while True:
+            try:
+                args = reader.gets()
+            except hiredis.ProtocolError:
+                rest = self._rest(data, consumed)
+                if rest[:1] not in (b"*", b""):  # inline commands after multibulk ones
+                    self._reader = hiredis.Reader()
+                    self._tail = b""
+                    yield from self._slow_commands(rest)
+                    return
+                raise self._explain(rest) from None
+            if args is False:
+                break
+            if type(args) is not list:
+                if args is None:  # *-1: Redis ignores it
+                    consumed += 5
+                    continue
+                raise self._explain(self._rest(data, consumed))
+            if not args:  # *0: ignored too
+                consumed += 4
+                continue
+            try:
+                raw = encode_command(args)
+            except TypeError:  # an argument that is not a bulk string
+                raise self._explain(self._rest(data, consumed)) from None
+            consumed += len(raw)
+            yield args, raw
+        total = len(self._tail) + len(data)
+        if consumed == total:
+            self._tail = b""
+            self._need = 0
+        elif consumed > total:  # non-canonical framing hiredis let through
+            raise self._explain(self._rest(data, 0))
+        else:
+            self._keep_tail(data, consumed)
+
+    def _explain(self, rest: bytes) -> ProtocolError:
+        """Redis's words for what is wrong in ``rest`` (the Python parser finds them)."""
+        probe = PyRequestParser(self.max_bulk_bytes, self.max_args, self.max_inline_bytes)
+        probe.feed(rest)
+        try:
+            for _ in probe.commands():
+                pass
+        except ProtocolError as exc:
+            return exc
+        return ProtocolError("invalid multibulk request")
+
+    def _rest(self, data: bytes, consumed: int) -> bytes:
+        """The bytes after the first ``consumed`` of the partial tail plus ``data``."""
+        if self._tail:
+            return bytes(self._tail[consumed:]) + data[max(0, consumed - len(self._tail)) :]
+        return data[consumed:]
+
+    def _keep_tail(self, data: bytes, consumed: int) -> None:
+        if consumed:
+            tail: bytes | bytearray = self._rest(data, consumed)
+            self._need = 0
+        else:  # the same partial command grew; append without copying it again
+            tail = self._tail if isinstance(self._tail, bytearray) else bytearray(self._tail)
+            tail += data
+        self._tail = tail
+        if self._need and len(tail) < self._need:
+            return
+        self._need = self._check_partial(tail)
+
+    def _check_partial(self, tail: bytes | bytearray) -> int:
+        """Walk a partial command's headers; raise on what Redis refuses; return its size."""
+        end = len(tail)
+        nl = tail.find(CRLF)
+        if nl < 0:
+            if end > self.max_inline_bytes:
+                raise ProtocolError("too big mbulk count string")
+            return 0
+        head = bytes(tail[1:nl])
+        if not head.isdigit() or int(head) > self.max_args:
+            raise ProtocolError("invalid multibulk length")
+        p = nl + 2
+        for _ in range(int(head)):
+            if p >= end:
+                return 0
+            if tail[p] != 36:
+                raise ProtocolError(f"expected '$', got '{chr(tail[p])}'")
+            nl = tail.find(CRLF, p)
+            if nl < 0:
+                if end - p > 32:
+                    raise ProtocolError("invalid bulk length")
+                return 0
+            head = bytes(tail[p + 1 : nl])
+            if not head.isdigit() or int(head) > self.max_bulk_bytes:
+                raise ProtocolError("invalid bulk length")
+            p = nl + 4 + int(head)
+            if p > end:
+                return p
+        return 0
+
+    def _slow_commands(self, data: bytes | bytearray) -> Iterator[Request]:
+        if self._slow is None:
+            self._slow = PyRequestParser(
+                self.max_bulk_bytes, self.max_args, self.max_inline_bytes
+            )
+        self._slow.feed(bytes(data))
+        yield from self._slow.commands()
+
 
 
 class ReplyParser:
@@ -195,7 +365,37 @@ class ReplyParser:
         end = len(buf)
         find = buf.find
         out: list[bytes] = []
+        append = out.append
         start = self._start
+        if self._left == 0:
+            # Fast path for flat replies (+OK, :1, $n bulk, -ERR): one find and one slice each.
+            while start < end:
+                kind = buf[start]
+                nl = find(CRLF, start)
+                if nl < 0:
+                    break
+                if kind == 36:  # '$'
+                    size = int(buf[start + 1 : nl])
+                    if size > self.max_bulk_bytes:
+                        raise ProtocolError("invalid bulk length from server")
+                    nxt = nl + 2 if size < 0 else nl + 4 + size
+                    if nxt > end:
+                        break
+                elif kind == 43 or kind == 45 or kind == 58:  # '+', '-', ':'
+                    nxt = nl + 2
+                elif kind == 42:  # '*': arrays take the general path
+                    break
+                else:
+                    raise ProtocolError(f"unexpected reply type byte {kind!r} from server")
+                append(buf[start:nxt])
+                start = nxt
+            else:
+                self._buf = b""
+                self._start = 0
+                return out if type(buf) is bytes else [bytes(r) for r in out]
+            if buf[start] != 42:  # a partial flat reply
+                self._keep(buf, start, start, 0)
+                return out if type(buf) is bytes else [bytes(r) for r in out]
         pos = self._pos
         left = self._left
         while True:
@@ -231,22 +431,24 @@ class ReplyParser:
                     raise ProtocolError(f"unexpected reply type byte {kind!r} from server")
             if left:
                 break
-            out.append(bytes(buf[start:pos]))
+            append(buf[start:pos])
             start = pos
-        # Drop what was handed out, keep the partial reply and how far it was scanned.
-        if start >= end:
+        self._keep(buf, start, pos, left)
+        return out if type(buf) is bytes else [bytes(r) for r in out]
+
+    def _keep(self, buf: bytes | bytearray, start: int, pos: int, left: int) -> None:
+        # Drop what was handed out; keep the partial reply and how far it was scanned.
+        if start >= len(buf):
             self._buf = b""
             self._start = self._pos = self._left = 0
-        else:
-            if start:
-                buf = buf[start:]
-                pos -= start
-                start = 0
-            self._buf = buf
-            self._start = start
-            self._pos = pos
-            self._left = left
-        return out
+            return
+        if start:
+            buf = buf[start:]
+            pos -= start
+        self._buf = buf
+        self._start = 0
+        self._pos = pos
+        self._left = left
 
 
 def decode_reply(raw: bytes) -> Any:
@@ -262,8 +464,18 @@ def is_error(raw: bytes) -> bool:
 
 
 def encode_command(args: Sequence[bytes]) -> bytes:
-    """Encode a command as a RESP multibulk."""
-    parts = [b"*%d\r\n" % len(args)]
+    """Encode a command as a RESP multibulk (a TypeError if an argument is not bytes-like)."""
+    n = len(args)
+    # One format per common size: ~0.2 us for GET/SET against ~0.5 us for the loop below.
+    if n == 2:
+        a, b = args
+        return b"*2\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(a), a, len(b), b)
+    if n == 3:
+        a, b, c = args
+        return b"*3\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(a), a, len(b), b, len(c), c
+        )
+    parts = [b"*%d\r\n" % n]
     for a in args:
         parts.append(b"$%d\r\n%b\r\n" % (len(a), a))
     return b"".join(parts)

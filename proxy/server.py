@@ -32,9 +32,9 @@ class ProxyServer:
     def __init__(self, config: Config, limits: ClientLimits | None = None) -> None:
         self.config = config
         self._loop = asyncio.get_running_loop()
-        self._flusher = Flusher()
+        self._flusher = Flusher(self._loop.call_soon)
         self._limits = limits or ClientLimits()
-        self.pools = {p.name: RingPool(p, self._loop, self._flusher) for p in config.pools}
+        self.pools = {p.name: RingPool(p, self._loop) for p in config.pools}
         self.clients: dict[str, set[ClientConnection]] = {p.name: set() for p in config.pools}
         self._listeners: list[asyncio.AbstractServer] = []
         self._drained = asyncio.Event()

@@ -1,0 +1,116 @@
+"""Config loading: native and nutcracker.yml shapes, twemproxy defaults, precise errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.config import DEFAULT_TIMEOUT_MS, Address, ConfigError, parse
+
+NUTCRACKER_YML = """
+alpha:
+  listen: 127.0.0.1:22121
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: true
+  redis: true
+  server_retry_timeout: 2000
+  server_failure_limit: 1
+  servers:
+   - 127.0.0.1:6379:1
+   - 127.0.0.1:11211:1
+   - 127.0.0.1:6380:2 server2
+beta:
+  listen: /tmp/beta.sock 0666
+  hash_tag: "{}"
+  redis: true
+  timeout: 400
+  servers:
+   - /var/run/redis.sock:1 sock
+"""
+
+
+def test_nutcracker_yml_is_accepted_as_is_with_twemproxy_defaults() -> None:
+    cfg = parse(NUTCRACKER_YML, "nutcracker.yml")
+    alpha, beta = cfg.pools
+    assert alpha.name == "alpha" and alpha.listen == Address("127.0.0.1", 22121)
+    assert alpha.auto_eject_hosts and alpha.server_retry_timeout_ms == 2000
+    assert alpha.server_failure_limit == 1
+    assert alpha.timeout_ms == DEFAULT_TIMEOUT_MS  # twemproxy waits forever; we never hang
+    assert alpha.server_connections == 1 and alpha.preconnect is False and alpha.redis_db == 0
+    # Names: "host:port" by default, "host" alone for libmemcached's 11211, else the given name.
+    assert [s.name for s in alpha.servers] == ["127.0.0.1:6379", "127.0.0.1", "server2"]
+    assert [s.weight for s in alpha.servers] == [1, 1, 2]
+    assert beta.listen.unix_path == "/tmp/beta.sock" and beta.listen.unix_mode == 0o666
+    assert beta.hash_tag == b"{}" and beta.timeout_ms == 400
+    assert beta.servers[0].address.unix_path == "/var/run/redis.sock"
+
+
+def test_native_shape_with_pools_key() -> None:
+    cfg = parse(
+        "pools:\n  default:\n    listen: 127.0.0.1:1\n    redis_auth: secret\n    redis_db: 3\n"
+        "    servers: ['127.0.0.1:7001:1 a']\n"
+    )
+    [pool] = cfg.pools
+    assert pool.redis_auth == "secret" and pool.redis_db == 3 and pool.hash == "fnv1a_64"
+
+
+BASE = "pools:\n  p1:\n    listen: 127.0.0.1:22121\n    servers: ['127.0.0.1:7001:1']\n"
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ("    hash: nope\n", "pool 'p1': key 'hash': unknown value 'nope'"),
+        ("    distribution: cluster2\n", "pool 'p1': key 'distribution'"),
+        ("    bogus: 1\n", "pool 'p1': unknown key 'bogus'"),
+        ("    timeout: fast\n", "pool 'p1': key 'timeout'"),
+        ("    server_connections: 0\n", "pool 'p1': key 'server_connections': must be >= 1"),
+        ("    hash_tag: '{'\n", "pool 'p1': key 'hash_tag'"),
+        ("    auto_eject_hosts: maybe\n", "pool 'p1': key 'auto_eject_hosts'"),
+        ("    redis: false\n", "pool 'p1': key 'redis'"),
+    ],
+)
+def test_bad_keys_are_named_with_file_and_pool(extra: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(BASE + extra, "my.yml")
+    assert str(err.value).startswith("my.yml: ")
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "servers, fragment",
+    [
+        ("['127.0.0.1:7001']", "expected 'host:port:weight"),
+        ("['127.0.0.1:notaport:1']", "invalid port"),
+        ("['127.0.0.1:7001:0']", "weight must be >= 1"),
+        ("[]", "non-empty list"),
+        ("['127.0.0.1:7001:1 a', '127.0.0.1:7002:1 a']", "duplicate server name 'a'"),
+    ],
+)
+def test_bad_server_lines(servers: str, fragment: str) -> None:
+    text = f"pools:\n  p1:\n    listen: 127.0.0.1:22121\n    servers: {servers}\n"
+    with pytest.raises(ConfigError, match="key 'servers'") as err:
+        parse(text, "my.yml")
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("listen", ["nope", "127.0.0.1:99999", "127.0.0.1:"])
+def test_bad_listen(listen: str) -> None:
+    text = f"pools:\n  p1:\n    listen: '{listen}'\n    servers: ['127.0.0.1:7001:1']\n"
+    with pytest.raises(ConfigError, match="pool 'p1': key 'listen'"):
+        parse(text, "my.yml")
+
+
+def test_two_pools_on_one_listen_address_are_refused() -> None:
+    text = BASE + "  p2:\n    listen: 127.0.0.1:22121\n    servers: ['127.0.0.1:7002:1']\n"
+    with pytest.raises(ConfigError, match="pool 'p2': key 'listen'"):
+        parse(text, "my.yml")
+
+
+def test_not_yaml_or_not_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        parse("a: [", "x.yml")
+    with pytest.raises(ConfigError, match="mapping of pools"):
+        parse("- 1\n", "x.yml")
+    with pytest.raises(ConfigError, match="unknown top-level key 'extra'"):
+        parse(BASE + "extra: 1\n", "x.yml")

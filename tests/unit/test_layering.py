@@ -1,0 +1,66 @@
+"""Imports point one way: each module imports only what ARCHITECTURE.md's table allows."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PROXY = pathlib.Path(__file__).resolve().parents[2] / "proxy"
+
+ALLOWED: dict[str, set[str]] = {
+    "__main__": {"cli"},
+    "cli": {"config", "server", "__init__"},
+    "server": {"config", "pool", "client", "inflight"},
+    "client": {"resp", "commands", "fanout", "pool", "inflight", "errors", "__init__"},
+    "fanout": {"commands", "resp", "inflight", "errors"},
+    "commands": {"errors", "command_data"},
+    "command_data": set(),
+    "pool": {"backend", "ring", "hashing", "resp", "inflight", "errors", "config"},
+    "backend": {"resp", "inflight", "errors"},
+    "inflight": {"errors"},
+    "ring": {"hashing"},
+    "hashing": {"_hashkit"},  # its own C accelerator
+    "resp": set(),
+    "config": set(),
+    "errors": set(),
+    "__init__": set(),
+}
+PURE = {"resp", "hashing", "ring", "commands", "command_data", "fanout", "inflight", "config",
+        "errors"}
+
+
+def _imports(path: pathlib.Path) -> tuple[set[str], set[str]]:
+    ours: set[str] = set()
+    other: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "proxy":
+                ours.update(a.name if a.name != "__version__" else "__init__" for a in node.names)
+            elif node.module.startswith("proxy."):
+                ours.add(node.module.split(".")[1])
+            else:
+                other.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("proxy."):
+                    ours.add(a.name.split(".")[1])
+                else:
+                    other.add(a.name.split(".")[0])
+    return ours, other
+
+
+MODULES = sorted(p.stem for p in PROXY.glob("*.py"))
+
+
+def test_every_module_is_in_the_table() -> None:
+    assert set(MODULES) <= set(ALLOWED), set(MODULES) - set(ALLOWED)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_follow_the_layering(module: str) -> None:
+    ours, other = _imports(PROXY / f"{module}.py")
+    assert ours <= ALLOWED[module], f"{module} imports {ours - ALLOWED[module]}"
+    if module in PURE:
+        assert not other & {"asyncio", "socket", "uvloop", "logging"}, f"{module} does I/O: {other}"
