@@ -364,7 +364,7 @@ class ReplyParser:
         buf = self._buf
         end = len(buf)
         find = buf.find
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         append = out.append
         start = self._start
         if self._left == 0:
@@ -392,10 +392,10 @@ class ReplyParser:
             else:
                 self._buf = b""
                 self._start = 0
-                return out if type(buf) is bytes else [bytes(r) for r in out]
+                return _as_bytes(out, buf)
             if buf[start] != 42:  # a partial flat reply
                 self._keep(buf, start, start, 0)
-                return out if type(buf) is bytes else [bytes(r) for r in out]
+                return _as_bytes(out, buf)
         pos = self._pos
         left = self._left
         while True:
@@ -434,7 +434,7 @@ class ReplyParser:
             append(buf[start:pos])
             start = pos
         self._keep(buf, start, pos, left)
-        return out if type(buf) is bytes else [bytes(r) for r in out]
+        return _as_bytes(out, buf)
 
     def _keep(self, buf: bytes | bytearray, start: int, pos: int, left: int) -> None:
         # Drop what was handed out; keep the partial reply and how far it was scanned.
@@ -449,6 +449,14 @@ class ReplyParser:
         self._start = 0
         self._pos = pos
         self._left = left
+
+
+def _as_bytes(out: list[bytes | bytearray], buf: bytes | bytearray) -> list[bytes]:
+    # Slices of a bytes buffer are bytes already; a bytearray buffer (a reply that arrived in
+    # pieces) gives bytearrays, which become bytes once here.
+    if type(buf) is bytes:
+        return out  # type: ignore[return-value]
+    return [bytes(r) for r in out]
 
 
 def decode_reply(raw: bytes) -> Any:
