@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from proxy import errors
 from proxy.inflight import ReplySlot
-from proxy.resp import OK, ReplyParser, encode_error, encode_int
+from proxy.resp import OK, ReplyParser, decode_reply, encode_error, encode_int
 
 T = TypeVar("T", bound=Hashable | None)
 
@@ -92,13 +92,15 @@ class Gather:
 
 
 def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes:
+    # hiredis decodes each part in C; re-encoding the values costs less than re-framing the
+    # parts' raw items in Python (measured with redis-benchmark MGET of 10 keys at -P 16).
     out: list[bytes] = [b""] * nkeys
     for raw, positions in zip(datas, parts):
-        items = array_items(raw)
-        if items is None or len(items) != len(positions):
+        values = decode_reply(raw)
+        if type(values) is not list or len(values) != len(positions):
             return encode_error(errors.MERGE_MISMATCH)
-        for pos, item in zip(positions, items):
-            out[pos] = item
+        for pos, value in zip(positions, values):
+            out[pos] = b"$-1\r\n" if value is None else b"$%d\r\n%b\r\n" % (len(value), value)
     return b"*%d\r\n" % nkeys + b"".join(out)
 
 

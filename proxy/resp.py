@@ -424,6 +424,18 @@ class ReplyParser:
                     count = int(buf[pos + 1 : nl])
                     pos = nl + 2
                     left += count - 1 if count > 0 else -1
+                    # Arrays of bulk strings (MGET, LRANGE, HGETALL...): skip their items
+                    # in a tight loop while they are complete and flat.
+                    while left and pos < end and buf[pos] == 36:
+                        nl = find(CRLF, pos)
+                        if nl < 0:
+                            break
+                        size = int(buf[pos + 1 : nl])
+                        nxt = nl + 2 if size < 0 else nl + 4 + size
+                        if nxt > end:
+                            break
+                        pos = nxt
+                        left -= 1
                 elif kind in (43, 45, 58):  # '+', '-', ':'
                     pos = nl + 2
                     left -= 1
