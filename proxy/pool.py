@@ -235,7 +235,11 @@ class RingPool:
         self.name = config.name
         self._hash = hash_function(config.hash)
         self._tag = config.hash_tag
-        self.servers = [Server(self, i, s, loop) for i, s in enumerate(config.servers)]
+        # twemproxy sorts a pool's servers by name (conf_validate_server: shorter names first,
+        # then bytewise) and indexes them in that order; modula and random placement, and ketama
+        # ties, depend on it.
+        ordered = sorted(config.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
+        self.servers = [Server(self, i, s, loop) for i, s in enumerate(ordered)]
         self._many = len(self.servers) > 1
         self._continuum: Continuum | None = None
         self.route: Callable[[bytes], Server | None] = lambda key: None

@@ -1,0 +1,68 @@
+"""Shared real servers for one test module: 3 backends, a reference redis-server, resproxy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.harness import (
+    RedisServer,
+    ResProxy,
+    free_port,
+    native_config,
+    pool_yaml,
+    start_redis_servers,
+)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[RedisServer]]:
+    """Four redis-servers started in parallel: three backends and one reference."""
+    started = start_redis_servers(4)
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.cleanup()
+
+
+@pytest.fixture(scope="module")
+def backends(servers: list[RedisServer]) -> list[RedisServer]:
+    return servers[:3]
+
+
+@pytest.fixture(scope="module")
+def reference(servers: list[RedisServer]) -> RedisServer:
+    """A single plain redis-server whose replies resproxy's must equal."""
+    return servers[3]
+
+
+def server_lines(backends: list[RedisServer], names: bool = True) -> list[str]:
+    return [
+        f"127.0.0.1:{b.port}:1" + (f" s{i}" if names else "") for i, b in enumerate(backends)
+    ]
+
+
+@pytest.fixture(scope="module")
+def proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
+    """resproxy over the three backends: ketama, fnv1a_64, hash tag {}."""
+    port = free_port()
+    text = native_config(
+        pool_yaml("default", port, server_lines(backends), hash="fnv1a_64",
+                  distribution="ketama", hash_tag="{}", timeout=1000, preconnect=True)
+    )  # fmt: skip
+    p = ResProxy(text).start()
+    p.port = port  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+@pytest.fixture()
+def clean(servers: list[RedisServer]) -> None:
+    """Empty every server directly (not through the proxy) before the test."""
+    for s in servers:
+        if s.alive():
+            s.call("FLUSHALL")
