@@ -46,10 +46,10 @@ def server_lines(backends: list[RedisServer], names: bool = True) -> list[str]:
 
 @pytest.fixture(scope="module")
 def proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
-    """resproxy over the three backends: ketama, fnv1a_64, hash tag {}."""
+    """resproxy over the three backends: ketama, murmur (spreads short keys evenly), tag {}."""
     port = free_port()
     text = native_config(
-        pool_yaml("default", port, server_lines(backends), hash="fnv1a_64",
+        pool_yaml("default", port, server_lines(backends), hash="murmur",
                   distribution="ketama", hash_tag="{}", timeout=1000, preconnect=True)
     )  # fmt: skip
     p = ResProxy(text).start()

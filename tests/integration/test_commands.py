@@ -1,0 +1,161 @@
+"""Through resproxy over three servers, Redis answers as one redis-server would.
+
+Each scripted command goes both to resproxy and to a plain reference redis-server; the replies
+must be equal (hiredis-decoded values, errors included). Keys are spread over the three backends.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import hiredis
+import pytest
+
+from tests.integration.harness import RawClient, RedisServer, ResProxy, encode
+
+Cmd = tuple[Any, ...]
+
+SEQUENCE: list[Cmd] = [
+    # strings
+    ("SET", "s1", "hello"), ("GET", "s1"), ("APPEND", "s1", " world"), ("STRLEN", "s1"),
+    ("GETRANGE", "s1", 0, 4), ("SETRANGE", "s1", 6, "WORLD"), ("GET", "s1"),
+    ("SETNX", "s1", "x"), ("SETNX", "s2", "x"), ("GETSET", "s2", "y"), ("GET", "missing"),
+    ("INCR", "n1"), ("INCRBY", "n1", 41), ("DECR", "n1"), ("INCRBYFLOAT", "f1", "1.5"),
+    ("INCR", "s1"), ("SET", "e1", "v", "EX", 1000), ("TTL", "e1"), ("PERSIST", "e1"),
+    ("TTL", "e1"), ("EXPIRE", "e1", 500), ("TTL", "e1"), ("TYPE", "s1"), ("TYPE", "nope"),
+    ("GETDEL", "s2"), ("EXISTS", "s2"),
+    # hashes
+    ("HSET", "h1", "a", 1, "b", 2, "c", 3), ("HGET", "h1", "a"), ("HGETALL", "h1"),
+    ("HINCRBY", "h1", "a", 10), ("HMGET", "h1", "a", "zz", "c"), ("HDEL", "h1", "b", "zz"),
+    ("HLEN", "h1"), ("HKEYS", "h1"), ("HVALS", "h1"), ("HEXISTS", "h1", "c"), ("TYPE", "h1"),
+    ("GET", "h1"),
+    # lists
+    ("RPUSH", "l1", "a", "b", "c"), ("LPUSH", "l1", "z"), ("LRANGE", "l1", 0, -1),
+    ("LLEN", "l1"), ("LINDEX", "l1", 2), ("LPOP", "l1"), ("RPOP", "l1", 2), ("LRANGE", "l1", 0, -1),
+    ("LSET", "nolist", 0, "x"), ("LPUSH", "h1", "x"),
+    # sets
+    ("SADD", "set1", "a", "b", "c", "a"), ("SCARD", "set1"), ("SISMEMBER", "set1", "b"),
+    ("SREM", "set1", "b", "q"), ("SMEMBERS", "set1"), ("SMISMEMBER", "set1", "a", "b"),
+    # sorted sets
+    ("ZADD", "z1", 1, "one", 2, "two", 3, "three"), ("ZRANGE", "z1", 0, -1, "WITHSCORES"),
+    ("ZSCORE", "z1", "two"), ("ZINCRBY", "z1", 5, "one"), ("ZRANK", "z1", "one"),
+    ("ZREVRANGE", "z1", 0, 1), ("ZREM", "z1", "two"), ("ZCARD", "z1"),
+    ("ZRANGEBYSCORE", "z1", "-inf", "+inf"),
+    # hash-tagged multi-key commands on one server
+    ("SADD", "{u1}a", "x", "y"), ("SADD", "{u1}b", "y", "z"), ("SINTER", "{u1}a", "{u1}b"),
+    ("SUNIONSTORE", "{u1}c", "{u1}a", "{u1}b"), ("SCARD", "{u1}c"),
+    ("SET", "{u2}old", "v"), ("RENAME", "{u2}old", "{u2}new"), ("GET", "{u2}new"),
+    ("EVAL", "return redis.call('get', KEYS[1])", 1, "s1"),
+    # split across servers and merged
+    ("MSET", "m1", "1", "m2", "2", "m3", "3", "m4", "4", "m5", "5", "m6", "6"),
+    ("MGET", "m1", "nope", "m2", "m3", "m4", "m5", "m6", "m1"),
+    ("EXISTS", "m1", "m2", "nope", "m1", "m3"), ("TOUCH", "m1", "m2", "nope"),
+    ("DEL", "m1", "m2", "nope", "m1"), ("UNLINK", "m3", "m4", "m4"), ("MGET", "m1", "m3", "m5"),
+    ("MSET", "m1", "a"),
+    # errors with Redis's own words
+    ("GET",), ("SET", "k"), ("NOSUCHCOMMAND", "a", "b"), ("nosuch",), ("CONFIG", "NOPE"),
+    ("MSET", "a", "1", "b"), ("PING",), ("PING", "hi"), ("ECHO", "e"), ("SELECT", 0),
+]  # fmt: skip
+
+
+UNORDERED = {"SMEMBERS", "SINTER"}
+
+
+@pytest.fixture(scope="module")
+def clients(proxy: ResProxy, reference: RedisServer) -> Any:
+    with RawClient(proxy.port) as p, RawClient(reference.port) as r:  # type: ignore[attr-defined]
+        yield p, r
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, hiredis.ReplyError):
+        return ("error", str(value))
+    if isinstance(value, list):
+        return [_norm(v) for v in value]
+    return value
+
+
+def test_scripted_sequence_answers_like_one_redis_server(
+    clients: tuple[RawClient, RawClient], backends: list[RedisServer], clean: None
+) -> None:
+    proxy, ref = clients
+    for cmd in SEQUENCE:
+        got, want = _norm(proxy.call(*cmd)), _norm(ref.call(*cmd))
+        if cmd[0] in UNORDERED:  # hash-table order differs between any two servers
+            got, want = sorted(got), sorted(want)
+        assert got == want, cmd
+    # and the keys really are spread over the three servers
+    assert all(b.call("DBSIZE") > 0 for b in backends)
+
+
+def test_pipeline_of_1000_commands_is_answered_complete_and_in_order(
+    clients: tuple[RawClient, RawClient], clean: None
+) -> None:
+    proxy, ref = clients
+    commands: list[Cmd] = []
+    for i in range(250):
+        commands += [("SET", f"p{i}", f"v{i}"), ("GET", f"p{i}"), ("INCR", f"c{i % 17}"),
+                     ("MGET", f"p{i}", f"p{i // 2}", "nope")]  # fmt: skip
+    assert len(commands) == 1000
+    assert proxy.pipeline(commands) == ref.pipeline(commands)
+
+
+def test_cross_server_multi_key_command_is_refused_with_crossslot(
+    clients: tuple[RawClient, RawClient], clean: None
+) -> None:
+    proxy, _ = clients
+    reply = proxy.call("SUNIONSTORE", "d", "a", "b", "c", "e", "f", "g", "h")
+    assert str(reply) == "CROSSSLOT Keys in request don't hash to the same server"
+    assert proxy.call("PING") == b"PONG"
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [("KEYS", "*"), ("FLUSHALL",), ("SCAN", 0), ("MULTI",), ("SUBSCRIBE", "ch"),
+     ("BLPOP", "l", 0), ("CONFIG", "GET", "maxmemory"), ("INFO",), ("DBSIZE",),
+     ("XREAD", "BLOCK", 0, "STREAMS", "s", "$"), ("WATCH", "k"), ("EVAL", "return 1", 0)],
+)  # fmt: skip
+def test_refused_commands_name_the_command_and_keep_the_connection(
+    clients: tuple[RawClient, RawClient], cmd: Cmd
+) -> None:
+    proxy, _ = clients
+    reply = proxy.call(*cmd)
+    assert isinstance(reply, hiredis.ReplyError)
+    assert f"'{str(cmd[0]).lower()}" in str(reply) and str(reply).startswith("ERR ")
+    assert proxy.call("ECHO", "still here") == b"still here"
+
+
+def test_local_commands(clients: tuple[RawClient, RawClient]) -> None:
+    proxy, _ = clients
+    assert proxy.call("PING") == b"PONG"
+    assert proxy.call("SELECT", 0) == b"OK"
+    assert str(proxy.call("SELECT", 1)).startswith("ERR")
+    count = proxy.call("COMMAND", "COUNT")
+    assert isinstance(count, int) and count > 200
+    info = proxy.call("COMMAND", "INFO", "get")
+    assert info[0][0] == b"get" and info[0][1] == 2
+    assert proxy.call("COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2") == [b"a", b"b"]
+    assert len(proxy.call("COMMAND")) == count
+    assert proxy.call("CLIENT", "SETNAME", "me") == b"OK"
+    assert proxy.call("CLIENT", "GETNAME") == b"me"
+
+
+def test_quit_answers_ok_then_closes(proxy: ResProxy) -> None:
+    with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+        c.send(encode("SET", "q", "1") + encode("QUIT") + encode("GET", "q"))
+        assert c.read() == b"OK"
+        assert c.read() == b"OK"
+        assert c.closed_by_peer()
+
+
+def test_inline_commands_work_like_redis(proxy: ResProxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:  # type: ignore[attr-defined]
+        s.sendall(b"SET inl v\r\nGET inl\r\n")
+        reader = hiredis.Reader()
+        got: list[Any] = []
+        while len(got) < 2:
+            reader.feed(s.recv(1024))
+            while (r := reader.gets()) is not False:
+                got.append(r)
+    assert got == [b"OK", b"v"]

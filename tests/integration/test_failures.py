@@ -1,0 +1,193 @@
+"""Failures: bad client input, a server that stops answering, a server killed and restarted.
+
+A request never hangs and every request gets exactly one reply; one client's or one server's
+trouble stays its own. Time bounds here are generous "no hang" limits, not performance claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+
+import hiredis
+import pytest
+import redis.asyncio as aioredis
+
+from tests.integration.harness import (
+    RawClient,
+    RedisServer,
+    ResProxy,
+    free_port,
+    native_config,
+    pool_yaml,
+)
+
+TIMEOUT_MS = 500
+
+
+def _servers(backends: list[RedisServer]) -> list[str]:
+    return [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(backends)]
+
+
+@pytest.fixture(scope="module")
+def failing_proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
+    port = free_port()
+    text = native_config(
+        pool_yaml("default", port, _servers(backends), hash="murmur", timeout=TIMEOUT_MS,
+                  preconnect=True)
+    )  # fmt: skip
+    p = ResProxy(text).start()
+    p.port = port  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+def _key_on(proxy_port: int, backend: RedisServer, others: list[RedisServer]) -> bytes:
+    """A key resproxy places on ``backend`` (found by writing and looking)."""
+    with RawClient(proxy_port) as c:
+        for i in range(500):
+            key = b"probe:%d" % i
+            c.call("SET", key, "1")
+            if backend.call("EXISTS", key) == 1:
+                return key
+    raise AssertionError("no key landed on the backend")
+
+
+MALFORMED = [
+    b"*x\r\n",  # bad multibulk count
+    b"*1\r\n$999999999999\r\n",  # huge declared bulk length
+    b"*99999999999\r\n",  # huge declared argument count
+    b"*2\r\n$3\r\nGET\r\n:12\r\n",  # an integer where a bulk string must be
+    b"*1\r\n$-7\r\n",  # negative bulk length
+]
+
+
+@pytest.mark.parametrize("payload", MALFORMED)
+def test_malformed_input_gets_an_error_then_a_close_and_others_are_unaffected(
+    failing_proxy: ResProxy, payload: bytes
+) -> None:
+    port = failing_proxy.port  # type: ignore[attr-defined]
+    with RawClient(port, timeout_s=5) as bystander, RawClient(port, timeout_s=5) as bad:
+        assert bystander.call("SET", "bystander", "ok") == b"OK"
+        bad.send(encode_ping() + payload)
+        assert bad.read() == b"PONG"  # what came before the garbage is answered
+        reply = bad.read()
+        assert isinstance(reply, hiredis.ReplyError)
+        assert str(reply).startswith("ERR Protocol error")
+        assert bad.closed_by_peer()
+        assert bystander.call("GET", "bystander") == b"ok"
+
+
+def encode_ping() -> bytes:
+    return b"*1\r\n$4\r\nPING\r\n"
+
+
+def test_truncated_frame_then_close_does_not_disturb_the_proxy(failing_proxy: ResProxy) -> None:
+    port = failing_proxy.port  # type: ignore[attr-defined]
+    with RawClient(port) as bad:
+        bad.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\nabc")
+    with RawClient(port) as good:
+        assert good.call("PING") == b"PONG"
+        assert good.call("EXISTS", "k") == 0  # the half-sent SET never reached a server
+
+
+def test_server_that_stops_answering_times_out_and_recovers(
+    failing_proxy: ResProxy, backends: list[RedisServer]
+) -> None:
+    port = failing_proxy.port  # type: ignore[attr-defined]
+    victim = backends[0]
+    key = _key_on(port, victim, backends[1:])
+    other_key = _key_on(port, backends[1], [])
+    victim.send_signal(signal.SIGSTOP)
+    try:
+        with RawClient(port, timeout_s=10) as c:
+            started = time.monotonic()
+            reply = c.call("GET", key)
+            waited = time.monotonic() - started
+            assert isinstance(reply, hiredis.ReplyError)
+            assert "timed out" in str(reply)
+            assert waited < TIMEOUT_MS / 1000 + 2.0  # bounded by `timeout`, no hang
+            assert c.call("GET", other_key) == b"1"  # the other servers keep serving
+    finally:
+        victim.send_signal(signal.SIGCONT)
+    with RawClient(port, timeout_s=10) as c:
+        assert c.call("GET", key) == b"1"
+
+
+def test_killed_server_errors_promptly_others_serve_and_it_returns_after_restart(
+    failing_proxy: ResProxy, backends: list[RedisServer]
+) -> None:
+    port = failing_proxy.port  # type: ignore[attr-defined]
+    victim = backends[2]
+    key = _key_on(port, victim, backends[:2])
+    other_key = _key_on(port, backends[0], [])
+    victim.kill()
+    with RawClient(port, timeout_s=10) as c:
+        for _ in range(5):
+            started = time.monotonic()
+            reply = c.call("GET", key)
+            assert isinstance(reply, hiredis.ReplyError) and "s2" in str(reply)
+            assert time.monotonic() - started < 1.0  # prompt: no waiting for a dead server
+            assert c.call("GET", other_key) == b"1"
+        victim.restart()
+        deadline = time.monotonic() + 10
+        while True:  # bounded: the proxy's probe reconnects within about a second
+            reply = c.call("SET", key, "back")
+            if reply == b"OK":
+                break
+            assert time.monotonic() < deadline, f"server not used again: {reply}"
+            time.sleep(0.05)
+        assert c.call("GET", key) == b"back"
+        assert victim.call("GET", key) == b"back"
+
+
+def test_auto_eject_moves_a_dead_servers_keys_to_the_others(backends: list[RedisServer]) -> None:
+    port = free_port()
+    text = native_config(
+        pool_yaml("eject", port, _servers(backends), hash="murmur", timeout=TIMEOUT_MS,
+                  preconnect=True, auto_eject_hosts=True, server_failure_limit=1,
+                  server_retry_timeout=60000)
+    )  # fmt: skip
+    proxy = ResProxy(text).start()
+    victim = backends[1]
+    try:
+        key = _key_on(port, victim, [])
+        victim.kill()
+        with RawClient(port, timeout_s=10) as c:
+            deadline = time.monotonic() + 10
+            while c.call("SET", key, "moved") != b"OK":  # bounded: fails until ejected
+                assert time.monotonic() < deadline
+            assert c.call("GET", key) == b"moved"
+        assert any(b.call("GET", key) == b"moved" for b in backends if b is not victim)
+    finally:
+        proxy.cleanup()
+        victim.restart()
+
+
+async def test_many_pipelining_clients_get_their_own_replies_in_order(
+    failing_proxy: ResProxy,
+) -> None:
+    port = failing_proxy.port  # type: ignore[attr-defined]
+
+    async def client(n: int) -> None:
+        r = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2)
+        try:
+            pipe = r.pipeline(transaction=False)
+            for i in range(200):
+                pipe.set(f"c{n}:{i}", f"{n}-{i}")
+                pipe.get(f"c{n}:{i}")
+                pipe.incr(f"c{n}:count")
+            replies = await pipe.execute()
+            for i in range(200):
+                assert replies[3 * i] is True
+                assert replies[3 * i + 1] == f"{n}-{i}".encode()
+                assert replies[3 * i + 2] == i + 1
+        finally:
+            await r.aclose()
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(client(n) for n in range(20)))
