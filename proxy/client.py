@@ -44,6 +44,7 @@ from proxy.resp import (
     RequestParser,
     encode_bulk,
     encode_command,
+    encode_map,
     encode_value,
 )
 
@@ -82,6 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._password = pool.config.redis_auth
         self._authed = self._password is None
+        self._resp3 = False  # HELLO 3 switches this client to RESP3
         self._closing = False  # QUIT, protocol error or shutdown: no more requests
         self._read_paused = False
         self._write_paused = False
@@ -147,7 +149,7 @@ class ClientConnection(asyncio.Protocol):
                 if server is None:
                     slot.fail(errors.no_server_for_key())
                 else:
-                    server.send(raw, slot)
+                    server.send(raw, slot, self._resp3)
                 return
         self._dispatch_slow(args, raw)
 
@@ -195,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
         if server is None:
             slot.fail(errors.no_server_for_key())
         else:
-            server.send(raw, slot)
+            server.send(raw, slot, self._resp3)
 
     def _fanout(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         if args[0] == b"MSET" and len(args) % 2 == 0:
@@ -207,13 +209,15 @@ class ClientConnection(asyncio.Protocol):
             return
         parent = self._queue.push()
         nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
-        gather = Gather(parent, args[0], nkeys, [positions for _, _, positions in parts])
+        gather = Gather(
+            parent, args[0], nkeys, [positions for _, _, positions in parts], self._resp3
+        )
         for i, (server, sub_args, _) in enumerate(parts):
             child = gather.child(i)
             if server is None:
                 child.fail(errors.no_server_for_key())
             else:
-                server.send(encode_command(sub_args), child)
+                server.send(encode_command(sub_args), child, self._resp3)
 
     # --- local commands ------------------------------------------------------------------
 
@@ -242,6 +246,7 @@ class ClientConnection(asyncio.Protocol):
             self._client(spec, args)
         elif name == b"RESET":
             self.name = b""
+            self._resp3 = False
             queue.push_reply(b"+RESET\r\n")
         else:
             queue.push_error(errors.unsupported(spec.fullname))
@@ -278,16 +283,19 @@ class ClientConnection(asyncio.Protocol):
         return args[-1] == password.encode()
 
     def _hello(self, args: Sequence[bytes]) -> None:
+        """HELLO [2|3 [AUTH user pass] [SETNAME name]]: Redis's handshake, RESP2 or RESP3."""
         queue = self._queue
+        resp3 = self._resp3
         if args:
             try:
                 version = int(args[0])
             except ValueError:
                 queue.push_error("ERR Protocol version is not an integer or out of range")
                 return
-            if version != 2:
+            if version not in (2, 3):
                 queue.push_error(errors.NOPROTO)
                 return
+            resp3 = version == 3
         i = 1
         while i < len(args):
             option = args[i].upper()
@@ -306,11 +314,13 @@ class ClientConnection(asyncio.Protocol):
         if not self._authed:
             queue.push_error(errors.NOAUTH)
             return
-        info: list[Any] = [
-            b"server", b"resproxy", b"version", __version__.encode(), b"proto", 2,
-            b"id", self.id, b"mode", b"proxy", b"role", b"master", b"modules", [],
+        self._resp3 = resp3
+        info: list[tuple[bytes, Any]] = [
+            (b"server", b"resproxy"), (b"version", __version__.encode()),
+            (b"proto", 3 if resp3 else 2), (b"id", self.id), (b"mode", b"proxy"),
+            (b"role", b"master"), (b"modules", []),
         ]  # fmt: skip
-        queue.push_reply(encode_value(info))
+        queue.push_reply(encode_map(info, resp3))
 
     def _command(self, args: Sequence[bytes]) -> None:
         queue = self._queue

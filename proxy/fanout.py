@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from proxy import errors
 from proxy.inflight import ReplySlot
-from proxy.resp import OK, ReplyParser, decode_reply, encode_error, encode_int
+from proxy.resp import OK, ReplyParser, decode_reply, encode_error, encode_int, is_error
 
 T = TypeVar("T", bound=Hashable | None)
 
@@ -52,10 +52,18 @@ def split(args: Sequence[bytes], locate: Callable[[bytes], T]) -> list[Part[T]]:
 class Gather:
     """Collects the sub-replies of one split command, then completes the client's slot."""
 
-    __slots__ = ("_parent", "_name", "_nkeys", "_parts", "_slots", "_left")
+    __slots__ = ("_parent", "_name", "_nkeys", "_parts", "_slots", "_left", "_null")
 
-    def __init__(self, parent: ReplySlot, name: bytes, nkeys: int, positions: list[list[int]]):
+    def __init__(
+        self,
+        parent: ReplySlot,
+        name: bytes,
+        nkeys: int,
+        positions: list[list[int]],
+        resp3: bool = False,
+    ) -> None:
         self._parent = parent
+        self._null = b"_\r\n" if resp3 else b"$-1\r\n"
         self._name = name
         self._nkeys = nkeys
         self._parts = positions
@@ -74,11 +82,11 @@ class Gather:
     def _merge(self) -> bytes:
         datas = [s.data or b"" for s in self._slots]
         for raw in datas:
-            if raw[:1] == b"-":
+            if is_error(raw):
                 return raw
         name = self._name
         if name == b"MGET":
-            return _merge_mget(datas, self._parts, self._nkeys)
+            return _merge_mget(datas, self._parts, self._nkeys, self._null)
         if name in SUM_COMMANDS:
             total = 0
             for raw in datas:
@@ -91,7 +99,7 @@ class Gather:
         return encode_error(errors.MERGE_MISMATCH)
 
 
-def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes:
+def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int, null: bytes) -> bytes:
     # hiredis decodes each part in C; re-encoding the values costs less than re-framing the
     # parts' raw items in Python (measured with redis-benchmark MGET of 10 keys at -P 16).
     out: list[bytes] = [b""] * nkeys
@@ -100,7 +108,7 @@ def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes
         if type(values) is not list or len(values) != len(positions):
             return encode_error(errors.MERGE_MISMATCH)
         for pos, value in zip(positions, values):
-            out[pos] = b"$-1\r\n" if value is None else b"$%d\r\n%b\r\n" % (len(value), value)
+            out[pos] = null if value is None else b"$%d\r\n%b\r\n" % (len(value), value)
     return b"*%d\r\n" % nkeys + b"".join(out)
 
 

@@ -64,13 +64,16 @@ class Server:
         self._loop = loop
         pc = pool.config
         self._timeout_ms = pc.timeout_ms
+        # RESP2 lanes serve RESP2 clients; RESP3 clients (HELLO 3) get lanes of their own,
+        # opened with HELLO 3, so every reply can be forwarded as it arrives.
         self._lanes: list[BackendConnection | None] = [None] * pc.server_connections
+        self._lanes3: list[BackendConnection | None] = [None] * pc.server_connections
         self._rr = 0
-        self._init: list[bytes] = []
-        if pc.redis_auth is not None:
-            self._init.append(encode_command([b"AUTH", pc.redis_auth.encode()]))
-        if pc.redis_db:
-            self._init.append(encode_command([b"SELECT", b"%d" % pc.redis_db]))
+        auth = pc.redis_auth.encode() if pc.redis_auth is not None else None
+        select = [encode_command([b"SELECT", b"%d" % pc.redis_db])] if pc.redis_db else []
+        self._init = ([encode_command([b"AUTH", auth])] if auth else []) + select
+        hello = [b"HELLO", b"3"] + ([b"AUTH", b"default", auth] if auth else [])
+        self._init3 = [encode_command(hello)] + select
         self.state = ServerState.UNKNOWN
         self.down_reason = ""
         self._down_until = 0.0
@@ -91,9 +94,9 @@ class Server:
 
     # --- requests ------------------------------------------------------------------------
 
-    def send(self, payload: bytes, slot: ReplySlot) -> None:
+    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False) -> None:
         """Send one request (raw RESP) on a lane; its reply completes ``slot``."""
-        lanes = self._lanes
+        lanes = self._lanes3 if resp3 else self._lanes
         if len(lanes) == 1:
             conn = lanes[0]
             i = 0
@@ -104,7 +107,7 @@ class Server:
             if self._loop.time() < self._down_until or self.closing:
                 slot.fail(errors.server_unavailable(self.name, self.down_reason or "closing"))
                 return
-            conn = self._connect(i)
+            conn = self._connect(i, resp3)
         conn.send(payload, slot)
 
     def connect_all(self) -> None:
@@ -115,9 +118,10 @@ class Server:
 
     # --- connection lifecycle ------------------------------------------------------------
 
-    def _connect(self, lane: int) -> BackendConnection:
-        conn = BackendConnection(self.name, self._loop, self._timeout_ms, self._init, self._on_lost)
-        self._lanes[lane] = conn
+    def _connect(self, lane: int, resp3: bool = False) -> BackendConnection:
+        init = self._init3 if resp3 else self._init
+        conn = BackendConnection(self.name, self._loop, self._timeout_ms, init, self._on_lost)
+        (self._lanes3 if resp3 else self._lanes)[lane] = conn
         task = self._loop.create_task(self._open(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -143,9 +147,10 @@ class Server:
         self._mark_up()
 
     def _on_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
-        for i, lane in enumerate(self._lanes):
-            if lane is conn:
-                self._lanes[i] = None
+        for lanes in (self._lanes, self._lanes3):
+            for i, lane in enumerate(lanes):
+                if lane is conn:
+                    lanes[i] = None
         if self.closing or not failure:
             return
         self.failures += 1
@@ -219,12 +224,12 @@ class Server:
                 handle.cancel()
         for task in list(self._tasks):
             task.cancel()
-        for conn in self._lanes:
+        for conn in self._lanes + self._lanes3:
             if conn is not None:
                 conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
 
     def pending(self) -> int:
-        return sum(c.pending for c in self._lanes if c is not None)
+        return sum(c.pending for c in self._lanes + self._lanes3 if c is not None)
 
 
 class RingPool:

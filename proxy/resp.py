@@ -337,8 +337,15 @@ class RequestParser:
 
 
 
+# RESP3 types (https://github.com/redis/redis-specification): replies on connections opened
+# with HELLO 3, forwarded to RESP3 clients.
+_LINE3 = frozenset(b"_,#(")  # null, double, boolean, big number: one line
+_BULK3 = frozenset(b"!=")  # blob error, verbatim string: length-prefixed like '$'
+_AGGREGATE3 = frozenset(b"%~>|")  # map, set, push, attributes
+
+
 class ReplyParser:
-    """Frames RESP2 replies from a server and returns each one's raw bytes."""
+    """Frames RESP2 and RESP3 replies from a server and returns each one's raw bytes."""
 
     __slots__ = ("_buf", "_pos", "_start", "_left", "max_bulk_bytes")
 
@@ -374,16 +381,16 @@ class ReplyParser:
                 nl = find(CRLF, start)
                 if nl < 0:
                     break
-                if kind == 36:  # '$'
+                if kind == 36 or kind in _BULK3:  # '$', RESP3 '!' '='
                     size = int(buf[start + 1 : nl])
                     if size > self.max_bulk_bytes:
                         raise ProtocolError("invalid bulk length from server")
                     nxt = nl + 2 if size < 0 else nl + 4 + size
                     if nxt > end:
                         break
-                elif kind == 43 or kind == 45 or kind == 58:  # '+', '-', ':'
+                elif kind == 43 or kind == 45 or kind == 58 or kind in _LINE3:  # + - : ...
                     nxt = nl + 2
-                elif kind == 42:  # '*': arrays take the general path
+                elif kind == 42 or kind in _AGGREGATE3:  # arrays, maps...: general path
                     break
                 else:
                     raise ProtocolError(f"unexpected reply type byte {kind!r} from server")
@@ -393,7 +400,7 @@ class ReplyParser:
                 self._buf = b""
                 self._start = 0
                 return _as_bytes(out, buf)
-            if buf[start] != 42:  # a partial flat reply
+            if buf[start] != 42 and buf[start] not in _AGGREGATE3:  # a partial flat reply
                 self._keep(buf, start, start, 0)
                 return _as_bytes(out, buf)
         pos = self._pos
@@ -411,7 +418,7 @@ class ReplyParser:
                 nl = find(CRLF, pos)
                 if nl < 0:
                     break
-                if kind == 36:  # '$'
+                if kind == 36 or kind in _BULK3:  # '$', RESP3 '!' '='
                     size = int(buf[pos + 1 : nl])
                     if size > self.max_bulk_bytes:
                         raise ProtocolError("invalid bulk length from server")
@@ -420,9 +427,13 @@ class ReplyParser:
                         break
                     pos = nxt
                     left -= 1
-                elif kind == 42:  # '*'
+                elif kind == 42 or kind in _AGGREGATE3:  # '*', RESP3 '%' '~' '>' '|'
                     count = int(buf[pos + 1 : nl])
                     pos = nl + 2
+                    if kind == 37:  # '%' map: key and value per entry
+                        count *= 2
+                    elif kind == 124:  # '|' attributes: then the reply they annotate
+                        count = count * 2 + 1
                     left += count - 1 if count > 0 else -1
                     # Arrays of bulk strings (MGET, LRANGE, HGETALL...): skip their items
                     # in a tight loop while they are complete and flat.
@@ -436,7 +447,7 @@ class ReplyParser:
                             break
                         pos = nxt
                         left -= 1
-                elif kind in (43, 45, 58):  # '+', '-', ':'
+                elif kind in (43, 45, 58) or kind in _LINE3:  # '+', '-', ':', RESP3 lines
                     pos = nl + 2
                     left -= 1
                 else:
@@ -479,8 +490,8 @@ def decode_reply(raw: bytes) -> Any:
 
 
 def is_error(raw: bytes) -> bool:
-    """True for an error reply (``-ERR ...``)."""
-    return raw[:1] == b"-"
+    """True for an error reply (``-ERR ...``, or a RESP3 blob error ``!``)."""
+    return raw[:1] in (b"-", b"!")
 
 
 def encode_command(args: Sequence[bytes]) -> bytes:
@@ -542,6 +553,14 @@ def encode_value(value: Any) -> bytes:
     if isinstance(value, str):
         return encode_bulk(value.encode())
     raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode_map(pairs: Sequence[tuple[bytes, Any]], resp3: bool) -> bytes:
+    """A map: RESP3 ``%`` for RESP3 clients, a flat key/value array for RESP2 ones."""
+    items = [encode_value(x) for pair in pairs for x in pair]
+    if resp3:
+        return b"%%%d\r\n" % len(pairs) + b"".join(items)
+    return encode_array(items)
 
 
 OK = b"+OK\r\n"

@@ -174,7 +174,8 @@ async def test_many_pipelining_clients_get_their_own_replies_in_order(
     port = failing_proxy.port  # type: ignore[attr-defined]
 
     async def client(n: int) -> None:
-        r = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2)
+        # half RESP2, half RESP3 (redis-py's default): separate server lanes, one proxy
+        r = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2 + n % 2)
         try:
             pipe = r.pipeline(transaction=False)
             for i in range(200):
