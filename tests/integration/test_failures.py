@@ -57,6 +57,19 @@ def _key_on(proxy_port: int, backend: RedisServer, others: list[RedisServer]) ->
     raise AssertionError("no key landed on the backend")
 
 
+def _wait_until_all_served(port: int, timeout_s: float = 10.0) -> None:
+    """Bounded wait until every server answers through the proxy (after a restart elsewhere)."""
+    keys = [b"health:%d" % i for i in range(60)]  # enough keys to touch every server
+    deadline = time.monotonic() + timeout_s
+    with RawClient(port) as c:
+        while True:
+            replies = c.pipeline([("SET", k, "1") for k in keys])
+            if all(r == b"OK" for r in replies):
+                return
+            assert time.monotonic() < deadline, replies
+            time.sleep(0.05)
+
+
 MALFORMED = [
     b"*x\r\n",  # bad multibulk count
     b"*1\r\n$999999999999\r\n",  # huge declared bulk length
@@ -172,6 +185,7 @@ async def test_many_pipelining_clients_get_their_own_replies_in_order(
     failing_proxy: ResProxy,
 ) -> None:
     port = failing_proxy.port  # type: ignore[attr-defined]
+    _wait_until_all_served(port)  # an earlier test restarted a server
 
     async def client(n: int) -> None:
         # half RESP2, half RESP3 (redis-py's default): separate server lanes, one proxy
