@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""`make bench`: redis-benchmark straight to Redis, through nutcracker and through resproxy.
+
+One run starts its own processes on free 127.0.0.1 ports: three redis-servers behind both
+proxies (the same nutcracker.yml, read as it is by both), and one redis-server for the direct
+baseline. For each case it runs the proxies in A B B A order per round (alternating which comes
+first), plus Redis once, and reports medians: throughput, p50/p99 latency, the
+resproxy/nutcracker throughput ratio (median and min-max over rounds), and each proxy's CPU
+time per request (utime+stime from /proc/PID/stat, over the run, divided by requests).
+
+Usage: bench/run.py [--rounds N] [--quick] [--markdown] [--only CASE,...]
+Every process it starts is stopped by PID at the end, also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+CLIENTS = 50
+KEYSPACE = 100000
+TEN_KEYS = " ".join(["k:__rand_int__"] * 10)
+TEN_PAIRS = " ".join(["k:__rand_int__ v"] * 10)
+
+
+@dataclass
+class Case:
+    name: str
+    args: list[str]  # redis-benchmark arguments after the common ones
+    pipeline: int
+    requests: int
+
+
+CASES = [
+    Case("GET P1", ["-t", "get"], 1, 100_000),
+    Case("SET P1", ["-t", "set"], 1, 100_000),
+    Case("GET P16", ["-t", "get"], 16, 600_000),
+    Case("SET P16", ["-t", "set"], 16, 600_000),
+    Case("MGET10 P1", TEN_KEYS.split(), 1, 40_000),
+    Case("MSET10 P1", TEN_PAIRS.split(), 1, 40_000),
+    Case("MGET10 P16", TEN_KEYS.split(), 16, 80_000),
+    Case("MSET10 P16", TEN_PAIRS.split(), 16, 80_000),
+]
+for _c in CASES[4:]:
+    _c.args = [("mget" if "MGET" in _c.name else "mset")] + _c.args
+
+
+@dataclass
+class Result:
+    rps: float
+    p50: float
+    p99: float
+    cpu_us: float | None = None
+
+
+@dataclass
+class Series:
+    runs: dict[str, list[Result]] = field(default_factory=lambda: {"redis": [], "nutcracker": [], "resproxy": []})
+    ratios: list[float] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # bounded poll: the one readiness signal all three share
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: {what} exited (code {proc.returncode}) before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"bench: {what} did not listen on {port} within {timeout_s} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_benchmark(port: int, case: Case, requests: int) -> Result:
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
+           "-n", str(requests), "-P", str(case.pipeline), "-r", str(KEYSPACE), "--csv",
+           *case.args]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: redis-benchmark failed: {out.stderr.strip()}")
+    rows = [r for r in csv.reader(io.StringIO(out.stdout)) if r and r[0] != "test"]
+    if not rows:
+        raise SystemExit(f"bench: no result from redis-benchmark: {out.stdout!r} {out.stderr!r}")
+    row = rows[-1]
+    return Result(rps=float(row[1]), p50=float(row[4]), p99=float(row[6]))
+
+
+def measure(port: int, pid: int | None, case: Case, requests: int) -> Result:
+    before = cpu_seconds(pid) if pid else 0.0
+    result = run_benchmark(port, case, requests)
+    if pid:
+        result.cpu_us = (cpu_seconds(pid) - before) * 1e6 / requests
+    return result
+
+
+def nutcracker_yml(listen: int, ports: list[int]) -> str:
+    servers = "".join(f"   - 127.0.0.1:{p}:1\n" for p in ports)
+    return (
+        "bench:\n"
+        f"  listen: 127.0.0.1:{listen}\n"
+        "  hash: fnv1a_64\n  distribution: ketama\n  hash_tag: \"{}\"\n  redis: true\n"
+        "  timeout: 400\n  server_connections: 1\n  preconnect: true\n"
+        "  auto_eject_hosts: false\n  servers:\n" + servers
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a tenth of the requests, one round")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--only", default="", help="comma-separated case names, e.g. 'GET P1,SET P16'")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    scale = 0.1 if args.quick else 1.0
+    cases = [c for c in CASES if not args.only or c.name in args.only.split(",")]
+
+    workdir = tempfile.mkdtemp(prefix="resproxy-bench-")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(cmd: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+        procs.append(p)
+        return p
+
+    def stop_all(*_: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    try:
+        redis_ports = [free_port() for _ in range(4)]
+        for port in redis_ports:
+            p = start(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                       "--appendonly", "no", "--dir", workdir])  # fmt: skip
+        for port, p in zip(redis_ports, procs):
+            wait_port(port, p, f"redis-server {port}")
+        direct_port, backend_ports = redis_ports[3], redis_ports[:3]
+
+        nut_port, res_port = free_port(), free_port()
+        nut_conf = os.path.join(workdir, "nutcracker.yml")
+        res_conf = os.path.join(workdir, "resproxy.yml")
+        with open(nut_conf, "w") as f:
+            f.write(nutcracker_yml(nut_port, backend_ports))
+        with open(res_conf, "w") as f:
+            f.write(nutcracker_yml(res_port, backend_ports))
+        nut = start([NUTCRACKER, "-c", nut_conf, "-s", str(free_port()), "-o",
+                     os.path.join(workdir, "nutcracker.log")])  # fmt: skip
+        res = start([sys.executable, "-m", "proxy", "-c", res_conf, "--log-level", "warning"],
+                    cwd=ROOT)
+        wait_port(nut_port, nut, "nutcracker")
+        wait_port(res_port, res, "resproxy")
+        targets = {"redis": (direct_port, None), "nutcracker": (nut_port, nut.pid),
+                   "resproxy": (res_port, res.pid)}  # fmt: skip
+
+        results: dict[str, Series] = {}
+        for case in cases:
+            series = results[case.name] = Series()
+            requests = max(1000, int(case.requests * scale))
+            for r in range(rounds):
+                order = ["nutcracker", "resproxy", "resproxy", "nutcracker"]
+                if r % 2:
+                    order = order[::-1]
+                got: dict[str, list[Result]] = {"nutcracker": [], "resproxy": []}
+                for name in order:
+                    port, pid = targets[name]
+                    got[name].append(measure(port, pid, case, requests))
+                port, pid = targets["redis"]
+                series.runs["redis"].append(measure(port, pid, case, requests))
+                for name, rs in got.items():
+                    series.runs[name].extend(rs)
+                series.ratios.append(
+                    statistics.mean(x.rps for x in got["resproxy"])
+                    / statistics.mean(x.rps for x in got["nutcracker"])
+                )
+                print(f"  {case.name} round {r + 1}/{rounds}: resproxy/nutcracker "
+                      f"{series.ratios[-1]:.2f}", file=sys.stderr, flush=True)  # fmt: skip
+            for name, proc in (("nutcracker", nut), ("resproxy", res)):
+                if proc.poll() is not None:
+                    raise SystemExit(f"bench: {name} died during the run")
+        report(results, rounds, args.markdown)
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench", "results", "latest.json"), "w") as f:
+            json.dump({k: {"runs": {n: [vars(x) for x in v] for n, v in s.runs.items()},
+                           "ratios": s.ratios} for k, s in results.items()}, f, indent=1)  # fmt: skip
+    finally:
+        stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(results: dict[str, Series], rounds: int, markdown: bool) -> None:
+    med = statistics.median
+    header = ["case", "redis rps", "nutcracker rps", "resproxy rps", "ratio (min-max)",
+              "p50 ms r/n/p", "p99 ms r/n/p", "CPU us/req n", "CPU us/req p", "CPU ratio"]  # fmt: skip
+    rows = []
+    for name, s in results.items():
+        r, n, p = s.runs["redis"], s.runs["nutcracker"], s.runs["resproxy"]
+        cpu_n = med([x.cpu_us for x in n if x.cpu_us is not None])
+        cpu_p = med([x.cpu_us for x in p if x.cpu_us is not None])
+        rows.append([
+            name, f"{med([x.rps for x in r]):,.0f}", f"{med([x.rps for x in n]):,.0f}",
+            f"{med([x.rps for x in p]):,.0f}",
+            f"{med(s.ratios):.2f} ({min(s.ratios):.2f}-{max(s.ratios):.2f})",
+            f"{med([x.p50 for x in r]):.2f}/{med([x.p50 for x in n]):.2f}/{med([x.p50 for x in p]):.2f}",
+            f"{med([x.p99 for x in r]):.2f}/{med([x.p99 for x in n]):.2f}/{med([x.p99 for x in p]):.2f}",
+            f"{cpu_n:.1f}", f"{cpu_p:.1f}", f"{cpu_p / cpu_n:.2f}",
+        ])  # fmt: skip
+    print(f"\nredis-benchmark -c {CLIENTS} -r {KEYSPACE}, {rounds} round(s) of A B B A; "
+          "medians; r/n/p = redis/nutcracker/resproxy\n")  # fmt: skip
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
