@@ -1,4 +1,4 @@
-"""Builds the optional C accelerator for twemproxy's hash functions (proxy/_hashkit.c).
+"""Builds the optional C accelerator for twemproxy's hash functions (proxy/_speedups.c).
 
 Everything else is declared in pyproject.toml. If the compiler is missing the build goes on
 without it and proxy/hashing.py uses its pure-Python functions (same results, slower).
@@ -8,6 +8,6 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("proxy._hashkit", ["proxy/_hashkit.c"], optional=True, extra_compile_args=["-O2"])
+        Extension("proxy._speedups", ["proxy/_speedups.c"], optional=True, extra_compile_args=["-O2"])
     ]
 )

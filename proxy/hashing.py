@@ -13,7 +13,7 @@ includes twemproxy's quirks, kept on purpose:
 * ``murmur`` seeds MurmurHash2 with ``0xdeadbeef * length``; ``jenkins`` is lookup3's
   ``hashlittle`` with initval 13; ``hsieh`` is SuperFastHash starting from 0, not from length.
 
-The byte loops run in C (proxy/_hashkit.c) when the build compiled it; the Python functions
+The byte loops run in C (proxy/_speedups.c) when the build compiled it; the Python functions
 here are the reference (tests check the two agree) and the fallback.
 """
 
@@ -230,15 +230,15 @@ _FUNCTIONS: dict[str, HashFunction] = {
 HASH_NAMES: tuple[str, ...] = tuple(_FUNCTIONS)
 PY_FUNCTIONS: dict[str, HashFunction] = dict(_FUNCTIONS)  # the reference implementations
 
-try:  # the C versions of the byte loops (proxy/_hashkit.c), when the build could compile them
-    from proxy import _hashkit
+try:  # the C versions of the byte loops (proxy/_speedups.c), when the build could compile them
+    from proxy import _speedups
 except ImportError:  # pragma: no cover - depends on the build
-    _hashkit = None  # type: ignore[assignment]
+    _speedups = None  # type: ignore[assignment]
 else:
     for _name in HASH_NAMES:
-        if hasattr(_hashkit, _name):
-            _FUNCTIONS[_name] = getattr(_hashkit, _name)
-ACCELERATED = _hashkit is not None
+        if hasattr(_speedups, _name):
+            _FUNCTIONS[_name] = getattr(_speedups, _name)
+ACCELERATED = _speedups is not None
 
 
 def hash_function(name: str) -> HashFunction:

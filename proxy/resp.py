@@ -337,23 +337,27 @@ class RequestParser:
 
 
 
-# RESP3 types (https://github.com/redis/redis-specification): replies on connections opened
-# with HELLO 3, forwarded to RESP3 clients.
-_LINE3 = frozenset(b"_,#(")  # null, double, boolean, big number: one line
-_BULK3 = frozenset(b"!=")  # blob error, verbatim string: length-prefixed like '$'
-_AGGREGATE3 = frozenset(b"%~>|")  # map, set, push, attributes
+# Reply types, RESP2 and RESP3 (https://github.com/redis/redis-specification): RESP3 replies
+# come on server connections opened with HELLO 3 and go to RESP3 clients.
+_LINE = frozenset(b"+-:_,#(")  # status, error, integer, null, double, boolean, big number
+_BULK = frozenset(b"$!=")  # bulk string, blob error, verbatim string: length-prefixed
+_AGGREGATE = frozenset(b"*%~>|")  # array, map, set, push, attributes
 
 
 class ReplyParser:
-    """Frames RESP2 and RESP3 replies from a server and returns each one's raw bytes."""
+    """Frames RESP2 and RESP3 replies from a server and returns each one's raw bytes.
 
-    __slots__ = ("_buf", "_pos", "_start", "_left", "max_bulk_bytes")
+    The scan itself is ``scan_reply``: C when the build compiled proxy/_speedups.c, else its
+    Python twin ``_py_scan_reply`` (same results; the tests run both). A reply that arrives in
+    pieces is resumed where the scan stopped, so a huge array is never rescanned.
+    """
+
+    __slots__ = ("_buf", "_pos", "_left", "max_bulk_bytes")
 
     def __init__(self, max_bulk_bytes: int = MAX_BULK_BYTES) -> None:
-        self._buf: bytes | bytearray = b""
-        self._start = 0  # where the reply being framed begins
-        self._pos = 0  # how far it has been scanned
-        self._left = 0  # elements still to scan for it (0: not started)
+        self._buf: bytes | bytearray = b""  # starts at the first byte of an unfinished reply
+        self._pos = 0  # how far that reply was scanned
+        self._left = 0  # elements it still misses (0: none started)
         self.max_bulk_bytes = max_bulk_bytes
 
     def feed(self, data: bytes) -> None:
@@ -370,108 +374,79 @@ class ReplyParser:
         """Return every complete reply buffered so far (raw bytes each), in order."""
         buf = self._buf
         end = len(buf)
-        find = buf.find
         out: list[bytes | bytearray] = []
         append = out.append
-        start = self._start
-        if self._left == 0:
-            # Fast path for flat replies (+OK, :1, $n bulk, -ERR): one find and one slice each.
+        scan = scan_reply
+        start = 0
+        pos, left = (self._pos, self._left) if self._left else (0, 1)
+        try:
             while start < end:
-                kind = buf[start]
-                nl = find(CRLF, start)
-                if nl < 0:
+                pos, left = scan(buf, pos, left)
+                if left:
                     break
-                if kind == 36 or kind in _BULK3:  # '$', RESP3 '!' '='
-                    size = int(buf[start + 1 : nl])
-                    if size > self.max_bulk_bytes:
-                        raise ProtocolError("invalid bulk length from server")
-                    nxt = nl + 2 if size < 0 else nl + 4 + size
-                    if nxt > end:
-                        break
-                elif kind == 43 or kind == 45 or kind == 58 or kind in _LINE3:  # + - : ...
-                    nxt = nl + 2
-                elif kind == 42 or kind in _AGGREGATE3:  # arrays, maps...: general path
-                    break
-                else:
-                    raise ProtocolError(f"unexpected reply type byte {kind!r} from server")
-                append(buf[start:nxt])
-                start = nxt
-            else:
-                self._buf = b""
-                self._start = 0
-                return _as_bytes(out, buf)
-            if buf[start] != 42 and buf[start] not in _AGGREGATE3:  # a partial flat reply
-                self._keep(buf, start, start, 0)
-                return _as_bytes(out, buf)
-        pos = self._pos
-        left = self._left
-        while True:
-            if left == 0:
-                if start >= end:
-                    break
-                pos = start
+                append(buf[start:pos])
+                start = pos
                 left = 1
-            while left:
-                if pos >= end:
-                    break
-                kind = buf[pos]
-                nl = find(CRLF, pos)
-                if nl < 0:
-                    break
-                if kind == 36 or kind in _BULK3:  # '$', RESP3 '!' '='
-                    size = int(buf[pos + 1 : nl])
-                    if size > self.max_bulk_bytes:
-                        raise ProtocolError("invalid bulk length from server")
-                    nxt = nl + 2 if size < 0 else nl + 4 + size
-                    if nxt > end:
-                        break
-                    pos = nxt
-                    left -= 1
-                elif kind == 42 or kind in _AGGREGATE3:  # '*', RESP3 '%' '~' '>' '|'
-                    count = int(buf[pos + 1 : nl])
-                    pos = nl + 2
-                    if kind == 37:  # '%' map: key and value per entry
-                        count *= 2
-                    elif kind == 124:  # '|' attributes: then the reply they annotate
-                        count = count * 2 + 1
-                    left += count - 1 if count > 0 else -1
-                    # Arrays of bulk strings (MGET, LRANGE, HGETALL...): skip their items
-                    # in a tight loop while they are complete and flat.
-                    while left and pos < end and buf[pos] == 36:
-                        nl = find(CRLF, pos)
-                        if nl < 0:
-                            break
-                        size = int(buf[pos + 1 : nl])
-                        nxt = nl + 2 if size < 0 else nl + 4 + size
-                        if nxt > end:
-                            break
-                        pos = nxt
-                        left -= 1
-                elif kind in (43, 45, 58) or kind in _LINE3:  # '+', '-', ':', RESP3 lines
-                    pos = nl + 2
-                    left -= 1
-                else:
-                    raise ProtocolError(f"unexpected reply type byte {kind!r} from server")
-            if left:
-                break
-            append(buf[start:pos])
-            start = pos
-        self._keep(buf, start, pos, left)
+        except ValueError as exc:
+            raise ProtocolError(f"{exc} from server") from None
+        if start >= end:
+            self._buf = b""
+            self._pos = self._left = 0
+        else:
+            self._buf = buf[start:] if start else buf
+            self._pos = pos - start
+            self._left = left
         return _as_bytes(out, buf)
 
-    def _keep(self, buf: bytes | bytearray, start: int, pos: int, left: int) -> None:
-        # Drop what was handed out; keep the partial reply and how far it was scanned.
-        if start >= len(buf):
-            self._buf = b""
-            self._start = self._pos = self._left = 0
-            return
-        if start:
-            buf = buf[start:]
-            pos -= start
-        self._buf = buf
-        self._start = 0
-        self._pos = pos
-        self._left = left
+
+def _py_scan_reply(buf: bytes | bytearray, pos: int, left: int) -> tuple[int, int]:
+    """The Python twin of _speedups.scan_reply: walk frames while ``left`` elements remain.
+
+    Returns (pos, left): left == 0 means a reply ends at pos; left > 0 means more bytes are
+    needed, and the same call resumes from the returned state. ValueError on corrupt input.
+    """
+    end = len(buf)
+    find = buf.find
+    while left > 0 and pos < end:
+        kind = buf[pos]
+        nl = find(CRLF, pos + 1)
+        if nl < 0:
+            break
+        if kind in _LINE:
+            pos = nl + 2
+            left -= 1
+            continue
+        head = bytes(buf[pos + 1 : nl])
+        if not (head.isdigit() or (head[:1] == b"-" and head[1:].isdigit())):
+            raise ValueError("invalid length")
+        n = int(head)
+        if kind in _BULK:
+            if n < 0:
+                pos = nl + 2
+            elif nl + 4 + n > end:
+                break
+            else:
+                pos = nl + 4 + n
+            left -= 1
+        elif kind in _AGGREGATE:
+            pos = nl + 2
+            if n < 0:
+                left -= 1
+                continue
+            if kind == 37:  # '%' map: key and value per entry
+                n *= 2
+            elif kind == 124:  # '|' attributes, then the reply they annotate
+                n = n * 2 + 1
+            left += n - 1
+        else:
+            raise ValueError("unexpected reply type byte")
+    return pos, left
+
+
+try:
+    from proxy._speedups import scan_reply
+except ImportError:  # pragma: no cover - depends on the build
+    scan_reply = _py_scan_reply
 
 
 def _as_bytes(out: list[bytes | bytearray], buf: bytes | bytearray) -> list[bytes]:

@@ -21,8 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "backend": {"resp", "inflight", "errors"},
     "inflight": {"errors"},
     "ring": {"hashing"},
-    "hashing": {"_hashkit"},  # its own C accelerator
-    "resp": set(),
+    "hashing": {"_speedups"},  # its own C accelerator
+    "resp": {"_speedups"},  # its C reply scanner
     "config": set(),
     "errors": set(),
     "__init__": set(),

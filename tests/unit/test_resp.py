@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from proxy import resp
 from proxy.resp import (
     PyRequestParser,
     ProtocolError,
@@ -115,6 +116,16 @@ def test_endless_inline_line_is_refused() -> None:
         list(p.commands())
 
 
+@pytest.fixture(params=["c", "python"])
+def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run reply tests with the C scanner and with its Python twin."""
+    if request.param == "python":
+        monkeypatch.setattr(resp, "scan_reply", resp._py_scan_reply)
+    else:
+        assert resp.scan_reply is not resp._py_scan_reply, "C scanner not built"
+    return str(request.param)
+
+
 REPLIES = [
     b"+OK\r\n",
     b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
@@ -125,11 +136,21 @@ REPLIES = [
     b"*-1\r\n",
     b"*0\r\n",
     b"*3\r\n$1\r\na\r\n$-1\r\n*2\r\n:1\r\n*1\r\n+x\r\n",
+    # RESP3
+    b"_\r\n",
+    b",3.14\r\n",
+    b"#t\r\n",
+    b"(12345678901234567890\r\n",
+    b"!21\r\nSYNTAX invalid syntax\r\n",
+    b"=15\r\ntxt:Some string\r\n",
+    b"%2\r\n+first\r\n:1\r\n$6\r\nsecond\r\n*2\r\n_\r\n#f\r\n",
+    b"~2\r\n+a\r\n+b\r\n",
+    b"|1\r\n+key-popularity\r\n*2\r\n$1\r\na\r\n,0.19\r\n*1\r\n:1\r\n",
 ]
 
 
 @pytest.mark.parametrize("step", [1, 2, 5, 1000])
-def test_replies_framed_whole_or_byte_by_byte(step: int) -> None:
+def test_replies_framed_whole_or_byte_by_byte(step: int, scanner: str) -> None:
     stream = b"".join(REPLIES)
     p = ReplyParser()
     got: list[bytes] = []
@@ -139,7 +160,7 @@ def test_replies_framed_whole_or_byte_by_byte(step: int) -> None:
     assert got == REPLIES
 
 
-def test_reply_parser_rejects_unknown_type_byte() -> None:
+def test_reply_parser_rejects_unknown_type_byte(scanner: str) -> None:
     p = ReplyParser()
     p.feed(b"?what\r\n")
     with pytest.raises(ProtocolError):
@@ -150,3 +171,15 @@ def test_encode_decode_round_trip() -> None:
     value = [b"a", None, 7, [b"", [b"x"]]]
     assert decode_reply(encode_value(value)) == value
     assert encode_error("ERR bad\r\nthing") == b"-ERR bad  thing\r\n"
+
+
+def test_a_huge_array_arriving_in_pieces_is_not_rescanned(scanner: str) -> None:
+    items = [b"$5\r\nvalue\r\n"] * 20000
+    stream = b"*20000\r\n" + b"".join(items) + b"+OK\r\n"
+    p = ReplyParser()
+    got: list[bytes] = []
+    for i in range(0, len(stream), 4096):
+        p.feed(stream[i : i + 4096])
+        got.extend(p.replies())
+        assert p._pos <= len(p._buf)  # resumes where it stopped
+    assert got == [stream[:-5], b"+OK\r\n"]

@@ -1,5 +1,8 @@
 /*
- * proxy._hashkit: twemproxy's key hash functions in C, for the routing hot path.
+ * proxy._speedups: the two byte loops of the hot path in C, with pure-Python twins.
+ *
+ * 1. twemproxy's key hash functions (twemproxy's results, bit for bit);
+ * 2. scan_reply: where a RESP2/RESP3 reply from a server ends (resp.ReplyParser).
  *
  * Each function takes bytes and returns what proxy/hashing.py's pure-Python function of the
  * same name returns (twemproxy 0.5's result for that key); tests/unit/test_hashing.py checks
@@ -203,6 +206,82 @@ static uint32_t jenkins(const uint8_t *k, size_t n) {
     return c;
 }
 
+/*
+ * scan_reply(buf, pos, left) -> (pos, left)
+ *
+ * Walks reply frames in buf from pos while `left` elements remain to be seen (left = 1 for a
+ * new reply; aggregates add their element counts). Returns where it stopped and how many
+ * elements are still missing: left == 0 means one complete reply ends at pos; left > 0 means
+ * the bytes ran out (call again from the returned state once more arrive, nothing rescanned).
+ * Bulk payloads are skipped by length, never searched. ValueError on a corrupt stream.
+ * The Python twin is resp._py_scan_reply; tests check they agree.
+ */
+static int parse_len(const char *p, const char *e, long long *out) {
+    int neg = 0;
+    long long v = 0;
+    if (p < e && *p == '-') { neg = 1; p++; }
+    if (p >= e) return -1;
+    for (; p < e; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        v = v * 10 + (*p - '0');
+        if (v > (1LL << 40)) return -1;
+    }
+    *out = neg ? -v : v;
+    return 0;
+}
+
+static PyObject *py_scan_reply(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t pos, left;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &pos, &left))
+        return NULL;
+    const char *b = (const char *)view.buf;
+    Py_ssize_t end = view.len;
+    const char *bad = NULL;
+    while (left > 0 && pos < end) {
+        char kind = b[pos];
+        const char *cr = memchr(b + pos + 1, '\r', (size_t)(end - pos - 1));
+        if (cr == NULL || cr + 1 >= b + end)
+            break;  /* the line is not complete yet */
+        if (cr[1] != '\n') { bad = "CR without LF"; break; }
+        Py_ssize_t eol = cr - b;
+        long long n = 0;
+        switch (kind) {
+        case '+': case '-': case ':': case '_': case ',': case '#': case '(':
+            pos = eol + 2;
+            left--;
+            continue;
+        case '$': case '!': case '=':
+            if (parse_len(b + pos + 1, cr, &n) < 0) { bad = "invalid bulk length"; break; }
+            if (n < 0) { pos = eol + 2; left--; continue; }
+            if (eol + 2 + n + 2 > end)
+                goto out;  /* payload not all here: resume at this header */
+            pos = eol + 2 + n + 2;
+            left--;
+            continue;
+        case '*': case '~': case '>': case '%': case '|':
+            if (parse_len(b + pos + 1, cr, &n) < 0) { bad = "invalid aggregate length"; break; }
+            pos = eol + 2;
+            if (n < 0) { left--; continue; }
+            if (kind == '%') n *= 2;
+            else if (kind == '|') n = n * 2 + 1;  /* attributes, then the reply they annotate */
+            left += (Py_ssize_t)n - 1;
+            continue;
+        default:
+            bad = "unexpected reply type byte";
+        }
+        break;
+    }
+out:
+    PyBuffer_Release(&view);
+    if (bad != NULL) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    return Py_BuildValue("nn", pos, left);
+}
+
 typedef uint32_t (*hashfn)(const uint8_t *, size_t);
 
 static PyObject *call(hashfn fn, PyObject *arg) {
@@ -240,14 +319,15 @@ static PyMethodDef methods[] = {
     {"hsieh", py_hsieh, METH_O, NULL},
     {"murmur", py_murmur, METH_O, NULL},
     {"jenkins", py_jenkins, METH_O, NULL},
+    {"scan_reply", py_scan_reply, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_hashkit", "twemproxy's key hash functions in C.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_speedups", "twemproxy's key hashes and a RESP reply scanner in C.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__hashkit(void) {
+PyMODINIT_FUNC PyInit__speedups(void) {
     init_tables();
     return PyModule_Create(&module);
 }
