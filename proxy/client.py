@@ -1,6 +1,6 @@
 """One client connection: parse, classify, dispatch, replies in order, backpressure.
 
-    data_received ─> RequestParser.commands() ─> _dispatch(args, raw)
+    data_received ─> RequestParser.commands() ─> fast path inline, else _dispatch_slow
                         single key (fast path) ─> pool.route(key).send(raw, slot)
                         MGET/MSET/DEL/... across servers ─> fanout.split + Gather
                         local / refused / bad ─> a completed slot, answered in place
@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 class ClientLimits:
     max_pending: int = 4096
     max_reply_bytes: int = 4 * 1024 * 1024
+
+
+def _no_fast_path(name: bytes) -> None:
+    """Until a client has authenticated, every command takes the slow path (NOAUTH)."""
+    return None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -117,11 +122,34 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             return
         self._parser.feed(data)
+        # The single-key fast path is inlined here, with its lookups bound once per read:
+        # a 16-command pipeline pays them once, not 16 times (py-spy: ~10% of proxy CPU).
+        fast = FAST_SINGLE_KEY.get if self._authed else _no_fast_path
+        push = self._queue.push
+        route = self._pool.route
+        resp3 = self._resp3
+        count = 0
         try:
             for args, raw in self._parser.commands():
-                self._dispatch(args, raw)
+                count += 1
+                spec = fast(args[0])
+                if spec is not None:
+                    a = spec.arity
+                    n = len(args)
+                    if n == a if a > 0 else n >= -a:
+                        slot = push()
+                        server = route(args[1])
+                        if server is None:
+                            slot.fail(errors.no_server_for_key())
+                        else:
+                            server.send(raw, slot, resp3)
+                        continue
+                self._dispatch_slow(args, raw)
                 if self._closing:
                     break
+                # local commands may have changed these (AUTH, HELLO 3, RESET)
+                fast = FAST_SINGLE_KEY.get if self._authed else _no_fast_path
+                resp3 = self._resp3
         except ProtocolError as exc:
             self._queue.push_error(errors.protocol(str(exc)))
             self._start_closing()
@@ -129,6 +157,7 @@ class ClientConnection(asyncio.Protocol):
             log.exception("client %d: internal error while dispatching", self.id)
             self._queue.push_error(errors.INTERNAL)
             self._start_closing()
+        self.requests += count
         self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         if len(self._queue) >= self._limits.max_pending:
             self._pause_reading()
@@ -136,22 +165,6 @@ class ClientConnection(asyncio.Protocol):
             self._close_now()
 
     # --- dispatch ------------------------------------------------------------------------
-
-    def _dispatch(self, args: list[bytes], raw: bytes) -> None:
-        self.requests += 1
-        spec = FAST_SINGLE_KEY.get(args[0])
-        if spec is not None and self._authed:
-            a = spec.arity
-            n = len(args)
-            if n == a if a > 0 else n >= -a:
-                slot = self._queue.push()
-                server = self._pool.route(args[1])
-                if server is None:
-                    slot.fail(errors.no_server_for_key())
-                else:
-                    server.send(raw, slot, self._resp3)
-                return
-        self._dispatch_slow(args, raw)
 
     def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
         queue = self._queue
