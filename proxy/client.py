@@ -128,6 +128,7 @@ class ClientConnection(asyncio.Protocol):
         push = self._queue.push
         route = self._pool.route
         resp3 = self._resp3
+        client_id = self.id
         count = 0
         try:
             for args, raw in self._parser.commands():
@@ -142,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
                         if server is None:
                             slot.fail(errors.no_server_for_key())
                         else:
-                            server.send(raw, slot, resp3)
+                            server.send(raw, slot, resp3, client_id)
                         continue
                 self._dispatch_slow(args, raw)
                 if self._closing:
@@ -210,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
         if server is None:
             slot.fail(errors.no_server_for_key())
         else:
-            server.send(raw, slot, self._resp3)
+            server.send(raw, slot, self._resp3, self.id)
 
     def _fanout(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         if args[0] == b"MSET" and len(args) % 2 == 0:
@@ -230,7 +231,7 @@ class ClientConnection(asyncio.Protocol):
             if server is None:
                 child.fail(errors.no_server_for_key())
             else:
-                server.send(encode_command(sub_args), child, self._resp3)
+                server.send(encode_command(sub_args), child, self._resp3, self.id)
 
     # --- local commands ------------------------------------------------------------------
 

@@ -68,7 +68,6 @@ class Server:
         # opened with HELLO 3, so every reply can be forwarded as it arrives.
         self._lanes: list[BackendConnection | None] = [None] * pc.server_connections
         self._lanes3: list[BackendConnection | None] = [None] * pc.server_connections
-        self._rr = 0
         auth = pc.redis_auth.encode() if pc.redis_auth is not None else None
         select = [encode_command([b"SELECT", b"%d" % pc.redis_db])] if pc.redis_db else []
         self._init = ([encode_command([b"AUTH", auth])] if auth else []) + select
@@ -94,15 +93,17 @@ class Server:
 
     # --- requests ------------------------------------------------------------------------
 
-    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False) -> None:
-        """Send one request (raw RESP) on a lane; its reply completes ``slot``."""
+    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
+        """Send one request (raw RESP) on a lane; its reply completes ``slot``.
+
+        With ``server_connections`` > 1 a client always uses the same lane (``client`` id
+        modulo lanes), so its commands run on the server in the order it sent them; different
+        clients spread over the lanes. (Round-robin per request, as twemproxy does, lets a
+        client's pipeline overtake itself across connections: INCRs observed out of order.)
+        """
         lanes = self._lanes3 if resp3 else self._lanes
-        if len(lanes) == 1:
-            conn = lanes[0]
-            i = 0
-        else:
-            self._rr = i = (self._rr + 1) % len(lanes)
-            conn = lanes[i]
+        i = client % len(lanes) if len(lanes) > 1 else 0
+        conn = lanes[i]
         if conn is None:
             if self._loop.time() < self._down_until or self.closing:
                 slot.fail(errors.server_unavailable(self.name, self.down_reason or "closing"))

@@ -206,3 +206,34 @@ async def test_many_pipelining_clients_get_their_own_replies_in_order(
 
     async with asyncio.timeout(60):
         await asyncio.gather(*(client(n) for n in range(20)))
+
+
+def test_server_connections_opens_that_many_connections_per_server(
+    backends: list[RedisServer],
+) -> None:
+    def connections() -> list[int]:
+        return [_connected(b) for b in backends]
+
+    before = connections()
+    port = free_port()
+    text = native_config(
+        pool_yaml("lanes", port, _servers(backends), hash="murmur", timeout=TIMEOUT_MS,
+                  preconnect=True, server_connections=3)
+    )  # fmt: skip
+    proxy = ResProxy(text).start()
+    try:
+        deadline = time.monotonic() + 10
+        while connections() != [n + 3 for n in before]:  # bounded: preconnect is asynchronous
+            assert time.monotonic() < deadline, (before, connections())
+            time.sleep(0.05)
+        with RawClient(port) as c:  # one client's commands run in the order it sent them
+            replies = c.pipeline([("INCR", "lanes:counter") for _ in range(300)])
+            assert replies == list(range(1, 301))
+    finally:
+        proxy.cleanup()
+
+
+def _connected(server: RedisServer) -> int:
+    info = server.call("INFO", "clients").decode()
+    line = next(x for x in info.splitlines() if x.startswith("connected_clients:"))
+    return int(line.split(":")[1]) - 1  # minus the connection asking
