@@ -21,6 +21,7 @@ Speed: both parsers work on whole reads and resume partial frames without rescan
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -30,6 +31,17 @@ MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
 MAX_ARGS = 1024 * 1024
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 _BIG_FRAME = 64 * 1024  # partial frames larger than this accumulate in a bytearray
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What a client request may declare; past these it is a protocol error, as in Redis."""
+
+    max_bulk_bytes: int = MAX_BULK_BYTES
+    max_args: int = MAX_ARGS
+    max_inline_bytes: int = MAX_INLINE_BYTES
+
+
+DEFAULT_LIMITS = RequestLimits()
 
 Request = tuple[list[bytes], bytes]
 """(args, raw): args as the client sent them; raw is what to forward."""
@@ -46,20 +58,13 @@ class PyRequestParser:
     reference the fast parser is tested against.
     """
 
-    __slots__ = ("_buf", "_acc", "_need", "max_bulk_bytes", "max_args", "max_inline_bytes")
+    __slots__ = ("_buf", "_acc", "_need", "limits")
 
-    def __init__(
-        self,
-        max_bulk_bytes: int = MAX_BULK_BYTES,
-        max_args: int = MAX_ARGS,
-        max_inline_bytes: int = MAX_INLINE_BYTES,
-    ) -> None:
+    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS) -> None:
         self._buf = b""  # unparsed bytes, starting at a command boundary
         self._acc: bytearray | None = None  # a big partial command being accumulated
         self._need = 0  # bytes _acc must reach before parsing again
-        self.max_bulk_bytes = max_bulk_bytes
-        self.max_args = max_args
-        self.max_inline_bytes = max_inline_bytes
+        self.limits = limits
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
@@ -93,7 +98,7 @@ class PyRequestParser:
                 if buf[pos] != 42:  # not '*': an inline command
                     nl = find(b"\n", pos)
                     if nl < 0:
-                        if end - pos > self.max_inline_bytes:
+                        if end - pos > self.limits.max_inline_bytes:
                             raise ProtocolError("too big inline request")
                         break
                     line = buf[pos:nl]
@@ -104,7 +109,7 @@ class PyRequestParser:
                     continue
                 nl = find(CRLF, pos)
                 if nl < 0:
-                    if end - pos > self.max_inline_bytes:
+                    if end - pos > self.limits.max_inline_bytes:
                         raise ProtocolError("too big mbulk count string")
                     break
                 head = buf[pos + 1 : nl]
@@ -114,7 +119,7 @@ class PyRequestParser:
                         continue
                     raise ProtocolError("invalid multibulk length")
                 count = int(head)
-                if count > self.max_args:
+                if count > self.limits.max_args:
                     raise ProtocolError("invalid multibulk length")
                 p = nl + 2
                 args = []
@@ -133,7 +138,7 @@ class PyRequestParser:
                     if not head.isdigit():
                         raise ProtocolError("invalid bulk length")
                     size = int(head)
-                    if size > self.max_bulk_bytes:
+                    if size > self.limits.max_bulk_bytes:
                         raise ProtocolError("invalid bulk length")
                     start = nl + 2
                     stop = start + size
@@ -186,23 +191,15 @@ class RequestParser:
       from then on.
     """
 
-    __slots__ = ("_reader", "_data", "_tail", "_need", "_slow", "max_bulk_bytes", "max_args",
-                 "max_inline_bytes")
+    __slots__ = ("_reader", "_data", "_tail", "_need", "_slow", "limits")
 
-    def __init__(
-        self,
-        max_bulk_bytes: int = MAX_BULK_BYTES,
-        max_args: int = MAX_ARGS,
-        max_inline_bytes: int = MAX_INLINE_BYTES,
-    ) -> None:
+    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS) -> None:
         self._reader = hiredis.Reader()
         self._data = b""  # fed, not yet given to the reader
         self._tail: bytes | bytearray = b""  # bytes of the partial command the reader holds
         self._need = 0  # the partial command's total size, once its headers are known
         self._slow: PyRequestParser | None = None
-        self.max_bulk_bytes = max_bulk_bytes
-        self.max_args = max_args
-        self.max_inline_bytes = max_inline_bytes
+        self.limits = limits
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
@@ -270,7 +267,7 @@ class RequestParser:
 
     def _explain(self, rest: bytes) -> ProtocolError:
         """Redis's words for what is wrong in ``rest`` (the Python parser finds them)."""
-        probe = PyRequestParser(self.max_bulk_bytes, self.max_args, self.max_inline_bytes)
+        probe = PyRequestParser(self.limits)
         probe.feed(rest)
         try:
             for _ in probe.commands():
@@ -302,11 +299,11 @@ class RequestParser:
         end = len(tail)
         nl = tail.find(CRLF)
         if nl < 0:
-            if end > self.max_inline_bytes:
+            if end > self.limits.max_inline_bytes:
                 raise ProtocolError("too big mbulk count string")
             return 0
         head = bytes(tail[1:nl])
-        if not head.isdigit() or int(head) > self.max_args:
+        if not head.isdigit() or int(head) > self.limits.max_args:
             raise ProtocolError("invalid multibulk length")
         p = nl + 2
         for _ in range(int(head)):
@@ -320,7 +317,7 @@ class RequestParser:
                     raise ProtocolError("invalid bulk length")
                 return 0
             head = bytes(tail[p + 1 : nl])
-            if not head.isdigit() or int(head) > self.max_bulk_bytes:
+            if not head.isdigit() or int(head) > self.limits.max_bulk_bytes:
                 raise ProtocolError("invalid bulk length")
             p = nl + 4 + int(head)
             if p > end:
@@ -329,9 +326,7 @@ class RequestParser:
 
     def _slow_commands(self, data: bytes | bytearray) -> Iterator[Request]:
         if self._slow is None:
-            self._slow = PyRequestParser(
-                self.max_bulk_bytes, self.max_args, self.max_inline_bytes
-            )
+            self._slow = PyRequestParser(self.limits)
         self._slow.feed(bytes(data))
         yield from self._slow.commands()
 
@@ -352,13 +347,12 @@ class ReplyParser:
     pieces is resumed where the scan stopped, so a huge array is never rescanned.
     """
 
-    __slots__ = ("_buf", "_pos", "_left", "max_bulk_bytes")
+    __slots__ = ("_buf", "_pos", "_left")
 
-    def __init__(self, max_bulk_bytes: int = MAX_BULK_BYTES) -> None:
+    def __init__(self) -> None:
         self._buf: bytes | bytearray = b""  # starts at the first byte of an unfinished reply
         self._pos = 0  # how far that reply was scanned
         self._left = 0  # elements it still misses (0: none started)
-        self.max_bulk_bytes = max_bulk_bytes
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the server."""

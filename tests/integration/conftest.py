@@ -9,10 +9,8 @@ import pytest
 from tests.integration.harness import (
     RedisServer,
     ResProxy,
-    free_port,
-    native_config,
-    pool_yaml,
     start_redis_servers,
+    start_ring_proxy,
 )
 
 
@@ -38,22 +36,11 @@ def reference(servers: list[RedisServer]) -> RedisServer:
     return servers[3]
 
 
-def server_lines(backends: list[RedisServer], names: bool = True) -> list[str]:
-    return [
-        f"127.0.0.1:{b.port}:1" + (f" s{i}" if names else "") for i, b in enumerate(backends)
-    ]
-
-
 @pytest.fixture(scope="module")
 def proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
     """resproxy over the three backends: ketama, murmur (spreads short keys evenly), tag {}."""
-    port = free_port()
-    text = native_config(
-        pool_yaml("default", port, server_lines(backends), hash="murmur",
-                  distribution="ketama", hash_tag="{}", timeout=1000, preconnect=True)
-    )  # fmt: skip
-    p = ResProxy(text).start()
-    p.port = port  # type: ignore[attr-defined]
+    p = start_ring_proxy(backends, hash="murmur", distribution="ketama", hash_tag="{}",
+                         timeout=1000, preconnect=True)  # fmt: skip
     try:
         yield p
     finally:

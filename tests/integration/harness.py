@@ -334,3 +334,12 @@ def pool_yaml(
 
 def native_config(*pools: str) -> str:
     return "pools:\n" + "".join(pools)
+
+
+def start_ring_proxy(backends: Sequence[RedisServer], **keys: object) -> ResProxy:
+    """resproxy with one pool over ``backends`` (named s0, s1...) on a free port (``.port``)."""
+    port = free_port()
+    servers = [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(backends)]
+    proxy = ResProxy(native_config(pool_yaml("default", port, servers, **keys))).start()
+    proxy.port = port  # type: ignore[attr-defined]
+    return proxy

@@ -15,31 +15,14 @@ import hiredis
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.harness import (
-    RawClient,
-    RedisServer,
-    ResProxy,
-    free_port,
-    native_config,
-    pool_yaml,
-)
+from tests.integration.harness import RawClient, RedisServer, ResProxy, start_ring_proxy
 
 TIMEOUT_MS = 500
 
 
-def _servers(backends: list[RedisServer]) -> list[str]:
-    return [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(backends)]
-
-
 @pytest.fixture(scope="module")
 def failing_proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
-    port = free_port()
-    text = native_config(
-        pool_yaml("default", port, _servers(backends), hash="murmur", timeout=TIMEOUT_MS,
-                  preconnect=True)
-    )  # fmt: skip
-    p = ResProxy(text).start()
-    p.port = port  # type: ignore[attr-defined]
+    p = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True)
     try:
         yield p
     finally:
@@ -159,13 +142,10 @@ def test_killed_server_errors_promptly_others_serve_and_it_returns_after_restart
 
 
 def test_auto_eject_moves_a_dead_servers_keys_to_the_others(backends: list[RedisServer]) -> None:
-    port = free_port()
-    text = native_config(
-        pool_yaml("eject", port, _servers(backends), hash="murmur", timeout=TIMEOUT_MS,
-                  preconnect=True, auto_eject_hosts=True, server_failure_limit=1,
-                  server_retry_timeout=60000)
-    )  # fmt: skip
-    proxy = ResProxy(text).start()
+    proxy = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True,
+                             auto_eject_hosts=True, server_failure_limit=1,
+                             server_retry_timeout=60000)  # fmt: skip
+    port = proxy.port  # type: ignore[attr-defined]
     victim = backends[1]
     try:
         key = _key_on(port, victim, [])
@@ -215,12 +195,9 @@ def test_server_connections_opens_that_many_connections_per_server(
         return [_connected(b) for b in backends]
 
     before = connections()
-    port = free_port()
-    text = native_config(
-        pool_yaml("lanes", port, _servers(backends), hash="murmur", timeout=TIMEOUT_MS,
-                  preconnect=True, server_connections=3)
-    )  # fmt: skip
-    proxy = ResProxy(text).start()
+    proxy = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True,
+                             server_connections=3)  # fmt: skip
+    port = proxy.port  # type: ignore[attr-defined]
     try:
         deadline = time.monotonic() + 10
         while connections() != [n + 3 for n in before]:  # bounded: preconnect is asynchronous

@@ -8,6 +8,7 @@ import pytest
 
 from proxy import resp
 from proxy.resp import (
+    RequestLimits,
     PyRequestParser,
     ProtocolError,
     ReplyParser,
@@ -110,7 +111,7 @@ def test_commands_before_corruption_are_yielded_first() -> None:
 
 
 def test_endless_inline_line_is_refused() -> None:
-    p = RequestParser(max_inline_bytes=1024)
+    p = RequestParser(RequestLimits(max_inline_bytes=1024))
     p.feed(b"a" * 2000)
     with pytest.raises(ProtocolError, match="too big inline request"):
         list(p.commands())
