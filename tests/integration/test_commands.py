@@ -185,3 +185,12 @@ def test_inline_commands_work_like_redis(proxy: ResProxy) -> None:
             while (r := reader.gets()) is not False:
                 got.append(r)
     assert got == [b"OK", b"v"]
+
+
+def test_large_values_pass_through_both_ways(clients: tuple[RawClient, RawClient]) -> None:
+    proxy, _ = clients
+    value = bytes(range(256)) * 20000  # 5 MB, arriving and leaving in many reads
+    assert proxy.call("SET", "big", value) == b"OK"
+    assert proxy.call("GET", "big") == value
+    assert proxy.call("MGET", "big", "nope", "big") == [value, None, value]
+    assert proxy.call("DEL", "big") == 1

@@ -214,3 +214,37 @@ def _connected(server: RedisServer) -> int:
     info = server.call("INFO", "clients").decode()
     line = next(x for x in info.splitlines() if x.startswith("connected_clients:"))
     return int(line.split(":")[1]) - 1  # minus the connection asking
+
+
+def test_a_client_that_stops_reading_gets_every_reply_later_and_others_are_served(
+    failing_proxy: ResProxy,
+) -> None:
+    port = failing_proxy.port  # type: ignore[attr-defined]
+    _wait_until_all_served(port)
+    value = b"x" * 50_000
+    with RawClient(port, timeout_s=30) as writer:
+        assert writer.call("SET", "slowclient:v", value) == b"OK"
+    count = 3000  # ~150 MB of replies if nothing held the slow client back
+    with RawClient(port, timeout_s=30) as slow, RawClient(port, timeout_s=10) as other:
+        slow.sock.setblocking(False)
+        payload = b"".join(encode_get(b"slowclient:v") for _ in range(count)) + encode_get(b"end")
+        sent = 0
+        deadline = time.monotonic() + 10
+        while sent < len(payload) and time.monotonic() < deadline:  # bounded
+            try:
+                sent += slow.sock.send(payload[sent : sent + 65536])
+            except BlockingIOError:
+                break  # the proxy stopped reading from us: backpressure
+        for i in range(20):  # meanwhile another client is served normally
+            assert other.call("SET", f"other:{i}", i) == b"OK"
+        slow.sock.setblocking(True)
+        slow.sock.settimeout(30)
+        if sent < len(payload):
+            slow.sock.sendall(payload[sent:])
+        for _ in range(count):  # every reply arrives, in order, once the client reads
+            assert slow.read() == value
+        assert slow.read() is None
+
+
+def encode_get(key: bytes) -> bytes:
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
