@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,10 +74,24 @@ class Series:
     ratios: list[float] = field(default_factory=list)
 
 
+_TAKEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the kernel's ephemeral range, so no outgoing connection can take it before the
+    # process we start binds it (tests/integration/harness.py explains).
+    for _ in range(1000):
+        port = random.randrange(10000, 32000)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
+    raise SystemExit("bench: no free port")
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 15) -> None:

@@ -217,15 +217,13 @@ class ClientConnection(asyncio.Protocol):
         if args[0] == b"MSET" and len(args) % 2 == 0:
             self._queue.push_error(errors.wrong_arity(spec.fullname))
             return
-        parts = split(args, self._pool.route)
+        parts = split(args, self._pool.route_many)
         if len(parts) == 1:
             self._send(parts[0][0], raw)
             return
         parent = self._queue.push()
         nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
-        gather = Gather(
-            parent, args[0], nkeys, [positions for _, _, positions in parts], self._resp3
-        )
+        gather = Gather(parent, args[0], nkeys, [positions for _, _, positions in parts])
         for i, (server, sub_args, _) in enumerate(parts):
             child = gather.child(i)
             if server is None:

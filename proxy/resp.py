@@ -20,7 +20,7 @@ Speed: both parsers work on whole reads and resume partial frames without rescan
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -437,10 +437,14 @@ def _py_scan_reply(buf: bytes | bytearray, pos: int, left: int) -> tuple[int, in
     return pos, left
 
 
+ScanReply = Callable[[bytes | bytearray, int, int], tuple[int, int]]
+scan_reply: ScanReply = _py_scan_reply
 try:
-    from proxy._speedups import scan_reply
+    from proxy import _speedups
 except ImportError:  # pragma: no cover - depends on the build
-    scan_reply = _py_scan_reply
+    pass
+else:
+    scan_reply = _speedups.scan_reply
 
 
 def _as_bytes(out: list[bytes | bytearray], buf: bytes | bytearray) -> list[bytes]:

@@ -10,6 +10,7 @@ polls the port, a bounded number of times.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,10 +29,34 @@ NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 READY_TIMEOUT_S = 15.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free 127.0.0.1 port below the kernel's ephemeral range.
+
+    Asking the kernel for port 0 hands out an *ephemeral* port, which any outgoing connection
+    (a proxy connecting to its servers) may take before our process binds it: seen here as
+    "address already in use". Ports below ip_local_port_range are never used for outgoing
+    connections, so only our own allocations can collide, and those are remembered.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(1000):  # bounded
+        port = random.randrange(10000, max(low, 10001))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class _LineWatcher:
