@@ -249,7 +249,6 @@ class RingPool:
         self._many = len(self.servers) > 1
         self._continuum: Continuum | None = None
         self.route: Callable[[bytes], Server | None] = lambda key: None
-        self.route_many: Callable[[Sequence[bytes]], list[Server | None]] = lambda keys: []
         self.rebuild()
 
     def start(self) -> None:
@@ -262,7 +261,6 @@ class RingPool:
         live = [RingServer(s.index, s.name, s.weight) for s in self.servers if not s.ejected]
         self._continuum = build(self.config.distribution, live) if live else None
         self.route = self._make_route(self._continuum)
-        self.route_many = self._make_route_many(self.route)
 
     def _make_route(self, continuum: Continuum | None) -> Callable[[bytes], Server | None]:
         """``route(key)``: the server that owns ``key``, or None when every server is ejected.
@@ -306,15 +304,10 @@ class RingPool:
 
         return route_modula
 
-    def _make_route_many(
-        self, route: Callable[[bytes], Server | None]
-    ) -> Callable[[Sequence[bytes]], list[Server | None]]:
-        """``route_many(keys)``: each key's server, in one call (MGET/MSET/DEL fan-out)."""
-
-        def route_many(keys: Sequence[bytes]) -> list[Server | None]:
-            return [route(key) for key in keys]
-
-        return route_many
+    def route_many(self, keys: Sequence[bytes]) -> list[Server | None]:
+        """Each key's server, in one call (MGET/MSET/DEL fan-out)."""
+        route = self.route
+        return [route(key) for key in keys]
 
     def can_serve(self) -> bool:
         return self._continuum is not None and any(
