@@ -46,12 +46,14 @@ class BackendConnection(asyncio.Protocol):
     def __init__(
         self,
         server_name: str,
+        pool_name: str,
         loop: asyncio.AbstractEventLoop,
         timeout_ms: int,
         init_commands: list[bytes],
         on_lost: LostCallback,
     ) -> None:
         self.server_name = server_name
+        self.pool_name = pool_name
         self._loop = loop
         self._timeout_ms = timeout_ms
         self._timeout_s = timeout_ms / 1000.0
@@ -146,7 +148,11 @@ class BackendConnection(asyncio.Protocol):
         for raw in replies[:n]:
             if is_error(raw):
                 text = raw[1:].strip().decode("utf-8", "replace")
-                log.error("server %s rejected connection setup: %s", self.server_name, text)
+                # The pool logs the server going down with this reason, once (not per retry).
+                log.debug(
+                    "pool %s: server %s rejected connection setup: %s",
+                    self.pool_name, self.server_name, text,
+                )
                 self.close(f"setup rejected: {text}")
                 return []
         self._init_left -= n
@@ -191,8 +197,8 @@ class BackendConnection(asyncio.Protocol):
             return
         if self._loop.time() - self._last_progress >= self._timeout_s:
             log.warning(
-                "server %s: no reply within %d ms, closing its connection (%d pending)",
-                self.server_name, self._timeout_ms, len(self._pending),
+                "pool %s: server %s: no reply within %d ms, closing its connection (%d pending)",
+                self.pool_name, self.server_name, self._timeout_ms, len(self._pending),
             )
             self.close(
                 "timeout",

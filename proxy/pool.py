@@ -121,7 +121,9 @@ class Server:
 
     def _connect(self, lane: int, resp3: bool = False) -> BackendConnection:
         init = self._init3 if resp3 else self._init
-        conn = BackendConnection(self.name, self._loop, self._timeout_ms, init, self._on_lost)
+        conn = BackendConnection(
+            self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost
+        )
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
         task = self._loop.create_task(self._open(conn))
         self._tasks.add(task)
