@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 LostCallback = Callable[["BackendConnection", str, bool], None]
 """(connection, reason, was_failure) -> None, called once when the connection is gone."""
+ReadyCallback = Callable[[], None]
+"""Called once the connection is usable: connected, and AUTH/SELECT/HELLO accepted."""
 
 
 class BackendConnection(asyncio.Protocol):
@@ -51,6 +53,7 @@ class BackendConnection(asyncio.Protocol):
         timeout_ms: int,
         init_commands: list[bytes],
         on_lost: LostCallback,
+        on_ready: ReadyCallback,
     ) -> None:
         self.server_name = server_name
         self.pool_name = pool_name
@@ -60,6 +63,7 @@ class BackendConnection(asyncio.Protocol):
         self._init = init_commands  # AUTH / SELECT, written before any request
         self._init_left = len(init_commands)
         self._on_lost = on_lost
+        self._on_ready = on_ready
         self._transport: asyncio.Transport | None = None
         self._parser = ReplyParser()
         self._pending: deque[ReplySlot] = deque()
@@ -115,6 +119,8 @@ class BackendConnection(asyncio.Protocol):
             return
         if self._init:
             transport.writelines(self._init)
+        else:
+            self._on_ready()
         if self._pending:
             self._last_progress = self._loop.time()
         if self._out:
@@ -156,6 +162,8 @@ class BackendConnection(asyncio.Protocol):
                 self.close(f"setup rejected: {text}")
                 return []
         self._init_left -= n
+        if not self._init_left:
+            self._on_ready()
         return replies[n:]
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -2,7 +2,8 @@
 
 ``RingPool.route(key)`` hashes the key (hash tag applied) with the pool's twemproxy hash and
 looks it up in the continuum (ring.py) over the servers that are not ejected. Each ``Server``
-owns ``server_connections`` pipelined ``BackendConnection`` lanes, used round-robin.
+owns ``server_connections`` pipelined ``BackendConnection`` lanes per protocol (RESP2 and, for
+HELLO 3 clients, RESP3); each client keeps to one lane, so its commands stay in order.
 
 Server health, as a user sees it:
 
@@ -122,7 +123,8 @@ class Server:
     def _connect(self, lane: int, resp3: bool = False) -> BackendConnection:
         init = self._init3 if resp3 else self._init
         conn = BackendConnection(
-            self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost
+            self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost,
+            self._mark_up,
         )
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
         task = self._loop.create_task(self._open(conn))
@@ -146,8 +148,7 @@ class Server:
             self.connect_failures += 1
             conn.close(reason, errors.server_unavailable(self.name, reason))
             return
-        self.connects += 1
-        self._mark_up()
+        self.connects += 1  # up once its AUTH/SELECT are accepted (conn calls _mark_up)
 
     def _on_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
         for lanes in (self._lanes, self._lanes3):

@@ -121,3 +121,19 @@ def test_redis_auth_clients_auth_to_the_proxy_and_the_proxy_to_servers(
             with RawClient(s.port) as direct:
                 direct.call("AUTH", "s3cret")
                 direct.call("FLUSHALL")
+
+
+def test_a_wrong_redis_auth_gives_clear_prompt_errors(auth_servers: list[RedisServer]) -> None:
+    port = free_port()
+    servers = [f"127.0.0.1:{b.port}:1" for b in auth_servers]
+    proxy = ResProxy(native_config(pool_yaml("p", port, servers, redis_auth="not-it"))).start()
+    try:
+        with RawClient(port) as c:
+            assert c.call("AUTH", "not-it") == b"OK"  # the client side is satisfied...
+            for _ in range(3):  # ...but the servers refuse the proxy: said, not hung
+                reply = c.call("GET", "k")
+                assert isinstance(reply, hiredis.ReplyError)
+                assert "WRONGPASS" in str(reply) or "unavailable" in str(reply), reply
+        assert "is up" not in proxy.log()  # never reported up while its AUTH is refused
+    finally:
+        proxy.cleanup()
