@@ -217,7 +217,7 @@ class ClientConnection(asyncio.Protocol):
         if args[0] == b"MSET" and len(args) % 2 == 0:
             self._queue.push_error(errors.wrong_arity(spec.fullname))
             return
-        parts = split(args, self._pool.route_many)
+        parts = split(args, self._pool.group_keys)
         if len(parts) == 1:
             self._send(parts[0][0], raw)
             return

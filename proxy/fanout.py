@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from proxy import errors
 from proxy.inflight import ReplySlot
-from proxy.resp import OK, ReplyParser, encode_error, encode_int, is_error, scan_reply
+from proxy.resp import OK, ReplyParser, encode_error, encode_int, is_error, merge_arrays
 
 T = TypeVar("T", bound=Hashable | None)
 
@@ -30,25 +30,21 @@ Part = tuple[T, list[bytes], list[int]]
 SUM_COMMANDS = frozenset({b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"})
 
 
-def split(args: Sequence[bytes], locate_many: Callable[[Sequence[bytes]], list[T]]) -> list[Part[T]]:
+def split(
+    args: Sequence[bytes], group: Callable[[list[bytes]], list[tuple[T, list[int]]]]
+) -> list[Part[T]]:
     """Group a MGET/MSET/DEL-like command's keys by target, in first-seen order.
 
-    ``locate_many(keys)`` names each key's target in one call (the pool routes a whole key list
-    in one loop). MSET's arguments are key/value pairs (the caller checks they are even). A
-    single-element result means every key is on one target and the original can be forwarded.
+    ``group(keys)`` gives each target with the positions of its keys (the pool routes the whole
+    key list in one call). MSET's arguments are key/value pairs (the caller checks they are
+    even). A single-element result means every key is on one target and the original bytes
+    can be forwarded.
     """
     name = args[0]
     pairs = name == b"MSET"
-    keys = args[1::2] if pairs else args[1:]
-    groups: dict[T, list[int]] = {}
-    for pos, target in enumerate(locate_many(keys)):
-        group = groups.get(target)
-        if group is None:
-            groups[target] = [pos]
-        else:
-            group.append(pos)
+    keys = list(args[1::2] if pairs else args[1:])
     parts: list[Part[T]] = []
-    for target, positions in groups.items():
+    for target, positions in group(keys):
         sub = [name]
         if pairs:
             for pos in positions:
@@ -103,22 +99,11 @@ class Gather:
 
 
 def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes:
-    # Each part's items are cut out of its raw reply by the reply scanner and put back in the
-    # client's key order, unchanged: no decoding, and nils stay in the client's protocol
-    # ($-1 or RESP3 _), since its server connections speak that protocol.
-    out: list[bytes] = [b""] * nkeys
-    for raw, positions in zip(datas, parts):
-        head = raw.find(b"\r\n")
-        if raw[:1] != b"*" or head < 0 or int(raw[1:head]) != len(positions):
-            return encode_error(errors.MERGE_MISMATCH)
-        pos = head + 2
-        for at in positions:
-            end, left = scan_reply(raw, pos, 1)
-            if left:
-                return encode_error(errors.MERGE_MISMATCH)
-            out[at] = raw[pos:end]
-            pos = end
-    return b"*%d\r\n" % nkeys + b"".join(out)
+    # Each part's items are cut out of its raw reply and put back in the client's key order
+    # unchanged: no decoding, and nils stay in the client's protocol ($-1 or RESP3 _), since
+    # its server connections speak that protocol. C when built (merge_arrays), else Python.
+    merged = merge_arrays(datas, parts, nkeys)
+    return merged if merged is not None else encode_error(errors.MERGE_MISMATCH)
 
 
 def array_items(raw: bytes) -> list[bytes] | None:

@@ -307,10 +307,19 @@ class RingPool:
 
         return route_modula
 
-    def route_many(self, keys: Sequence[bytes]) -> list[Server | None]:
-        """Each key's server, in one call (MGET/MSET/DEL fan-out)."""
-        route = self.route
-        return [route(key) for key in keys]
+    def group_keys(self, keys: list[bytes]) -> list[tuple[Server | None, list[int]]]:
+        """Key positions grouped by owning server, first-seen order (MGET/MSET/DEL fan-out)."""
+        continuum = self._continuum
+        if continuum is None or not self._many or continuum.distribution == "random":
+            groups: dict[Server | None, list[int]] = {}
+            for pos, key in enumerate(keys):
+                groups.setdefault(self.route(key), []).append(pos)
+            return list(groups.items())
+        servers = self.servers
+        return [
+            (servers[i], positions)
+            for i, positions in continuum.group(keys, self._tag, self.config.hash)
+        ]
 
     def can_serve(self) -> bool:
         return self._continuum is not None and any(

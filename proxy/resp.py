@@ -437,14 +437,42 @@ def _py_scan_reply(buf: bytes | bytearray, pos: int, left: int) -> tuple[int, in
     return pos, left
 
 
+def _py_merge_arrays(parts: list[bytes], positions: list[list[int]], nkeys: int) -> bytes | None:
+    """The Python twin of _speedups.merge_arrays: array items reassembled in key order.
+
+    parts[j] is an array reply whose i-th item answers key position positions[j][i]; returns
+    one array of ``nkeys`` raw items, or None if the parts do not fit the positions.
+    """
+    out: list[bytes | None] = [None] * nkeys
+    for raw, places in zip(parts, positions, strict=True):
+        head = raw.find(CRLF)
+        if raw[:1] != b"*" or head < 0 or not raw[1:head].isdigit():
+            return None
+        if int(raw[1:head]) != len(places):
+            return None
+        pos = head + 2
+        for at in places:
+            end, left = scan_reply(raw, pos, 1)
+            if left or not 0 <= at < nkeys or out[at] is not None:
+                return None
+            out[at] = raw[pos:end]
+            pos = end
+    if any(item is None for item in out):
+        return None
+    return b"*%d\r\n" % nkeys + b"".join(out)  # type: ignore[arg-type]
+
+
 ScanReply = Callable[[bytes | bytearray, int, int], tuple[int, int]]
+MergeArrays = Callable[[list[bytes], list[list[int]], int], bytes | None]
 scan_reply: ScanReply = _py_scan_reply
+merge_arrays: MergeArrays = _py_merge_arrays
 try:
     from proxy import _speedups
 except ImportError:  # pragma: no cover - depends on the build
     pass
 else:
     scan_reply = _speedups.scan_reply
+    merge_arrays = _speedups.merge_arrays
 
 
 def _as_bytes(out: list[bytes | bytearray], buf: bytes | bytearray) -> list[bytes]:

@@ -19,8 +19,23 @@ import hashlib
 import math
 import random
 import struct
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from proxy.hashing import hash_function, hash_tag_key
+
+GroupKeys = Callable[[list[bytes], bytes, str, bytes, bytes, int], list[tuple[int, list[int]]]]
+_group_keys: GroupKeys | None = None
+try:  # proxy/_speedups.c: routing and grouping of a key list in one call
+    from proxy import _speedups
+except ImportError:  # pragma: no cover - depends on the build
+    pass
+else:
+    _group_keys = _speedups.group_keys
+# The hashes _speedups.group_keys knows (md5 is hashlib's, so it stays on the Python path).
+C_HASHES = frozenset({"one_at_a_time", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
+                      "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins"})  # fmt: skip
 
 POINTS_PER_SERVER = 160
 POINTS_PER_HASH = 4
@@ -54,7 +69,7 @@ def ketama_point_count(weight: int, total_weight: int, nlive: int) -> int:
 class Continuum:
     """Maps a key hash to a server index."""
 
-    __slots__ = ("distribution", "points", "_values", "_indexes", "_live")
+    __slots__ = ("distribution", "points", "_values", "_indexes", "_live", "_packed")
 
     def __init__(self, distribution: str, points: Sequence[tuple[int, int]], live: Sequence[int]):
         self.distribution = distribution
@@ -62,6 +77,7 @@ class Continuum:
         self._values = [v for v, _ in self.points]
         self._indexes = [i for _, i in self.points]
         self._live = tuple(live)
+        self._packed: tuple[bytes, bytes, int] | None = None  # for the C group_keys
 
     def __len__(self) -> int:
         return len(self._live)
@@ -74,6 +90,36 @@ class Continuum:
         if self.distribution == "modula":
             return self._indexes[hash_value % len(self._indexes)]
         return random.choice(self._live)
+
+
+    def group(
+        self, keys: list[bytes], tag: bytes, hash_name: str
+    ) -> list[tuple[int, list[int]]]:
+        """Key positions grouped by the server index that owns each key, in first-seen order.
+
+        The fan-out's routing, for a whole key list at once: in C for ketama with a C hash
+        (hashing.hash_tag_key + the hash + dispatch, the same steps), else per key in Python.
+        """
+        if self.distribution == "ketama" and _group_keys is not None and hash_name in C_HASHES:
+            packed = self._packed
+            if packed is None:
+                packed = self._packed = (
+                    array("I", self._values).tobytes(),
+                    array("H", self._indexes).tobytes(),
+                    max(self._indexes) + 1,
+                )
+            return _group_keys(keys, tag, hash_name, packed[0], packed[1], packed[2])
+        hash_key = hash_function(hash_name)
+        groups: dict[int, list[int]] = {}
+        for pos, key in enumerate(keys):
+            key = hash_tag_key(key, tag)
+            server = self.dispatch(hash_key(key) if key else 0)
+            group = groups.get(server)
+            if group is None:
+                groups[server] = [pos]
+            else:
+                group.append(pos)
+        return list(groups.items())
 
 
 def build(distribution: str, servers: Sequence[RingServer]) -> Continuum:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
+from proxy import resp, ring
+
 from proxy.fanout import Gather, array_items, split
 from proxy.inflight import Flusher, ReplyQueue
 from proxy.resp import encode_bulk
@@ -49,16 +55,19 @@ def test_closed_queue_swallows_late_replies() -> None:
 
 def test_split_groups_keys_by_target_keeping_positions() -> None:
     where = {b"a": 1, b"b": 2, b"c": 1, b"d": 3}
-    def locate(keys: list[bytes]) -> list[int]:
-        return [where[k] for k in keys]
+    def group(keys: list[bytes]) -> list[tuple[int, list[int]]]:
+        groups: dict[int, list[int]] = {}
+        for pos, key in enumerate(keys):
+            groups.setdefault(where[key], []).append(pos)
+        return list(groups.items())
 
-    parts = split([b"MGET", b"a", b"b", b"c", b"d", b"a"], locate)
+    parts = split([b"MGET", b"a", b"b", b"c", b"d", b"a"], group)
     assert parts == [
         (1, [b"MGET", b"a", b"c", b"a"], [0, 2, 4]),
         (2, [b"MGET", b"b"], [1]),
         (3, [b"MGET", b"d"], [3]),
     ]
-    mset = split([b"MSET", b"a", b"1", b"b", b"2", b"c", b"3"], locate)
+    mset = split([b"MSET", b"a", b"1", b"b", b"2", b"c", b"3"], group)
     assert mset == [(1, [b"MSET", b"a", b"1", b"c", b"3"], [0, 2]), (2, [b"MSET", b"b", b"2"], [1])]
 
 
@@ -100,3 +109,43 @@ def test_array_items() -> None:
     assert array_items(b"*2\r\n$1\r\na\r\n$-1\r\n") == [b"$1\r\na\r\n", b"$-1\r\n"]
     assert array_items(b"*0\r\n") == []
     assert array_items(b"+OK\r\n") is None
+
+
+@pytest.mark.parametrize("impl", ["c", "python"])
+def test_merge_arrays_reassembles_key_order_or_refuses_a_misfit(
+    impl: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    merge = resp._py_merge_arrays if impl == "python" else resp.merge_arrays
+    assert impl == "python" or merge is not resp._py_merge_arrays, "C merge not built"
+    rng = random.Random(7)
+    for _ in range(200):
+        nkeys = rng.randrange(1, 30)
+        items = [rng.choice([b"$-1\r\n", b"_\r\n", b"$%d\r\n%s\r\n" % (i, b"x" * i)])
+                 for i in range(nkeys)]  # fmt: skip
+        order = list(range(nkeys))
+        rng.shuffle(order)
+        cut = sorted(rng.sample(range(1, nkeys), min(2, nkeys - 1))) if nkeys > 1 else []
+        groups = [order[a:b] for a, b in zip([0, *cut], [*cut, nkeys])]
+        parts = [b"*%d\r\n" % len(g) + b"".join(items[k] for k in g) for g in groups]
+        assert merge(parts, groups, nkeys) == b"*%d\r\n" % nkeys + b"".join(items)
+    assert merge([b"*1\r\n$1\r\na\r\n"], [[0, 1]], 2) is None  # too few items
+    assert merge([b"-ERR x\r\n"], [[0]], 1) is None  # not an array
+    assert merge([b"*1\r\n$1\r\na\r\n", b"*1\r\n$1\r\nb\r\n"], [[0], [0]], 2) is None
+
+
+@pytest.mark.parametrize("hash_name", sorted(ring.C_HASHES))
+def test_c_grouping_routes_like_the_python_path(
+    hash_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servers = [ring.RingServer(i, name, w) for i, (name, w) in
+               enumerate([("alpha", 1), ("beta", 2), ("gamma", 1), ("127.0.0.1:7004", 3)])]  # fmt: skip
+    continuum = ring.build("ketama", servers)
+    rng = random.Random(hash_name)
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))) for _ in range(300)]
+    keys += [b"user:{%d}:x" % i for i in range(50)] + [b"{}", b"{", b"a{}b", b""]
+    assert ring._group_keys is not None, "C grouping not built"
+    fast = continuum.group(keys, b"{}", hash_name)
+    monkeypatch.setattr(ring, "_group_keys", None)
+    slow = continuum.group(keys, b"{}", hash_name)
+    assert fast == slow
+    assert len(fast) > 1 or hash_name == "crc32"  # 15-bit crc32: one server (twemproxy too)
