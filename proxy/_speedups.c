@@ -3,8 +3,9 @@
  *
  * 1. twemproxy's key hash functions (twemproxy's results, bit for bit);
  * 2. scan_reply: where a RESP2/RESP3 reply from a server ends (resp.ReplyParser);
- * 3. the fan-out kernels: group_keys (route a key list on a ketama continuum and group it by
- *    server) and merge_arrays (reassemble MGET parts in key order). Measured with py-spy under
+ * 3. the fan-out kernels: split_command (route a key list on a ketama continuum, group it by
+ *    server, encode each server's sub-command), merge_arrays (reassemble MGET parts in key
+ *    order), and encode_command. Measured with py-spy under
  *    redis-benchmark MGET of 10 keys at -P 16: split + merge were ~55% of the proxy's CPU in
  *    Python.
  *
@@ -399,50 +400,108 @@ static const struct { const char *name; hashfn fn; } HASHES[] = {
     {"jenkins", jenkins},
 };
 
+/* Bytes of one bulk string header "$<len>\r\n". */
+static Py_ssize_t bulk_head(char *out, Py_ssize_t len) {
+    return (Py_ssize_t)sprintf(out, "$%zd\r\n", len);
+}
+
+static Py_ssize_t digits(Py_ssize_t n) {
+    Py_ssize_t d = 1;
+    while (n >= 10) { n /= 10; d++; }
+    return d;
+}
+
 /*
- * group_keys(keys, tag, hash, points, owners, nservers) -> [(server, [positions...]), ...]
- *
- * Routes every key of a MGET/MSET/DEL-like command on a ketama continuum and groups the key
- * positions by server, servers in order of first appearance: what pool.route does per key
- * (hash tag, twemproxy hash, first point >= hash, wrapping), done for the whole list at once.
- * points: the sorted continuum values (native uint32), owners: the server index of each point
- * (native uint16). Python twin: RingPool.group_keys's per-key path; tests check they agree.
+ * encode_command(args) -> bytes: a command as a RESP multibulk (TypeError if an argument is not
+ * bytes). Python twin: resp._py_encode_command.
  */
-static PyObject *py_group_keys(PyObject *self, PyObject *args) {
+static PyObject *py_encode_command(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *keys;
+    if (!PyList_Check(args)) {
+        PyErr_SetString(PyExc_TypeError, "encode_command: a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(args), total = 3 + digits(n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(args, i);
+        if (!PyBytes_Check(a)) {
+            PyErr_SetString(PyExc_TypeError, "encode_command: arguments must be bytes");
+            return NULL;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(a);
+        total += 5 + digits(len) + len;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    p += sprintf(p, "*%zd\r\n", n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(args, i);
+        Py_ssize_t len = PyBytes_GET_SIZE(a);
+        p += bulk_head(p, len);
+        memcpy(p, PyBytes_AS_STRING(a), (size_t)len);
+        p += len;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    return out;
+}
+
+/*
+ * split_command(args, step, tag, hash, points, owners, nservers)
+ *     -> [(server, payload, [positions...]), ...]
+ *
+ * The fan-out split of MGET/DEL/... (step 1) or MSET (step 2): routes every key on a ketama
+ * continuum as pool.route does (twemproxy hash tag, hash, first point >= hash, wrapping),
+ * groups the keys by server in order of first appearance, and encodes each server's
+ * sub-command (args[0] plus its keys, or key/value pairs) as RESP. points: the sorted continuum
+ * values (native uint32); owners: each point's server index (native uint16).
+ * Python twin: ring.Continuum.group + fanout.split + resp.encode_command; tests agree them.
+ */
+static PyObject *py_split_command(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *argv;
+    Py_ssize_t step, nservers;
     Py_buffer tag, points, owners;
     const char *hname;
-    Py_ssize_t nservers;
-    if (!PyArg_ParseTuple(args, "O!y*sy*y*n", &PyList_Type, &keys, &tag, &hname, &points,
-                          &owners, &nservers))
+    if (!PyArg_ParseTuple(args, "O!ny*sy*y*n", &PyList_Type, &argv, &step, &tag, &hname,
+                          &points, &owners, &nservers))
         return NULL;
-    PyObject *groups = NULL;
-    int *group_of = NULL;
+    PyObject *result = NULL;
+    int *server_of = NULL, *group_of = NULL;
+    Py_ssize_t *gkeys = NULL, *gbytes = NULL;
+    int *gserver = NULL;
     hashfn fn = NULL;
     for (size_t h = 0; h < sizeof HASHES / sizeof HASHES[0]; h++)
         if (strcmp(HASHES[h].name, hname) == 0) fn = HASHES[h].fn;
     Py_ssize_t npoints = points.len / (Py_ssize_t)sizeof(uint32_t);
+    Py_ssize_t argc = PyList_GET_SIZE(argv);
     if (fn == NULL || npoints == 0 || owners.len != npoints * (Py_ssize_t)sizeof(uint16_t)
-        || nservers <= 0 || nservers > 65536 || (tag.len != 0 && tag.len != 2)) {
-        PyErr_SetString(PyExc_ValueError, "group_keys: bad continuum or hash");
+        || nservers <= 0 || nservers > 65536 || (tag.len != 0 && tag.len != 2)
+        || (step != 1 && step != 2) || argc < 2 || (argc - 1) % step != 0) {
+        PyErr_SetString(PyExc_ValueError, "split_command: bad arguments");
         goto done;
     }
+    for (Py_ssize_t i = 0; i < argc; i++) {
+        if (!PyBytes_Check(PyList_GET_ITEM(argv, i))) {
+            PyErr_SetString(PyExc_TypeError, "split_command: arguments must be bytes");
+            goto done;
+        }
+    }
+    Py_ssize_t nkeys = (argc - 1) / step;
     const uint32_t *vals = (const uint32_t *)points.buf;
     const uint16_t *own = (const uint16_t *)owners.buf;
     const char *t = (const char *)tag.buf;
+    server_of = PyMem_Malloc((size_t)nkeys * sizeof(int));
     group_of = PyMem_Malloc((size_t)nservers * sizeof(int));
-    groups = PyList_New(0);
-    if (group_of == NULL || groups == NULL) { PyErr_NoMemory(); Py_CLEAR(groups); goto done; }
-    for (Py_ssize_t s = 0; s < nservers; s++) group_of[s] = -1;
-    Py_ssize_t nkeys = PyList_GET_SIZE(keys);
+    gkeys = PyMem_Calloc((size_t)nservers, sizeof(Py_ssize_t));
+    gbytes = PyMem_Calloc((size_t)nservers, sizeof(Py_ssize_t));
+    gserver = PyMem_Malloc((size_t)nservers * sizeof(int));
+    if (!server_of || !group_of || !gkeys || !gbytes || !gserver) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t s2 = 0; s2 < nservers; s2++) group_of[s2] = -1;
+    Py_ssize_t ngroups = 0;
     for (Py_ssize_t i = 0; i < nkeys; i++) {
-        PyObject *key = PyList_GET_ITEM(keys, i);
-        if (!PyBytes_Check(key)) {
-            PyErr_SetString(PyExc_TypeError, "group_keys: keys must be bytes");
-            Py_CLEAR(groups);
-            goto done;
-        }
+        PyObject *key = PyList_GET_ITEM(argv, 1 + i * step);
         const char *k = PyBytes_AS_STRING(key);
         Py_ssize_t len = PyBytes_GET_SIZE(key);
         if (tag.len == 2 && len > 0) {  /* twemproxy's hash_tag: a non-empty {tag} only */
@@ -461,40 +520,83 @@ static PyObject *py_group_keys(PyObject *self, PyObject *args) {
             Py_ssize_t mid = lo + (hi - lo) / 2;
             if (vals[mid] < h) lo = mid + 1; else hi = mid;
         }
-        uint16_t srv = own[lo < npoints ? lo : 0];
+        int srv = own[lo < npoints ? lo : 0];
         if (srv >= nservers) {
-            PyErr_SetString(PyExc_ValueError, "group_keys: owner out of range");
-            Py_CLEAR(groups);
+            PyErr_SetString(PyExc_ValueError, "split_command: owner out of range");
             goto done;
         }
-        PyObject *positions;
-        if (group_of[srv] < 0) {
-            positions = PyList_New(0);
-            PyObject *pair = positions ? Py_BuildValue("(iN)", (int)srv, positions) : NULL;
-            if (pair == NULL || PyList_Append(groups, pair) < 0) {
-                Py_XDECREF(pair);
-                Py_CLEAR(groups);
-                goto done;
+        int g = group_of[srv];
+        if (g < 0) {
+            g = group_of[srv] = (int)ngroups;
+            gserver[ngroups++] = srv;
+        }
+        server_of[i] = g;
+        gkeys[g]++;
+        for (Py_ssize_t j = 0; j < step; j++) {
+            Py_ssize_t alen = PyBytes_GET_SIZE(PyList_GET_ITEM(argv, 1 + i * step + j));
+            gbytes[g] += 5 + digits(alen) + alen;
+        }
+    }
+    PyObject *name = PyList_GET_ITEM(argv, 0);
+    Py_ssize_t nlen = PyBytes_GET_SIZE(name);
+    result = PyList_New(ngroups);
+    if (result == NULL) goto done;
+    for (Py_ssize_t g = 0; g < ngroups; g++) {
+        Py_ssize_t nargs = 1 + gkeys[g] * step;
+        Py_ssize_t size = 3 + digits(nargs) + 5 + digits(nlen) + nlen + gbytes[g];
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, size);
+        PyObject *positions = PyList_New(gkeys[g]);
+        PyObject *entry = (payload && positions)
+            ? Py_BuildValue("(iNN)", gserver[g], payload, positions) : NULL;
+        if (entry == NULL) {
+            if (!payload || !positions) { Py_XDECREF(payload); Py_XDECREF(positions); }
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, g, entry);
+        char *p = PyBytes_AS_STRING(payload);
+        p += sprintf(p, "*%zd\r\n", nargs);
+        p += bulk_head(p, nlen);
+        memcpy(p, PyBytes_AS_STRING(name), (size_t)nlen);
+        p += nlen;
+        *p++ = '\r';
+        *p++ = '\n';
+        gkeys[g] = (Py_ssize_t)(p - PyBytes_AS_STRING(payload));  /* now: write offset */
+    }
+    {
+        Py_ssize_t *filled = PyMem_Calloc((size_t)(ngroups ? ngroups : 1), sizeof(Py_ssize_t));
+        if (filled == NULL) { PyErr_NoMemory(); Py_CLEAR(result); goto done; }
+        for (Py_ssize_t i = 0; i < nkeys; i++) {
+            int g = server_of[i];
+            PyObject *entry = PyList_GET_ITEM(result, g);
+            char *base = PyBytes_AS_STRING(PyTuple_GET_ITEM(entry, 1));
+            char *p = base + gkeys[g];
+            for (Py_ssize_t j = 0; j < step; j++) {
+                PyObject *a = PyList_GET_ITEM(argv, 1 + i * step + j);
+                Py_ssize_t alen = PyBytes_GET_SIZE(a);
+                p += bulk_head(p, alen);
+                memcpy(p, PyBytes_AS_STRING(a), (size_t)alen);
+                p += alen;
+                *p++ = '\r';
+                *p++ = '\n';
             }
-            Py_DECREF(pair);
-            group_of[srv] = (int)PyList_GET_SIZE(groups) - 1;
-        } else {
-            positions = PyTuple_GET_ITEM(PyList_GET_ITEM(groups, group_of[srv]), 1);
+            gkeys[g] = p - base;
+            PyObject *at = PyLong_FromSsize_t(i);
+            if (at == NULL) { PyMem_Free(filled); Py_CLEAR(result); goto done; }
+            PyList_SET_ITEM(PyTuple_GET_ITEM(entry, 2), filled[g]++, at);
         }
-        PyObject *at = PyLong_FromSsize_t(i);
-        if (at == NULL || PyList_Append(positions, at) < 0) {
-            Py_XDECREF(at);
-            Py_CLEAR(groups);
-            goto done;
-        }
-        Py_DECREF(at);
+        PyMem_Free(filled);
     }
 done:
+    PyMem_Free(server_of);
     PyMem_Free(group_of);
+    PyMem_Free(gkeys);
+    PyMem_Free(gbytes);
+    PyMem_Free(gserver);
     PyBuffer_Release(&tag);
     PyBuffer_Release(&points);
     PyBuffer_Release(&owners);
-    return groups;
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -511,7 +613,8 @@ static PyMethodDef methods[] = {
     {"jenkins", py_jenkins, METH_O, NULL},
     {"scan_reply", py_scan_reply, METH_VARARGS, NULL},
     {"merge_arrays", py_merge_arrays, METH_VARARGS, NULL},
-    {"group_keys", py_group_keys, METH_VARARGS, NULL},
+    {"split_command", py_split_command, METH_VARARGS, NULL},
+    {"encode_command", py_encode_command, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

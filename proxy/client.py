@@ -217,19 +217,26 @@ class ClientConnection(asyncio.Protocol):
         if args[0] == b"MSET" and len(args) % 2 == 0:
             self._queue.push_error(errors.wrong_arity(spec.fullname))
             return
-        parts = split(args, self._pool.group_keys)
+        fast = self._pool.split_command(args)
+        if fast is not None:
+            parts: list[tuple[Server | None, bytes, list[int]]] = list(fast)
+        else:
+            parts = [
+                (server, encode_command(sub), positions)
+                for server, sub, positions in split(args, self._pool.group_keys)
+            ]
         if len(parts) == 1:
             self._send(parts[0][0], raw)
             return
         parent = self._queue.push()
         nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
         gather = Gather(parent, args[0], nkeys, [positions for _, _, positions in parts])
-        for i, (server, sub_args, _) in enumerate(parts):
+        for i, (server, payload, _) in enumerate(parts):
             child = gather.child(i)
             if server is None:
                 child.fail(errors.no_server_for_key())
             else:
-                server.send(encode_command(sub_args), child, self._resp3, self.id)
+                server.send(payload, child, self._resp3, self.id)
 
     # --- local commands ------------------------------------------------------------------
 

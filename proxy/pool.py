@@ -307,6 +307,22 @@ class RingPool:
 
         return route_modula
 
+    def split_command(self, args: list[bytes]) -> list[tuple[Server, bytes, list[int]]] | None:
+        """MGET/MSET/DEL-like ``args`` split per server with encoded sub-commands (C kernel).
+
+        None when the kernel does not apply; the client then splits with ``group_keys``.
+        """
+        continuum = self._continuum
+        if continuum is None or not self._many:
+            return None
+        parts = continuum.split_command(
+            args, 2 if args[0] == b"MSET" else 1, self._tag, self.config.hash
+        )
+        if parts is None:
+            return None
+        servers = self.servers
+        return [(servers[i], payload, positions) for i, payload, positions in parts]
+
     def group_keys(self, keys: list[bytes]) -> list[tuple[Server | None, list[int]]]:
         """Key positions grouped by owning server, first-seen order (MGET/MSET/DEL fan-out)."""
         continuum = self._continuum

@@ -25,15 +25,17 @@ from dataclasses import dataclass
 
 from proxy.hashing import hash_function, hash_tag_key
 
-GroupKeys = Callable[[list[bytes], bytes, str, bytes, bytes, int], list[tuple[int, list[int]]]]
-_group_keys: GroupKeys | None = None
-try:  # proxy/_speedups.c: routing and grouping of a key list in one call
+SplitCommand = Callable[
+    [list[bytes], int, bytes, str, bytes, bytes, int], list[tuple[int, bytes, list[int]]]
+]
+_split_command: SplitCommand | None = None
+try:  # proxy/_speedups.c: route, group and encode a fan-out command in one call
     from proxy import _speedups
 except ImportError:  # pragma: no cover - depends on the build
     pass
 else:
-    _group_keys = _speedups.group_keys
-# The hashes _speedups.group_keys knows (md5 is hashlib's, so it stays on the Python path).
+    _split_command = _speedups.split_command
+# The hashes _speedups.split_command knows (md5 is hashlib's, so it stays on the Python path).
 C_HASHES = frozenset({"one_at_a_time", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
                       "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins"})  # fmt: skip
 
@@ -92,23 +94,30 @@ class Continuum:
         return random.choice(self._live)
 
 
+    def split_command(
+        self, args: list[bytes], step: int, tag: bytes, hash_name: str
+    ) -> list[tuple[int, bytes, list[int]]] | None:
+        """A MGET/MSET/DEL-like command split per server, sub-commands encoded: the C kernel.
+
+        Returns (server index, sub-command bytes, key positions) per server in first-seen
+        order, or None where the kernel does not apply (not ketama, md5, no C build): the
+        caller then uses ``group`` and encodes in Python (same results; tests compare them).
+        """
+        if self.distribution != "ketama" or _split_command is None or hash_name not in C_HASHES:
+            return None
+        packed = self._packed
+        if packed is None:
+            packed = self._packed = (
+                array("I", self._values).tobytes(),
+                array("H", self._indexes).tobytes(),
+                max(self._indexes) + 1,
+            )
+        return _split_command(args, step, tag, hash_name, packed[0], packed[1], packed[2])
+
     def group(
         self, keys: list[bytes], tag: bytes, hash_name: str
     ) -> list[tuple[int, list[int]]]:
-        """Key positions grouped by the server index that owns each key, in first-seen order.
-
-        The fan-out's routing, for a whole key list at once: in C for ketama with a C hash
-        (hashing.hash_tag_key + the hash + dispatch, the same steps), else per key in Python.
-        """
-        if self.distribution == "ketama" and _group_keys is not None and hash_name in C_HASHES:
-            packed = self._packed
-            if packed is None:
-                packed = self._packed = (
-                    array("I", self._values).tobytes(),
-                    array("H", self._indexes).tobytes(),
-                    max(self._indexes) + 1,
-                )
-            return _group_keys(keys, tag, hash_name, packed[0], packed[1], packed[2])
+        """Key positions grouped by the server index that owns each key, in first-seen order."""
         hash_key = hash_function(hash_name)
         groups: dict[int, list[int]] = {}
         for pos, key in enumerate(keys):

@@ -134,18 +134,34 @@ def test_merge_arrays_reassembles_key_order_or_refuses_a_misfit(
 
 
 @pytest.mark.parametrize("hash_name", sorted(ring.C_HASHES))
-def test_c_grouping_routes_like_the_python_path(
-    hash_name: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", [b"MGET", b"MSET"])
+def test_c_split_routes_groups_and_encodes_like_the_python_path(
+    hash_name: str, name: bytes
 ) -> None:
-    servers = [ring.RingServer(i, name, w) for i, (name, w) in
+    servers = [ring.RingServer(i, n, w) for i, (n, w) in
                enumerate([("alpha", 1), ("beta", 2), ("gamma", 1), ("127.0.0.1:7004", 3)])]  # fmt: skip
     continuum = ring.build("ketama", servers)
     rng = random.Random(hash_name)
     keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))) for _ in range(300)]
     keys += [b"user:{%d}:x" % i for i in range(50)] + [b"{}", b"{", b"a{}b", b""]
-    assert ring._group_keys is not None, "C grouping not built"
-    fast = continuum.group(keys, b"{}", hash_name)
-    monkeypatch.setattr(ring, "_group_keys", None)
-    slow = continuum.group(keys, b"{}", hash_name)
+    step = 2 if name == b"MSET" else 1
+    args = [name] + ([x for k in keys for x in (k, b"v" + k)] if step == 2 else keys)
+    fast = continuum.split_command(args, step, b"{}", hash_name)
+    assert fast is not None, "C split not built"
+
+    def group(ks: list[bytes]) -> list[tuple[int, list[int]]]:
+        return continuum.group(ks, b"{}", hash_name)
+
+    slow = [(i, resp._py_encode_command(sub), pos) for i, sub, pos in split(args, group)]
     assert fast == slow
     assert len(fast) > 1 or hash_name == "crc32"  # 15-bit crc32: one server (twemproxy too)
+
+
+def test_c_and_python_encoders_agree() -> None:
+    rng = random.Random(3)
+    for n in range(1, 40):
+        args = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))) for _ in range(n)]
+        assert resp.encode_command(args) == resp._py_encode_command(args)
+    assert resp.encode_command is not resp._py_encode_command, "C encoder not built"
+    with pytest.raises(TypeError):
+        resp.encode_command([b"GET", 1])  # type: ignore[list-item]
