@@ -76,7 +76,12 @@ class Gather:
     def slot_done(self, slot: ReplySlot) -> None:
         self._left -= 1
         if self._left == 0:
-            self._parent.complete(self._merge())
+            merged = self._merge()
+            # Slots and gather refer to each other; break the cycle now that every part is in,
+            # so it is freed at once instead of by the cyclic GC (a visible cost under load).
+            for child in self._slots:
+                child.sink = None
+            self._parent.complete(merged)
 
     def _merge(self) -> bytes:
         datas = [s.data or b"" for s in self._slots]
