@@ -448,25 +448,26 @@ static PyObject *py_encode_command(PyObject *self, PyObject *args) {
 }
 
 /*
- * split_command(args, step, tag, hash, points, owners, nservers)
- *     -> [(server, payload, [positions...]), ...]
+ * split_command(args, step, tag, hash, points, owners, servers)
+ *     -> [(servers[i], payload, [positions...]), ...]
  *
  * The fan-out split of MGET/DEL/... (step 1) or MSET (step 2): routes every key on a ketama
  * continuum as pool.route does (twemproxy hash tag, hash, first point >= hash, wrapping),
  * groups the keys by server in order of first appearance, and encodes each server's
  * sub-command (args[0] plus its keys, or key/value pairs) as RESP. points: the sorted continuum
- * values (native uint32); owners: each point's server index (native uint16).
+ * values (native uint32); owners: each point's index into `servers` (native uint16).
  * Python twin: ring.Continuum.group + fanout.split + resp.encode_command; tests agree them.
  */
 static PyObject *py_split_command(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *argv;
-    Py_ssize_t step, nservers;
+    PyObject *argv, *servers;
+    Py_ssize_t step;
     Py_buffer tag, points, owners;
     const char *hname;
-    if (!PyArg_ParseTuple(args, "O!ny*sy*y*n", &PyList_Type, &argv, &step, &tag, &hname,
-                          &points, &owners, &nservers))
+    if (!PyArg_ParseTuple(args, "O!ny*sy*y*O!", &PyList_Type, &argv, &step, &tag, &hname,
+                          &points, &owners, &PyList_Type, &servers))
         return NULL;
+    Py_ssize_t nservers = PyList_GET_SIZE(servers);
     PyObject *result = NULL;
     int *server_of = NULL, *group_of = NULL;
     Py_ssize_t *gkeys = NULL, *gbytes = NULL;
@@ -547,7 +548,8 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
         PyObject *payload = PyBytes_FromStringAndSize(NULL, size);
         PyObject *positions = PyList_New(gkeys[g]);
         PyObject *entry = (payload && positions)
-            ? Py_BuildValue("(iNN)", gserver[g], payload, positions) : NULL;
+            ? Py_BuildValue("(ONN)", PyList_GET_ITEM(servers, gserver[g]), payload, positions)
+            : NULL;
         if (entry == NULL) {
             if (!payload || !positions) { Py_XDECREF(payload); Py_XDECREF(positions); }
             Py_CLEAR(result);

@@ -217,10 +217,9 @@ class ClientConnection(asyncio.Protocol):
         if args[0] == b"MSET" and len(args) % 2 == 0:
             self._queue.push_error(errors.wrong_arity(spec.fullname))
             return
-        fast = self._pool.split_command(args)
-        if fast is not None:
-            parts: list[tuple[Server | None, bytes, list[int]]] = list(fast)
-        else:
+        parts: Sequence[tuple[Server | None, bytes, list[int]]] | None
+        parts = self._pool.split_command(args)  # the C kernel, where it applies
+        if parts is None:
             parts = [
                 (server, encode_command(sub), positions)
                 for server, sub, positions in split(args, self._pool.group_keys)

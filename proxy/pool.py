@@ -315,13 +315,9 @@ class RingPool:
         continuum = self._continuum
         if continuum is None or not self._many:
             return None
-        parts = continuum.split_command(
-            args, 2 if args[0] == b"MSET" else 1, self._tag, self.config.hash
+        return continuum.split_command(
+            args, 2 if args[0] == b"MSET" else 1, self._tag, self.config.hash, self.servers
         )
-        if parts is None:
-            return None
-        servers = self.servers
-        return [(servers[i], payload, positions) for i, payload, positions in parts]
 
     def group_keys(self, keys: list[bytes]) -> list[tuple[Server | None, list[int]]]:
         """Key positions grouped by owning server, first-seen order (MGET/MSET/DEL fan-out)."""

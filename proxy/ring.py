@@ -22,11 +22,12 @@ import struct
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from proxy.hashing import hash_function, hash_tag_key
 
 SplitCommand = Callable[
-    [list[bytes], int, bytes, str, bytes, bytes, int], list[tuple[int, bytes, list[int]]]
+    [list[bytes], int, bytes, str, bytes, bytes, list[Any]], list[tuple[Any, bytes, list[int]]]
 ]
 _split_command: SplitCommand | None = None
 try:  # proxy/_speedups.c: route, group and encode a fan-out command in one call
@@ -38,6 +39,8 @@ else:
 # The hashes _speedups.split_command knows (md5 is hashlib's, so it stays on the Python path).
 C_HASHES = frozenset({"one_at_a_time", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
                       "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins"})  # fmt: skip
+
+T = TypeVar("T")
 
 POINTS_PER_SERVER = 160
 POINTS_PER_HASH = 4
@@ -79,7 +82,7 @@ class Continuum:
         self._values = [v for v, _ in self.points]
         self._indexes = [i for _, i in self.points]
         self._live = tuple(live)
-        self._packed: tuple[bytes, bytes, int] | None = None  # for the C group_keys
+        self._packed: tuple[bytes, bytes] | None = None  # for the C split_command
 
     def __len__(self) -> int:
         return len(self._live)
@@ -95,11 +98,11 @@ class Continuum:
 
 
     def split_command(
-        self, args: list[bytes], step: int, tag: bytes, hash_name: str
-    ) -> list[tuple[int, bytes, list[int]]] | None:
+        self, args: list[bytes], step: int, tag: bytes, hash_name: str, servers: list[T]
+    ) -> list[tuple[T, bytes, list[int]]] | None:
         """A MGET/MSET/DEL-like command split per server, sub-commands encoded: the C kernel.
 
-        Returns (server index, sub-command bytes, key positions) per server in first-seen
+        Returns (servers[index], sub-command bytes, key positions) per server in first-seen
         order, or None where the kernel does not apply (not ketama, md5, no C build): the
         caller then uses ``group`` and encodes in Python (same results; tests compare them).
         """
@@ -110,9 +113,8 @@ class Continuum:
             packed = self._packed = (
                 array("I", self._values).tobytes(),
                 array("H", self._indexes).tobytes(),
-                max(self._indexes) + 1,
             )
-        return _split_command(args, step, tag, hash_name, packed[0], packed[1], packed[2])
+        return _split_command(args, step, tag, hash_name, packed[0], packed[1], servers)
 
     def group(
         self, keys: list[bytes], tag: bytes, hash_name: str

@@ -146,7 +146,7 @@ def test_c_split_routes_groups_and_encodes_like_the_python_path(
     keys += [b"user:{%d}:x" % i for i in range(50)] + [b"{}", b"{", b"a{}b", b""]
     step = 2 if name == b"MSET" else 1
     args = [name] + ([x for k in keys for x in (k, b"v" + k)] if step == 2 else keys)
-    fast = continuum.split_command(args, step, b"{}", hash_name)
+    fast = continuum.split_command(args, step, b"{}", hash_name, list(range(len(servers))))
     assert fast is not None, "C split not built"
 
     def group(ks: list[bytes]) -> list[tuple[int, list[int]]]:
