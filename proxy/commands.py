@@ -172,6 +172,12 @@ FAST_SINGLE_KEY: dict[bytes, CommandSpec] = {
 }
 
 
+# MGET/MSET/DEL/... as clients spell them, for the client's inline fan-out check.
+FAST_FANOUT: dict[bytes, CommandSpec] = {
+    alias: TABLE[name] for name in FANOUT_COMMANDS for alias in (name, name.lower())
+}
+
+
 def command_names() -> list[bytes]:
     """Every command name Redis knows, upper case, sorted."""
     return sorted(command_data.COMMANDS)
