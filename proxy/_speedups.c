@@ -604,6 +604,13 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
             PyList_SET_ITEM(PyTuple_GET_ITEM(entry, 2), filled[g]++, at);
         }
         PyMem_Free(filled);
+        for (Py_ssize_t g = 0; g < ngroups; g++) {  /* every payload filled exactly */
+            if (gkeys[g] != PyBytes_GET_SIZE(PyTuple_GET_ITEM(PyList_GET_ITEM(result, g), 1))) {
+                PyErr_SetString(PyExc_SystemError, "split_command: size mismatch");
+                Py_CLEAR(result);
+                goto done;
+            }
+        }
     }
 done:
     PyMem_Free(server_of);
