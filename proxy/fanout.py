@@ -66,7 +66,7 @@ class Gather:
         self._name = name
         self._nkeys = nkeys
         self._parts = positions
-        self._slots = [ReplySlot(self, i) for i in range(len(positions))]
+        self._slots = [ReplySlot(self) for _ in positions]
         self._left = len(positions)
 
     def child(self, i: int) -> ReplySlot:

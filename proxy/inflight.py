@@ -41,12 +41,11 @@ def _error_bytes(text: str) -> bytes:
 class ReplySlot:
     """The place one request's reply goes; completed exactly once."""
 
-    __slots__ = ("data", "sink", "tag")
+    __slots__ = ("data", "sink")
 
-    def __init__(self, sink: ReplySink | None, tag: int = 0) -> None:
+    def __init__(self, sink: ReplySink | None) -> None:
         self.data: bytes | None = None
         self.sink = sink
-        self.tag = tag  # the sub-request's position in a fan-out
 
     @property
     def done(self) -> bool:
