@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 
@@ -46,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.test_conf:
         print(f"resproxy: configuration file '{args.conf_file}' syntax is ok")
         return 0
+    # Requests allocate many short-lived objects that reference counting frees; the cyclic GC's
+    # young-generation passes over the objects still alive (every pending request) are pure
+    # overhead at 700 allocations. Run them 100x less often; what lives from start-up on is
+    # frozen out of every pass.
+    gc.freeze()
+    gc.set_threshold(70_000, 20, 20)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(config))
