@@ -509,7 +509,7 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
     const uint32_t *vals = (const uint32_t *)points.buf;
     const uint16_t *own = (const uint16_t *)owners.buf;
     const char *t = (const char *)tag.buf;
-    /* One allocation for all the scratch arrays (measured: five separate ones cost ~0.2 us). */
+    /* One allocation for all the scratch arrays: one place to free them. */
     block = PyMem_Malloc((size_t)nservers * (3 * sizeof(Py_ssize_t) + 2 * sizeof(int))
                          + (size_t)nkeys * sizeof(int));
     if (block == NULL) { PyErr_NoMemory(); goto done; }
