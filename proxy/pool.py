@@ -24,7 +24,7 @@ import bisect
 import enum
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from proxy import errors
 from proxy.backend import BackendConnection
