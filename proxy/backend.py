@@ -75,7 +75,6 @@ class BackendConnection(asyncio.Protocol):
         self.connected = False
         # counters for metrics (read at scrape time)
         self.requests = 0
-        self.bytes_out = 0
         self.bytes_in = 0
 
     # --- sending -------------------------------------------------------------------------
@@ -104,9 +103,6 @@ class BackendConnection(asyncio.Protocol):
         self.requests += len(out)
         self._transport.writelines(out)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 

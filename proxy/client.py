@@ -444,6 +444,3 @@ class ClientConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)

@@ -54,10 +54,6 @@ class CommandSpec:
         a = self.arity
         return argc == a if a > 0 else argc >= -a
 
-    @property
-    def is_write(self) -> bool:
-        return "write" in self.flags
-
 
 LOCAL_COMMANDS = frozenset(
     {b"PING", b"ECHO", b"QUIT", b"SELECT", b"COMMAND", b"AUTH", b"HELLO", b"CLIENT", b"RESET"}

@@ -15,7 +15,6 @@ AUTH_NOT_CONFIGURED = (
     "Are you sure your configuration is correct?"
 )
 CROSS_SERVER = "CROSSSLOT Keys in request don't hash to the same server"
-CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 SELECT_ONLY_ZERO = "ERR SELECT is not allowed through the proxy: only database 0 exists"
 SELECT_INVALID = "ERR value is not an integer or out of range"
 INTERNAL = "ERR internal error in proxy"

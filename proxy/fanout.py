@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from proxy import errors
 from proxy.inflight import ReplySlot
-from proxy.resp import OK, ReplyParser, encode_error, encode_int, is_error, merge_arrays
+from proxy.resp import OK, encode_error, encode_int, is_error, merge_arrays
 
 T = TypeVar("T", bound=Hashable | None)
 
@@ -109,17 +109,3 @@ def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes
     # its server connections speak that protocol. C when built (merge_arrays), else Python.
     merged = merge_arrays(datas, parts, nkeys)
     return merged if merged is not None else encode_error(errors.MERGE_MISMATCH)
-
-
-def array_items(raw: bytes) -> list[bytes] | None:
-    """The raw items of a complete RESP array reply (None if ``raw`` is not an array)."""
-    if raw[:1] != b"*":
-        return None
-    head = raw.index(b"\r\n")
-    count = int(raw[1:head])
-    if count <= 0:
-        return []
-    parser = ReplyParser()
-    parser.feed(raw[head + 2 :])
-    items = parser.replies()
-    return items if len(items) == count else None

@@ -1,4 +1,4 @@
-"""twemproxy's key hash functions, hash tags and Redis Cluster's key slot (leaf module).
+"""twemproxy's key hash functions and hash tags (leaf module).
 
 Every function returns exactly what twemproxy 0.5's ``src/hashkit`` returns for the same key, an
 unsigned 32-bit integer, so a ring pool places each key on the server twemproxy would. That
@@ -19,14 +19,12 @@ here are the reference (tests check the two agree) and the fallback.
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import zlib
 from collections.abc import Callable
 
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
-CLUSTER_SLOTS = 16384
 
 # A C char widened to uint32 / uint64 (sign extension of bytes >= 0x80).
 _SX32 = tuple(b if b < 0x80 else (b | 0xFFFFFF00) for b in range(256))
@@ -238,7 +236,6 @@ else:
     for _name in HASH_NAMES:
         if hasattr(_speedups, _name):
             _FUNCTIONS[_name] = getattr(_speedups, _name)
-ACCELERATED = _speedups is not None
 
 
 def hash_function(name: str) -> HashFunction:
@@ -264,13 +261,3 @@ def hash_tag_key(key: bytes, tag: bytes) -> bytes:
     if end - start > 1:
         return key[start + 1 : end]
     return key
-
-
-def key_slot(key: bytes) -> int:
-    """Redis Cluster's slot for ``key`` (CLUSTER KEYSLOT): CRC16/XMODEM of its {hash tag}."""
-    start = key.find(b"{")
-    if start >= 0:
-        end = key.find(b"}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return binascii.crc_hqx(key, 0) & (CLUSTER_SLOTS - 1)

@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from proxy import errors
 
 
 class ReplySink(Protocol):
@@ -34,7 +33,7 @@ class ReplySink(Protocol):
 
 
 def _error_bytes(text: str) -> bytes:
-    # The one encoder inflight needs; kept here so this module stays a leaf above errors.
+    # resp.encode_error's twin: inflight is pure and imports no codec (ARCHITECTURE's table).
     return b"-" + text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
 
 
@@ -46,10 +45,6 @@ class ReplySlot:
     def __init__(self, sink: ReplySink | None) -> None:
         self.data: bytes | None = None
         self.sink = sink
-
-    @property
-    def done(self) -> bool:
-        return self.data is not None
 
     def complete(self, raw: bytes) -> None:
         """Deliver the reply (raw RESP bytes); ignored if the slot already has one."""
@@ -156,7 +151,3 @@ class ReplyQueue:
         for slot in self._slots:
             slot.sink = None
         self._slots.clear()
-
-    def fail_all(self, text: str = errors.INTERNAL) -> None:
-        for slot in list(self._slots):
-            slot.fail(text)

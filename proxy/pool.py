@@ -232,8 +232,6 @@ class Server:
             if conn is not None:
                 conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
 
-    def pending(self) -> int:
-        return sum(c.pending for c in self._lanes + self._lanes3 if c is not None)
 
 
 class RingPool:
@@ -332,11 +330,6 @@ class RingPool:
             (servers[i], positions)
             for i, positions in continuum.group(keys, self._tag, self.config.hash)
         ]
-
-    def can_serve(self) -> bool:
-        return self._continuum is not None and any(
-            s.state is not ServerState.DOWN for s in self.servers if not s.ejected
-        )
 
     def close(self) -> None:
         for server in self.servers:

@@ -7,8 +7,8 @@ Two parsers and a few encoders:
   them unchanged instead of re-encoding. Inline commands (``PING\\r\\n`` typed into telnet) are
   accepted like Redis does and re-encoded as multibulk for the servers.
 * ``ReplyParser`` frames the replies a server sends: it only finds where each reply ends and hands
-  back the raw bytes; decoding (``decode_reply``, through hiredis) happens only where the proxy has
-  to act on a value (fan-out merges, errors).
+  back the raw bytes; the proxy decodes nothing it forwards (fan-out merges cut items out of
+  the raw replies, errors are recognised by their first byte).
 
 Limits are the parser's own (constructor arguments), so no caller can forget them. A corrupt
 stream raises ``ProtocolError``; nothing can be recovered after it. An error *reply* from a server
@@ -485,13 +485,6 @@ def _as_bytes(out: list[bytes | bytearray], buf: bytes | bytearray) -> list[byte
     return [bytes(r) for r in out]
 
 
-def decode_reply(raw: bytes) -> Any:
-    """Decode one complete raw reply into Python values (bytes, int, list, None, ReplyError)."""
-    reader = hiredis.Reader()
-    reader.feed(raw)
-    return reader.gets()
-
-
 def is_error(raw: bytes) -> bool:
     """True for an error reply (``-ERR ...``, or a RESP3 blob error ``!``)."""
     return raw[:1] in (b"-", b"!")
@@ -536,10 +529,6 @@ def encode_error(text: str) -> bytes:
     return b"-" + text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + CRLF
 
 
-def encode_simple(text: bytes) -> bytes:
-    return b"+" + text + CRLF
-
-
 def encode_int(n: int) -> bytes:
     return b":%d\r\n" % n
 
@@ -556,7 +545,7 @@ def encode_array(items: Sequence[bytes]) -> bytes:
 
 
 def encode_value(value: Any) -> bytes:
-    """Encode a decoded reply value (as decode_reply returns them) back to RESP2."""
+    """Encode a Python value (bytes, int, None, list, hiredis.ReplyError) as a RESP2 reply."""
     if value is None:
         return b"$-1\r\n"
     if isinstance(value, bytes):

@@ -84,9 +84,6 @@ class Continuum:
         self._live = tuple(live)
         self._packed: tuple[bytes, bytes] | None = None  # for the C split_command
 
-    def __len__(self) -> int:
-        return len(self._live)
-
     def dispatch(self, hash_value: int) -> int:
         """The index of the server that owns ``hash_value``."""
         if self.distribution == "ketama":

@@ -8,7 +8,7 @@ import pytest
 
 from proxy import resp, ring
 
-from proxy.fanout import Gather, array_items, split
+from proxy.fanout import Gather, split
 from proxy.inflight import Flusher, ReplyQueue
 from proxy.resp import encode_bulk
 
@@ -103,12 +103,6 @@ def test_del_sums_and_mset_is_ok_or_first_error() -> None:
     g.child(1).complete(b"-OOM command not allowed\r\n")
     flusher.run()
     assert writes == [[b"-OOM command not allowed\r\n"]]
-
-
-def test_array_items() -> None:
-    assert array_items(b"*2\r\n$1\r\na\r\n$-1\r\n") == [b"$1\r\na\r\n", b"$-1\r\n"]
-    assert array_items(b"*0\r\n") == []
-    assert array_items(b"+OK\r\n") is None
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
