@@ -248,3 +248,39 @@ def test_a_client_that_stops_reading_gets_every_reply_later_and_others_are_serve
 
 def encode_get(key: bytes) -> bytes:
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
+
+
+def test_random_distribution_spreads_writes_over_every_server(
+    backends: list[RedisServer],
+) -> None:
+    proxy = start_ring_proxy(backends, distribution="random", timeout=TIMEOUT_MS)
+    try:
+        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+            assert c.pipeline([("SET", "random:k", i) for i in range(300)]) == [b"OK"] * 300
+        # the same key was written to whichever server each request drew: all three
+        assert all(b.call("EXISTS", "random:k") == 1 for b in backends)
+    finally:
+        proxy.cleanup()
+        for b in backends:
+            b.call("DEL", "random:k")
+
+
+def test_client_connections_limits_the_pools_clients(backends: list[RedisServer]) -> None:
+    proxy = start_ring_proxy(backends, client_connections=2, timeout=TIMEOUT_MS)
+    port = proxy.port  # type: ignore[attr-defined]
+    try:
+        with RawClient(port) as a, RawClient(port) as b:
+            assert a.call("PING") == b"PONG" and b.call("PING") == b"PONG"
+            with RawClient(port) as third:
+                reply = third.read()
+                assert str(reply) == "ERR max number of clients reached"
+                assert third.closed_by_peer()
+        deadline = time.monotonic() + 10
+        while True:  # bounded: a slot frees once the proxy has seen a client go
+            with RawClient(port) as again:
+                if again.call("PING") == b"PONG":
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        proxy.cleanup()
