@@ -19,18 +19,18 @@ import csv
 import io
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# Free ports below the ephemeral range and the bounded port wait: the test harness's, shared.
+from tests.integration.harness import free_port, wait_port  # noqa: E402
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 CLIENTS = 50
 KEYSPACE = 100000
@@ -72,39 +72,6 @@ class Result:
 class Series:
     runs: dict[str, list[Result]] = field(default_factory=lambda: {"redis": [], "nutcracker": [], "resproxy": []})
     ratios: list[float] = field(default_factory=list)
-
-
-_TAKEN: set[int] = set()
-
-
-def free_port() -> int:
-    # Below the kernel's ephemeral range, so no outgoing connection can take it before the
-    # process we start binds it (tests/integration/harness.py explains).
-    for _ in range(1000):
-        port = random.randrange(10000, 32000)
-        if port in _TAKEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _TAKEN.add(port)
-        return port
-    raise SystemExit("bench: no free port")
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded poll: the one readiness signal all three share
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: {what} exited (code {proc.returncode}) before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"bench: {what} did not listen on {port} within {timeout_s} s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,7 +151,7 @@ def main() -> int:
             p = start(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                        "--appendonly", "no", "--dir", workdir])  # fmt: skip
         for port, p in zip(redis_ports, procs):
-            wait_port(port, p, f"redis-server {port}")
+            wait_port(port, lambda p=p: p.poll() is None, f"redis-server {port}")
         direct_port, backend_ports = redis_ports[3], redis_ports[:3]
 
         nut_port, res_port = free_port(), free_port()
@@ -198,8 +165,8 @@ def main() -> int:
                      os.path.join(workdir, "nutcracker.log")])  # fmt: skip
         res = start([sys.executable, "-m", "proxy", "-c", res_conf, "--log-level", "warning"],
                     cwd=ROOT)
-        wait_port(nut_port, nut, "nutcracker")
-        wait_port(res_port, res, "resproxy")
+        wait_port(nut_port, lambda: nut.poll() is None, "nutcracker")
+        wait_port(res_port, lambda: res.poll() is None, "resproxy")
         targets = {"redis": (direct_port, None), "nutcracker": (nut_port, nut.pid),
                    "resproxy": (res_port, res.pid)}  # fmt: skip
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 import hiredis
@@ -181,17 +181,20 @@ def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServ
     return servers
 
 
-def _wait_port(port: int, proc: Process, timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_port(
+    port: int, alive: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S
+) -> None:
+    """Bounded wait until 127.0.0.1:``port`` accepts, for programs that print no ready line."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded: no readiness line exists for nutcracker
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited before listening on {port}")
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"{what} exited before listening on {port}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError(f"{proc.name} did not listen on {port} within {timeout_s} s")
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout_s} s")
 
 
 class Nutcracker(Process):
@@ -211,7 +214,7 @@ class Nutcracker(Process):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for port in self.ports:
-            _wait_port(port, self)
+            wait_port(port, self.alive, self.name)
         return self
 
     def cleanup(self) -> None:
