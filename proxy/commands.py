@@ -240,13 +240,17 @@ def keys_of(spec: CommandSpec, args: Sequence[bytes]) -> list[bytes]:
     argc = len(args)
     keys: list[bytes] = []
     for begin, find, _flags in spec.key_specs:
-        start = _begin(spec, begin, args)
+        if begin[0] == "unknown":
+            # Redis marks these specs INCOMPLETE. For SORT they are its BY/GET patterns and its
+            # STORE destination; only the destination is a key to route by (COMMAND GETKEYS
+            # says the same). Nothing else with such a spec can be routed safely.
+            if spec.name != b"SORT":
+                raise UnroutableKeys(errors.unsupported(spec.fullname))
+            continue
+        start = _begin(begin, args)
         if start is None:
             continue
         how = find[0]
-        if how == "unknown" and spec.name == b"SORT":  # SORT ... STORE dest (see _begin)
-            keys.append(args[start])
-            continue
         if how == "range":
             lastkey, step, limit = int(str(find[1])), int(str(find[2])), int(str(find[3]))
             if lastkey >= 0:
@@ -276,30 +280,26 @@ def keys_of(spec: CommandSpec, args: Sequence[bytes]) -> list[bytes]:
         if step <= 0:
             step = 1
         keys.extend(args[start : min(last, argc - 1) + 1 : step])
+    if spec.name == b"SORT":
+        for i in range(2, argc - 1):
+            if args[i].upper() == b"STORE":
+                keys.append(args[i + 1])
+                break
     return keys
 
 
-def _begin(spec: CommandSpec, begin: tuple[object, ...], args: Sequence[bytes]) -> int | None:
-    how = begin[0]
-    if how == "index":
+def _begin(begin: tuple[object, ...], args: Sequence[bytes]) -> int | None:
+    """Where an index or keyword key spec's keys start (None: the keyword is absent)."""
+    if begin[0] == "index":
         return int(str(begin[1]))
-    if how == "keyword":
-        keyword = begin[1]
-        startfrom = int(str(begin[2]))
-        argc = len(args)
-        if startfrom >= 0:
-            indexes: Sequence[int] = range(startfrom, argc)
-        else:
-            indexes = range(argc + startfrom, 0, -1)
-        for i in indexes:
-            if args[i].upper() == keyword:
-                return i + 1
-        return None
-    # An unknown begin_search: Redis marks these INCOMPLETE. SORT ... STORE dest is the one
-    # that matters for routing, so it is read here; anything else cannot be routed safely.
-    if spec.name in (b"SORT",):
-        for i in range(2, len(args) - 1):
-            if args[i].upper() == b"STORE":
-                return i + 1
-        return None
-    raise UnroutableKeys(errors.unsupported(spec.fullname))
+    keyword = begin[1]
+    startfrom = int(str(begin[2]))
+    argc = len(args)
+    if startfrom >= 0:
+        indexes: Sequence[int] = range(startfrom, argc)
+    else:
+        indexes = range(argc + startfrom, 0, -1)
+    for i in indexes:
+        if args[i].upper() == keyword:
+            return i + 1
+    return None

@@ -48,6 +48,8 @@ SEQUENCE: list[Cmd] = [
     ("SUNIONSTORE", "{u1}c", "{u1}a", "{u1}b"), ("SCARD", "{u1}c"),
     ("SET", "{u2}old", "v"), ("RENAME", "{u2}old", "{u2}new"), ("GET", "{u2}new"),
     ("EVAL", "return redis.call('get', KEYS[1])", 1, "s1"),
+    ("RPUSH", "{u3}l", 3, 1, 2), ("SORT", "{u3}l", "STORE", "{u3}sorted"),
+    ("LRANGE", "{u3}sorted", 0, -1), ("COMMAND", "GETKEYS", "SORT", "k", "STORE", "d"),
     # split across servers and merged
     ("MSET", "m1", "1", "m2", "2", "m3", "3", "m4", "4", "m5", "5", "m6", "6"),
     ("MGET", "m1", "nope", "m2", "m3", "m4", "m5", "m6", "m1"),

@@ -36,7 +36,8 @@ def _spec(*args: bytes) -> CommandSpec:
         ([b"EVALSHA", b"abc", b"0"], []),
         ([b"XREAD", b"COUNT", b"2", b"STREAMS", b"s1", b"s2", b"0", b"0"], [b"s1", b"s2"]),
         ([b"LMPOP", b"2", b"l1", b"l2", b"LEFT"], [b"l1", b"l2"]),
-        ([b"SORT", b"k", b"STORE", b"dest"], [b"k", b"dest", b"dest"]),
+        ([b"SORT", b"k", b"STORE", b"dest"], [b"k", b"dest"]),  # as COMMAND GETKEYS says
+        ([b"SORT", b"k", b"BY", b"w_*", b"GET", b"o_*"], [b"k"]),
         ([b"OBJECT", b"ENCODING", b"k"], [b"k"]),
         ([b"BITOP", b"AND", b"dest", b"a", b"b"], [b"dest", b"a", b"b"]),
     ],
