@@ -40,6 +40,9 @@ LostCallback = Callable[["BackendConnection", str, bool], None]
 """(connection, reason, was_failure) -> None, called once when the connection is gone."""
 ReadyCallback = Callable[[], None]
 """Called once the connection is usable: connected, and AUTH/SELECT/HELLO accepted."""
+RedirectCallback = Callable[["BackendConnection", ReplySlot, bytes, bytes], None]
+"""(connection, slot, request payload, error reply) for -MOVED/-ASK/-TRYAGAIN/-CLUSTERDOWN."""
+REDIRECTS = (b"-MOVED ", b"-ASK ", b"-TRYAGAIN", b"-CLUSTERDOWN")
 
 
 class BackendConnection(asyncio.Protocol):
@@ -54,6 +57,9 @@ class BackendConnection(asyncio.Protocol):
         init_commands: list[bytes],
         on_lost: LostCallback,
         on_ready: ReadyCallback,
+        on_redirect: RedirectCallback | None = None,
+        lane: int = 0,
+        resp3: bool = False,
     ) -> None:
         self.server_name = server_name
         self.pool_name = pool_name
@@ -64,6 +70,12 @@ class BackendConnection(asyncio.Protocol):
         self._init_left = len(init_commands)
         self._on_lost = on_lost
         self._on_ready = on_ready
+        # Cluster pools: each request's payload is kept until its reply, so a redirect can
+        # send it again elsewhere; the callback takes those replies instead of the slot.
+        self._on_redirect = on_redirect
+        self._payloads: deque[bytes] = deque()
+        self.lane = lane
+        self.resp3 = resp3
         self._transport: asyncio.Transport | None = None
         self._parser = ReplyParser()
         self._pending: deque[ReplySlot] = deque()
@@ -90,9 +102,14 @@ class BackendConnection(asyncio.Protocol):
                 self._arm_timer()
         self._pending.append(slot)
         self._out.append(payload)
+        if self._on_redirect is not None:
+            self._payloads.append(payload)
         if not self._flush_scheduled and self._transport is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def in_flight(self) -> int:
+        return len(self._pending)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -141,8 +158,18 @@ class BackendConnection(asyncio.Protocol):
         if len(replies) > len(pending):
             self.close("reply without a request")
             return
-        for raw in replies:
-            pending.popleft().complete(raw)
+        redirect = self._on_redirect
+        if redirect is None:
+            for raw in replies:
+                pending.popleft().complete(raw)
+        else:
+            payloads = self._payloads
+            for raw in replies:
+                payload = payloads.popleft()
+                if raw[:1] == b"-" and raw.startswith(REDIRECTS):
+                    redirect(self, pending.popleft(), payload, raw)
+                else:
+                    pending.popleft().complete(raw)
         self._last_progress = self._loop.time()
 
     def _take_init_replies(self, replies: list[bytes]) -> list[bytes]:
@@ -188,6 +215,7 @@ class BackendConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._out = []
+        self._payloads.clear()
         pending, self._pending = self._pending, deque()
         for slot in pending:
             slot.fail(error_text)

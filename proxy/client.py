@@ -37,7 +37,7 @@ from proxy.commands import (
 )
 from proxy.fanout import Gather, split
 from proxy.inflight import Flusher, ReplyQueue
-from proxy.pool import RingPool, Server
+from proxy.pool import Parts, Pool, Server
 from proxy.resp import (
     OK,
     PONG,
@@ -70,7 +70,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        pool: RingPool,
+        pool: Pool,
         flusher: Flusher,
         limits: ClientLimits,
         on_open: Callable[[ClientConnection], bool],
@@ -130,6 +130,7 @@ class ClientConnection(asyncio.Protocol):
         authed = self._authed
         push = self._queue.push
         route = self._pool.route
+        route_read = self._pool.route_read  # replica reads (cluster pools), else None
         resp3 = self._resp3
         client_id = self.id
         count = 0
@@ -142,9 +143,12 @@ class ClientConnection(asyncio.Protocol):
                     n = len(args)
                     if n == a if a > 0 else n >= -a:
                         slot = push()
-                        server = route(args[1])
+                        if route_read is None or not spec.readonly:
+                            server = route(args[1])
+                        else:
+                            server = route_read(args[1])
                         if server is None:
-                            slot.fail(errors.no_server_for_key())
+                            slot.fail(self._pool.unrouted)
                         else:
                             server.send(raw, slot, resp3, client_id)
                         continue
@@ -206,18 +210,16 @@ class ClientConnection(asyncio.Protocol):
         if not keys:
             self._queue.push_error(errors.no_keys(spec.fullname))
             return
-        route = self._pool.route
-        server = route(keys[0])
-        for key in keys[1:]:
-            if route(key) is not server:
-                self._queue.push_error(errors.CROSS_SERVER)
-                return
+        server = self._pool.route_many(keys, spec.readonly)
+        if isinstance(server, str):
+            self._queue.push_error(server)
+            return
         self._send(server, raw)
 
     def _send(self, server: Server | None, raw: bytes) -> None:
         slot = self._queue.push()
         if server is None:
-            slot.fail(errors.no_server_for_key())
+            slot.fail(self._pool.unrouted)
         else:
             server.send(raw, slot, self._resp3, self.id)
 
@@ -225,12 +227,17 @@ class ClientConnection(asyncio.Protocol):
         if args[0] == b"MSET" and len(args) % 2 == 0:
             self._queue.push_error(errors.wrong_arity(spec.fullname))
             return
-        parts: Sequence[tuple[Server | None, bytes, list[int]]] | None
-        parts = self._pool.split_command(args)  # the C kernel, where it applies
+        pool = self._pool
+        parts: Parts | None = pool.split_command(args)  # the C kernel, where it applies
         if parts is None:
+            read = spec.readonly
+
+            def group(keys: list[bytes]) -> list[tuple[Server | None, list[int]]]:
+                return pool.group_keys(keys, read)
+
             parts = [
                 (server, encode_command(sub), positions)
-                for server, sub, positions in split(args, self._pool.group_keys)
+                for server, sub, positions in split(args, group)
             ]
         if len(parts) == 1:
             self._send(parts[0][0], raw)
@@ -241,7 +248,7 @@ class ClientConnection(asyncio.Protocol):
         for i, (server, payload, _) in enumerate(parts):
             child = gather.child(i)
             if server is None:
-                child.fail(errors.no_server_for_key())
+                child.fail(pool.unrouted)
             else:
                 server.send(payload, child, self._resp3, self.id)
 

@@ -47,6 +47,7 @@ class CommandSpec:
     flags: frozenset[str]
     kind: Kind
     key_index: int = 0  # >0: exactly one key, at this position (the fast path)
+    readonly: bool = False  # Redis's "readonly" flag: may be served by a replica
     key_specs: tuple[KeySpec, ...] = ()
     subcommands: Mapping[bytes, CommandSpec] = field(default_factory=dict)
 
@@ -113,6 +114,7 @@ def _spec(name: bytes, fullname: str, row: tuple[object, ...], container: bool) 
         flags=fl,
         kind=_kind(name, fl, specs, container),
         key_index=_single_key_index(specs),
+        readonly="readonly" in fl,
         key_specs=tuple(specs),
     )
 

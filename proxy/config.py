@@ -22,7 +22,13 @@ HASHES = (
     "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
     "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins",
 )  # fmt: skip
-DISTRIBUTIONS = ("ketama", "modula", "random")
+DISTRIBUTIONS = ("ketama", "modula", "random", "cluster")
+READ_FROM = ("master", "replica", "prefer_replica")
+# Ring-only keys: a cluster pool places keys by Redis Cluster's own slots (CRC16, "{}" tags) and
+# the cluster, not the proxy, decides when a node is out.
+RING_ONLY_KEYS = ("hash", "hash_tag", "auto_eject_hosts", "server_retry_timeout",
+                  "server_failure_limit")  # fmt: skip
+CLUSTER_ONLY_KEYS = ("read_from", "cluster_refresh_interval")
 DEFAULT_TIMEOUT_MS = 5000
 KETAMA_DEFAULT_PORT = 11211  # twemproxy leaves this port out of a server's default name
 
@@ -74,6 +80,13 @@ class PoolConfig:
     server_retry_timeout_ms: int = 30000
     server_failure_limit: int = 2
     tcpkeepalive: bool = False
+    # cluster pools (distribution: cluster); ``servers`` are then seed nodes
+    read_from: str = "master"
+    cluster_refresh_interval_ms: int = 10000
+
+    @property
+    def cluster(self) -> bool:
+        return self.distribution == "cluster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +100,7 @@ _POOL_KEYS = {
     "listen", "servers", "hash", "hash_tag", "distribution", "timeout", "backlog",
     "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
     "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
-    "tcpkeepalive",
+    "tcpkeepalive", *CLUSTER_ONLY_KEYS,
 }  # fmt: skip
 _NATIVE_TOP_KEYS = {"pools"}
 
@@ -155,6 +168,13 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
             raise err(key, f"unknown value {v!r}; one of {', '.join(options)}")
         return str(v)
 
+    distribution = choice("distribution", "ketama", DISTRIBUTIONS)
+    cluster = distribution == "cluster"
+    for key in RING_ONLY_KEYS if cluster else CLUSTER_ONLY_KEYS:
+        if key in body:
+            raise err(key, "not used with distribution: cluster" if cluster
+                      else "only used with distribution: cluster")
+
     if "listen" not in body:
         raise err("listen", "missing (host:port or /unix/path)")
     try:
@@ -185,7 +205,7 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
     servers = []
     for line in raw_servers:
         try:
-            servers.append(_server(line))
+            servers.append(_seed(line) if cluster else _server(line))
         except ValueError as exc:
             raise err("servers", f"{line!r}: {exc}") from None
     seen: set[str] = set()
@@ -200,7 +220,7 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
         servers=tuple(servers),
         hash=choice("hash", "fnv1a_64", HASHES),
         hash_tag=hash_tag.encode(),
-        distribution=choice("distribution", "ketama", DISTRIBUTIONS),
+        distribution=distribution,
         timeout_ms=timeout,
         backlog=integer("backlog", 512, 1),
         client_connections=integer("client_connections", 0),
@@ -212,6 +232,8 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
         server_retry_timeout_ms=integer("server_retry_timeout", 30000, 1),
         server_failure_limit=integer("server_failure_limit", 2, 1),
         tcpkeepalive=boolean("tcpkeepalive", False),
+        read_from=choice("read_from", "master", READ_FROM),
+        cluster_refresh_interval_ms=integer("cluster_refresh_interval", 10000, 100),
     )
 
 
@@ -263,6 +285,20 @@ def _server(value: Any) -> ServerConfig:
         # or just "host" when the port is libmemcached's 11211.
         default_name = host if address.port == KETAMA_DEFAULT_PORT else f"{host}:{port_text}"
     return ServerConfig(address=address, weight=weight, name=name or default_name)
+
+
+def _seed(value: Any) -> ServerConfig:
+    """A cluster seed node: ``host:port`` (a ``:weight`` and a name are allowed and unused)."""
+    if isinstance(value, str):
+        addr = value.strip().partition(" ")[0]
+        host, sep, port = addr.rpartition(":")
+        if sep and host and ":" not in host and port.isdigit() and not addr.startswith("/"):
+            address = Address(host=host, port=_port(port))
+            return ServerConfig(address=address, weight=1, name=str(address))
+    server = _server(value)
+    if server.address.unix_path:
+        raise ValueError("cluster seed nodes are host:port")
+    return ServerConfig(address=server.address, weight=1, name=str(server.address))
 
 
 def _check_unique_listen(path: str, pools: tuple[PoolConfig, ...]) -> None:

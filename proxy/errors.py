@@ -15,6 +15,8 @@ AUTH_NOT_CONFIGURED = (
     "Are you sure your configuration is correct?"
 )
 CROSS_SERVER = "CROSSSLOT Keys in request don't hash to the same server"
+CROSS_SLOT = "CROSSSLOT Keys in request don't hash to the same slot"  # Redis Cluster's words
+SLOT_UNSERVED = "CLUSTERDOWN Hash slot not served"  # Redis Cluster's words
 SELECT_ONLY_ZERO = "ERR SELECT is not allowed through the proxy: only database 0 exists"
 SELECT_INVALID = "ERR value is not an integer or out of range"
 INTERNAL = "ERR internal error in proxy"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from binascii import crc_hqx
 from collections.abc import Callable
 
 M32 = 0xFFFFFFFF
@@ -261,3 +262,21 @@ def hash_tag_key(key: bytes, tag: bytes) -> bytes:
     if end - start > 1:
         return key[start + 1 : end]
     return key
+
+
+CLUSTER_SLOTS = 16384
+
+
+def key_slot(key: bytes) -> int:
+    """Redis Cluster's hash slot of ``key`` (CLUSTER KEYSLOT): CRC16-XMODEM mod 16384.
+
+    Only the part between the first ``{`` and the next ``}`` is hashed when it is non-empty
+    (Redis's hash tag; fixed to ``{}``, unlike a ring pool's configurable ``hash_tag``).
+    ``binascii.crc_hqx`` is that CRC in C.
+    """
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return crc_hqx(key, 0) & 0x3FFF

@@ -24,10 +24,11 @@ import bisect
 import enum
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from proxy import errors
-from proxy.backend import BackendConnection
+from proxy.backend import BackendConnection, RedirectCallback
 from proxy.config import PoolConfig, ServerConfig
 from proxy.hashing import hash_function, hash_tag_key
 from proxy.inflight import ReplySlot
@@ -46,21 +47,38 @@ class ServerState(enum.Enum):
     DOWN = "down"
 
 
+ASKING = encode_command([b"ASKING"])
+READONLY = encode_command([b"READONLY"])
+
+
+class ServerOwner(Protocol):
+    """What a ``Server`` needs of its pool (a ring pool or a cluster pool)."""
+
+    config: PoolConfig
+    name: str
+
+    def rebuild(self) -> None: ...
+
+    def server_lost(self, server: Server) -> None: ...
+
+
 class Server:
     """One backend server of a pool and its connection lanes."""
 
     def __init__(
         self,
-        pool: RingPool,
+        pool: ServerOwner,
         index: int,
         config: ServerConfig,
         loop: asyncio.AbstractEventLoop,
+        on_redirect: RedirectCallback | None = None,
     ) -> None:
         self.pool = pool
         self.index = index
         self.config = config
         self.name = config.name
         self.address = config.address
+        self.node = (config.address.host, config.address.port)
         self.weight = config.weight
         self._loop = loop
         pc = pool.config
@@ -71,6 +89,9 @@ class Server:
         self._lanes3: list[BackendConnection | None] = [None] * pc.server_connections
         auth = pc.redis_auth.encode() if pc.redis_auth is not None else None
         select = [encode_command([b"SELECT", b"%d" % pc.redis_db])] if pc.redis_db else []
+        if pc.cluster and pc.read_from != "master":
+            select.append(READONLY)  # replicas serve reads only on READONLY connections
+        self._on_redirect = on_redirect
         self._init = ([encode_command([b"AUTH", auth])] if auth else []) + select
         hello = [b"HELLO", b"3"] + ([b"AUTH", b"default", auth] if auth else [])
         self._init3 = [encode_command(hello)] + select
@@ -94,7 +115,14 @@ class Server:
 
     # --- requests ------------------------------------------------------------------------
 
-    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
+    def send(
+        self,
+        payload: bytes,
+        slot: ReplySlot,
+        resp3: bool = False,
+        client: int = 0,
+        asking: bool = False,
+    ) -> None:
         """Send one request (raw RESP) on a lane; its reply completes ``slot``.
 
         With ``server_connections`` > 1 a client always uses the same lane (``client`` id
@@ -110,6 +138,8 @@ class Server:
                 slot.fail(errors.server_unavailable(self.name, self.down_reason or "closing"))
                 return
             conn = self._connect(i, resp3)
+        if asking:  # Redis Cluster's -ASK: ASKING and the request, back to back on one lane
+            conn.send(ASKING, ReplySlot(None))
         conn.send(payload, slot)
 
     def connect_all(self) -> None:
@@ -124,7 +154,7 @@ class Server:
         init = self._init3 if resp3 else self._init
         conn = BackendConnection(
             self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost,
-            self._mark_up,
+            self._mark_up, self._on_redirect, lane, resp3,
         )
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
         task = self._loop.create_task(self._open(conn))
@@ -158,6 +188,7 @@ class Server:
         if self.closing or not failure:
             return
         self.failures += 1
+        self.pool.server_lost(self)
         if reason != "timeout":
             # Refused, reset or closed: the server may be gone. Requests fail fast until a
             # probe reconnects, instead of each one trying to connect. A timeout only drops
@@ -220,6 +251,10 @@ class Server:
         log.warning("pool %s: server %s back in the ring", self.pool.name, self.name)
         self.pool.rebuild()
 
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered, over every lane."""
+        return sum(c.in_flight() for c in self._lanes + self._lanes3 if c is not None)
+
     def close(self) -> None:
         """Stop reconnecting and close every lane (pending requests get an error)."""
         self.closing = True
@@ -234,8 +269,44 @@ class Server:
 
 
 
+Route = Callable[[bytes], "Server | None"]
+Parts = Sequence[tuple["Server | None", bytes, list[int]]]
+"""A multi-key command split per server: (server, encoded sub-command, key positions)."""
+
+
+class Pool(Protocol):
+    """What a client connection and the server need of a pool, ring or cluster."""
+
+    config: PoolConfig
+    name: str
+    route: Route
+    """The server for a single-key command's key (None: nowhere to send it)."""
+    route_read: Route | None
+    """Where a read-only command's key goes, when it differs from ``route`` (replica reads)."""
+    unrouted: str
+    """The error text for a key ``route`` found no server for."""
+
+    def route_many(self, keys: list[bytes], read: bool) -> Server | None | str:
+        """The one server for all of a multi-key command's keys, or an error text."""
+        ...
+
+    def split_command(self, args: list[bytes]) -> Parts | None: ...
+
+    def group_keys(self, keys: list[bytes], read: bool) -> list[tuple[Server | None, list[int]]]:
+        ...
+
+    def start(self) -> None: ...
+
+    async def ready(self, timeout_s: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class RingPool:
     """A twemproxy-style pool: servers on a consistent-hash (or modula/random) continuum."""
+
+    route_read: Route | None = None  # no replicas: reads route like writes
+    unrouted = errors.no_server_for_key()
 
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
@@ -256,6 +327,12 @@ class RingPool:
         if self.config.preconnect:
             for server in self.servers:
                 server.connect_all()
+
+    async def ready(self, timeout_s: float) -> bool:
+        return True  # servers connect on demand (or preconnect in the background)
+
+    def server_lost(self, server: Server) -> None:
+        pass  # a ring pool's servers handle their own backoff and ejection
 
     def rebuild(self) -> None:
         """Rebuild the continuum over the servers that are not ejected."""
@@ -305,7 +382,15 @@ class RingPool:
 
         return route_modula
 
-    def split_command(self, args: list[bytes]) -> list[tuple[Server, bytes, list[int]]] | None:
+    def route_many(self, keys: list[bytes], read: bool = False) -> Server | None | str:
+        route = self.route
+        server = route(keys[0])
+        for key in keys[1:]:
+            if route(key) is not server:
+                return errors.CROSS_SERVER
+        return server
+
+    def split_command(self, args: list[bytes]) -> Parts | None:
         """MGET/MSET/DEL-like ``args`` split per server with encoded sub-commands (C kernel).
 
         None when the kernel does not apply; the client then splits with ``group_keys``.
@@ -317,7 +402,9 @@ class RingPool:
             args, 2 if args[0] == b"MSET" else 1, self._tag, self.config.hash, self.servers
         )
 
-    def group_keys(self, keys: list[bytes]) -> list[tuple[Server | None, list[int]]]:
+    def group_keys(
+        self, keys: list[bytes], read: bool = False
+    ) -> list[tuple[Server | None, list[int]]]:
         """Key positions grouped by owning server, first-seen order (MGET/MSET/DEL fan-out)."""
         continuum = self._continuum
         if continuum is None or not self._many or continuum.distribution == "random":

@@ -485,6 +485,19 @@ def _as_bytes(out: list[bytes | bytearray], buf: bytes | bytearray) -> list[byte
     return [bytes(r) for r in out]
 
 
+def decode_reply(raw: bytes) -> Any:
+    """One complete raw reply as Python values (bytes, int, list, None, hiredis.ReplyError).
+
+    For the few replies the proxy itself must read (CLUSTER SLOTS), never for forwarding.
+    """
+    reader = hiredis.Reader()
+    reader.feed(raw)
+    value = reader.gets()
+    if value is False:
+        raise ProtocolError("incomplete reply")
+    return value
+
+
 def is_error(raw: bytes) -> bool:
     """True for an error reply (``-ERR ...``, or a RESP3 blob error ``!``)."""
     return raw[:1] in (b"-", b"!")

@@ -1,12 +1,12 @@
 """The composition root: builds pools and listeners from the config and runs them.
 
-Only this module wires objects together: it creates the shared ``Flusher``, one ``RingPool`` per
-pool, and a listener per pool whose protocol factory hands each ``ClientConnection`` its pool.
+Only this module wires objects together: it creates the shared ``Flusher``, one ``RingPool`` or ``ClusterPool``
+per pool, and a listener per pool whose protocol factory hands each ``ClientConnection`` its pool.
 
 Shutdown (SIGTERM/SIGINT): stop accepting, let every client's owed replies go out within
 ``drain_s`` seconds, then close clients and server connections.
 
-Imports: config, pool, client, inflight.
+Imports: config, pool, cluster, client, inflight.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import os
 import signal
 
 from proxy.client import ClientConnection, ClientLimits
+from proxy.cluster import ClusterPool
 from proxy.config import Config, PoolConfig
 from proxy.inflight import Flusher
-from proxy.pool import RingPool
+from proxy.pool import Pool, RingPool
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ProxyServer:
         self._loop = asyncio.get_running_loop()
         self._flusher = Flusher(self._loop.call_soon)
         self._limits = limits or ClientLimits()
-        self.pools = {p.name: RingPool(p, self._loop) for p in config.pools}
+        self.pools: dict[str, Pool] = {p.name: self._pool(p) for p in config.pools}
         self.clients: dict[str, set[ClientConnection]] = {p.name: set() for p in config.pools}
         self._listeners: list[asyncio.AbstractServer] = []
         self._drained = asyncio.Event()
@@ -43,15 +44,25 @@ class ProxyServer:
         self.connections_total = 0
         self.connections_rejected = 0
 
+    def _pool(self, pc: PoolConfig) -> Pool:
+        return ClusterPool(pc, self._loop) if pc.cluster else RingPool(pc, self._loop)
+
     async def start(self) -> None:
-        """Open every listener; servers are connected now when ``preconnect`` says so."""
+        """Open every listener; servers are connected now when ``preconnect`` says so.
+
+        A cluster pool first learns its slot map, waiting at most its ``timeout``; if no seed
+        answers by then it listens anyway (keys get ``-CLUSTERDOWN`` until the map arrives).
+        """
+        for pool in self.pools.values():
+            pool.start()
         for pc in self.config.pools:
             pool = self.pools[pc.name]
-            pool.start()
+            if not await pool.ready(pc.timeout_ms / 1000.0):
+                log.warning("pool %s: no slot map yet; listening anyway, still trying", pc.name)
             self._listeners.append(await self._listen(pc, pool))
             log.info("resproxy ready: pool %s listening on %s", pc.name, pc.listen)
 
-    async def _listen(self, pc: PoolConfig, pool: RingPool) -> asyncio.AbstractServer:
+    async def _listen(self, pc: PoolConfig, pool: Pool) -> asyncio.AbstractServer:
         clients = self.clients[pc.name]
         limit = pc.client_connections
 

@@ -32,29 +32,44 @@ READY_TIMEOUT_S = 15.0
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(bus: bool = False) -> int:
     """A free 127.0.0.1 port below the kernel's ephemeral range.
+
+    With ``bus``, port + 10000 (a cluster node's bus port) is free and below that range too.
 
     Asking the kernel for port 0 hands out an *ephemeral* port, which any outgoing connection
     (a proxy connecting to its servers) may take before our process binds it: seen here as
     "address already in use". Ports below ip_local_port_range are never used for outgoing
     connections, so only our own allocations can collide, and those are remembered.
     """
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
+    low = _ephemeral_low()
+    high = low - 10000 if bus else low
     for _ in range(1000):  # bounded
-        port = random.randrange(10000, max(low, 10001))
-        if port in _HANDED_OUT:
+        port = random.randrange(10000, max(high, 10001))
+        if port in _HANDED_OUT or not _bindable(port):
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if bus and (port + 10000 in _HANDED_OUT or not _bindable(port + 10000)):
+            continue
         _HANDED_OUT.add(port)
+        if bus:
+            _HANDED_OUT.add(port + 10000)
         return port
     raise RuntimeError("no free port below the ephemeral range")
 
@@ -126,7 +141,7 @@ class RedisServer(Process):
     name = "redis-server"
 
     def __init__(self, port: int | None = None, extra: Sequence[str] = ()) -> None:
-        self.port = port or free_port()
+        self.port = port or free_port(bus="--cluster-enabled" in extra)
         self.extra = list(extra)
         self.dir = tempfile.mkdtemp(prefix="resproxy-test-redis-")
         self._watch: _LineWatcher | None = None
@@ -166,6 +181,21 @@ class RedisServer(Process):
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def poll_until(
+    check: Callable[[], bool], what: str, timeout_s: float = 30.0, every_s: float = 0.05
+) -> None:
+    """Bounded polling of another process's state, where it offers no event to wait for."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, ConnectionError):
+            pass
+        time.sleep(every_s)
+    raise TimeoutError(f"{what}: not within {timeout_s} s")
 
 
 def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServer]:
@@ -369,5 +399,93 @@ def start_ring_proxy(backends: Sequence[RedisServer], **keys: object) -> ResProx
     port = free_port()
     servers = [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(backends)]
     proxy = ResProxy(native_config(pool_yaml("default", port, servers, **keys))).start()
+    proxy.port = port  # type: ignore[attr-defined]
+    return proxy
+
+
+class RedisCluster:
+    """A real Redis Cluster on loopback: ``masters`` masters with ``replicas`` replicas each.
+
+    Built as a user builds one: redis-servers with ``--cluster-enabled yes``, then
+    ``redis-cli --cluster create ... --cluster-replicas N --cluster-yes``; ready when every node
+    says ``cluster_state:ok`` and every replica's link to its master is up.
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.masters_count = masters
+        self.replicas = replicas
+        self.extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)]
+        self.nodes: list[RedisServer] = []
+
+    def start(self) -> RedisCluster:
+        count = self.masters_count * (1 + self.replicas)
+        self.nodes = start_redis_servers(count, self.extra)
+        try:
+            addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *addrs,
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            self.wait_healthy()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def alive_nodes(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.alive()]
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        """Every live node reports cluster_state:ok and agrees on the slot map; replicas synced."""
+
+        def healthy() -> bool:
+            maps = set()
+            for node in self.alive_nodes():
+                if b"cluster_state:ok" not in node.call("CLUSTER", "INFO"):
+                    return False
+                maps.add(repr(sorted((r[0], r[1], r[2][1]) for r in node.call("CLUSTER", "SLOTS"))))
+                info = node.call("INFO", "replication")
+                if b"role:slave" in info and b"master_link_status:up" not in info:
+                    return False
+            return len(maps) == 1
+
+        poll_until(healthy, "cluster healthy", timeout_s)
+
+    def slot_owner(self, slot: int) -> RedisServer:
+        """The master serving ``slot``, as the cluster says."""
+        for row in self.alive_nodes()[0].call("CLUSTER", "SLOTS"):
+            if row[0] <= slot <= row[1]:
+                return self.by_port(row[2][1])
+        raise LookupError(slot)
+
+    def by_port(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def masters(self) -> list[RedisServer]:
+        return [n for n in self.alive_nodes() if n.call("ROLE")[0] == b"master"]
+
+    def replicas_of(self, master: RedisServer) -> list[RedisServer]:
+        return [
+            n for n in self.alive_nodes()
+            if n.call("ROLE")[0] == b"slave" and n.call("ROLE")[2] == master.port
+        ]  # fmt: skip
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(node.call("CLUSTER", "MYID").decode())
+
+    def seeds(self, count: int | None = None) -> list[str]:
+        return [f"127.0.0.1:{n.port}" for n in self.nodes[: count or len(self.nodes)]]
+
+    def cleanup(self) -> None:
+        for n in self.nodes:
+            n.cleanup()
+
+
+def start_cluster_proxy(cluster: RedisCluster, seeds: int = 1, **keys: object) -> ResProxy:
+    """resproxy with one cluster pool on a free port (``.port``), seeded with the first nodes."""
+    port = free_port()
+    pool = pool_yaml("cluster", port, cluster.seeds(seeds), distribution="cluster", **keys)
+    proxy = ResProxy(native_config(pool)).start()
     proxy.port = port  # type: ignore[attr-defined]
     return proxy

@@ -12,12 +12,14 @@ PROXY = pathlib.Path(__file__).resolve().parents[2] / "proxy"
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "cli": {"config", "server", "__init__"},
-    "server": {"config", "pool", "client", "inflight"},
+    "server": {"config", "pool", "cluster", "client", "inflight"},
     "client": {"resp", "commands", "fanout", "pool", "inflight", "errors", "__init__"},
     "fanout": {"commands", "resp", "inflight", "errors"},
     "commands": {"errors", "command_data"},
     "command_data": set(),
     "pool": {"backend", "ring", "hashing", "resp", "inflight", "errors", "config"},
+    "cluster": {"pool", "backend", "slotmap", "hashing", "resp", "inflight", "errors", "config"},
+    "slotmap": set(),
     "backend": {"resp", "inflight", "errors"},
     "inflight": {"errors"},
     "ring": {"hashing", "_speedups"},  # C grouping of key lists
@@ -28,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
 }
 PURE = {"resp", "hashing", "ring", "commands", "command_data", "fanout", "inflight", "config",
-        "errors"}
+        "errors", "slotmap"}
 
 
 def _imports(path: pathlib.Path) -> tuple[set[str], set[str]]:
