@@ -427,7 +427,7 @@ class RedisCluster:
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True, capture_output=True, timeout=60,
             )  # fmt: skip
-            self.wait_healthy()
+            self.wait_healthy(replicas=self.replicas)
         except BaseException:
             self.cleanup()
             raise
@@ -436,15 +436,21 @@ class RedisCluster:
     def alive_nodes(self) -> list[RedisServer]:
         return [n for n in self.nodes if n.alive()]
 
-    def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        """Every live node reports cluster_state:ok and agrees on the slot map; replicas synced."""
+    def wait_healthy(self, timeout_s: float = 60.0, replicas: int = 0) -> None:
+        """Every live node reports cluster_state:ok and agrees on the slot map; replicas synced.
+
+        With ``replicas``, every node also lists that many replicas for every slot range.
+        """
 
         def healthy() -> bool:
             maps = set()
             for node in self.alive_nodes():
                 if b"cluster_state:ok" not in node.call("CLUSTER", "INFO"):
                     return False
-                maps.add(repr(sorted((r[0], r[1], r[2][1]) for r in node.call("CLUSTER", "SLOTS"))))
+                rows = node.call("CLUSTER", "SLOTS")
+                if any(len(r) - 3 < replicas for r in rows):
+                    return False
+                maps.add(repr(sorted((r[0], r[1], r[2][1]) for r in rows)))
                 info = node.call("INFO", "replication")
                 if b"role:slave" in info and b"master_link_status:up" not in info:
                     return False
