@@ -114,3 +114,36 @@ def test_not_yaml_or_not_a_mapping() -> None:
         parse("- 1\n", "x.yml")
     with pytest.raises(ConfigError, match="unknown top-level key 'extra'"):
         parse(BASE + "extra: 1\n", "x.yml")
+
+
+def test_cluster_pool_takes_seed_nodes_and_cluster_keys() -> None:
+    cfg = parse(
+        "pools:\n  c:\n    listen: 127.0.0.1:22121\n    distribution: cluster\n"
+        "    read_from: replica\n    cluster_refresh_interval: 5000\n"
+        "    servers:\n      - 127.0.0.1:7000\n      - 127.0.0.1:7001:1\n      - 10.0.0.1:7002:1 n\n",
+        "c.yml",
+    )
+    pool = cfg.pools[0]
+    assert pool.cluster and pool.read_from == "replica"
+    assert pool.cluster_refresh_interval_ms == 5000
+    assert [str(s.address) for s in pool.servers] == [
+        "127.0.0.1:7000", "127.0.0.1:7001", "10.0.0.1:7002"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ("    distribution: cluster\n    hash: md5\n", "key 'hash': not used with distribution: cluster"),
+        ("    distribution: cluster\n    hash_tag: '{}'\n", "key 'hash_tag': not used"),
+        ("    distribution: cluster\n    auto_eject_hosts: true\n", "key 'auto_eject_hosts'"),
+        ("    distribution: cluster\n    read_from: any\n", "key 'read_from': unknown value"),
+        ("    read_from: replica\n", "key 'read_from': only used with distribution: cluster"),
+        ("    cluster_refresh_interval: 50\n    distribution: cluster\n", "must be >= 100"),
+    ],
+)
+def test_cluster_keys_are_checked(extra: str, fragment: str) -> None:
+    text = "pools:\n  c:\n    listen: 127.0.0.1:22121\n" + extra + "    servers:\n      - 127.0.0.1:7000\n"
+    with pytest.raises(ConfigError) as err:
+        parse(text, "c.yml")
+    assert "c.yml: pool 'c'" in str(err.value) and fragment in str(err.value)
