@@ -8,7 +8,12 @@ first), plus Redis once, and reports medians: throughput, p50/p99 latency, the
 resproxy/nutcracker throughput ratio (median and min-max over rounds), and each proxy's CPU
 time per request (utime+stime from /proc/PID/stat, over the run, divided by requests).
 
-Usage: bench/run.py [--rounds N] [--quick] [--markdown] [--only CASE,...]
+Then a cluster section: a real 3-master Redis Cluster (built with redis-cli --cluster create), with
+GET and SET at -P 1 and -P 16 through a resproxy cluster pool against ``redis-benchmark --cluster``
+straight to the cluster (a cluster-aware client, the best a client can do), in the same A B B A
+rounds; the ratio is resproxy/direct.
+
+Usage: bench/run.py [--rounds N] [--quick] [--markdown] [--only CASE,...] [--no-cluster]
 Every process it starts is stopped by PID at the end, also on Ctrl-C or failure.
 """
 
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # Free ports below the ephemeral range and the bounded port wait: the test harness's, shared.
-from tests.integration.harness import free_port, wait_port  # noqa: E402
+from tests.integration.harness import RedisCluster, free_port, wait_port  # noqa: E402
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 CLIENTS = 50
 KEYSPACE = 100000
@@ -81,10 +86,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_benchmark(port: int, case: Case, requests: int) -> Result:
+CLUSTER_CASES = CASES[:4]
+
+
+def run_benchmark(port: int, case: Case, requests: int, cluster: bool = False) -> Result:
     cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
            "-n", str(requests), "-P", str(case.pipeline), "-r", str(KEYSPACE), "--csv",
-           *case.args]  # fmt: skip
+           *(["--cluster"] if cluster else []), *case.args]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"bench: redis-benchmark failed: {out.stderr.strip()}")
@@ -95,9 +103,11 @@ def run_benchmark(port: int, case: Case, requests: int) -> Result:
     return Result(rps=float(row[1]), p50=float(row[4]), p99=float(row[6]))
 
 
-def measure(port: int, pid: int | None, case: Case, requests: int) -> Result:
+def measure(
+    port: int, pid: int | None, case: Case, requests: int, cluster: bool = False
+) -> Result:
     before = cpu_seconds(pid) if pid else 0.0
-    result = run_benchmark(port, case, requests)
+    result = run_benchmark(port, case, requests, cluster)
     if pid:
         result.cpu_us = (cpu_seconds(pid) - before) * 1e6 / requests
     return result
@@ -120,6 +130,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a tenth of the requests, one round")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--only", default="", help="comma-separated case names, e.g. 'GET P1,SET P16'")
+    ap.add_argument("--no-cluster", action="store_true", help="skip the cluster section")
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
     scale = 0.1 if args.quick else 1.0
@@ -196,14 +207,91 @@ def main() -> int:
                 if proc.poll() is not None:
                     raise SystemExit(f"bench: {name} died during the run")
         report(results, rounds, args.markdown)
+        stop_all()  # the ring section's processes: the cluster section gets the machine
+        cluster_results: dict[str, Series] = {}
+        cluster_cases = [c for c in CLUSTER_CASES if not args.only or c.name in args.only.split(",")]
+        if not args.no_cluster and cluster_cases:
+            cluster_results = bench_cluster(cluster_cases, rounds, scale, workdir)
+            report_cluster(cluster_results, rounds, args.markdown)
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
         with open(os.path.join(ROOT, "bench", "results", "latest.json"), "w") as f:
             json.dump({k: {"runs": {n: [vars(x) for x in v] for n, v in s.runs.items()},
-                           "ratios": s.ratios} for k, s in results.items()}, f, indent=1)  # fmt: skip
+                           "ratios": s.ratios}
+                       for k, s in [*results.items(), *(("cluster " + k, v) for k, v in
+                                                         cluster_results.items())]},
+                      f, indent=1)  # fmt: skip
     finally:
         stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def bench_cluster(cases: list[Case], rounds: int, scale: float, workdir: str) -> dict[str, Series]:
+    """resproxy (cluster pool) vs redis-benchmark --cluster, on a real 3-master cluster."""
+    cluster = RedisCluster(masters=3, replicas=0).start()
+    proxy: subprocess.Popen[bytes] | None = None
+    try:
+        port = free_port()
+        conf = os.path.join(workdir, "resproxy-cluster.yml")
+        seeds = "".join(f"      - {s}\n" for s in cluster.seeds())
+        with open(conf, "w") as f:
+            f.write(f"pools:\n  c:\n    listen: 127.0.0.1:{port}\n    distribution: cluster\n"
+                    f"    timeout: 400\n    preconnect: true\n    servers:\n{seeds}")  # fmt: skip
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "-c", conf, "--log-level", "warning"], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_port(port, lambda: proxy is not None and proxy.poll() is None, "resproxy (cluster)")
+        node = cluster.nodes[0].port
+        results: dict[str, Series] = {}
+        for case in cases:
+            series = results[case.name] = Series(runs={"cluster": [], "resproxy": []})
+            requests = max(1000, int(case.requests * scale))
+            for r in range(rounds):
+                order = ["cluster", "resproxy", "resproxy", "cluster"]
+                if r % 2:
+                    order = order[::-1]
+                got: dict[str, list[Result]] = {"cluster": [], "resproxy": []}
+                for name in order:
+                    if name == "cluster":
+                        got[name].append(measure(node, None, case, requests, cluster=True))
+                    else:
+                        got[name].append(measure(port, proxy.pid, case, requests))
+                for name, rs in got.items():
+                    series.runs[name].extend(rs)
+                series.ratios.append(
+                    statistics.mean(x.rps for x in got["resproxy"])
+                    / statistics.mean(x.rps for x in got["cluster"])
+                )
+                print(f"  cluster {case.name} round {r + 1}/{rounds}: resproxy/direct "
+                      f"{series.ratios[-1]:.2f}", file=sys.stderr, flush=True)  # fmt: skip
+            if proxy.poll() is not None:
+                raise SystemExit("bench: resproxy (cluster) died during the run")
+        return results
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+        cluster.cleanup()
+
+
+def report_cluster(results: dict[str, Series], rounds: int, markdown: bool) -> None:
+    med = statistics.median
+    header = ["case", "cluster direct rps", "resproxy rps", "ratio (min-max)", "p50 ms d/p",
+              "p99 ms d/p", "CPU us/req p"]  # fmt: skip
+    rows = []
+    for name, s in results.items():
+        d, p = s.runs["cluster"], s.runs["resproxy"]
+        rows.append([
+            name, f"{med([x.rps for x in d]):,.0f}", f"{med([x.rps for x in p]):,.0f}",
+            f"{med(s.ratios):.2f} ({min(s.ratios):.2f}-{max(s.ratios):.2f})",
+            f"{med([x.p50 for x in d]):.2f}/{med([x.p50 for x in p]):.2f}",
+            f"{med([x.p99 for x in d]):.2f}/{med([x.p99 for x in p]):.2f}",
+            f"{med([x.cpu_us for x in p if x.cpu_us is not None]):.1f}",
+        ])  # fmt: skip
+    print(f"\nCluster (3 masters): redis-benchmark --cluster straight to the nodes (d) vs through "
+          f"resproxy (p); {rounds} round(s) of A B B A; medians\n")  # fmt: skip
+    table(header, rows, markdown)
 
 
 def report(results: dict[str, Series], rounds: int, markdown: bool) -> None:
@@ -225,6 +313,10 @@ def report(results: dict[str, Series], rounds: int, markdown: bool) -> None:
         ])  # fmt: skip
     print(f"\nredis-benchmark -c {CLIENTS} -r {KEYSPACE}, {rounds} round(s) of A B B A; "
           "medians; r/n/p = redis/nutcracker/resproxy\n")  # fmt: skip
+    table(header, rows, markdown)
+
+
+def table(header: list[str], rows: list[list[str]], markdown: bool) -> None:
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
