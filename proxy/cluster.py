@@ -17,7 +17,9 @@ The cluster decides where every key lives; the pool only follows it:
   - ``TRYAGAIN`` / ``CLUSTERDOWN``: the request is sent again to the same node after a short
     backoff (10 ms doubling to 200 ms) while the pool's ``timeout`` allows; then the client
     gets that error.
-  A request is redirected at most ``MAX_REDIRECTS`` times, and never past its ``timeout``.
+  A request is redirected at most ``MAX_REDIRECTS`` times, and never past its ``timeout``;
+  then a MOVED/ASK becomes ``-ERR too many cluster redirections`` (a plain client cannot act on
+  it) and a TRYAGAIN/CLUSTERDOWN is passed on as Redis said it.
 * **Refreshes**: every ``cluster_refresh_interval`` ms, at once when a connection to a node is
   lost, and every 250 ms while a slot's master is down (a failover is under way), so a promoted
   replica serves as soon as the cluster says it does. Nodes no longer in the map are closed
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 
 from proxy import errors
 from proxy.backend import BackendConnection
@@ -188,7 +191,10 @@ class ClusterPool:
         retry.attempts += 1
         replied = self._by_name.get(conn.server_name)
         if retry.attempts > MAX_REDIRECTS or now >= retry.deadline or replied is None:
-            slot.complete(raw)
+            if raw.startswith((b"-MOVED ", b"-ASK ")):  # meaningless to a non-cluster client
+                slot.fail(errors.too_many_redirects(raw[1:].strip().decode("utf-8", "replace")))
+            else:
+                slot.complete(raw)  # TRYAGAIN / CLUSTERDOWN: Redis's own words
             return
         redirect = parse_redirect(raw, replied.node)
         if redirect is None:  # TRYAGAIN (keys of a migrating slot) or CLUSTERDOWN
@@ -251,12 +257,15 @@ class ClusterPool:
             self._refreshing = False
             self._schedule_periodic()
 
-    def _candidates(self) -> list[Server]:
+    def _candidates(self) -> Iterator[Server]:
         """Nodes to ask for the map: masters in the map (up ones first), then the seeds."""
         masters = list(dict.fromkeys(s for s in self._owners if s is not None))
         masters.sort(key=lambda s: s.state is ServerState.DOWN)
-        seeds = [self._server_for(node) for node in self._seeds]
-        return list(dict.fromkeys(masters + seeds))
+        yield from masters
+        for node in self._seeds:
+            server = self._server_for(node)  # created only when the masters did not answer
+            if server not in masters:
+                yield server
 
     async def _refresh_once(self) -> None:
         started = self._loop.time()

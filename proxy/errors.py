@@ -85,3 +85,8 @@ MAX_CLIENTS = "ERR max number of clients reached"
 def no_keys(fullname: str) -> str:
     """A keyed command called with no key (EVAL with numkeys 0): nothing to route by."""
     return f"ERR command '{fullname}' without keys cannot be routed by the proxy"
+
+
+def too_many_redirects(last: str) -> str:
+    """A cluster pool's request kept being redirected (a slot map in flux); the last redirect."""
+    return f"ERR too many cluster redirections (last: {last})"

@@ -147,3 +147,14 @@ def test_cluster_keys_are_checked(extra: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse(text, "c.yml")
     assert "c.yml: pool 'c'" in str(err.value) and fragment in str(err.value)
+
+
+def test_example_configs_are_valid() -> None:
+    import pathlib
+
+    from proxy.config import load
+
+    examples = sorted((pathlib.Path(__file__).resolve().parents[2] / "config").glob("*.yml"))
+    assert len(examples) >= 2
+    for path in examples:
+        assert load(str(path)).pools, path
