@@ -175,6 +175,9 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
             raise err(key, "not used with distribution: cluster" if cluster
                       else "only used with distribution: cluster")
 
+    if cluster and body.get("redis_db", 0) != 0:
+        raise err("redis_db", "Redis Cluster has only database 0")
+
     if "listen" not in body:
         raise err("listen", "missing (host:port or /unix/path)")
     try:

@@ -76,6 +76,10 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
         assert c.call("GET", "{mig}1") == b"one"  # source says ASK; resproxy asks the target
         assert c.call("GET", "{mig}2") == b"two"  # still on the source
         assert c.call("SET", "{mig}3", "three") == b"OK"  # a new key: ASK to the target
+        # keys of one command split between source and target: Redis says TRYAGAIN; resproxy
+        # retries within its timeout, then passes Redis's words on (no hang, no redirect shown)
+        reply = c.call("MGET", "{mig}1", "{mig}2")
+        assert isinstance(reply, hiredis.ReplyError) and str(reply).startswith("TRYAGAIN"), reply
         assert _cmdstat(target, "asking") >= asking_before + 2
         with RawClient(target.port) as t:  # an importing node answers for the slot after ASKING
             assert t.pipeline([("ASKING",), ("EXISTS", "{mig}1", "{mig}3")]) == [b"OK", 2]

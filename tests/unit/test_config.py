@@ -140,6 +140,7 @@ def test_cluster_pool_takes_seed_nodes_and_cluster_keys() -> None:
         ("    distribution: cluster\n    read_from: any\n", "key 'read_from': unknown value"),
         ("    read_from: replica\n", "key 'read_from': only used with distribution: cluster"),
         ("    cluster_refresh_interval: 50\n    distribution: cluster\n", "must be >= 100"),
+        ("    distribution: cluster\n    redis_db: 3\n", "key 'redis_db': Redis Cluster has only"),
     ],
 )
 def test_cluster_keys_are_checked(extra: str, fragment: str) -> None:
