@@ -19,7 +19,7 @@ One op timer per connection, armed lazily: it fires at "last progress + timeout"
 itself if replies arrived in between, so a busy connection costs one timer per timeout period,
 not one per request.
 
-Imports: resp, inflight, errors (plus asyncio).
+Imports: resp, inflight, errors, metrics (plus asyncio).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import cast
 
 from proxy import errors
 from proxy.inflight import ReplySlot
+from proxy.metrics import ServerStats
 from proxy.resp import ProtocolError, ReplyParser, is_error
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class BackendConnection(asyncio.Protocol):
         on_redirect: RedirectCallback | None = None,
         lane: int = 0,
         resp3: bool = False,
+        stats: ServerStats | None = None,
     ) -> None:
         self.server_name = server_name
         self.pool_name = pool_name
@@ -85,9 +87,7 @@ class BackendConnection(asyncio.Protocol):
         self._last_progress = 0.0
         self.closed = False
         self.connected = False
-        # counters for metrics (read at scrape time)
-        self.requests = 0
-        self.bytes_in = 0
+        self._stats = stats if stats is not None else ServerStats()  # the server's, shared
 
     # --- sending -------------------------------------------------------------------------
 
@@ -111,13 +111,18 @@ class BackendConnection(asyncio.Protocol):
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def out_queue(self) -> int:
+        return len(self._out)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
         if not out or self._transport is None or self.closed:
             return
         self._out = []
-        self.requests += len(out)
+        stats = self._stats
+        stats.requests += len(out)
+        stats.request_bytes += sum(map(len, out))
         self._transport.writelines(out)
 
 
@@ -140,7 +145,8 @@ class BackendConnection(asyncio.Protocol):
             self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
+        stats = self._stats
+        stats.response_bytes += len(data)
         parser = self._parser
         parser.feed(data)
         try:
@@ -158,6 +164,7 @@ class BackendConnection(asyncio.Protocol):
         if len(replies) > len(pending):
             self.close("reply without a request")
             return
+        stats.responses += len(replies)
         redirect = self._on_redirect
         if redirect is None:
             for raw in replies:
@@ -192,6 +199,11 @@ class BackendConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = str(exc) if exc else "closed by server"
         was_closed = self.closed
+        if not was_closed:
+            if exc is None:
+                self._stats.eof += 1
+            else:
+                self._stats.errors += 1
         self._shutdown(errors.server_connection_lost(self.server_name, reason))
         if not was_closed:
             self._on_lost(self, reason, True)
@@ -202,6 +214,11 @@ class BackendConnection(asyncio.Protocol):
         """Close now and fail every pending request; the owner hears of it once."""
         if self.closed:
             return
+        if failure:
+            if reason == "timeout":
+                self._stats.timeouts += 1
+            else:
+                self._stats.errors += 1
         text = error_text or errors.server_connection_lost(self.server_name, reason)
         self._shutdown(text)
         if self._transport is not None:

@@ -37,6 +37,7 @@ from proxy.commands import (
 )
 from proxy.fanout import Gather, split
 from proxy.inflight import Flusher, ReplyQueue
+from proxy.metrics import CommandStats
 from proxy.pool import Parts, Pool, Server
 from proxy.resp import (
     OK,
@@ -75,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         limits: ClientLimits,
         on_open: Callable[[ClientConnection], bool],
         on_close: Callable[[ClientConnection], None],
+        info: Callable[[str | None], bytes] | None = None,
     ) -> None:
         ClientConnection._next_id += 1
         self.id = ClientConnection._next_id
@@ -83,14 +85,18 @@ class ClientConnection(asyncio.Protocol):
         self._limits = limits
         self._on_open = on_open
         self._on_close = on_close
+        self._info = info  # INFO's text, from the composition root
         self._parser = RequestParser()
-        self._queue = ReplyQueue(self._write, flusher)
+        self._clock = asyncio.get_running_loop().time
+        self._queue = ReplyQueue(self._write, flusher, self._clock)
+        self._rows = pool.stats.commands  # (pool, command) counter rows, metrics.CommandStats
         self._queue.on_flushed = self._after_flush
         self._transport: asyncio.Transport | None = None
         self._password = pool.config.redis_auth
         self._authed = self._password is None
         self._resp3 = False  # HELLO 3 switches this client to RESP3
         self._closing = False  # QUIT, protocol error or shutdown: no more requests
+        self._failed = False  # closed for an error (counted as client_err, not client_eof)
         self._read_paused = False
         self._write_paused = False
         self.name = b""
@@ -106,7 +112,17 @@ class ClientConnection(asyncio.Protocol):
             transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
             transport.close()
 
+    def set_pool(self, pool: Pool) -> None:
+        """A reload replaced this client's pool: its next requests go to the new one."""
+        self._pool = pool
+        self._rows = pool.stats.commands
+
     def connection_lost(self, exc: Exception | None) -> None:
+        stats = self._pool.stats
+        if exc is None and not self._failed:
+            stats.client_eof += 1
+        else:
+            stats.client_err += 1
         self._queue.close()
         self._transport = None
         self._on_close(self)
@@ -122,6 +138,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        t0 = self._clock()
         self._parser.feed(data)
         # The single-key fast path is inlined here, with its lookups bound once per read:
         # a 16-command pipeline pays them once, not 16 times (py-spy: ~10% of proxy CPU).
@@ -133,6 +150,7 @@ class ClientConnection(asyncio.Protocol):
         route_read = self._pool.route_read  # replica reads (cluster pools), else None
         resp3 = self._resp3
         client_id = self.id
+        rows = self._rows
         count = 0
         try:
             for args, raw in self._parser.commands():
@@ -142,7 +160,7 @@ class ClientConnection(asyncio.Protocol):
                     a = spec.arity
                     n = len(args)
                     if n == a if a > 0 else n >= -a:
-                        slot = push()
+                        slot = push(rows.get(spec.fullname) or self._row(spec.fullname))
                         if route_read is None or not spec.readonly:
                             server = route(args[1])
                         else:
@@ -165,11 +183,15 @@ class ClientConnection(asyncio.Protocol):
                 resp3 = self._resp3
         except ProtocolError as exc:
             self._queue.push_error(errors.protocol(str(exc)))
+            self._failed = True
             self._start_closing()
         except Exception:  # a bug must not take other clients down
             log.exception("client %d: internal error while dispatching", self.id)
             self._queue.push_error(errors.INTERNAL)
+            self._failed = True
             self._start_closing()
+        if count:
+            self._queue.mark(t0)
         self.requests += count
         self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         if len(self._queue) >= self._limits.max_pending:
@@ -179,17 +201,29 @@ class ClientConnection(asyncio.Protocol):
 
     # --- dispatch ------------------------------------------------------------------------
 
+    def _row(self, label: str) -> CommandStats:
+        return self._pool.stats.command(label)
+
     def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
+        label = self._dispatch_one(args, raw)
+        self._queue.label_last(self._row(label))
+
+    def _dispatch_one(self, args: list[bytes], raw: bytes) -> str:
+        """Answer or send one command; returns its metrics label (a table name or "unknown")."""
         queue = self._queue
         sent_name = args[0]
         args[0] = name = sent_name.upper()  # normalised once; compared as bytes from here on
+        found = lookup(args, sent_name)
+        label = found.fullname if not isinstance(found, str) else (
+            name.decode("ascii", "replace").lower()
+            if found.startswith("ERR wrong number") else "unknown"
+        )  # fmt: skip
         if not self._authed and name not in (b"AUTH", b"QUIT", b"HELLO"):
             queue.push_error(errors.NOAUTH)
-            return
-        found = lookup(args, sent_name)
+            return label
         if isinstance(found, str):
             queue.push_error(found)
-            return
+            return label
         spec = found
         kind = spec.kind
         if kind is Kind.LOCAL:
@@ -200,6 +234,7 @@ class ClientConnection(asyncio.Protocol):
             self._fanout(spec, args, raw)
         else:
             self._keyed(spec, args, raw)
+        return label
 
     def _keyed(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         try:
@@ -216,8 +251,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._send(server, raw)
 
-    def _send(self, server: Server | None, raw: bytes) -> None:
-        slot = self._queue.push()
+    def _send(self, server: Server | None, raw: bytes, row: CommandStats | None = None) -> None:
+        slot = self._queue.push(row)
         if server is None:
             slot.fail(self._pool.unrouted)
         else:
@@ -239,10 +274,14 @@ class ClientConnection(asyncio.Protocol):
                 (server, encode_command(sub), positions)
                 for server, sub, positions in split(args, group)
             ]
+        row = self._rows.get(spec.fullname) or self._row(spec.fullname)
         if len(parts) == 1:
-            self._send(parts[0][0], raw)
+            self._send(parts[0][0], raw, row)
             return
-        parent = self._queue.push()
+        stats = pool.stats
+        stats.fanouts += 1
+        stats.fragments += len(parts)
+        parent = self._queue.push(row)
         nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
         gather = Gather(parent, args[0], nkeys, [positions for _, _, positions in parts])
         for i, (server, payload, _) in enumerate(parts):
@@ -277,6 +316,10 @@ class ClientConnection(asyncio.Protocol):
             self._command(args[1:])
         elif name == b"CLIENT":
             self._client(spec, args)
+        elif name == b"INFO":
+            text = self._info(args[1].decode("utf-8", "replace") if len(args) > 1 else None) \
+                if self._info is not None else b""
+            queue.push_reply(encode_bulk(text))
         elif name == b"RESET":
             self.name = b""
             self._resp3 = False

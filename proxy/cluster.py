@@ -33,7 +33,7 @@ Multi-key commands: Redis Cluster runs a multi-key command only when all its key
 pipelined per node (``group_keys``); other multi-key commands must be single-slot, else Redis's
 own ``-CROSSSLOT`` text.
 
-Imports: pool, backend, slotmap, hashing, resp, inflight, errors, config.
+Imports: pool, backend, slotmap, hashing, resp, inflight, errors, config, metrics.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
+from proxy.metrics import PoolStats
 from proxy.pool import Route, Server, ServerState
 from proxy.resp import ProtocolError, decode_reply, encode_command, is_error
 from proxy.slotmap import SLOTS, Node, SlotMapError, SlotRange, parse_redirect, parse_slots
@@ -98,6 +99,7 @@ class ClusterPool:
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.name = config.name
+        self.stats = PoolStats()
         self._loop = loop
         self._timeout_s = config.timeout_ms / 1000.0
         self._seeds: list[Node] = [(s.address.host, s.address.port) for s in config.servers]
@@ -332,13 +334,16 @@ class ClusterPool:
         self._ready.set()
 
     def _retire(self, used: set[Server | None]) -> None:
-        """Close the nodes the map no longer names, once nothing is pending on them."""
+        """Let go of the nodes the map no longer names (closed once nothing is pending)."""
         for server in list(self.servers):
-            if server not in used and server.in_flight() == 0:
-                server.close()
+            if server not in used:
                 self.servers.remove(server)
                 del self._by_node[server.node]
                 del self._by_name[server.name]
+                server.retire(self._timeout_s)
+
+    def slots_served(self) -> int:
+        return SLOTS - self._owners.count(None)
 
     def _schedule_periodic(self) -> None:
         if self._closing:
@@ -371,6 +376,17 @@ class ClusterPool:
         except TimeoutError:
             return False
         return True
+
+    def can_serve(self) -> tuple[bool, str]:
+        if not self._ready.is_set():
+            return False, "no slot map yet"
+        owners = set(self._owners)
+        if None in owners:
+            return False, f"{self._owners.count(None)} slots have no master"
+        down = sorted(s.name for s in owners if s is not None and s.state is ServerState.DOWN)
+        if down:
+            return False, f"master(s) down: {', '.join(down)}"
+        return True, ""
 
     def rebuild(self) -> None:
         pass  # the cluster, not the proxy, takes nodes out (no auto_eject_hosts here)

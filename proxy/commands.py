@@ -57,7 +57,8 @@ class CommandSpec:
 
 
 LOCAL_COMMANDS = frozenset(
-    {b"PING", b"ECHO", b"QUIT", b"SELECT", b"COMMAND", b"AUTH", b"HELLO", b"CLIENT", b"RESET"}
+    {b"PING", b"ECHO", b"QUIT", b"SELECT", b"COMMAND", b"AUTH", b"HELLO", b"CLIENT", b"RESET",
+     b"INFO"}
 )
 FANOUT_COMMANDS = frozenset({b"MGET", b"MSET", b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"})
 # Keyed, but not something a proxy can do safely on one server's behalf.

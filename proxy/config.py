@@ -93,6 +93,7 @@ class PoolConfig:
 class Config:
     path: str
     pools: tuple[PoolConfig, ...] = field(default_factory=tuple)
+    metrics_listen: Address | None = None  # /metrics and /healthz (native form: metrics.listen)
 
 
 # key -> (dataclass field, parser)
@@ -102,7 +103,7 @@ _POOL_KEYS = {
     "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
     "tcpkeepalive", *CLUSTER_ONLY_KEYS,
 }  # fmt: skip
-_NATIVE_TOP_KEYS = {"pools"}
+_NATIVE_TOP_KEYS = {"pools", "metrics"}
 
 
 def load(path: str) -> Config:
@@ -130,11 +131,33 @@ def parse(text: str, path: str = "<config>") -> Config:
         pools_doc = doc["pools"]
         if not isinstance(pools_doc, dict) or not pools_doc:
             raise ConfigError(f"{path}: key 'pools': expected a mapping of pool names")
+        metrics = _metrics(path, doc.get("metrics"))
     else:
         pools_doc = doc  # nutcracker.yml: pool names at the top level
+        metrics = None
     pools = tuple(_pool(path, str(name), body) for name, body in pools_doc.items())
     _check_unique_listen(path, pools)
-    return Config(path=os.path.abspath(path) if path != "<config>" else path, pools=pools)
+    if metrics is not None and any(str(p.listen) == str(metrics) for p in pools):
+        raise ConfigError(f"{path}: key 'metrics': listen {metrics} is also a pool's listen")
+    return Config(
+        path=os.path.abspath(path) if path != "<config>" else path,
+        pools=pools,
+        metrics_listen=metrics,
+    )
+
+
+def _metrics(path: str, body: Any) -> Address | None:
+    if body is None:
+        return None
+    if not isinstance(body, dict) or set(body) != {"listen"}:
+        raise ConfigError(f"{path}: key 'metrics': expected a mapping with 'listen: host:port'")
+    try:
+        address = _listen(body["listen"])
+    except ValueError as exc:
+        raise ConfigError(f"{path}: key 'metrics': listen: {exc}") from None
+    if address.unix_path:
+        raise ConfigError(f"{path}: key 'metrics': listen: expected host:port")
+    return address
 
 
 def _pool(path: str, name: str, body: Any) -> PoolConfig:

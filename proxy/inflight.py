@@ -27,6 +27,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 
+class Stat(Protocol):
+    """A (pool, command) counter row (metrics.CommandStats): counted as replies are written."""
+
+    requests: int
+    errors: int
+
+    def observe(self, seconds: float) -> None: ...
+
 
 class ReplySink(Protocol):
     def slot_done(self, slot: ReplySlot) -> None: ...
@@ -40,11 +48,12 @@ def _error_bytes(text: str) -> bytes:
 class ReplySlot:
     """The place one request's reply goes; completed exactly once."""
 
-    __slots__ = ("data", "sink")
+    __slots__ = ("data", "sink", "stat")
 
-    def __init__(self, sink: ReplySink | None) -> None:
+    def __init__(self, sink: ReplySink | None, stat: Stat | None = None) -> None:
         self.data: bytes | None = None
         self.sink = sink
+        self.stat = stat  # the client's requests only: counted when the reply is written
 
     def complete(self, raw: bytes) -> None:
         """Deliver the reply (raw RESP bytes); ignored if the slot already has one."""
@@ -91,35 +100,59 @@ class Flusher:
 
 
 class ReplyQueue:
-    """One client's requests in arrival order; writes the completed head run."""
+    """One client's requests in arrival order; writes the completed head run.
 
-    __slots__ = ("_slots", "_write", "_flusher", "_listed", "closed", "on_flushed")
+    Accounting happens here, once per written reply: the slot's ``stat`` row counts the request
+    and, for an error reply, the error. ``mark(t0)`` tags the newest slot with the time its
+    client read was parsed; when that reply is written, ``clock() - t0`` is observed as the
+    read's latency (one observation per client read, not per request).
+    """
 
-    def __init__(self, write: Callable[[list[bytes]], None], flusher: Flusher) -> None:
+    __slots__ = ("_slots", "_write", "_flusher", "_listed", "closed", "on_flushed", "_marks",
+                 "_clock")  # fmt: skip
+
+    def __init__(
+        self,
+        write: Callable[[list[bytes]], None],
+        flusher: Flusher,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._slots: deque[ReplySlot] = deque()
         self._write = write
         self._flusher = flusher
         self._listed = False  # already registered with the flusher
         self.closed = False
         self.on_flushed: Callable[[], None] | None = None
+        self._marks: deque[tuple[ReplySlot, float]] = deque()
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    def push(self) -> ReplySlot:
+    def push(self, stat: Stat | None = None) -> ReplySlot:
         """A new slot at the tail, for a request just parsed."""
-        slot = ReplySlot(self)
+        slot = ReplySlot(self, stat)
         self._slots.append(slot)
         return slot
 
-    def push_reply(self, raw: bytes) -> None:
+    def push_reply(self, raw: bytes, stat: Stat | None = None) -> None:
         """A request answered in place (local command, refusal): queued already complete."""
-        slot = ReplySlot(None)
+        slot = ReplySlot(None, stat)
         slot.data = raw
         self._slots.append(slot)
 
-    def push_error(self, text: str) -> None:
-        self.push_reply(_error_bytes(text))
+    def push_error(self, text: str, stat: Stat | None = None) -> None:
+        self.push_reply(_error_bytes(text), stat)
+
+    def label_last(self, stat: Stat) -> None:
+        """Count the newest slot under ``stat`` (the slow path learns the command late)."""
+        if self._slots:
+            self._slots[-1].stat = stat
+
+    def mark(self, t0: float) -> None:
+        """Observe the newest slot's latency from ``t0`` when its reply is written."""
+        if self._slots and self._clock is not None:
+            self._marks.append((self._slots[-1], t0))
 
     def slot_done(self, slot: ReplySlot) -> None:
         if not self._listed and not self.closed and self._slots and self._slots[0] is slot:
@@ -135,12 +168,23 @@ class ReplyQueue:
         if not slots or slots[0].data is None:
             return
         out: list[bytes] = []
+        marks = self._marks
         while slots:
-            data = slots[0].data
+            slot = slots[0]
+            data = slot.data
             if data is None:
                 break
             out.append(data)
             slots.popleft()
+            stat = slot.stat
+            if stat is not None:
+                stat.requests += 1
+                if data[0] == 45 or data[0] == 33:  # "-" error, "!" RESP3 blob error
+                    stat.errors += 1
+            if marks and marks[0][0] is slot:
+                t0 = marks.popleft()[1]
+                if stat is not None and self._clock is not None:
+                    stat.observe(self._clock() - t0)
         self._write(out)
         if self.on_flushed is not None:
             self.on_flushed()
@@ -151,3 +195,4 @@ class ReplyQueue:
         for slot in self._slots:
             slot.sink = None
         self._slots.clear()
+        self._marks.clear()

@@ -24,6 +24,7 @@ import bisect
 import enum
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -32,6 +33,7 @@ from proxy.backend import BackendConnection, RedirectCallback
 from proxy.config import PoolConfig, ServerConfig
 from proxy.hashing import hash_function, hash_tag_key
 from proxy.inflight import ReplySlot
+from proxy.metrics import PoolStats, ServerStats
 from proxy.resp import encode_command
 from proxy.ring import Continuum, RingServer, build
 
@@ -105,10 +107,10 @@ class Server:
         self._eject_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
-        # counters for metrics
-        self.connects = 0
-        self.connect_failures = 0
+        # counters for metrics (read at scrape time)
+        self.stats = ServerStats()
         self.ejections = 0
+        self.ejected_at = 0.0  # unix time of the last ejection
 
     def __repr__(self) -> str:
         return f"<Server {self.name} {self.address} {self.state.value}>"
@@ -135,6 +137,7 @@ class Server:
         conn = lanes[i]
         if conn is None:
             if self._loop.time() < self._down_until or self.closing:
+                self.stats.forward_errors += 1
                 slot.fail(errors.server_unavailable(self.name, self.down_reason or "closing"))
                 return
             conn = self._connect(i, resp3)
@@ -154,7 +157,7 @@ class Server:
         init = self._init3 if resp3 else self._init
         conn = BackendConnection(
             self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost,
-            self._mark_up, self._on_redirect, lane, resp3,
+            self._mark_up, self._on_redirect, lane, resp3, self.stats,
         )
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
         task = self._loop.create_task(self._open(conn))
@@ -175,10 +178,10 @@ class Server:
             raise
         except (OSError, TimeoutError) as exc:
             reason = _describe(exc)
-            self.connect_failures += 1
+            self.stats.connect_failures += 1
             conn.close(reason, errors.server_unavailable(self.name, reason))
             return
-        self.connects += 1  # up once its AUTH/SELECT are accepted (conn calls _mark_up)
+        self.stats.connects += 1  # up once its AUTH/SELECT are accepted (conn calls _mark_up)
 
     def _on_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
         for lanes in (self._lanes, self._lanes3):
@@ -235,6 +238,7 @@ class Server:
         self.failures = 0
         self.ejected = True
         self.ejections += 1
+        self.ejected_at = time.time()
         retry_s = pool.config.server_retry_timeout_ms / 1000.0
         log.warning(
             "pool %s: server %s ejected for %d ms", pool.name, self.name,
@@ -251,9 +255,28 @@ class Server:
         log.warning("pool %s: server %s back in the ring", self.pool.name, self.name)
         self.pool.rebuild()
 
+    def retire(self, deadline_s: float) -> None:
+        """The server left its pool: close it once nothing is pending on it (or at the deadline)."""
+        end = self._loop.time() + deadline_s
+
+        def check() -> None:
+            if self.in_flight() == 0 or self._loop.time() >= end:
+                self.close()
+            else:
+                self._loop.call_later(0.05, check)
+
+        check()
+
     def in_flight(self) -> int:
         """Requests sent and not yet answered, over every lane."""
         return sum(c.in_flight() for c in self._lanes + self._lanes3 if c is not None)
+
+    def out_queue(self) -> int:
+        """Requests queued and not yet written, over every lane."""
+        return sum(c.out_queue() for c in self._lanes + self._lanes3 if c is not None)
+
+    def open_connections(self) -> int:
+        return sum(1 for c in self._lanes + self._lanes3 if c is not None and c.connected)
 
     def close(self) -> None:
         """Stop reconnecting and close every lane (pending requests get an error)."""
@@ -285,6 +308,8 @@ class Pool(Protocol):
     """Where a read-only command's key goes, when it differs from ``route`` (replica reads)."""
     unrouted: str
     """The error text for a key ``route`` found no server for."""
+    stats: PoolStats
+    servers: list[Server]
 
     def route_many(self, keys: list[bytes], read: bool) -> Server | None | str:
         """The one server for all of a multi-key command's keys, or an error text."""
@@ -299,6 +324,10 @@ class Pool(Protocol):
 
     async def ready(self, timeout_s: float) -> bool: ...
 
+    def can_serve(self) -> tuple[bool, str]:
+        """Whether every key has a live server now; if not, why."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -311,13 +340,11 @@ class RingPool:
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.name = config.name
+        self.stats = PoolStats()
+        self._loop = loop
         self._hash = hash_function(config.hash)
         self._tag = config.hash_tag
-        # twemproxy sorts a pool's servers by name (conf_validate_server: shorter names first,
-        # then bytewise) and indexes them in that order; modula and random placement, and ketama
-        # ties, depend on it.
-        ordered = sorted(config.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
-        self.servers = [Server(self, i, s, loop) for i, s in enumerate(ordered)]
+        self.servers = [Server(self, i, s, loop) for i, s in enumerate(_ordered(config))]
         self._many = len(self.servers) > 1
         self._continuum: Continuum | None = None
         self.route: Callable[[bytes], Server | None] = lambda key: None
@@ -331,8 +358,41 @@ class RingPool:
     async def ready(self, timeout_s: float) -> bool:
         return True  # servers connect on demand (or preconnect in the background)
 
+    def set_servers(self, config: PoolConfig) -> None:
+        """A reload changed only the server list: servers that stay keep their connections.
+
+        Added servers join, removed ones leave the ring at once and close when their pending
+        requests are answered, reweighted ones stay; the continuum is rebuilt.
+        """
+        keep = {(s.name, s.address): s for s in self.servers}
+        servers = []
+        for i, sc in enumerate(_ordered(config)):
+            server = keep.pop((sc.name, sc.address), None)
+            if server is None:
+                server = Server(self, i, sc, self._loop)
+            server.index = i
+            server.config = sc
+            server.weight = sc.weight
+            servers.append(server)
+        self.config = config
+        self.servers = servers
+        self._many = len(servers) > 1
+        self.rebuild()
+        for gone in keep.values():
+            gone.retire(config.timeout_ms / 1000.0)
+        self.start()
+
     def server_lost(self, server: Server) -> None:
         pass  # a ring pool's servers handle their own backoff and ejection
+
+    def can_serve(self) -> tuple[bool, str]:
+        live = [s for s in self.servers if not s.ejected]
+        if not live:
+            return False, "every server is ejected"
+        down = [s.name for s in live if s.state is ServerState.DOWN]
+        if down:
+            return False, f"server(s) down: {', '.join(down)}"
+        return True, ""
 
     def rebuild(self) -> None:
         """Rebuild the continuum over the servers that are not ejected."""
@@ -421,6 +481,13 @@ class RingPool:
     def close(self) -> None:
         for server in self.servers:
             server.close()
+
+
+def _ordered(config: PoolConfig) -> list[ServerConfig]:
+    # twemproxy sorts a pool's servers by name (conf_validate_server: shorter names first, then
+    # bytewise) and indexes them in that order; modula and random placement, and ketama ties,
+    # depend on it.
+    return sorted(config.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
 
 
 def _describe(exc: BaseException) -> str:

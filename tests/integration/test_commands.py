@@ -126,7 +126,7 @@ def test_cross_server_multi_key_command_is_refused_with_crossslot(
 @pytest.mark.parametrize(
     "cmd",
     [("KEYS", "*"), ("FLUSHALL",), ("SCAN", 0), ("MULTI",), ("SUBSCRIBE", "ch"),
-     ("BLPOP", "l", 0), ("CONFIG", "GET", "maxmemory"), ("INFO",), ("DBSIZE",),
+     ("BLPOP", "l", 0), ("CONFIG", "GET", "maxmemory"), ("DBSIZE",),
      ("XREAD", "BLOCK", 0, "STREAMS", "s", "$"), ("WATCH", "k"), ("EVAL", "return 1", 0)],
 )  # fmt: skip
 def test_refused_commands_name_the_command_and_keep_the_connection(

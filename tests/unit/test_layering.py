@@ -12,15 +12,17 @@ PROXY = pathlib.Path(__file__).resolve().parents[2] / "proxy"
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "cli": {"config", "server", "__init__"},
-    "server": {"config", "pool", "cluster", "client", "inflight"},
-    "client": {"resp", "commands", "fanout", "pool", "inflight", "errors", "__init__"},
+    "server": {"config", "pool", "cluster", "client", "inflight", "metrics", "__init__"},
+    "client": {"resp", "commands", "fanout", "pool", "inflight", "errors", "metrics", "__init__"},
     "fanout": {"commands", "resp", "inflight", "errors"},
     "commands": {"errors", "command_data"},
     "command_data": set(),
-    "pool": {"backend", "ring", "hashing", "resp", "inflight", "errors", "config"},
-    "cluster": {"pool", "backend", "slotmap", "hashing", "resp", "inflight", "errors", "config"},
+    "pool": {"backend", "ring", "hashing", "resp", "inflight", "errors", "config", "metrics"},
+    "cluster": {"pool", "backend", "slotmap", "hashing", "resp", "inflight", "errors", "config",
+                "metrics"},
     "slotmap": set(),
-    "backend": {"resp", "inflight", "errors"},
+    "backend": {"resp", "inflight", "errors", "metrics"},
+    "metrics": set(),
     "inflight": {"errors"},
     "ring": {"hashing", "_speedups"},  # C grouping of key lists
     "hashing": {"_speedups"},  # its own C accelerator
