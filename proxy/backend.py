@@ -214,7 +214,7 @@ class BackendConnection(asyncio.Protocol):
         """Close now and fail every pending request; the owner hears of it once."""
         if self.closed:
             return
-        if failure:
+        if failure and self._transport is not None:  # (a failed connect is counted by the pool)
             if reason == "timeout":
                 self._stats.timeouts += 1
             else:

@@ -1,0 +1,280 @@
+"""Operating resproxy: /metrics after known traffic, /healthz, INFO, SIGHUP reload, JSON logs.
+
+Real redis-servers and a real resproxy process; /metrics is parsed with prometheus-client's own
+parser, and every count checked is the exact number the test's traffic implies.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import hiredis
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.config import parse
+from proxy.hashing import hash_function
+from proxy.ring import RingServer, build
+from tests.integration.harness import (
+    RawClient,
+    RedisServer,
+    ResProxy,
+    free_port,
+    native_config,
+    poll_until,
+    pool_yaml,
+    start_redis_servers,
+)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[RedisServer]]:
+    started = start_redis_servers(4)
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.cleanup()
+
+
+def _config(port: int, metrics_port: int, backends: list[RedisServer], **keys: object) -> str:
+    lines = [f"127.0.0.1:{b.port}:1 s{b.port}" for b in backends]
+    pool = pool_yaml("app", port, lines, hash="fnv1a_64", distribution="ketama", timeout=500,
+                     **keys)  # fmt: skip
+    return native_config(pool) + f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n"
+
+
+def _start(backends: list[RedisServer], **keys: object) -> ResProxy:
+    port, mport = free_port(), free_port()
+    proxy = ResProxy(_config(port, mport, backends, **keys)).start()
+    proxy.port, proxy.mport = port, mport  # type: ignore[attr-defined]
+    return proxy
+
+
+def _http(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _scrape(proxy: ResProxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = _http(proxy.mport, "/metrics")  # type: ignore[attr-defined]
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def _owner(backends: list[RedisServer], key: bytes) -> RedisServer:
+    """Where the ketama ring of the test's config puts ``key`` (twemproxy's placement)."""
+    names = sorted((f"s{b.port}" for b in backends), key=lambda n: (len(n), n))
+    continuum = build("ketama", [RingServer(i, n, 1) for i, n in enumerate(names)])
+    index = continuum.dispatch(hash_function("fnv1a_64")(key))
+    return next(b for b in backends if f"s{b.port}" == names[index])
+
+
+def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None:
+    backends = servers[:3]
+    for b in backends:
+        b.call("FLUSHALL")
+    proxy = _start(backends, preconnect=True)
+    try:
+        victim = backends[2]
+        keys = [f"user:{i * 7919}:profile" for i in range(60)]
+        on_victim = [k for k in keys if _owner(backends, k.encode()) is victim]
+        elsewhere = [k for k in keys if k not in on_victim]
+        assert on_victim and elsewhere
+        spread = [on_victim[0]] + [k for k in elsewhere if _owner(backends, k.encode()) is backends[0]][:1] \
+            + [k for k in elsewhere if _owner(backends, k.encode()) is backends[1]][:1]  # fmt: skip
+        assert len(spread) == 3
+        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+            for k in keys:
+                assert c.call("SET", k, "v") == b"OK"
+            for k in keys:
+                assert c.call("GET", k) == b"v"
+            assert c.call("MGET", *spread) == [b"v", b"v", b"v"]  # one fan-out, 3 fragments
+            assert isinstance(c.call("NOSUCH"), hiredis.ReplyError)
+            assert isinstance(c.call("KEYS", "*"), hiredis.ReplyError)
+            victim.kill()
+            dead_errors = 0
+            for k in on_victim:
+                if isinstance(c.call("GET", k), hiredis.ReplyError):
+                    dead_errors += 1
+            assert dead_errors == len(on_victim)
+            samples = _scrape(proxy)
+        p = {"pool": "app"}
+        assert _value(samples, "resproxy_requests_total", command="set", **p) == len(keys)
+        assert _value(samples, "resproxy_requests_total", command="get", **p) == len(keys) + len(on_victim)
+        assert _value(samples, "resproxy_request_errors_total", command="get", **p) == len(on_victim)
+        assert _value(samples, "resproxy_request_errors_total", command="set", **p) == 0
+        assert _value(samples, "resproxy_requests_total", command="mget", **p) == 1
+        assert _value(samples, "resproxy_request_errors_total", command="unknown", **p) == 1
+        assert _value(samples, "resproxy_request_errors_total", command="keys", **p) == 1
+        assert _value(samples, "resproxy_fanout_requests_total", **p) == 1
+        assert _value(samples, "resproxy_fanout_fragments_total", **p) == 3
+        # one command per read: one latency observation per request
+        assert _value(samples, "resproxy_request_duration_seconds_count", command="set", **p) == len(keys)
+        assert _value(samples, "resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p) == len(keys)
+        assert _value(samples, "resproxy_client_connections", **p) == 1
+        assert _value(samples, "resproxy_client_connections_accepted_total", **p) == 1
+        # per server: what each was sent, as the ring places the keys
+        for b in backends:
+            s = {"pool": "app", "server": f"s{b.port}"}
+            placed = sum(1 for k in keys if _owner(backends, k.encode()) is b)
+            sent = 2 * placed + 1  # a SET and a GET per key, and one MGET fragment
+            if b is victim:
+                assert _value(samples, "resproxy_server_up", **s) == 0
+                assert _value(samples, "resproxy_server_state", state="down", **s) == 1
+                assert _value(samples, "resproxy_server_eof_total", **s) + _value(
+                    samples, "resproxy_server_errors_total", **s) == 1
+                # after the kill its keys were answered at once: forward errors, not timeouts
+                assert _value(samples, "resproxy_server_forward_errors_total", **s) >= len(on_victim) - 1
+                assert _value(samples, "resproxy_server_timeouts_total", **s) == 0
+            else:
+                assert _value(samples, "resproxy_server_up", **s) == 1
+                assert _value(samples, "resproxy_server_requests_total", **s) == sent
+                assert _value(samples, "resproxy_server_responses_total", **s) == sent
+                assert _value(samples, "resproxy_server_in_flight", **s) == 0
+            assert _value(samples, "resproxy_server_connects_total", **s) == 1
+        assert _value(samples, "resproxy_pool_can_serve", **p) == 0
+        status, body = _http(proxy.mport, "/healthz")  # type: ignore[attr-defined]
+        assert status == 503 and json.loads(body)["pools"]["app"].startswith("server(s) down")
+        victim.restart()
+        poll_until(lambda: _http(proxy.mport, "/healthz")[0] == 200, "healthz back to 200",  # type: ignore[attr-defined]
+                   timeout_s=15)  # fmt: skip
+        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+            info = c.call("INFO").decode()
+        assert "# Proxy" in info and "# Stats" in info and "pool_app:" in info
+        assert f"total_commands_processed:" in info
+        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+            assert c.call("INFO", "clients").decode().startswith("# Clients")
+    finally:
+        proxy.cleanup()
+
+
+def _placement_ok(proxy_port: int, backends: list[RedisServer], keys: list[str]) -> None:
+    """Each key is on the server the ring over ``backends`` names, and only there."""
+    for k in keys:
+        owner = _owner(backends, k.encode())
+        assert owner.call("EXISTS", k) == 1, k
+
+
+class Pipeliner(threading.Thread):
+    """One client connection pipelining SET/GET batches until stopped; counts what breaks."""
+
+    def __init__(self, port: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.client = RawClient(port)
+        self.stop_event = stop
+        self.batches = 0
+        self.problems: list[str] = []
+
+    def run(self) -> None:
+        try:
+            for i in range(1_000_000):  # bounded; ends on the stop event
+                if self.stop_event.is_set():
+                    break
+                cmds = [("SET", f"pipe:{i}:{j}", j) for j in range(8)] + [("GET", f"pipe:{i}:7")]
+                replies = self.client.pipeline(cmds)
+                if replies != [b"OK"] * 8 + [b"7"]:
+                    self.problems.append(repr(replies))
+                self.batches += 1
+        except (OSError, ConnectionError) as exc:
+            self.problems.append(f"connection dropped: {exc!r}")
+        finally:
+            self.client.close()
+
+
+def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
+    servers: list[RedisServer],
+) -> None:
+    a, b, c = servers[:3]
+    for s in servers:
+        if not s.alive():
+            s.restart()
+        s.call("FLUSHALL")
+    proxy = _start([a, b])
+    try:
+        stop = threading.Event()
+        workers = [Pipeliner(proxy.port, stop) for _ in range(3)]  # type: ignore[attr-defined]
+        for w in workers:
+            w.start()
+        poll_until(lambda: all(w.batches > 5 for w in workers), "pipelines running", 30)
+        # b stays, a leaves, c joins
+        with open(proxy.config_path, "w") as f:
+            f.write(_config(proxy.port, proxy.mport, [b, c]))  # type: ignore[attr-defined]
+        proxy.send_signal(signal.SIGHUP)
+        poll_until(lambda: _value(_scrape(proxy), "resproxy_config_reloads_total") == 1,
+                   "reload accepted", 15)  # fmt: skip
+        marks = [w.batches for w in workers]
+        poll_until(lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
+                   "pipelines running after the reload", 30)  # fmt: skip
+        # an invalid config is rejected and the running one keeps serving
+        with open(proxy.config_path, "w") as f:
+            f.write("pools:\n  app:\n    listen: 127.0.0.1:1\n    hash: nope\n")
+        proxy.send_signal(signal.SIGHUP)
+        poll_until(lambda: _value(_scrape(proxy), "resproxy_config_reload_failures_total") == 1,
+                   "reload rejected", 15)  # fmt: skip
+        samples = _scrape(proxy)
+        assert _value(samples, "resproxy_config_last_reload_successful") == 0
+        marks = [w.batches for w in workers]
+        poll_until(lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
+                   "pipelines running after the rejected reload", 30)  # fmt: skip
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        assert [w.problems for w in workers] == [[], [], []]
+        assert _value(samples, "resproxy_client_connections_accepted_total", pool="app") == 3
+        # new keys go by the new ring: over b and c, none on a
+        for s in (a, b, c):
+            s.call("FLUSHALL")
+        keys = [f"after:{i}" for i in range(200)]
+        with RawClient(proxy.port) as cl:  # type: ignore[attr-defined]
+            assert cl.pipeline([("SET", k, 1) for k in keys]) == [b"OK"] * len(keys)
+        assert a.call("DBSIZE") == 0
+        _placement_ok(proxy.port, [b, c], keys)  # type: ignore[attr-defined]
+        assert b.call("DBSIZE") + c.call("DBSIZE") == len(keys)
+        assert "reload accepted" in proxy.log() and "reload rejected" in proxy.log()
+    finally:
+        proxy.cleanup()
+
+
+def test_reload_adds_a_pool_and_json_logs(servers: list[RedisServer]) -> None:
+    a = servers[0]
+    if not a.alive():
+        a.restart()
+    port, mport, port2 = free_port(), free_port(), free_port()
+    proxy = ResProxy(_config(port, mport, [a]), args=["--log-format", "json"]).start()
+    try:
+        with RawClient(port) as held:
+            assert held.call("SET", "k", "v") == b"OK"
+            text = _config(port, mport, [a]).replace(
+                "metrics:", pool_yaml("second", port2, [f"127.0.0.1:{a.port}:1"]) + "metrics:"
+            )
+            parse(text)  # the test's own config is valid
+            with open(proxy.config_path, "w") as f:
+                f.write(text)
+            proxy.send_signal(signal.SIGHUP)
+            poll_until(lambda: "reload accepted" in proxy.log(), "reload accepted", 15)
+            with RawClient(port2) as c2:
+                assert c2.call("GET", "k") == b"v"
+            assert held.call("GET", "k") == b"v"  # the old connection was never dropped
+        lines = [json.loads(line) for line in proxy.log().splitlines() if line.strip()]
+        assert all({"ts", "level", "logger", "msg"} <= set(e) for e in lines)
+        assert any("reload accepted" in e["msg"] and e["level"] == "warning" for e in lines)
+    finally:
+        proxy.cleanup()
