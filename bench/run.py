@@ -113,6 +113,15 @@ def measure(
     return result
 
 
+def scrape(port: int) -> None:
+    """One /metrics scrape, as Prometheus would make: the bench measures with metrics on."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        if r.status != 200 or b"resproxy_requests_total" not in r.read():
+            raise SystemExit("bench: resproxy's /metrics did not answer as expected")
+
+
 def nutcracker_yml(listen: int, ports: list[int]) -> str:
     servers = "".join(f"   - 127.0.0.1:{p}:1\n" for p in ports)
     return (
@@ -174,8 +183,9 @@ def main() -> int:
             f.write(nutcracker_yml(res_port, backend_ports))
         nut = start([NUTCRACKER, "-c", nut_conf, "-s", str(free_port()), "-o",
                      os.path.join(workdir, "nutcracker.log")])  # fmt: skip
-        res = start([sys.executable, "-m", "proxy", "-c", res_conf, "--log-level", "warning"],
-                    cwd=ROOT)
+        metrics_port = free_port()  # resproxy runs with its metrics endpoint on, scraped per case
+        res = start([sys.executable, "-m", "proxy", "-c", res_conf, "--log-level", "warning",
+                     "--metrics", f"127.0.0.1:{metrics_port}"], cwd=ROOT)  # fmt: skip
         wait_port(nut_port, lambda: nut.poll() is None, "nutcracker")
         wait_port(res_port, lambda: res.poll() is None, "resproxy")
         targets = {"redis": (direct_port, None), "nutcracker": (nut_port, nut.pid),
@@ -206,6 +216,7 @@ def main() -> int:
             for name, proc in (("nutcracker", nut), ("resproxy", res)):
                 if proc.poll() is not None:
                     raise SystemExit(f"bench: {name} died during the run")
+            scrape(metrics_port)
         report(results, rounds, args.markdown)
         stop_all()  # the ring section's processes: the cluster section gets the machine
         cluster_results: dict[str, Series] = {}

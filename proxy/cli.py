@@ -13,7 +13,7 @@ import time
 import uvloop
 
 from proxy import __version__
-from proxy.config import ConfigError, load
+from proxy.config import ConfigError, load, with_metrics
 from proxy.server import serve
 
 log = logging.getLogger("proxy")
@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="validate the config and exit (0: valid)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve /metrics and /healthz here (overrides the config's metrics.listen;"
+                        " the way to get them with a nutcracker.yml)")
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="json: one JSON object per line, for log shippers")
     p.add_argument("-V", "--version", action="version", version=f"resproxy {__version__}")
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level, args.log_format)
     try:
         config = load(args.conf_file)
+        if args.metrics:
+            config = with_metrics(config, args.metrics)
     except ConfigError as exc:
         print(f"resproxy: configuration file '{args.conf_file}' syntax is invalid: {exc}",
               file=sys.stderr)

@@ -12,6 +12,7 @@ forever when it is absent; resproxy never lets a request hang, so it applies
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,14 @@ def parse(text: str, path: str = "<config>") -> Config:
         pools=pools,
         metrics_listen=metrics,
     )
+
+
+def with_metrics(config: Config, listen: str) -> Config:
+    """``config`` with its metrics endpoint at ``listen`` (host:port), e.g. from the command line."""
+    address = _metrics(config.path, {"listen": listen})
+    if any(str(p.listen) == str(address) for p in config.pools):
+        raise ConfigError(f"{config.path}: metrics listen {address} is also a pool's listen")
+    return dataclasses.replace(config, metrics_listen=address)
 
 
 def _metrics(path: str, body: Any) -> Address | None:

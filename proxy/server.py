@@ -178,6 +178,9 @@ class ProxyServer:
         async with self._reload_lock:
             try:
                 new = load(self.config.path)
+                if new.metrics_listen is None and self.config.metrics_listen is not None:
+                    # from --metrics (or removed from the file): kept until a restart
+                    new = dataclasses.replace(new, metrics_listen=self.config.metrics_listen)
                 await self._apply(new)
             except (ConfigError, OSError) as exc:
                 self.reload_failures += 1

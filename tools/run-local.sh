@@ -25,7 +25,7 @@ for port in 7001 7002 7003; do
     done
     redis-cli -p "$port" ping >/dev/null || { echo "redis-server on port $port did not start" >&2; exit 1; }
 done
-echo "redis-servers up on 127.0.0.1:7001-7003 (logs in $DATA); starting resproxy on 127.0.0.1:22121"
+echo "redis-servers up on 127.0.0.1:7001-7003 (logs in $DATA); starting resproxy on 127.0.0.1:22121 (metrics: http://127.0.0.1:9121/metrics)"
 "$PY" -m proxy -c config/local.yml "$@" &
 pids+=($!)
 wait "${pids[-1]}"
