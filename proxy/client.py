@@ -52,6 +52,8 @@ from proxy.resp import (
 
 log = logging.getLogger(__name__)
 
+LATENCY_SAMPLE_EVERY = 4  # client reads per latency observation (see data_received)
+
 
 @dataclass(frozen=True, slots=True)
 class ClientLimits:
@@ -101,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self.name = b""
         self.requests = 0
+        self._reads = 0
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -138,7 +141,10 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        t0 = self._clock()
+        self._reads += 1
+        # Latency is observed for one read in LATENCY_SAMPLE_EVERY (the first, then every 4th):
+        # a clock read and a histogram update per request cost ~5% of an unpipelined GET.
+        t0 = self._clock() if self._reads % LATENCY_SAMPLE_EVERY == 1 else 0.0
         self._parser.feed(data)
         # The single-key fast path is inlined here, with its lookups bound once per read:
         # a 16-command pipeline pays them once, not 16 times (py-spy: ~10% of proxy CPU).
@@ -190,7 +196,7 @@ class ClientConnection(asyncio.Protocol):
             self._queue.push_error(errors.INTERNAL)
             self._failed = True
             self._start_closing()
-        if count:
+        if count and t0:
             self._queue.mark(t0)
         self.requests += count
         self._queue.flush()  # what was answered in place; the rest leaves via the flusher

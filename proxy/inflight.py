@@ -169,6 +169,7 @@ class ReplyQueue:
             return
         out: list[bytes] = []
         marks = self._marks
+        mark = marks[0][0] if marks else None
         while slots:
             slot = slots[0]
             data = slot.data
@@ -181,10 +182,11 @@ class ReplyQueue:
                 stat.requests += 1
                 if data[0] == 45 or data[0] == 33:  # "-" error, "!" RESP3 blob error
                     stat.errors += 1
-            if marks and marks[0][0] is slot:
+            if slot is mark:
                 t0 = marks.popleft()[1]
                 if stat is not None and self._clock is not None:
                     stat.observe(self._clock() - t0)
+                mark = marks[0][0] if marks else None
         self._write(out)
         if self.on_flushed is not None:
             self.on_flushed()
