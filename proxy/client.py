@@ -142,6 +142,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             return
         self._reads += 1
+        self._pool.stats.bytes_in += len(data)
         # Latency is observed for one read in LATENCY_SAMPLE_EVERY (the first, then every 4th):
         # a clock read and a histogram update per request cost ~5% of an unpipelined GET.
         t0 = self._clock() if self._reads % LATENCY_SAMPLE_EVERY == 1 else 0.0
@@ -456,8 +457,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if len(out) == 1:
             transport.write(out[0])
+            self._pool.stats.bytes_out += len(out[0])
         else:
             transport.writelines(out)
+            self._pool.stats.bytes_out += sum(map(len, out))
 
     def _after_flush(self) -> None:
         if self._closing:

@@ -67,7 +67,7 @@ class PoolStats:
 
     __slots__ = (
         "commands", "connections_total", "connections_rejected", "client_eof", "client_err",
-        "fanouts", "fragments",
+        "fanouts", "fragments", "bytes_in", "bytes_out",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -78,6 +78,8 @@ class PoolStats:
         self.client_err = 0  # clients dropped for an error (reset, protocol error)
         self.fanouts = 0  # multi-key commands split over several servers
         self.fragments = 0  # the sub-commands they were split into
+        self.bytes_in = 0  # read from clients
+        self.bytes_out = 0  # written to clients
 
     def command(self, name: str) -> CommandStats:
         """The row for ``name`` (a command table name, so the label set is bounded)."""
@@ -192,6 +194,8 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         "client_err": CounterMetricFamily("resproxy_client_errors", "Client connections lost to an error", labels=P),
         "fanouts": CounterMetricFamily("resproxy_fanout_requests", "Multi-key commands split over several servers", labels=P),
         "fragments": CounterMetricFamily("resproxy_fanout_fragments", "Sub-commands those were split into", labels=P),
+        "bytes_in": CounterMetricFamily("resproxy_client_read_bytes", "Bytes read from clients", labels=P),
+        "bytes_out": CounterMetricFamily("resproxy_client_written_bytes", "Bytes written to clients", labels=P),
     }  # fmt: skip
     PC = ["pool", "command"]
     requests = CounterMetricFamily("resproxy_requests", "Requests answered, by command", labels=PC)

@@ -176,6 +176,8 @@ class ProxyServer:
     async def reload(self) -> bool:
         """Apply the config file as it is now; False (old config kept) if it is rejected."""
         async with self._reload_lock:
+            if self.stopping:
+                return False
             try:
                 new = load(self.config.path)
                 if new.metrics_listen is None and self.config.metrics_listen is not None:

@@ -26,6 +26,7 @@ from tests.integration.harness import (
     RawClient,
     RedisServer,
     ResProxy,
+    encode,
     free_port,
     native_config,
     poll_until,
@@ -133,6 +134,10 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         assert _value(samples, "resproxy_request_duration_seconds_count", command="set", **p) == sampled
         assert _value(samples, "resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p) == sampled
         assert _value(samples, "resproxy_client_connections", **p) == 1
+        sent_bytes = sum(len(encode("SET", k, "v")) + len(encode("GET", k)) for k in keys) + len(
+            encode("MGET", *spread)) + len(encode("NOSUCH")) + len(encode("KEYS", "*")) + sum(
+            len(encode("GET", k)) for k in on_victim)  # fmt: skip
+        assert _value(samples, "resproxy_client_read_bytes_total", **p) == sent_bytes
         assert _value(samples, "resproxy_client_connections_accepted_total", **p) == 1
         # per server: what each was sent, as the ring places the keys
         for b in backends:
