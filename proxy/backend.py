@@ -42,7 +42,8 @@ LostCallback = Callable[["BackendConnection", str, bool], None]
 ReadyCallback = Callable[[], None]
 """Called once the connection is usable: connected, and AUTH/SELECT/HELLO accepted."""
 RedirectCallback = Callable[["BackendConnection", ReplySlot, bytes, bytes], None]
-"""(connection, slot, request payload, error reply) for -MOVED/-ASK/-TRYAGAIN/-CLUSTERDOWN."""
+"""(connection, slot, request payload, error reply) for the pool's redirect replies: Redis
+Cluster's -MOVED/-ASK/-TRYAGAIN/-CLUSTERDOWN (cluster pools), -READONLY (sentinel pools)."""
 REDIRECTS = (b"-MOVED ", b"-ASK ", b"-TRYAGAIN", b"-CLUSTERDOWN")
 
 
@@ -62,6 +63,7 @@ class BackendConnection(asyncio.Protocol):
         lane: int = 0,
         resp3: bool = False,
         stats: ServerStats | None = None,
+        redirects: tuple[bytes, ...] = REDIRECTS,
     ) -> None:
         self.server_name = server_name
         self.pool_name = pool_name
@@ -75,6 +77,7 @@ class BackendConnection(asyncio.Protocol):
         # Cluster pools: each request's payload is kept until its reply, so a redirect can
         # send it again elsewhere; the callback takes those replies instead of the slot.
         self._on_redirect = on_redirect
+        self._redirects = redirects  # the error replies that go to on_redirect
         self._payloads: deque[bytes] = deque()
         self.lane = lane
         self.resp3 = resp3
@@ -171,9 +174,10 @@ class BackendConnection(asyncio.Protocol):
                 pending.popleft().complete(raw)
         else:
             payloads = self._payloads
+            prefixes = self._redirects
             for raw in replies:
                 payload = payloads.popleft()
-                if raw[:1] == b"-" and raw.startswith(REDIRECTS):
+                if raw[:1] == b"-" and raw.startswith(prefixes):
                     redirect(self, pending.popleft(), payload, raw)
                 else:
                     pending.popleft().complete(raw)

@@ -32,13 +32,14 @@ from proxy.commands import (
     command_names,
     command_rows,
     is_blocking_call,
+    key_positions,
     keys_of,
     lookup,
 )
 from proxy.fanout import Gather, split
 from proxy.inflight import Flusher, ReplyQueue
 from proxy.metrics import CommandStats
-from proxy.pool import Parts, Pool, Server
+from proxy.pool import Parts, Pool, Target
 from proxy.resp import (
     OK,
     PONG,
@@ -158,6 +159,7 @@ class ClientConnection(asyncio.Protocol):
         resp3 = self._resp3
         client_id = self.id
         rows = self._rows
+        strips = self._pool.strips
         count = 0
         try:
             for args, raw in self._parser.commands():
@@ -175,6 +177,8 @@ class ClientConnection(asyncio.Protocol):
                         if server is None:
                             slot.fail(self._pool.unrouted)
                         else:
+                            if strips:  # a router's strip_prefix: the pool sees its own key
+                                raw = self._stripped(args, [1])
                             server.send(raw, slot, resp3, client_id)
                         continue
                 elif authed and (spec := fanout(args[0])) is not None and len(args) > 1:
@@ -256,9 +260,18 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(server, str):
             self._queue.push_error(server)
             return
+        if self._pool.strips:
+            raw = self._stripped(args, key_positions(spec, args))
         self._send(server, raw)
 
-    def _send(self, server: Server | None, raw: bytes, row: CommandStats | None = None) -> None:
+    def _stripped(self, args: list[bytes], positions: list[int]) -> bytes:
+        strip = self._pool.strip
+        args = list(args)
+        for i in positions:
+            args[i] = strip(args[i])
+        return encode_command(args)
+
+    def _send(self, server: Target | None, raw: bytes, row: CommandStats | None = None) -> None:
         slot = self._queue.push(row)
         if server is None:
             slot.fail(self._pool.unrouted)
@@ -274,16 +287,18 @@ class ClientConnection(asyncio.Protocol):
         if parts is None:
             read = spec.readonly
 
-            def group(keys: list[bytes]) -> list[tuple[Server | None, list[int]]]:
-                return pool.group_keys(keys, read)
+            def group(keys: list[bytes]) -> list[tuple[Target | None, list[int]]]:
+                return list(pool.group_keys(keys, read))
 
+            step = 2 if args[0] == b"MSET" else 1
             parts = [
-                (server, encode_command(sub), positions)
+                (server, self._stripped(sub, list(range(1, len(sub), step)))
+                 if pool.strips else encode_command(sub), positions)
                 for server, sub, positions in split(args, group)
-            ]
+            ]  # fmt: skip
         row = self._rows.get(spec.fullname) or self._row(spec.fullname)
         if len(parts) == 1:
-            self._send(parts[0][0], raw, row)
+            self._send(parts[0][0], parts[0][1] if pool.strips else raw, row)
             return
         stats = pool.stats
         stats.fanouts += 1

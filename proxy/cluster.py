@@ -49,7 +49,7 @@ from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
 from proxy.metrics import PoolStats
-from proxy.pool import Route, Server, ServerState
+from proxy.pool import Redirected, Route, Server, ServerState
 from proxy.resp import ProtocolError, decode_reply, encode_command, is_error
 from proxy.slotmap import SLOTS, Node, SlotMapError, SlotRange, parse_redirect, parse_slots
 
@@ -57,25 +57,8 @@ log = logging.getLogger(__name__)
 
 CLUSTER_SLOTS = encode_command([b"CLUSTER", b"SLOTS"])
 MAX_REDIRECTS = 16
-RETRY_MIN_S = 0.01
-RETRY_MAX_S = 0.2
 DOWN_REFRESH_S = 0.25  # while a slot's master is down
 MIN_REFRESH_GAP_S = 0.05  # between back-to-back refreshes asked for by MOVED
-
-
-class _Redirected:
-    """The sink of a request sent again after a redirect: counts its tries, forwards its reply."""
-
-    __slots__ = ("target", "attempts", "deadline")
-
-    def __init__(self, target: ReplySlot, deadline: float) -> None:
-        self.target = target
-        self.attempts = 0
-        self.deadline = deadline
-
-    def slot_done(self, slot: ReplySlot) -> None:
-        if slot.data is not None:
-            self.target.complete(slot.data)
 
 
 class _Waiter:
@@ -184,13 +167,7 @@ class ClusterPool:
         self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes
     ) -> None:
         now = self._loop.time()
-        sink = slot.sink
-        if isinstance(sink, _Redirected):
-            retry = sink
-        else:
-            retry = _Redirected(slot, now + self._timeout_s)
-            slot = ReplySlot(retry)
-        retry.attempts += 1
+        slot, retry = Redirected.track(slot, now, self._timeout_s)
         replied = self._by_name.get(conn.server_name)
         if retry.attempts > MAX_REDIRECTS or now >= retry.deadline or replied is None:
             if raw.startswith((b"-MOVED ", b"-ASK ")):  # meaningless to a non-cluster client
@@ -205,7 +182,7 @@ class ClusterPool:
                 self.request_refresh()
             else:
                 self.tryagain += 1
-            delay = min(RETRY_MIN_S * 2 ** (retry.attempts - 1), RETRY_MAX_S)
+            delay = retry.backoff()
             if now + delay >= retry.deadline:
                 slot.complete(raw)
                 return
@@ -387,6 +364,11 @@ class ClusterPool:
         if down:
             return False, f"master(s) down: {', '.join(down)}"
         return True, ""
+
+    strips = False
+
+    def strip(self, key: bytes) -> bytes:
+        return key
 
     def rebuild(self) -> None:
         pass  # the cluster, not the proxy, takes nodes out (no auto_eject_hosts here)

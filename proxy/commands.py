@@ -238,10 +238,15 @@ def keys_of(spec: CommandSpec, args: Sequence[bytes]) -> list[bytes]:
 
     Raises UnroutableKeys when a spec cannot be followed (the message is the error reply text).
     """
+    return [args[i] for i in key_positions(spec, args)]
+
+
+def key_positions(spec: CommandSpec, args: Sequence[bytes]) -> list[int]:
+    """Where ``keys_of`` finds the keys: their indexes in ``args``, in argument order."""
     if spec.key_index:
-        return [args[spec.key_index]] if len(args) > spec.key_index else []
+        return [spec.key_index] if len(args) > spec.key_index else []
     argc = len(args)
-    keys: list[bytes] = []
+    keys: list[int] = []
     for begin, find, _flags in spec.key_specs:
         if begin[0] == "unknown":
             # Redis marks these specs INCOMPLETE. For SORT they are its BY/GET patterns and its
@@ -282,11 +287,11 @@ def keys_of(spec: CommandSpec, args: Sequence[bytes]) -> list[bytes]:
             raise UnroutableKeys(errors.unsupported(spec.fullname))
         if step <= 0:
             step = 1
-        keys.extend(args[start : min(last, argc - 1) + 1 : step])
+        keys.extend(range(start, min(last, argc - 1) + 1, step))
     if spec.name == b"SORT":
         for i in range(2, argc - 1):
             if args[i].upper() == b"STORE":
-                keys.append(args[i + 1])
+                keys.append(i + 1)
                 break
     return keys
 

@@ -23,13 +23,15 @@ HASHES = (
     "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
     "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins",
 )  # fmt: skip
-DISTRIBUTIONS = ("ketama", "modula", "random", "cluster")
+DISTRIBUTIONS = ("ketama", "modula", "random", "cluster", "sentinel")
 READ_FROM = ("master", "replica", "prefer_replica")
 # Ring-only keys: a cluster pool places keys by Redis Cluster's own slots (CRC16, "{}" tags) and
-# the cluster, not the proxy, decides when a node is out.
+# the cluster, not the proxy, decides when a node is out; a sentinel pool has one master.
 RING_ONLY_KEYS = ("hash", "hash_tag", "auto_eject_hosts", "server_retry_timeout",
                   "server_failure_limit")  # fmt: skip
-CLUSTER_ONLY_KEYS = ("read_from", "cluster_refresh_interval")
+CLUSTER_ONLY_KEYS = ("cluster_refresh_interval",)
+SENTINEL_ONLY_KEYS = ("sentinels", "master_name", "sentinel_auth")
+MIRROR_MODES = ("writes", "all")
 DEFAULT_TIMEOUT_MS = 5000
 KETAMA_DEFAULT_PORT = 11211  # twemproxy leaves this port out of a server's default name
 
@@ -65,7 +67,7 @@ class PoolConfig:
     """One pool: a listener, a key distribution and its servers."""
 
     name: str
-    listen: Address
+    listen: Address | None  # None: only reached through a listener's routes
     servers: tuple[ServerConfig, ...]
     hash: str = "fnv1a_64"
     hash_tag: bytes = b""
@@ -84,17 +86,49 @@ class PoolConfig:
     # cluster pools (distribution: cluster); ``servers`` are then seed nodes
     read_from: str = "master"
     cluster_refresh_interval_ms: int = 10000
+    # sentinel pools (distribution: sentinel): the master of ``master_name`` as the sentinels say
+    sentinels: tuple[Address, ...] = ()
+    master_name: str = ""
+    sentinel_auth: str | None = None
 
     @property
     def cluster(self) -> bool:
         return self.distribution == "cluster"
 
+    @property
+    def sentinel(self) -> bool:
+        return self.distribution == "sentinel"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """Keys starting with ``prefix`` go to ``pool`` (longest prefix wins)."""
+
+    prefix: bytes
+    pool: str
+    strip_prefix: bool = False  # the pool sees the key without the prefix
+    mirror: str | None = None  # a second pool that gets a copy, fire-and-forget
+    mirror_mode: str = "writes"  # writes | all
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One client-facing address routing keys by prefix to several pools."""
+
+    name: str
+    listen: Address
+    routes: tuple[RouteConfig, ...]
+    default_pool: str | None = None  # unmatched keys; without it they get an error
+    redis_auth: str | None = None  # the password clients AUTH with
+    backlog: int = 512
+    client_connections: int = 0
 
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
     pools: tuple[PoolConfig, ...] = field(default_factory=tuple)
     metrics_listen: Address | None = None  # /metrics and /healthz (native form: metrics.listen)
+    listeners: tuple[ListenerConfig, ...] = field(default_factory=tuple)
 
 
 # key -> (dataclass field, parser)
@@ -102,9 +136,11 @@ _POOL_KEYS = {
     "listen", "servers", "hash", "hash_tag", "distribution", "timeout", "backlog",
     "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
     "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
-    "tcpkeepalive", *CLUSTER_ONLY_KEYS,
+    "tcpkeepalive", "read_from", *CLUSTER_ONLY_KEYS, *SENTINEL_ONLY_KEYS,
 }  # fmt: skip
-_NATIVE_TOP_KEYS = {"pools", "metrics"}
+_NATIVE_TOP_KEYS = {"pools", "metrics", "listeners"}
+_LISTENER_KEYS = {"listen", "routes", "default_pool", "redis_auth", "backlog", "client_connections"}
+_ROUTE_KEYS = {"prefix", "pool", "strip_prefix", "mirror", "mirror_mode"}
 
 
 def load(path: str) -> Config:
@@ -133,26 +169,100 @@ def parse(text: str, path: str = "<config>") -> Config:
         if not isinstance(pools_doc, dict) or not pools_doc:
             raise ConfigError(f"{path}: key 'pools': expected a mapping of pool names")
         metrics = _metrics(path, doc.get("metrics"))
+        listeners_doc = doc.get("listeners") or {}
+        if not isinstance(listeners_doc, dict):
+            raise ConfigError(f"{path}: key 'listeners': expected a mapping of listener names")
     else:
         pools_doc = doc  # nutcracker.yml: pool names at the top level
         metrics = None
+        listeners_doc = {}
     pools = tuple(_pool(path, str(name), body) for name, body in pools_doc.items())
-    _check_unique_listen(path, pools)
-    if metrics is not None and any(str(p.listen) == str(metrics) for p in pools):
-        raise ConfigError(f"{path}: key 'metrics': listen {metrics} is also a pool's listen")
-    return Config(
+    names = {p.name for p in pools}
+    listeners = tuple(_listener(path, str(n), body, names) for n, body in listeners_doc.items())
+    for lc in listeners:
+        if lc.name in names:
+            raise ConfigError(f"{path}: listener '{lc.name}': a pool has the same name")
+    routed = {r.pool for lc in listeners for r in lc.routes} | {
+        lc.default_pool for lc in listeners if lc.default_pool
+    }
+    for p in pools:
+        if p.listen is None and p.name not in routed:
+            raise ConfigError(
+                f"{path}: pool '{p.name}': key 'listen': missing (host:port or /unix/path), "
+                "and no listener routes to the pool"
+            )
+    _check_unique_listen(path, pools, listeners)
+    config = Config(
         path=os.path.abspath(path) if path != "<config>" else path,
         pools=pools,
-        metrics_listen=metrics,
+        listeners=listeners,
     )
+    return with_metrics(config, metrics) if metrics is not None else config
 
 
-def with_metrics(config: Config, listen: str) -> Config:
+def with_metrics(config: Config, listen: str | Address) -> Config:
     """``config`` with its metrics endpoint at ``listen`` (host:port), e.g. from the command line."""
-    address = _metrics(config.path, {"listen": listen})
-    if any(str(p.listen) == str(address) for p in config.pools):
+    address = listen if isinstance(listen, Address) else _metrics(config.path, {"listen": listen})
+    assert address is not None
+    taken = {str(p.listen) for p in config.pools} | {str(lc.listen) for lc in config.listeners}
+    if str(address) in taken:
         raise ConfigError(f"{config.path}: metrics listen {address} is also a pool's listen")
     return dataclasses.replace(config, metrics_listen=address)
+
+
+def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfig:
+    where = f"{path}: listener '{name}'"
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping of listener keys")
+    for key in body:
+        if key not in _LISTENER_KEYS:
+            raise ConfigError(f"{where}: unknown key '{key}'")
+    try:
+        listen = _listen(body.get("listen"))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: key 'listen': {exc}") from None
+    raw_routes = body.get("routes")
+    if not isinstance(raw_routes, list) or not raw_routes:
+        raise ConfigError(f"{where}: key 'routes': expected a list of {{prefix, pool}}")
+    routes = []
+    for i, r in enumerate(raw_routes):
+        at = f"{where}: key 'routes'[{i}]"
+        if not isinstance(r, dict):
+            raise ConfigError(f"{at}: expected a mapping with prefix and pool")
+        for key in r:
+            if key not in _ROUTE_KEYS:
+                raise ConfigError(f"{at}: unknown key '{key}'")
+        prefix, pool = r.get("prefix"), r.get("pool")
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigError(f"{at}: key 'prefix': expected a non-empty string")
+        if pool not in pools:
+            raise ConfigError(f"{at}: key 'pool': no pool named {pool!r}")
+        mirror = r.get("mirror")
+        if mirror is not None and (mirror not in pools or mirror == pool):
+            raise ConfigError(f"{at}: key 'mirror': expected another pool's name, got {mirror!r}")
+        mode = r.get("mirror_mode", "writes")
+        if mode not in MIRROR_MODES:
+            raise ConfigError(f"{at}: key 'mirror_mode': one of {', '.join(MIRROR_MODES)}")
+        strip = r.get("strip_prefix", False)
+        if not isinstance(strip, bool):
+            raise ConfigError(f"{at}: key 'strip_prefix': expected true or false")
+        routes.append(RouteConfig(prefix.encode(), str(pool), strip, mirror, str(mode)))
+    prefixes = [r.prefix for r in routes]
+    if len(set(prefixes)) != len(prefixes):
+        raise ConfigError(f"{where}: key 'routes': a prefix appears twice")
+    default = body.get("default_pool")
+    if default is not None and default not in pools:
+        raise ConfigError(f"{where}: key 'default_pool': no pool named {default!r}")
+    auth = body.get("redis_auth")
+    backlog, limit = body.get("backlog", 512), body.get("client_connections", 0)
+    for key, value in (("backlog", backlog), ("client_connections", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}: key '{key}': expected an integer >= 0")
+    return ListenerConfig(
+        name=name, listen=listen, routes=tuple(routes), default_pool=default,
+        redis_auth=None if auth is None else str(auth), backlog=backlog or 512,
+        client_connections=limit,
+    )  # fmt: skip
 
 
 def _metrics(path: str, body: Any) -> Address | None:
@@ -202,20 +312,29 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
 
     distribution = choice("distribution", "ketama", DISTRIBUTIONS)
     cluster = distribution == "cluster"
-    for key in RING_ONLY_KEYS if cluster else CLUSTER_ONLY_KEYS:
-        if key in body:
-            raise err(key, "not used with distribution: cluster" if cluster
-                      else "only used with distribution: cluster")
+    sentinel = distribution == "sentinel"
+    ring = not cluster and not sentinel
+    for key in body:
+        if key in RING_ONLY_KEYS and not ring:
+            raise err(key, f"not used with distribution: {distribution}")
+        if key in CLUSTER_ONLY_KEYS and not cluster:
+            raise err(key, "only used with distribution: cluster")
+        if key in SENTINEL_ONLY_KEYS and not sentinel:
+            raise err(key, "only used with distribution: sentinel")
+        if key == "read_from" and ring:
+            raise err(key, "only used with distribution: cluster or sentinel")
+        if key == "servers" and sentinel:
+            raise err(key, "a sentinel pool's servers come from its sentinels (key 'sentinels')")
 
     if cluster and body.get("redis_db", 0) != 0:
         raise err("redis_db", "Redis Cluster has only database 0")
 
-    if "listen" not in body:
-        raise err("listen", "missing (host:port or /unix/path)")
-    try:
-        listen = _listen(body["listen"])
-    except ValueError as exc:
-        raise err("listen", str(exc)) from None
+    listen: Address | None = None
+    if "listen" in body:
+        try:
+            listen = _listen(body["listen"])
+        except ValueError as exc:
+            raise err("listen", str(exc)) from None
 
     if body.get("redis", True) is not True:
         raise err("redis", "resproxy speaks only the Redis protocol (redis: true)")
@@ -234,8 +353,27 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
     if timeout == -1:  # twemproxy's "wait forever"
         timeout = DEFAULT_TIMEOUT_MS
 
-    raw_servers = body.get("servers")
-    if not isinstance(raw_servers, list) or not raw_servers:
+    sentinels: list[Address] = []
+    master_name = ""
+    if sentinel:
+        raw = body.get("sentinels")
+        if not isinstance(raw, list) or not raw:
+            raise err("sentinels", "expected a non-empty list of host:port")
+        for line in raw:
+            try:
+                sentinels.append(_seed(line).address)
+            except ValueError as exc:
+                raise err("sentinels", f"{line!r}: {exc}") from None
+        named = body.get("master_name")
+        if not isinstance(named, str) or not named:
+            raise err("master_name", "expected the name the sentinels monitor the master by")
+        master_name = named
+    sentinel_auth = body.get("sentinel_auth")
+    if sentinel_auth is not None and not isinstance(sentinel_auth, (str, int)):
+        raise err("sentinel_auth", "expected a string")
+
+    raw_servers = [] if sentinel else body.get("servers")
+    if not isinstance(raw_servers, list) or (not sentinel and not raw_servers):
         raise err("servers", "expected a non-empty list of 'host:port:weight [name]'")
     servers = []
     for line in raw_servers:
@@ -269,6 +407,9 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
         tcpkeepalive=boolean("tcpkeepalive", False),
         read_from=choice("read_from", "master", READ_FROM),
         cluster_refresh_interval_ms=integer("cluster_refresh_interval", 10000, 100),
+        sentinels=tuple(sentinels),
+        master_name=master_name,
+        sentinel_auth=None if sentinel_auth is None else str(sentinel_auth),
     )
 
 
@@ -336,12 +477,14 @@ def _seed(value: Any) -> ServerConfig:
     return ServerConfig(address=server.address, weight=1, name=str(server.address))
 
 
-def _check_unique_listen(path: str, pools: tuple[PoolConfig, ...]) -> None:
+def _check_unique_listen(
+    path: str, pools: tuple[PoolConfig, ...], listeners: tuple[ListenerConfig, ...] = ()
+) -> None:
     seen: dict[str, str] = {}
-    for p in pools:
-        key = str(p.listen)
+    owners = [(f"pool '{p.name}'", p.listen) for p in pools if p.listen is not None]
+    owners += [(f"listener '{lc.name}'", lc.listen) for lc in listeners]
+    for who, listen in owners:
+        key = str(listen)
         if key in seen:
-            raise ConfigError(
-                f"{path}: pool '{p.name}': key 'listen': {key} is also used by pool '{seen[key]}'"
-            )
-        seen[key] = p.name
+            raise ConfigError(f"{path}: {who}: key 'listen': {key} is also used by {seen[key]}")
+        seen[key] = who

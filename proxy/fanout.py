@@ -15,14 +15,14 @@ Imports: resp, inflight, errors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from proxy import errors
 from proxy.inflight import ReplySlot
 from proxy.resp import OK, encode_error, encode_int, is_error, merge_arrays
 
-T = TypeVar("T", bound=Hashable | None)
+T = TypeVar("T")
 
 Part = tuple[T, list[bytes], list[int]]
 """(target, sub-command args, positions of its keys in the client's key list)"""

@@ -67,7 +67,8 @@ class PoolStats:
 
     __slots__ = (
         "commands", "connections_total", "connections_rejected", "client_eof", "client_err",
-        "fanouts", "fragments", "bytes_in", "bytes_out",
+        "fanouts", "fragments", "bytes_in", "bytes_out", "mirror_sent", "mirror_errors",
+        "mirror_dropped",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -80,6 +81,9 @@ class PoolStats:
         self.fragments = 0  # the sub-commands they were split into
         self.bytes_in = 0  # read from clients
         self.bytes_out = 0  # written to clients
+        self.mirror_sent = 0  # copies sent to a route's mirror pool (listeners only)
+        self.mirror_errors = 0  # error replies to those copies
+        self.mirror_dropped = 0  # copies not sent: the mirror lagged or had no server
 
     def command(self, name: str) -> CommandStats:
         """The row for ``name`` (a command table name, so the label set is bounded)."""
@@ -196,6 +200,9 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         "fragments": CounterMetricFamily("resproxy_fanout_fragments", "Sub-commands those were split into", labels=P),
         "bytes_in": CounterMetricFamily("resproxy_client_read_bytes", "Bytes read from clients", labels=P),
         "bytes_out": CounterMetricFamily("resproxy_client_written_bytes", "Bytes written to clients", labels=P),
+        "mirror_sent": CounterMetricFamily("resproxy_mirror_sent", "Copies sent to mirror pools (listeners)", labels=P),
+        "mirror_errors": CounterMetricFamily("resproxy_mirror_errors", "Error replies to mirrored copies", labels=P),
+        "mirror_dropped": CounterMetricFamily("resproxy_mirror_dropped", "Copies dropped: mirror lagging or without a server", labels=P),
     }  # fmt: skip
     PC = ["pool", "command"]
     requests = CounterMetricFamily("resproxy_requests", "Requests answered, by command", labels=PC)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from proxy import errors
-from proxy.backend import BackendConnection, RedirectCallback
+from proxy.backend import REDIRECTS, BackendConnection, RedirectCallback
 from proxy.config import PoolConfig, ServerConfig
 from proxy.hashing import hash_function, hash_tag_key
 from proxy.inflight import ReplySlot
@@ -51,6 +51,43 @@ class ServerState(enum.Enum):
 
 ASKING = encode_command([b"ASKING"])
 READONLY = encode_command([b"READONLY"])
+RETRY_MIN_S = 0.01
+RETRY_MAX_S = 0.2
+
+
+class Redirected:
+    """The sink of a request sent again (redirect or retry): counts its tries, forwards its reply.
+
+    ``track`` wraps a request's slot the first time it comes back for another try; its
+    ``deadline`` is the request's own ``timeout``, so retries never outlive it.
+    """
+
+    __slots__ = ("target", "attempts", "deadline")
+
+    def __init__(self, target: ReplySlot, deadline: float) -> None:
+        self.target = target
+        self.attempts = 0
+        self.deadline = deadline
+
+    def slot_done(self, slot: ReplySlot) -> None:
+        if slot.data is not None:
+            self.target.complete(slot.data)
+
+    @staticmethod
+    def track(slot: ReplySlot, now: float, timeout_s: float) -> tuple[ReplySlot, Redirected]:
+        """(the slot to send the retry with, its tracker), one more attempt counted."""
+        sink = slot.sink
+        if isinstance(sink, Redirected):
+            retry = sink
+        else:
+            retry = Redirected(slot, now + timeout_s)
+            slot = ReplySlot(retry)
+        retry.attempts += 1
+        return slot, retry
+
+    def backoff(self) -> float:
+        """10 ms doubling to 200 ms with the number of tries."""
+        return float(min(RETRY_MIN_S * 2 ** (self.attempts - 1), RETRY_MAX_S))
 
 
 class ServerOwner(Protocol):
@@ -74,6 +111,7 @@ class Server:
         config: ServerConfig,
         loop: asyncio.AbstractEventLoop,
         on_redirect: RedirectCallback | None = None,
+        redirects: tuple[bytes, ...] = REDIRECTS,
     ) -> None:
         self.pool = pool
         self.index = index
@@ -94,6 +132,7 @@ class Server:
         if pc.cluster and pc.read_from != "master":
             select.append(READONLY)  # replicas serve reads only on READONLY connections
         self._on_redirect = on_redirect
+        self._redirects = redirects
         self._init = ([encode_command([b"AUTH", auth])] if auth else []) + select
         hello = [b"HELLO", b"3"] + ([b"AUTH", b"default", auth] if auth else [])
         self._init3 = [encode_command(hello)] + select
@@ -157,7 +196,7 @@ class Server:
         init = self._init3 if resp3 else self._init
         conn = BackendConnection(
             self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost,
-            self._mark_up, self._on_redirect, lane, resp3, self.stats,
+            self._mark_up, self._on_redirect, lane, resp3, self.stats, self._redirects,
         )
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
         task = self._loop.create_task(self._open(conn))
@@ -292,8 +331,21 @@ class Server:
 
 
 
-Route = Callable[[bytes], "Server | None"]
-Parts = Sequence[tuple["Server | None", bytes, list[int]]]
+class Target(Protocol):
+    """Where a request can be sent: a ``Server``, or a router's wrapper around one."""
+
+    def send(
+        self,
+        payload: bytes,
+        slot: ReplySlot,
+        resp3: bool = False,
+        client: int = 0,
+        asking: bool = False,
+    ) -> None: ...
+
+
+Route = Callable[[bytes], "Target | None"]
+Parts = Sequence[tuple["Target | None", bytes, list[int]]]
 """A multi-key command split per server: (server, encoded sub-command, key positions)."""
 
 
@@ -310,15 +362,22 @@ class Pool(Protocol):
     """The error text for a key ``route`` found no server for."""
     stats: PoolStats
     servers: list[Server]
+    strips: bool
+    """Whether keys are rewritten before sending (a router's ``strip_prefix`` routes)."""
 
-    def route_many(self, keys: list[bytes], read: bool) -> Server | None | str:
+    def strip(self, key: bytes) -> bytes:
+        """The key as its pool must see it."""
+        ...
+
+    def route_many(self, keys: list[bytes], read: bool) -> Target | None | str:
         """The one server for all of a multi-key command's keys, or an error text."""
         ...
 
     def split_command(self, args: list[bytes]) -> Parts | None: ...
 
-    def group_keys(self, keys: list[bytes], read: bool) -> list[tuple[Server | None, list[int]]]:
-        ...
+    def group_keys(
+        self, keys: list[bytes], read: bool
+    ) -> Sequence[tuple[Target | None, list[int]]]: ...
 
     def start(self) -> None: ...
 
@@ -336,6 +395,7 @@ class RingPool:
 
     route_read: Route | None = None  # no replicas: reads route like writes
     unrouted = errors.no_server_for_key()
+    strips = False
 
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
@@ -347,7 +407,7 @@ class RingPool:
         self.servers = [Server(self, i, s, loop) for i, s in enumerate(_ordered(config))]
         self._many = len(self.servers) > 1
         self._continuum: Continuum | None = None
-        self.route: Callable[[bytes], Server | None] = lambda key: None
+        self.route: Route = lambda key: None
         self.rebuild()
 
     def start(self) -> None:
@@ -384,6 +444,9 @@ class RingPool:
 
     def server_lost(self, server: Server) -> None:
         pass  # a ring pool's servers handle their own backoff and ejection
+
+    def strip(self, key: bytes) -> bytes:
+        return key
 
     def can_serve(self) -> tuple[bool, str]:
         live = [s for s in self.servers if not s.ejected]
@@ -442,7 +505,7 @@ class RingPool:
 
         return route_modula
 
-    def route_many(self, keys: list[bytes], read: bool = False) -> Server | None | str:
+    def route_many(self, keys: list[bytes], read: bool = False) -> Target | None | str:
         route = self.route
         server = route(keys[0])
         for key in keys[1:]:
@@ -464,11 +527,11 @@ class RingPool:
 
     def group_keys(
         self, keys: list[bytes], read: bool = False
-    ) -> list[tuple[Server | None, list[int]]]:
+    ) -> Sequence[tuple[Target | None, list[int]]]:
         """Key positions grouped by owning server, first-seen order (MGET/MSET/DEL fan-out)."""
         continuum = self._continuum
         if continuum is None or not self._many or continuum.distribution == "random":
-            groups: dict[Server | None, list[int]] = {}
+            groups: dict[Target | None, list[int]] = {}
             for pos, key in enumerate(keys):
                 groups.setdefault(self.route(key), []).append(pos)
             return list(groups.items())

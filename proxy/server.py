@@ -1,9 +1,10 @@
 """The composition root: builds pools, listeners and the metrics endpoint from the config.
 
-Only this module wires objects together: it creates the shared ``Flusher``, one ``RingPool`` or
-``ClusterPool`` per pool, a listener per pool whose protocol factory hands each
-``ClientConnection`` its pool (and the INFO text source), and the ``/metrics`` + ``/healthz``
-endpoint, which reads a ``metrics.Snapshot`` built here at scrape time.
+Only this module wires objects together: it creates the shared ``Flusher``, one ``RingPool``,
+``ClusterPool`` or ``SentinelPool`` per pool, and the *fronts* clients connect to: a pool with its
+own ``listen``, or a ``listeners:`` entry whose ``Router`` routes keys by prefix over pools. Each
+front's socket hands every ``ClientConnection`` the front (and the INFO text source). The
+``/metrics`` + ``/healthz`` endpoint reads a ``metrics.Snapshot`` built here at scrape time.
 
 Shutdown (SIGTERM/SIGINT): stop accepting, let every client's owed replies go out within
 ``drain_s`` seconds, then close clients and server connections.
@@ -12,11 +13,12 @@ Reload (SIGHUP): the config file is read again. A config that fails validation, 
 listeners cannot open, is rejected with a log line and the running one keeps serving. Otherwise,
 per pool: unchanged pools are left alone; a ring pool whose only change is its server list
 (added, removed, reweighted servers) is updated in place, keeping its connections to the servers
-that stay; any other change builds a new pool and moves the pool's existing clients onto it
-(their connections stay open; the old pool closes once its requests are answered); new pools
-start listening; removed pools stop listening and their clients are closed after their replies.
+that stay; any other change builds a new pool (the old one closes once its requests are
+answered). Routers are rebuilt over the new pools. Every front whose address stays keeps its
+socket and its clients, moved onto the new pool or router; new fronts start listening; removed
+fronts (and old addresses) stop listening and their clients are closed after their replies.
 
-Imports: config, pool, cluster, client, inflight, metrics.
+Imports: config, pool, cluster, sentinel, router, client, inflight, metrics.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ import time
 from proxy import __version__
 from proxy.client import ClientConnection, ClientLimits
 from proxy.cluster import ClusterPool
-from proxy.config import Config, ConfigError, PoolConfig, load
+from proxy.config import Address, Config, ConfigError, PoolConfig, load
 from proxy.inflight import Flusher
 from proxy.metrics import ClusterView, PoolView, ServerView, Snapshot, info_text, serve_http
 from proxy.pool import Pool, RingPool
+from proxy.router import Router
+from proxy.sentinel import SentinelPool
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,19 @@ DRAIN_S = 5.0
 RETIRE_POLL_S = 0.05
 
 
+class _Front:
+    """One client-facing socket and what its clients use (a pool or a router)."""
+
+    def __init__(self, name: str, listen: Address, backlog: int, target: Pool) -> None:
+        self.name = name
+        self.listen = listen
+        self.backlog = backlog
+        self.target = target
+        self.socket: asyncio.AbstractServer | None = None
+
+
 class ProxyServer:
-    """Every pool and listener of one config, in one event loop."""
+    """Every pool, listener and router of one config, in one event loop."""
 
     def __init__(self, config: Config, limits: ClientLimits | None = None) -> None:
         self.config = config
@@ -51,8 +66,8 @@ class ProxyServer:
         self._flusher = Flusher(self._loop.call_soon)
         self._limits = limits or ClientLimits()
         self.pools: dict[str, Pool] = {p.name: self._pool(p) for p in config.pools}
-        self.clients: dict[str, set[ClientConnection]] = {p.name: set() for p in config.pools}
-        self._listeners: dict[str, asyncio.AbstractServer] = {}
+        self.fronts: dict[str, _Front] = self._fronts(config, self.pools, {})
+        self.clients: dict[str, set[ClientConnection]] = {n: set() for n in self.fronts}
         self._metrics: asyncio.AbstractServer | None = None
         self._drained = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -65,25 +80,50 @@ class ProxyServer:
         self.last_reload_ok = True
 
     def _pool(self, pc: PoolConfig) -> Pool:
-        return ClusterPool(pc, self._loop) if pc.cluster else RingPool(pc, self._loop)
+        if pc.cluster:
+            return ClusterPool(pc, self._loop)
+        if pc.sentinel:
+            return SentinelPool(pc, self._loop)
+        return RingPool(pc, self._loop)
+
+    @staticmethod
+    def _fronts(
+        config: Config, pools: dict[str, Pool], old: dict[str, _Front]
+    ) -> dict[str, _Front]:
+        """The fronts of ``config`` over ``pools`` (a router keeps its counters across reloads)."""
+        fronts = {}
+        for pc in config.pools:
+            if pc.listen is not None:
+                fronts[pc.name] = _Front(pc.name, pc.listen, pc.backlog, pools[pc.name])
+        for lc in config.listeners:
+            router = Router(lc, pools)
+            previous = old.get(lc.name)
+            if previous is not None and isinstance(previous.target, Router):
+                router.adopt_stats(previous.target.stats)
+            fronts[lc.name] = _Front(lc.name, lc.listen, lc.backlog, router)
+        return fronts
 
     async def start(self) -> None:
-        """Open every listener; servers are connected now when ``preconnect`` says so.
+        """Open every front; servers are connected now when ``preconnect`` says so.
 
-        A cluster pool first learns its slot map, waiting at most its ``timeout``; if no seed
-        answers by then it listens anyway (keys get ``-CLUSTERDOWN`` until the map arrives).
+        Cluster and sentinel pools first learn where their servers are, waiting at most their
+        ``timeout``; if they cannot by then the fronts listen anyway (their keys get an error
+        until they do).
         """
         for pool in self.pools.values():
             pool.start()
-        for pc in self.config.pools:
-            await self._ready(self.pools[pc.name])
-            self._listeners[pc.name] = await self._listen(pc)
-            log.info("resproxy ready: pool %s listening on %s", pc.name, pc.listen)
+        for pool in self.pools.values():
+            await self._ready(pool)
+        for front in self.fronts.values():
+            front.socket = await self._listen(front)
+            log.info("resproxy ready: %s %s listening on %s",
+                     "listener" if isinstance(front.target, Router) else "pool",
+                     front.name, front.listen)  # fmt: skip
         await self._start_metrics(self.config)
 
     async def _ready(self, pool: Pool) -> None:
         if not await pool.ready(pool.config.timeout_ms / 1000.0):
-            log.warning("pool %s: no slot map yet; listening anyway, still trying", pool.name)
+            log.warning("pool %s: servers not known yet; listening anyway, still trying", pool.name)
 
     async def _start_metrics(self, config: Config) -> None:
         addr = config.metrics_listen
@@ -92,16 +132,16 @@ class ProxyServer:
         self._metrics = await serve_http(addr.host, addr.port, self.snapshot)
         log.info("metrics on http://%s/metrics and /healthz", addr)
 
-    async def _listen(self, pc: PoolConfig) -> asyncio.AbstractServer:
-        name = pc.name
+    async def _listen(self, front: _Front) -> asyncio.AbstractServer:
+        name = front.name
         clients = self.clients.setdefault(name, set())
 
         def on_open(client: ClientConnection) -> bool:
-            pool = self.pools[name]
-            pool.stats.connections_total += 1
-            limit = pool.config.client_connections
+            target = front.target
+            target.stats.connections_total += 1
+            limit = target.config.client_connections
             if self.stopping or (limit and len(clients) >= limit):
-                pool.stats.connections_rejected += 1
+                target.stats.connections_rejected += 1
                 return False
             clients.add(client)
             return True
@@ -111,31 +151,32 @@ class ProxyServer:
             if self.stopping and not any(self.clients.values()):
                 self._drained.set()
 
-        def factory() -> ClientConnection:  # the pool as it is now (a reload may replace it)
+        def factory() -> ClientConnection:  # the front's target as it is now (reloads swap it)
             return ClientConnection(
-                self.pools[name], self._flusher, self._limits, on_open, on_close, self.info
+                front.target, self._flusher, self._limits, on_open, on_close, self.info
             )
 
-        addr = pc.listen
+        addr = front.listen
         if addr.unix_path:
             if os.path.exists(addr.unix_path):
                 os.unlink(addr.unix_path)
             server = await self._loop.create_unix_server(
-                factory, addr.unix_path, backlog=pc.backlog
+                factory, addr.unix_path, backlog=front.backlog
             )
             if addr.unix_mode is not None:
                 os.chmod(addr.unix_path, addr.unix_mode)
             return server
         return await self._loop.create_server(
-            factory, addr.host, addr.port, backlog=pc.backlog, reuse_address=True
+            factory, addr.host, addr.port, backlog=front.backlog, reuse_address=True
         )
 
     # --- what metrics and INFO read ------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """Plain data of every pool and server, for /metrics, /healthz and INFO."""
-        pools = []
-        for name, pool in self.pools.items():
+        """Plain data of every pool, router and server, for /metrics, /healthz and INFO."""
+        views = []
+        routers = [f.target for f in self.fronts.values() if isinstance(f.target, Router)]
+        for pool in [*self.pools.values(), *routers]:
             ok, why = pool.can_serve()
             servers = [
                 ServerView(
@@ -157,13 +198,15 @@ class ProxyServer:
                     if pool.map_updated_at else -1.0,
                     slots_served=pool.slots_served(),
                 )  # fmt: skip
-            pools.append(PoolView(
-                name=name, listen=str(pool.config.listen), distribution=pool.config.distribution,
-                clients=len(self.clients.get(name, ())), stats=pool.stats, servers=servers,
-                can_serve=ok, why_not=why, cluster=cluster,
+            front = self.fronts.get(pool.name)
+            views.append(PoolView(
+                name=pool.name, listen=str(front.listen) if front else "-",
+                distribution=pool.config.distribution,
+                clients=len(self.clients.get(pool.name, ())), stats=pool.stats,
+                servers=servers, can_serve=ok, why_not=why, cluster=cluster,
             ))  # fmt: skip
         return Snapshot(
-            version=__version__, uptime_seconds=time.time() - self.started, pools=pools,
+            version=__version__, uptime_seconds=time.time() - self.started, pools=views,
             reloads=self.reloads, reload_failures=self.reload_failures,
             last_reload_ok=self.last_reload_ok, config_loaded_at=self.config_loaded_at,
         )  # fmt: skip
@@ -197,74 +240,78 @@ class ProxyServer:
     async def _apply(self, new: Config) -> None:
         if new.metrics_listen != self.config.metrics_listen:
             raise ConfigError(f"{new.path}: key 'metrics': changing it needs a restart")
-        old = {pc.name: pc for pc in self.config.pools}
-        wanted = {pc.name: pc for pc in new.pools}
-        relisten = {n for n in wanted if n in old and wanted[n].listen != old[n].listen}
-        added = [pc for n, pc in wanted.items() if n not in old or n in relisten]
-        removed = [n for n in old if n not in wanted]
-        changed = [n for n in wanted if n in old and n not in relisten and old[n] != wanted[n]]
-        previous = {pc.name: self.pools.get(pc.name) for pc in added}
-        old_clients = {n: set(self.clients.get(n, ())) for n in relisten}
-        fresh = {pc.name: self._pool(pc) for pc in added}
-        for name in relisten:
-            fresh[name].stats = self.pools[name].stats  # counters carry on
-        # Open the new listeners first: if one cannot, nothing has changed.
-        opened: dict[str, asyncio.AbstractServer] = {}
+        old_pcs = {pc.name: pc for pc in self.config.pools}
+        pools: dict[str, Pool] = {}
+        in_place: list[tuple[RingPool, PoolConfig]] = []
+        fresh: list[Pool] = []
+        for pc in new.pools:
+            current, before = self.pools.get(pc.name), old_pcs.get(pc.name)
+            if current is not None and before == pc:
+                pools[pc.name] = current
+            elif isinstance(current, RingPool) and before is not None and not (
+                pc.cluster or pc.sentinel
+            ) and dataclasses.replace(before, servers=pc.servers) == pc:
+                pools[pc.name] = current  # only its server list changed: updated in place
+                in_place.append((current, pc))
+            else:
+                pool = self._pool(pc)
+                if current is not None:
+                    pool.stats = current.stats  # the pool's counters carry on
+                pools[pc.name] = pool
+                fresh.append(pool)
+        fronts = self._fronts(new, pools, self.fronts)
+        # Open the new sockets first: if one cannot, nothing has changed.
+        opened: list[_Front] = []
         try:
-            for pc in added:
-                self.pools[pc.name] = fresh[pc.name]  # what the new listener's clients get
-                opened[pc.name] = await self._listen(pc)
+            for name, front in fronts.items():
+                old = self.fronts.get(name)
+                if old is not None and old.listen == front.listen:
+                    continue
+                front.socket = await self._listen(front)
+                opened.append(front)
         except OSError:
-            for listener in opened.values():
-                listener.close()
-            for pc in added:
-                prev = previous[pc.name]
-                if prev is None:
-                    self.pools.pop(pc.name, None)
-                else:
-                    self.pools[pc.name] = prev
-                fresh[pc.name].close()
+            for front in opened:
+                if front.socket is not None:
+                    front.socket.close()
+            for pool in fresh:
+                pool.close()
             raise
-        for pc in added:
-            fresh[pc.name].start()
-            prev_listener = self._listeners.get(pc.name)
-            self._listeners[pc.name] = opened[pc.name]
-            prev = previous[pc.name]
-            if prev is not None:  # moved to a new address: the old listener and its clients go
-                if prev_listener is not None:
-                    prev_listener.close()
-                for client in old_clients[pc.name]:
+        # Commit.
+        for ring, pc in in_place:
+            ring.set_servers(pc)
+        for pool in fresh:
+            pool.start()
+        for name, front in fronts.items():
+            old = self.fronts.get(name)
+            if old is not None and old.listen == front.listen:
+                front.socket = old.socket
+                old.target = front.target  # the old socket's factory now hands out the new one
+                for client in self.clients.get(name, ()):
+                    client.set_pool(front.target)
+        for name, old in self.fronts.items():
+            new_front = fronts.get(name)
+            if new_front is None or new_front.listen != old.listen:
+                if old.socket is not None:
+                    old.socket.close()
+                moved_on = new_front.socket if new_front else None
+                for client in list(self.clients.get(name, ())):
                     client.begin_shutdown()
-                self._retire(prev)
-        for name in removed:
-            gone = self._listeners.pop(name, None)
-            if gone is not None:
-                gone.close()
-            for client in list(self.clients.get(name, ())):
-                client.begin_shutdown()
-            self._retire(self.pools.pop(name))
-        for name in changed:
-            self._change_pool(self.pools[name], wanted[name])
+                if moved_on is None:
+                    self.clients.pop(name, None)
+        for name, pool in self.pools.items():
+            if pools.get(name) is not pool:
+                self._retire(pool)
+        added = sorted(set(fronts) - set(self.fronts))
+        removed = sorted(set(self.fronts) - set(fronts))
+        changed = sorted(
+            n for n in set(pools) & set(self.pools) if old_pcs.get(n) != next(
+                (pc for pc in new.pools if pc.name == n), None)
+        )  # fmt: skip
+        self.pools = pools
+        self.fronts = fronts
         self.config = new
-        log.warning(
-            "reload accepted: pools added %s, removed %s, changed %s",
-            sorted(n for n in wanted if n not in old) or "none", sorted(removed) or "none",
-            sorted(changed + sorted(relisten)) or "none",
-        )
-
-    def _change_pool(self, pool: Pool, pc: PoolConfig) -> None:
-        if isinstance(pool, RingPool) and not pc.cluster and (
-            dataclasses.replace(pool.config, servers=pc.servers) == pc
-        ):
-            pool.set_servers(pc)  # only the server list changed: in place
-            return
-        fresh = self._pool(pc)
-        fresh.stats = pool.stats  # the pool's counters carry on across the change
-        fresh.start()
-        self.pools[pc.name] = fresh
-        for client in self.clients.get(pc.name, ()):
-            client.set_pool(fresh)
-        self._retire(pool)
+        log.warning("reload accepted: added %s, removed %s, pools changed %s",
+                    added or "none", removed or "none", changed or "none")  # fmt: skip
 
     def _retire(self, pool: Pool) -> None:
         """Close a pool that is out of use once its pending requests are answered (bounded)."""
@@ -284,8 +331,9 @@ class ProxyServer:
     async def shutdown(self, drain_s: float = DRAIN_S) -> None:
         """Stop accepting, drain owed replies within ``drain_s``, close everything."""
         self.stopping = True
-        for listener in self._listeners.values():
-            listener.close()
+        for front in self.fronts.values():
+            if front.socket is not None:
+                front.socket.close()
         clients = [c for group in self.clients.values() for c in group]
         log.info("shutting down: draining %d client(s)", len(clients))
         for client in clients:
@@ -305,8 +353,9 @@ class ProxyServer:
             pool.close()
         if self._metrics is not None:
             self._metrics.close()
-        for listener in self._listeners.values():
-            await listener.wait_closed()
+        for front in self.fronts.values():
+            if front.socket is not None:
+                await front.socket.wait_closed()
 
 
 async def serve(config: Config) -> None:

@@ -12,7 +12,10 @@ PROXY = pathlib.Path(__file__).resolve().parents[2] / "proxy"
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "cli": {"config", "server", "__init__"},
-    "server": {"config", "pool", "cluster", "client", "inflight", "metrics", "__init__"},
+    "server": {"config", "pool", "cluster", "sentinel", "router", "client", "inflight", "metrics",
+               "__init__"},
+    "sentinel": {"pool", "backend", "resp", "inflight", "errors", "config", "metrics"},
+    "router": {"pool", "inflight", "errors", "config", "metrics"},
     "client": {"resp", "commands", "fanout", "pool", "inflight", "errors", "metrics", "__init__"},
     "fanout": {"commands", "resp", "inflight", "errors"},
     "commands": {"errors", "command_data"},

@@ -1,0 +1,355 @@
+"""A sentinel pool: one Redis master, found and followed through Redis Sentinel.
+
+``distribution: sentinel`` with ``sentinels: [host:port, ...]`` and ``master_name``:
+
+* **Finding the master.** The sentinels are asked in turn ``SENTINEL get-master-addr-by-name``;
+  the address one gives is checked with ``ROLE`` (it must say ``master``) before any request
+  goes there. Its replicas come from ``SENTINEL replicas`` (for ``read_from: replica``).
+* **Following it.** Each sentinel is subscribed to ``+switch-master``; the message for our
+  master name switches the pool at once. The pool also asks again every ``REFRESH_S``, when the
+  master's connection is lost, and when the old master answers ``-READONLY`` (it was demoted).
+* **Requests at the switch.** Every key goes to the current master. A write the old master
+  refused with ``-READONLY`` was not executed, so it is sent again to the new master (backoff
+  10 ms doubling to 200 ms, within the request's ``timeout``): a manual ``SENTINEL FAILOVER``
+  loses no acknowledged write and shows clients no error. Requests in flight on a master that
+  died get a prompt connection error (whether a write was applied is unknown, so it is not
+  retried); requests while no master is known get ``-ERR no master known ...`` at once.
+
+Imports: pool, backend, resp, inflight, errors, config, metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import hiredis
+
+from proxy import errors
+from proxy.backend import BackendConnection
+from proxy.config import Address, PoolConfig, ServerConfig
+from proxy.inflight import ReplySlot
+from proxy.metrics import PoolStats
+from proxy.pool import Redirected, Route, Server, ServerState
+from proxy.resp import encode_command
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 5.0
+WATCH_BACKOFF_MAX_S = 2.0
+READONLY_REPLIES = (b"-READONLY ",)
+
+Node = tuple[str, int]
+
+
+async def ask(node: Node, commands: Sequence[Sequence[bytes]], timeout_s: float) -> list[object]:
+    """Send ``commands`` to ``node`` on a fresh connection; their replies (decoded), or raise.
+
+    The pool's own questions (SENTINEL ..., ROLE), never client requests.
+    """
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(node[0], node[1])
+        try:
+            writer.write(b"".join(encode_command(list(c)) for c in commands))
+            await writer.drain()
+            parser = hiredis.Reader()
+            replies: list[object] = []
+            while len(replies) < len(commands):
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    replies.append(reply)
+            return replies
+        finally:
+            writer.close()
+
+
+def _auth(password: str | None) -> list[list[bytes]]:
+    return [[b"AUTH", password.encode()]] if password else []
+
+
+class SentinelPool:
+    """A pool whose one server is the master Redis Sentinel names (plus replicas for reads)."""
+
+    def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.name = config.name
+        self.stats = PoolStats()
+        self.unrouted = f"ERR no master known for '{config.master_name}' (sentinel pool {config.name})"
+        self._loop = loop
+        self._timeout_s = config.timeout_ms / 1000.0
+        self._sentinels: list[Node] = [(a.host, a.port) for a in config.sentinels]
+        self._master_name = config.master_name.encode()
+        self._replica_reads = config.read_from != "master"
+        self.master: Server | None = None
+        self.replicas: list[Server] = []
+        self.servers: list[Server] = []
+        self.route: Route = self._route
+        self.route_read: Route | None = self._route_read if self._replica_reads else None
+        self._ready = asyncio.Event()
+        self._discovering = False
+        self._again = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._periodic: asyncio.TimerHandle | None = None
+        self._closing = False
+        # counters (metrics, INFO)
+        self.switches = 0
+        self.discoveries = 0
+        self.discovery_failures = 0
+        self.readonly_retries = 0
+
+    # --- routing -------------------------------------------------------------------------
+
+    def _route(self, key: bytes) -> Server | None:
+        return self.master
+
+    def _route_read(self, key: bytes) -> Server | None:
+        for replica in self.replicas:
+            if replica.state is not ServerState.DOWN:
+                return replica
+        return self.master
+
+    def route_many(self, keys: list[bytes], read: bool = False) -> Server | None | str:
+        return self._route_read(b"") if read and self._replica_reads else self.master
+
+    def split_command(self, args: list[bytes]) -> None:
+        return None  # one master: group_keys puts every key on it, so nothing is split
+
+    def group_keys(
+        self, keys: list[bytes], read: bool = False
+    ) -> list[tuple[Server | None, list[int]]]:
+        target = self._route_read(b"") if read and self._replica_reads else self.master
+        return [(target, list(range(len(keys))))]
+
+    # --- finding and following the master --------------------------------------------------
+
+    def _server(self, node: Node, role: str) -> Server:
+        for server in self.servers:
+            if server.node == node:
+                return server
+        host, port = node
+        sc = ServerConfig(Address(host, port), 1, f"{role}@{host}:{port}")
+        server = Server(self, len(self.servers), sc, self._loop, self._on_readonly, READONLY_REPLIES)
+        self.servers.append(server)
+        return server
+
+    def request_discovery(self) -> None:
+        """Ask the sentinels again, in the background (one at a time, at most one queued)."""
+        if self._closing:
+            return
+        if self._discovering:
+            self._again = True
+            return
+        self._discovering = True
+        self._spawn(self._discover_loop())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _discover_loop(self) -> None:
+        try:
+            while not self._closing:
+                self._again = False
+                await self._discover()
+                if not self._again:
+                    break
+        finally:
+            self._discovering = False
+            self._schedule_periodic()
+
+    async def _discover(self) -> None:
+        pc = self.config
+        for sentinel in self._sentinels:
+            try:
+                replies = await ask(
+                    sentinel,
+                    [*_auth(pc.sentinel_auth),
+                     [b"SENTINEL", b"get-master-addr-by-name", self._master_name],
+                     [b"SENTINEL", b"replicas", self._master_name]],
+                    self._timeout_s,
+                )  # fmt: skip
+            except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+                log.debug("pool %s: sentinel %s:%d: %s", self.name, *sentinel, exc)
+                continue
+            addr, replicas = replies[-2], replies[-1]
+            if not (isinstance(addr, list) and len(addr) == 2):
+                continue  # this sentinel does not know the name (or refused us)
+            node = (addr[0].decode(), int(addr[1]))
+            if not await self._is_master(node):
+                continue  # mid-failover: the sentinel's answer is not true yet
+            self.discoveries += 1
+            self._switch(node)
+            self._set_replicas(replicas)
+            return
+        self.discovery_failures += 1
+        if self.discovery_failures == 1 or self.discovery_failures % 100 == 0:
+            log.warning("pool %s: no sentinel named a live master for '%s' (%d failures)",
+                        self.name, pc.master_name, self.discovery_failures)  # fmt: skip
+
+    async def _is_master(self, node: Node) -> bool:
+        try:
+            replies = await ask(node, [*_auth(self.config.redis_auth), [b"ROLE"]], self._timeout_s)
+        except (OSError, TimeoutError, hiredis.ProtocolError):
+            return False
+        role = replies[-1]
+        return isinstance(role, list) and bool(role) and role[0] == b"master"
+
+    def _switch(self, node: Node) -> None:
+        old = self.master
+        if old is not None and old.node == node:
+            return
+        self.master = self._server(node, "master")
+        if old is not None:
+            self.switches += 1
+            log.warning("pool %s: master of '%s' is now %s:%d (was %s)",
+                        self.name, self.config.master_name, *node, old.address)  # fmt: skip
+            self._forget(old)
+        else:
+            log.info("pool %s: master of '%s' is %s:%d", self.name, self.config.master_name, *node)
+        if self.config.preconnect:
+            self.master.connect_all()
+        self._ready.set()
+
+    def _set_replicas(self, reply: object) -> None:
+        if not self._replica_reads or not isinstance(reply, list):
+            return
+        nodes = []
+        for entry in reply:  # flat [key, value, ...] per replica
+            if not isinstance(entry, list):
+                continue
+            fields = dict(zip(entry[::2], entry[1::2]))
+            flags = fields.get(b"flags", b"").split(b",")
+            if b"s_down" in flags or b"o_down" in flags or b"disconnected" in flags:
+                continue
+            if b"ip" in fields and b"port" in fields:
+                nodes.append((fields[b"ip"].decode(), int(fields[b"port"])))
+        new = [self._server(n, "replica") for n in nodes if self.master is None or n != self.master.node]
+        for gone in self.replicas:
+            if gone not in new and gone is not self.master:
+                self._forget(gone)
+        self.replicas = new
+
+    def _forget(self, server: Server) -> None:
+        if server in self.servers and server is not self.master and server not in self.replicas:
+            self.servers.remove(server)
+            server.retire(self._timeout_s)
+
+    def _schedule_periodic(self) -> None:
+        if self._closing:
+            return
+        if self._periodic is not None:
+            self._periodic.cancel()
+        delay = REFRESH_S if self.master is not None else 0.25
+        self._periodic = self._loop.call_later(delay, self.request_discovery)
+
+    async def _watch(self, sentinel: Node) -> None:
+        """Follow one sentinel's ``+switch-master`` messages; reconnect with backoff."""
+        backoff = 0.1
+        while not self._closing:
+            writer = None
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(*sentinel), self._timeout_s
+                )
+                cmds = [*_auth(self.config.sentinel_auth), [b"SUBSCRIBE", b"+switch-master"]]
+                writer.write(b"".join(encode_command(c) for c in cmds))
+                parser = hiredis.Reader()
+                while not self._closing:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    backoff = 0.1
+                    parser.feed(data)
+                    while (msg := parser.gets()) is not False:
+                        self._on_message(msg)
+            except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+                log.debug("pool %s: sentinel %s:%d watch: %s", self.name, *sentinel, exc)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if self._closing:
+                return
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, WATCH_BACKOFF_MAX_S)
+
+    def _on_message(self, msg: object) -> None:
+        # [b"message", b"+switch-master", b"<name> <old-ip> <old-port> <new-ip> <new-port>"]
+        if not (isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message"):
+            return
+        parts = msg[2].split() if isinstance(msg[2], bytes) else []
+        if len(parts) == 5 and parts[0] == self._master_name:
+            log.info("pool %s: sentinel says +switch-master %s", self.name, msg[2].decode())
+            self._switch((parts[3].decode(), int(parts[4])))
+            self.request_discovery()  # replicas changed too
+
+    def _on_readonly(
+        self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes
+    ) -> None:
+        """The server refused a write as a replica: the master moved. Not executed: resend."""
+        now = self._loop.time()
+        slot, retry = Redirected.track(slot, now, self._timeout_s)
+        self.readonly_retries += 1
+        self.request_discovery()
+        delay = retry.backoff()
+        if now + delay >= retry.deadline or retry.attempts > 50:
+            slot.complete(raw)
+            return
+
+        def resend() -> None:
+            master = self.master
+            if master is None:
+                slot.fail(self.unrouted)
+            else:
+                master.send(payload, slot, conn.resp3, conn.lane)
+
+        self._loop.call_later(delay, resend)
+
+    # --- pool lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        for sentinel in self._sentinels:
+            self._spawn(self._watch(sentinel))
+        self.request_discovery()
+
+    async def ready(self, timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def can_serve(self) -> tuple[bool, str]:
+        if self.master is None:
+            return False, "no master known"
+        if self.master.state is ServerState.DOWN:
+            return False, f"master {self.master.address} down"
+        return True, ""
+
+    strips = False
+
+    def strip(self, key: bytes) -> bytes:
+        return key
+
+    def rebuild(self) -> None:
+        pass  # Sentinel, not the proxy, decides which server serves
+
+    def server_lost(self, server: Server) -> None:
+        if server is self.master:
+            self.request_discovery()
+
+    def close(self) -> None:
+        self._closing = True
+        if self._periodic is not None:
+            self._periodic.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for server in self.servers:
+            server.close()
