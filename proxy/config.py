@@ -184,7 +184,7 @@ def parse(text: str, path: str = "<config>") -> Config:
             raise ConfigError(f"{path}: listener '{lc.name}': a pool has the same name")
     routed = {r.pool for lc in listeners for r in lc.routes} | {
         lc.default_pool for lc in listeners if lc.default_pool
-    }
+    } | {r.mirror for lc in listeners for r in lc.routes if r.mirror}
     for p in pools:
         if p.listen is None and p.name not in routed:
             raise ConfigError(

@@ -90,3 +90,8 @@ def no_keys(fullname: str) -> str:
 def too_many_redirects(last: str) -> str:
     """A cluster pool's request kept being redirected (a slot map in flux); the last redirect."""
     return f"ERR too many cluster redirections (last: {last})"
+
+
+def failover_in_progress(master_name: str, timeout_ms: int) -> str:
+    """A sentinel pool held the request for a failover that did not finish within timeout."""
+    return f"ERR failover in progress for '{master_name}': no new master within {timeout_ms} ms"

@@ -8,12 +8,15 @@
 * **Following it.** Each sentinel is subscribed to ``+switch-master``; the message for our
   master name switches the pool at once. The pool also asks again every ``REFRESH_S``, when the
   master's connection is lost, and when the old master answers ``-READONLY`` (it was demoted).
-* **Requests at the switch.** Every key goes to the current master. A write the old master
-  refused with ``-READONLY`` was not executed, so it is sent again to the new master (backoff
-  10 ms doubling to 200 ms, within the request's ``timeout``): a manual ``SENTINEL FAILOVER``
-  loses no acknowledged write and shows clients no error. Requests in flight on a master that
-  died get a prompt connection error (whether a write was applied is unknown, so it is not
-  retried); requests while no master is known get ``-ERR no master known ...`` at once.
+* **Requests at the switch.** Every key goes to the current master. When a sentinel announces
+  ``+try-failover`` for our master, requests are *held* (not sent) until ``+switch-master``
+  names the new master, then sent there; the old master gets no write it could acknowledge and
+  then lose when it is turned into a replica. A hold lasts at most the pool's ``timeout``; then
+  the held requests get ``-ERR failover in progress ...`` and requests flow to the known master
+  again. A write the old master refused with ``-READONLY`` was not executed, so it is sent again
+  to the new master (backoff 10 ms doubling to 200 ms, within its ``timeout``). Requests in flight
+  on a master that died get a prompt connection error (whether a write was applied is unknown,
+  so it is not retried); requests while no master is known get ``-ERR no master known ...``.
 
 Imports: pool, backend, resp, inflight, errors, config, metrics.
 """
@@ -33,7 +36,7 @@ from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
 from proxy.metrics import PoolStats
-from proxy.pool import Redirected, Route, Server, ServerState
+from proxy.pool import Redirected, Route, Server, ServerState, Target
 from proxy.resp import encode_command
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 REFRESH_S = 5.0
 WATCH_BACKOFF_MAX_S = 2.0
 READONLY_REPLIES = (b"-READONLY ",)
+CHANNELS = (b"+switch-master", b"+try-failover")
 
 Node = tuple[str, int]
 
@@ -73,6 +77,33 @@ def _auth(password: str | None) -> list[list[bytes]]:
     return [[b"AUTH", password.encode()]] if password else []
 
 
+class _Hold:
+    """The target while a failover runs: requests wait here for the new master."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, pool: SentinelPool) -> None:
+        self.pool = pool
+
+    def send(
+        self,
+        payload: bytes,
+        slot: ReplySlot,
+        resp3: bool = False,
+        client: int = 0,
+        asking: bool = False,
+    ) -> None:
+        held = self.pool.held
+        if held is None:  # released meanwhile
+            master = self.pool.master
+            if master is None:
+                slot.fail(self.pool.unrouted)
+            else:
+                master.send(payload, slot, resp3, client)
+            return
+        held.append((payload, slot, resp3, client))
+
+
 class SentinelPool:
     """A pool whose one server is the master Redis Sentinel names (plus replicas for reads)."""
 
@@ -88,6 +119,9 @@ class SentinelPool:
         self._replica_reads = config.read_from != "master"
         self.master: Server | None = None
         self.replicas: list[Server] = []
+        self.held: list[tuple[bytes, ReplySlot, bool, int]] | None = None  # during a failover
+        self._hold = _Hold(self)
+        self._hold_timer: asyncio.TimerHandle | None = None
         self.servers: list[Server] = []
         self.route: Route = self._route
         self.route_read: Route | None = self._route_read if self._replica_reads else None
@@ -102,28 +136,30 @@ class SentinelPool:
         self.discoveries = 0
         self.discovery_failures = 0
         self.readonly_retries = 0
+        self.holds = 0
+        self.hold_timeouts = 0
 
     # --- routing -------------------------------------------------------------------------
 
-    def _route(self, key: bytes) -> Server | None:
-        return self.master
+    def _route(self, key: bytes) -> Target | None:
+        return self.master if self.held is None else self._hold
 
-    def _route_read(self, key: bytes) -> Server | None:
+    def _route_read(self, key: bytes) -> Target | None:
         for replica in self.replicas:
             if replica.state is not ServerState.DOWN:
                 return replica
-        return self.master
+        return self._route(key)
 
-    def route_many(self, keys: list[bytes], read: bool = False) -> Server | None | str:
-        return self._route_read(b"") if read and self._replica_reads else self.master
+    def route_many(self, keys: list[bytes], read: bool = False) -> Target | None | str:
+        return self._route_read(b"") if read and self._replica_reads else self._route(b"")
 
     def split_command(self, args: list[bytes]) -> None:
         return None  # one master: group_keys puts every key on it, so nothing is split
 
     def group_keys(
         self, keys: list[bytes], read: bool = False
-    ) -> list[tuple[Server | None, list[int]]]:
-        target = self._route_read(b"") if read and self._replica_reads else self.master
+    ) -> list[tuple[Target | None, list[int]]]:
+        target = self._route_read(b"") if read and self._replica_reads else self._route(b"")
         return [(target, list(range(len(keys))))]
 
     # --- finding and following the master --------------------------------------------------
@@ -204,8 +240,10 @@ class SentinelPool:
     def _switch(self, node: Node) -> None:
         old = self.master
         if old is not None and old.node == node:
+            self._release()
             return
         self.master = self._server(node, "master")
+        self._release()
         if old is not None:
             self.switches += 1
             log.warning("pool %s: master of '%s' is now %s:%d (was %s)",
@@ -258,7 +296,7 @@ class SentinelPool:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(*sentinel), self._timeout_s
                 )
-                cmds = [*_auth(self.config.sentinel_auth), [b"SUBSCRIBE", b"+switch-master"]]
+                cmds = [*_auth(self.config.sentinel_auth), [b"SUBSCRIBE", *CHANNELS]]
                 writer.write(b"".join(encode_command(c) for c in cmds))
                 parser = hiredis.Reader()
                 while not self._closing:
@@ -281,13 +319,51 @@ class SentinelPool:
 
     def _on_message(self, msg: object) -> None:
         # [b"message", b"+switch-master", b"<name> <old-ip> <old-port> <new-ip> <new-port>"]
+        # [b"message", b"+try-failover", b"master <name> <ip> <port> ..."]
         if not (isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message"):
             return
         parts = msg[2].split() if isinstance(msg[2], bytes) else []
-        if len(parts) == 5 and parts[0] == self._master_name:
+        if msg[1] == b"+switch-master" and len(parts) == 5 and parts[0] == self._master_name:
             log.info("pool %s: sentinel says +switch-master %s", self.name, msg[2].decode())
             self._switch((parts[3].decode(), int(parts[4])))
             self.request_discovery()  # replicas changed too
+        elif msg[1] == b"+try-failover" and len(parts) >= 2 and parts[1] == self._master_name:
+            self._start_hold()
+
+    def _start_hold(self) -> None:
+        if self.held is not None:
+            return
+        self.holds += 1
+        log.warning("pool %s: failover of '%s' started: holding requests until the new master",
+                    self.name, self.config.master_name)  # fmt: skip
+        self.held = []
+        self._hold_timer = self._loop.call_later(self._timeout_s, self._hold_expired)
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        held, self.held = self.held or [], None
+        if held:
+            self.hold_timeouts += 1
+            log.warning("pool %s: no new master within %d ms: %d held request(s) failed",
+                        self.name, self.config.timeout_ms, len(held))  # fmt: skip
+        text = errors.failover_in_progress(self.config.master_name, self.config.timeout_ms)
+        for _, slot, _, _ in held:
+            slot.fail(text)
+
+    def _release(self) -> None:
+        """Send the held requests to the (new) master, in the order they came."""
+        if self.held is None:
+            return
+        held, self.held = self.held, None
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        master = self.master
+        for payload, slot, resp3, client in held:
+            if master is None:
+                slot.fail(self.unrouted)
+            else:
+                master.send(payload, slot, resp3, client)
 
     def _on_readonly(
         self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes
@@ -303,11 +379,11 @@ class SentinelPool:
             return
 
         def resend() -> None:
-            master = self.master
-            if master is None:
+            target = self._route(b"")  # the master, or the hold while a failover runs
+            if target is None:
                 slot.fail(self.unrouted)
             else:
-                master.send(payload, slot, conn.resp3, conn.lane)
+                target.send(payload, slot, conn.resp3, conn.lane)
 
         self._loop.call_later(delay, resend)
 
@@ -349,6 +425,11 @@ class SentinelPool:
         self._closing = True
         if self._periodic is not None:
             self._periodic.cancel()
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        for _, slot, _, _ in self.held or []:
+            slot.fail(errors.SHUTTING_DOWN)
+        self.held = None
         for task in list(self._tasks):
             task.cancel()
         for server in self.servers:

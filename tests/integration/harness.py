@@ -495,3 +495,120 @@ def start_cluster_proxy(cluster: RedisCluster, seeds: int = 1, **keys: object) -
     proxy = ResProxy(native_config(pool)).start()
     proxy.port = port  # type: ignore[attr-defined]
     return proxy
+
+
+class Sentinel(Process):
+    """A real Redis Sentinel (``redis-server FILE --sentinel``) on a free loopback port."""
+
+    name = "redis-sentinel"
+
+    def __init__(self, master_name: str, master_port: int, quorum: int = 2) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="resproxy-test-sentinel-")
+        self.conf = os.path.join(self.dir, "sentinel.conf")
+        with open(self.conf, "w") as f:  # sentinel rewrites this file: it must be its own
+            f.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
+                f"sentinel down-after-milliseconds {master_name} 1000\n"
+                f"sentinel failover-timeout {master_name} 6000\n"
+                f"sentinel parallel-syncs {master_name} 1\n"
+            )
+        self._watch: _LineWatcher | None = None
+
+    def start(self) -> Sentinel:
+        self.proc = subprocess.Popen(
+            ["redis-server", self.conf, "--sentinel"], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self._watch = _LineWatcher(self.proc.stdout, b"+monitor master")
+        if not self._watch.ready.wait(READY_TIMEOUT_S):
+            self.stop()
+            raise RuntimeError(f"sentinel on {self.port} not ready:\n{self._watch.text()}")
+        return self
+
+    def call(self, *args: bytes | str) -> Any:
+        with RawClient(self.port) as c:
+            return c.call(*args)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelGroup:
+    """A master, its replica and three sentinels watching them as ``name``."""
+
+    def __init__(self, name: str = "sessions") -> None:
+        self.name = name
+        self.master: RedisServer | None = None
+        self.replica: RedisServer | None = None
+        self.sentinels: list[Sentinel] = []
+
+    def start(self) -> SentinelGroup:
+        try:
+            self.master = RedisServer().start()
+            self.replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(self.master.port)])
+            self.replica.start()
+            poll_until(lambda: b"master_link_status:up" in self.replica.call("INFO", "replication"),  # type: ignore[union-attr]
+                       "replica in sync", 30)  # fmt: skip
+            self.sentinels = [Sentinel(self.name, self.master.port) for _ in range(3)]
+            for s in self.sentinels:
+                s.start()
+            self.wait_settled()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def nodes(self) -> list[RedisServer]:
+        return [n for n in (self.master, self.replica) if n is not None]
+
+    def current_master_port(self) -> int:
+        addr = self.sentinels[0].call("SENTINEL", "get-master-addr-by-name", self.name)
+        return int(addr[1])
+
+    def wait_settled(self, timeout_s: float = 60.0) -> None:
+        """Every sentinel knows the same master, a replica of it, and the two other sentinels."""
+
+        def settled() -> bool:
+            masters = set()
+            for s in self.sentinels:
+                if not s.alive():
+                    continue
+                masters.add(int(s.call("SENTINEL", "get-master-addr-by-name", self.name)[1]))
+                if len(s.call("SENTINEL", "sentinels", self.name)) < 2:
+                    return False
+                replicas = s.call("SENTINEL", "replicas", self.name)
+                ok = [r for r in replicas if b"s_down" not in dict(zip(r[::2], r[1::2]))[b"flags"]]
+                if not ok:
+                    return False
+            return len(masters) == 1
+
+        poll_until(settled, "sentinels settled", timeout_s, 0.1)
+
+    def seeds(self) -> list[str]:
+        return [f"127.0.0.1:{s.port}" for s in self.sentinels]
+
+    def by_port(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes() if n.port == port)
+
+    def cleanup(self) -> None:
+        for s in self.sentinels:
+            s.cleanup()
+        for n in self.nodes():
+            n.cleanup()
+
+
+def sentinel_pool_yaml(name: str, group: SentinelGroup, listen_port: int | None = None,
+                       **keys: object) -> str:
+    """A native sentinel pool's YAML (with ``listen`` when a port is given)."""
+    lines = [f"  {name}:", "    distribution: sentinel", f"    master_name: {group.name}"]
+    if listen_port is not None:
+        lines.append(f"    listen: 127.0.0.1:{listen_port}")
+    for key, value in keys.items():
+        lines.append(f"    {key}: {value}")
+    lines.append("    sentinels:")
+    lines.extend(f"      - {s}" for s in group.seeds())
+    return "\n".join(lines) + "\n"

@@ -159,3 +159,68 @@ def test_example_configs_are_valid() -> None:
     assert len(examples) >= 2
     for path in examples:
         assert load(str(path)).pools, path
+
+
+LISTENER_BASE = (
+    "pools:\n"
+    "  s:\n    distribution: sentinel\n    master_name: m\n    sentinels: [127.0.0.1:26379]\n"
+    "  c:\n    distribution: cluster\n    servers: [127.0.0.1:7000]\n"
+    "  r:\n    servers: ['127.0.0.1:7001:1']\n"
+    "  r2:\n    servers: ['127.0.0.1:7002:1']\n"
+)
+
+
+def test_listeners_route_prefixes_to_pools_without_listen() -> None:
+    cfg = parse(
+        LISTENER_BASE + "listeners:\n  app:\n    listen: 127.0.0.1:22121\n    default_pool: r\n"
+        "    routes:\n      - {prefix: 'session:', pool: s}\n"
+        "      - {prefix: 'product:', pool: c, strip_prefix: true}\n"
+        "      - {prefix: 'cart:', pool: r, mirror: r2, mirror_mode: all}\n",
+        "l.yml",
+    )
+    [lc] = cfg.listeners
+    assert lc.default_pool == "r" and [r.prefix for r in lc.routes] == [b"session:", b"product:", b"cart:"]
+    assert lc.routes[1].strip_prefix and lc.routes[2].mirror == "r2" and lc.routes[2].mirror_mode == "all"
+    pools = {p.name: p for p in cfg.pools}
+    assert pools["s"].sentinel and pools["s"].master_name == "m" and pools["s"].listen is None
+    assert [str(a) for a in pools["s"].sentinels] == ["127.0.0.1:26379"]
+
+
+@pytest.mark.parametrize(
+    "listeners, fragment",
+    [
+        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: nope}]\n", "no pool named 'nope'"),
+        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: '', pool: r}]\n", "key 'prefix'"),
+        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r}, {prefix: 'a', pool: s}]\n", "a prefix appears twice"),
+        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, mirror: r}]\n", "key 'mirror'"),
+        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, mirror_mode: x}]\n", "key 'mirror_mode'"),
+        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, bogus: 1}]\n", "unknown key 'bogus'"),
+        ("  app:\n    listen: 127.0.0.1:1\n    default_pool: zz\n    routes: [{prefix: 'a', pool: r}]\n", "key 'default_pool'"),
+        ("  r:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r}]\n", "a pool has the same name"),
+        ("  app:\n    routes: [{prefix: 'a', pool: r}]\n", "key 'listen'"),
+        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r}, {prefix: 'b', pool: r2}]\n", "pool 's': key 'listen': missing"),
+    ],
+)
+def test_listener_errors_name_the_listener_and_key(listeners: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(LISTENER_BASE + "listeners:\n" + listeners, "l.yml")
+    assert fragment in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "pool, fragment",
+    [
+        ("    distribution: sentinel\n    master_name: m\n", "key 'sentinels'"),
+        ("    distribution: sentinel\n    sentinels: [127.0.0.1:1]\n", "key 'master_name'"),
+        ("    distribution: sentinel\n    master_name: m\n    sentinels: [h:1]\n    servers: [h:2:1]\n",
+         "key 'servers': a sentinel pool's servers come from its sentinels"),
+        ("    distribution: sentinel\n    master_name: m\n    sentinels: [h:1]\n    hash: md5\n",
+         "key 'hash': not used with distribution: sentinel"),
+        ("    servers: ['h:1:1']\n    master_name: m\n", "key 'master_name': only used with distribution: sentinel"),
+        ("    servers: ['h:1:1']\n    read_from: replica\n", "key 'read_from': only used with distribution: cluster or sentinel"),
+    ],
+)
+def test_sentinel_pool_keys_are_checked(pool: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse("pools:\n  p:\n    listen: 127.0.0.1:1\n" + pool, "p.yml")
+    assert fragment in str(err.value), str(err.value)

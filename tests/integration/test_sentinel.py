@@ -1,0 +1,147 @@
+"""Sentinel pools: a master + replica under three real sentinels, followed through failovers.
+
+``SENTINEL FAILOVER`` (manual) and SIGKILL of the master, each under four writing clients.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.integration.harness import (
+    ResProxy,
+    SentinelGroup,
+    free_port,
+    native_config,
+    poll_until,
+    sentinel_pool_yaml,
+)
+
+TIMEOUT_MS = 3000
+CLIENT_TIMEOUT_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def group() -> Iterator[SentinelGroup]:
+    g = SentinelGroup("sessions").start()
+    try:
+        yield g
+    finally:
+        g.cleanup()
+
+
+@pytest.fixture(scope="module")
+def proxy(group: SentinelGroup) -> Iterator[ResProxy]:
+    port = free_port()
+    p = ResProxy(native_config(sentinel_pool_yaml("sessions", group, port, timeout=TIMEOUT_MS,
+                                                  preconnect="true"))).start()  # fmt: skip
+    p.port = port  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+class Writer(threading.Thread):
+    """SET unique keys and read each back; records errors with when their request started."""
+
+    def __init__(self, port: int, tag: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis(port=port, socket_timeout=CLIENT_TIMEOUT_S)
+        self.tag = tag
+        self.stop_event = stop
+        self.acked: dict[str, str] = {}
+        self.errors: list[tuple[float, float, str]] = []
+        self.ops = 0
+
+    def run(self) -> None:
+        for i in range(10_000_000):  # bounded; ends on the stop event
+            if self.stop_event.is_set():
+                break
+            key, value = f"s:{self.tag}:{i}", f"v{i}"
+            started = time.monotonic()
+            try:
+                if self.client.set(key, value):
+                    self.acked[key] = value
+                self.ops += 1
+            except redis.RedisError as exc:
+                self.errors.append((started, time.monotonic() - started, f"{type(exc).__name__}: {exc}"))
+        self.client.close()
+
+
+def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[list[Writer], float, float]:
+    old_port = group.current_master_port()
+    stop = threading.Event()
+    writers = [Writer(proxy.port, f"{trigger}{i}", stop) for i in range(4)]  # type: ignore[attr-defined]
+    for w in writers:
+        w.start()
+    try:
+        poll_until(lambda: all(w.ops > 20 for w in writers), "load running", 30)
+        started = time.monotonic()
+        if trigger == "manual":
+            assert group.sentinels[0].call("SENTINEL", "FAILOVER", group.name) == b"OK"
+        else:
+            group.by_port(old_port).kill()
+        poll_until(lambda: group.current_master_port() != old_port, "sentinels switched", 60, 0.1)
+        new = group.by_port(group.current_master_port())
+        probe = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
+
+        def proxy_writes_to_new_master() -> bool:
+            try:
+                probe.set(f"probe:{trigger}", "1")
+            except redis.RedisError:
+                return False
+            return bool(new.call("GET", f"probe:{trigger}") == b"1")
+
+        poll_until(proxy_writes_to_new_master, "resproxy writes to the new master", 30, 0.1)
+        switched = time.monotonic()
+        probe.close()
+        marks = [w.ops for w in writers]
+        poll_until(lambda: all(w.ops > m + 50 for w, m in zip(writers, marks)), "load after", 30)
+    finally:
+        stop.set()
+        for w in writers:
+            w.join(timeout=30)
+    assert not any(w.is_alive() for w in writers)
+    return writers, started, switched
+
+
+def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGroup) -> None:
+    client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
+    assert client.set("session:one", "x", ex=60)
+    assert 0 < client.ttl("session:one") <= 60
+    master = group.by_port(group.current_master_port())
+    assert master.call("ROLE")[0] == b"master"
+    assert master.call("GET", "session:one") == b"x"
+    client.close()
+
+
+def test_manual_failover_under_load_loses_no_acknowledged_write(
+    proxy: ResProxy, group: SentinelGroup
+) -> None:
+    writers, started, switched = _run_failover(proxy, group, "manual")
+    errors = [e for w in writers for e in w.errors]
+    assert all(started <= s + took and s <= switched for s, took, _ in errors), errors[:5]
+    assert not any("Timeout" in text for _, _, text in errors), errors[:5]
+    new = group.by_port(group.current_master_port())
+    for w in writers:  # every acknowledged write is on the new master
+        keys = list(w.acked)
+        for i in range(0, len(keys), 200):
+            chunk = keys[i : i + 200]
+            assert new.call("MGET", *chunk) == [w.acked[k].encode() for k in chunk]
+    group.wait_settled()
+
+
+def test_master_killed_under_load_errors_only_in_the_switch_window(
+    proxy: ResProxy, group: SentinelGroup
+) -> None:
+    writers, started, switched = _run_failover(proxy, group, "kill")
+    errors = [e for w in writers for e in w.errors]
+    # errors (if any) only between the kill and resproxy writing to the new master, each prompt
+    assert all(started <= s + took and s <= switched for s, took, _ in errors), errors[:5]
+    assert not any("Timeout" in text for _, _, text in errors), errors[:5]
+    assert all(took < TIMEOUT_MS / 1000.0 + 1.0 for _, took, _ in errors)
