@@ -145,6 +145,16 @@ class ClusterView:
 
 
 @dataclass
+class SentinelView:
+    switches: int
+    holds: int
+    hold_timeouts: int
+    readonly_retries: int
+    discovery_failures: int
+    master_known: bool
+
+
+@dataclass
 class PoolView:
     name: str
     listen: str
@@ -155,6 +165,7 @@ class PoolView:
     can_serve: bool
     why_not: str = ""
     cluster: ClusterView | None = None
+    sentinel: SentinelView | None = None
 
 
 @dataclass
@@ -284,6 +295,7 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
                 fam.add_metric(labels, getattr(pool.cluster, key))
             for key, gauge in cl_g.items():
                 gauge.add_metric(labels, getattr(pool.cluster, key))
+    yield from _sentinel_families(snap)
     yield from pool_g.values()
     yield from pool_c.values()
     yield from (requests, errors, latency)
@@ -292,6 +304,25 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     yield from (state, ejections)
     yield from cl_c.values()
     yield from cl_g.values()
+
+
+def _sentinel_families(snap: Snapshot) -> Iterator[Metric]:
+    P = ["pool"]
+    counters = {
+        "switches": CounterMetricFamily("resproxy_sentinel_switches", "Master changes followed", labels=P),
+        "holds": CounterMetricFamily("resproxy_sentinel_holds", "Failovers during which requests were held", labels=P),
+        "hold_timeouts": CounterMetricFamily("resproxy_sentinel_hold_timeouts", "Holds that ended without a new master (requests failed)", labels=P),
+        "readonly_retries": CounterMetricFamily("resproxy_sentinel_readonly_retries", "Writes refused by a demoted master, sent again", labels=P),
+        "discovery_failures": CounterMetricFamily("resproxy_sentinel_discovery_failures", "Times no sentinel named a live master", labels=P),
+    }  # fmt: skip
+    known = GaugeMetricFamily("resproxy_sentinel_master_known", "1 if the pool knows its master", labels=P)
+    for pool in snap.pools:
+        if pool.sentinel is not None:
+            for key, fam in counters.items():
+                fam.add_metric([pool.name], getattr(pool.sentinel, key))
+            known.add_metric([pool.name], 1 if pool.sentinel.master_known else 0)
+    yield from counters.values()
+    yield known
 
 
 def _bound(value: float) -> str:

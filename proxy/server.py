@@ -35,7 +35,15 @@ from proxy.client import ClientConnection, ClientLimits
 from proxy.cluster import ClusterPool
 from proxy.config import Address, Config, ConfigError, PoolConfig, load
 from proxy.inflight import Flusher
-from proxy.metrics import ClusterView, PoolView, ServerView, Snapshot, info_text, serve_http
+from proxy.metrics import (
+    ClusterView,
+    PoolView,
+    SentinelView,
+    ServerView,
+    Snapshot,
+    info_text,
+    serve_http,
+)
 from proxy.pool import Pool, RingPool
 from proxy.router import Router
 from proxy.sentinel import SentinelPool
@@ -198,12 +206,20 @@ class ProxyServer:
                     if pool.map_updated_at else -1.0,
                     slots_served=pool.slots_served(),
                 )  # fmt: skip
+            sentinel = None
+            if isinstance(pool, SentinelPool):
+                sentinel = SentinelView(
+                    switches=pool.switches, holds=pool.holds, hold_timeouts=pool.hold_timeouts,
+                    readonly_retries=pool.readonly_retries,
+                    discovery_failures=pool.discovery_failures,
+                    master_known=pool.master is not None,
+                )  # fmt: skip
             front = self.fronts.get(pool.name)
             views.append(PoolView(
                 name=pool.name, listen=str(front.listen) if front else "-",
                 distribution=pool.config.distribution,
                 clients=len(self.clients.get(pool.name, ())), stats=pool.stats,
-                servers=servers, can_serve=ok, why_not=why, cluster=cluster,
+                servers=servers, can_serve=ok, why_not=why, cluster=cluster, sentinel=sentinel,
             ))  # fmt: skip
         return Snapshot(
             version=__version__, uptime_seconds=time.time() - self.started, pools=views,

@@ -36,10 +36,11 @@ def group() -> Iterator[SentinelGroup]:
 
 @pytest.fixture(scope="module")
 def proxy(group: SentinelGroup) -> Iterator[ResProxy]:
-    port = free_port()
-    p = ResProxy(native_config(sentinel_pool_yaml("sessions", group, port, timeout=TIMEOUT_MS,
-                                                  preconnect="true"))).start()  # fmt: skip
-    p.port = port  # type: ignore[attr-defined]
+    port, mport = free_port(), free_port()
+    config = native_config(sentinel_pool_yaml("sessions", group, port, timeout=TIMEOUT_MS,
+                                              preconnect="true"))  # fmt: skip
+    p = ResProxy(config + f"metrics:\n  listen: 127.0.0.1:{mport}\n").start()
+    p.port, p.mport = port, mport  # type: ignore[attr-defined]
     try:
         yield p
     finally:
@@ -110,6 +111,18 @@ def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[
     return writers, started, switched
 
 
+def _scrape_sentinel(proxy: ResProxy) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{proxy.mport}/metrics"  # type: ignore[attr-defined]
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name.startswith("resproxy_sentinel_")}  # fmt: skip
+
+
 def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGroup) -> None:
     client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
     assert client.set("session:one", "x", ex=60)
@@ -128,6 +141,10 @@ def test_manual_failover_under_load_loses_no_acknowledged_write(
     assert all(started <= s + took and s <= switched for s, took, _ in errors), errors[:5]
     assert not any("Timeout" in text for _, _, text in errors), errors[:5]
     new = group.by_port(group.current_master_port())
+    samples = _scrape_sentinel(proxy)
+    assert samples["resproxy_sentinel_switches_total"] >= 1
+    assert samples["resproxy_sentinel_holds_total"] >= 1
+    assert samples["resproxy_sentinel_master_known"] == 1
     for w in writers:  # every acknowledged write is on the new master
         keys = list(w.acked)
         for i in range(0, len(keys), 200):
