@@ -178,3 +178,26 @@ def test_mirroring_copies_writes_and_never_hurts_the_primary(stack: Stack) -> No
     final = _metrics(stack)
     lost = final[("resproxy_mirror_errors_total", "app")] + final[("resproxy_mirror_dropped_total", "app")]
     assert lost - (after[("resproxy_mirror_errors_total", "app")] + after[("resproxy_mirror_dropped_total", "app")]) > 0
+
+
+def test_reload_changes_routes_without_dropping_clients(stack: Stack) -> None:
+    assert stack.proxy is not None
+    proxy = stack.proxy
+    with RawClient(stack.port) as held:
+        assert held.call("SET", "wish:1", "w") == b"OK"  # no route yet: the default pool
+        assert _where(stack, "wish:1") == {"ring"}
+        with open(proxy.config_path) as f:
+            text = f.read()
+        with open(proxy.config_path, "w") as f:
+            f.write(text.replace(
+                '      - {prefix: "product:", pool: products}\n',
+                '      - {prefix: "product:", pool: products}\n'
+                '      - {prefix: "wish:", pool: products}\n',
+            ))  # fmt: skip
+        import signal
+
+        proxy.send_signal(signal.SIGHUP)
+        poll_until(lambda: "reload accepted" in proxy.log(), "reload accepted", 15)
+        assert held.call("SET", "wish:2", "w") == b"OK"  # same connection, new route
+        assert _where(stack, "wish:2") == {"cluster"}
+        assert held.call("GET", "session:strict") == b"s"

@@ -133,6 +133,34 @@ def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGr
     client.close()
 
 
+def _cmdstat(node: object, command: str) -> int:
+    for line in node.call("INFO", "commandstats").decode().splitlines():  # type: ignore[attr-defined]
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_replica_reads_from_the_sentinels_replica(group: SentinelGroup) -> None:
+    port = free_port()
+    config = native_config(sentinel_pool_yaml("sessions", group, port, read_from="replica",
+                                              timeout=TIMEOUT_MS))  # fmt: skip
+    p = ResProxy(config).start()
+    try:
+        master = group.by_port(group.current_master_port())
+        replica = next(n for n in group.nodes() if n is not master)
+        client = redis.Redis(port=port, socket_timeout=CLIENT_TIMEOUT_S)
+        assert client.set("session:rr", "r")
+        assert master.call("WAIT", 1, 5000) == 1
+        gets = (_cmdstat(master, "get"), _cmdstat(replica, "get"))
+        for _ in range(10):
+            assert client.get("session:rr") == b"r"
+        assert _cmdstat(replica, "get") - gets[1] == 10
+        assert _cmdstat(master, "get") == gets[0]
+        client.close()
+    finally:
+        p.cleanup()
+
+
 def test_manual_failover_under_load_loses_no_acknowledged_write(
     proxy: ResProxy, group: SentinelGroup
 ) -> None:
