@@ -150,10 +150,8 @@ class BackendConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         stats = self._stats
         stats.response_bytes += len(data)
-        parser = self._parser
-        parser.feed(data)
         try:
-            replies = parser.replies()
+            replies = self._parser.replies(data)
         except ProtocolError as exc:
             self.close(f"unparsable reply: {exc}")
             return

@@ -108,8 +108,8 @@ class ReplyQueue:
     read's latency (one observation per client read, not per request).
     """
 
-    __slots__ = ("_slots", "_write", "_flusher", "_listed", "closed", "on_flushed", "_marks",
-                 "_clock")  # fmt: skip
+    __slots__ = ("slots", "_write", "_flusher", "_listed", "closed", "on_flushed", "_marks",
+                 "_clock", "_waiting")  # fmt: skip
 
     def __init__(
         self,
@@ -117,7 +117,8 @@ class ReplyQueue:
         flusher: Flusher,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._slots: deque[ReplySlot] = deque()
+        self.slots: deque[ReplySlot] = deque()  # read-only outside: len() is the pending count
+        self._waiting = 0  # slots pushed and not completed yet
         self._write = write
         self._flusher = flusher
         self._listed = False  # already registered with the flusher
@@ -127,44 +128,51 @@ class ReplyQueue:
         self._clock = clock
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self.slots)
 
     def push(self, stat: Stat | None = None) -> ReplySlot:
         """A new slot at the tail, for a request just parsed."""
         slot = ReplySlot(self, stat)
-        self._slots.append(slot)
+        self.slots.append(slot)
+        self._waiting += 1
         return slot
 
     def push_reply(self, raw: bytes, stat: Stat | None = None) -> None:
         """A request answered in place (local command, refusal): queued already complete."""
         slot = ReplySlot(None, stat)
         slot.data = raw
-        self._slots.append(slot)
+        self.slots.append(slot)
 
     def push_error(self, text: str, stat: Stat | None = None) -> None:
         self.push_reply(_error_bytes(text), stat)
 
     def label_last(self, stat: Stat) -> None:
         """Count the newest slot under ``stat`` (the slow path learns the command late)."""
-        if self._slots:
-            self._slots[-1].stat = stat
+        if self.slots:
+            self.slots[-1].stat = stat
 
     def mark(self, t0: float) -> None:
         """Observe the newest slot's latency from ``t0`` when its reply is written."""
-        if self._slots and self._clock is not None:
-            self._marks.append((self._slots[-1], t0))
+        if self.slots and self._clock is not None:
+            self._marks.append((self.slots[-1], t0))
 
     def slot_done(self, slot: ReplySlot) -> None:
-        if not self._listed and not self.closed and self._slots and self._slots[0] is slot:
-            self._listed = True
-            self._flusher.add(self)
+        waiting = self._waiting = self._waiting - 1
+        if waiting:
+            if not self._listed and self.slots[0] is slot and not self.closed:
+                self._listed = True
+                self._flusher.add(self)
+        elif not self.closed:
+            # Every reply owed is in: nothing more can join this batch, so write it now
+            # instead of at the end of the loop turn (the same single write, less bookkeeping).
+            self.flush()
 
     def flush(self) -> None:
         """Write the completed head run (one write), if any."""
         self._listed = False
         if self.closed:
             return
-        slots = self._slots
+        slots = self.slots
         if not slots or slots[0].data is None:
             return
         out: list[bytes] = []
@@ -194,7 +202,7 @@ class ReplyQueue:
     def close(self) -> None:
         """The client is gone: drop its slots; late replies complete into nothing."""
         self.closed = True
-        for slot in self._slots:
+        for slot in self.slots:
             slot.sink = None
-        self._slots.clear()
+        self.slots.clear()
         self._marks.clear()

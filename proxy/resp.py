@@ -210,12 +210,14 @@ class RequestParser:
         """Add bytes read from the client."""
         self._data = self._data + data if self._data else data
 
-    def commands(self) -> Iterator[Request]:
-        """Yield every complete command buffered so far, in order.
+    def commands(self, data: bytes = b"") -> Iterator[Request]:
+        """Add ``data``, then yield every complete command buffered so far, in order.
 
         Raises ProtocolError after yielding the commands that preceded the corruption.
         """
-        data, self._data = self._data, b""
+        if self._data:
+            data = self._data + data
+            self._data = b""
         if self._slow is not None:
             yield from self._slow_commands(data)
             return
@@ -355,17 +357,23 @@ class ReplyParser:
         self._left = 0  # elements it still misses (0: none started)
 
     def feed(self, data: bytes) -> None:
-        """Add bytes read from the server."""
-        if not self._buf:
+        """Add bytes read from the server (``replies(data)`` does both in one call)."""
+        buf = self._buf
+        if not buf:
             self._buf = data
-        elif isinstance(self._buf, bytearray):
-            self._buf += data
+        elif isinstance(buf, bytearray):
+            buf += data
         else:
-            self._buf = bytearray(self._buf)
+            self._buf = bytearray(buf)
             self._buf += data
 
-    def replies(self) -> list[bytes]:
-        """Return every complete reply buffered so far (raw bytes each), in order."""
+    def replies(self, data: bytes = b"") -> list[bytes]:
+        """Add ``data``, then return every complete reply buffered so far (raw bytes each)."""
+        if data:
+            if self._buf:
+                self.feed(data)
+            else:
+                self._buf = data  # the common case, a read that starts at a reply boundary
         buf = self._buf
         end = len(buf)
         out: list[bytes | bytearray] = []
