@@ -24,6 +24,7 @@ import bisect
 import enum
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -211,7 +212,13 @@ class Server:
                 if addr.unix_path:
                     await self._loop.create_unix_connection(lambda: conn, addr.unix_path)
                 else:
-                    await self._loop.create_connection(lambda: conn, addr.host, addr.port)
+                    transport, _ = await self._loop.create_connection(
+                        lambda: conn, addr.host, addr.port
+                    )
+                    if self.pool.config.tcpkeepalive:  # twemproxy's key: keepalive to servers
+                        sock = transport.get_extra_info("socket")
+                        if sock is not None:
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         except asyncio.CancelledError:
             conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
             raise

@@ -286,3 +286,32 @@ def test_reload_adds_a_pool_and_json_logs(servers: list[RedisServer]) -> None:
         assert any("reload accepted" in e["msg"] and e["level"] == "warning" for e in lines)
     finally:
         proxy.cleanup()
+
+
+def _timers_to(port: int) -> list[int]:
+    """The timer kind of every established TCP connection to 127.0.0.1:``port`` (/proc/net/tcp:
+    0 none, 1 retransmit, 2 keepalive)."""
+    kinds = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            remote, state, timer = fields[2], fields[3], fields[5]
+            if state == "01" and remote.endswith(f":{port:04X}"):
+                kinds.append(int(timer.split(":")[0], 16))
+    return kinds
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_tcpkeepalive_is_set_on_server_connections(servers: list[RedisServer], keepalive: bool) -> None:
+    backend = servers[3]
+    if not backend.alive():
+        backend.restart()
+    proxy = _start([backend], preconnect=True, tcpkeepalive=keepalive)
+    try:
+        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+            assert c.call("SET", "ka", "1") == b"OK"
+        kinds = _timers_to(backend.port)
+        assert kinds, "the proxy's connection to the server"
+        assert all(k == (2 if keepalive else 0) for k in kinds), kinds
+    finally:
+        proxy.cleanup()
