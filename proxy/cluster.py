@@ -11,7 +11,7 @@ The cluster decides where every key lives; the pool only follows it:
   with the request's bytes):
   - ``MOVED slot node``: the slot's owner is updated at once, the request goes to the new
     owner, and one background refresh of the whole map is started (however many MOVED arrive
-    together, refreshes run one at a time, at most one queued);
+    together: one refresh; MOVED arriving while it already waits for its answer queue one more);
   - ``ASK slot node``: ``ASKING`` + the request go to that node, back to back on one lane; the
     map is unchanged (the slot is still migrating);
   - ``TRYAGAIN`` / ``CLUSTERDOWN``: the request is sent again to the same node after a short
@@ -98,6 +98,7 @@ class ClusterPool:
         self._ready = asyncio.Event()
         self._refreshing = False
         self._refresh_again = False
+        self._asked = False  # the running refresh has sent its CLUSTER SLOTS
         self._periodic: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -213,11 +214,16 @@ class ClusterPool:
         return server
 
     def request_refresh(self) -> None:
-        """Refresh the slot map in the background: one at a time, at most one more queued."""
+        """Refresh the slot map in the background: one at a time, at most one more queued.
+
+        A request that comes before the running refresh has asked a node is answered by that
+        refresh: a pipeline's worth of MOVED arriving together costs one refresh.
+        """
         if self._closing:
             return
         if self._refreshing:
-            self._refresh_again = True
+            if self._asked:
+                self._refresh_again = True
             return
         self._refreshing = True
         task = self._loop.create_task(self._refresh())
@@ -228,6 +234,7 @@ class ClusterPool:
         try:
             while not self._closing:
                 self._refresh_again = False
+                self._asked = False
                 await self._refresh_once()
                 if not self._refresh_again:
                     break
@@ -275,6 +282,7 @@ class ClusterPool:
             )
 
     async def _ask(self, server: Server) -> bytes | None:
+        self._asked = True
         future: asyncio.Future[bytes] = self._loop.create_future()
         server.send(CLUSTER_SLOTS, ReplySlot(_Waiter(future)))
         try:

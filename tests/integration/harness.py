@@ -488,12 +488,17 @@ class RedisCluster:
             n.cleanup()
 
 
-def start_cluster_proxy(cluster: RedisCluster, seeds: int = 1, **keys: object) -> ResProxy:
-    """resproxy with one cluster pool on a free port (``.port``), seeded with the first nodes."""
+def start_cluster_proxy(
+    cluster: RedisCluster, seeds: int = 1, metrics: int | None = None, **keys: object
+) -> ResProxy:
+    """resproxy with one cluster pool on a free port (``.port``), seeded with the first nodes;
+    with ``metrics``, /metrics on that port (``.metrics_port``)."""
     port = free_port()
     pool = pool_yaml("cluster", port, cluster.seeds(seeds), distribution="cluster", **keys)
-    proxy = ResProxy(native_config(pool)).start()
+    args = ["--metrics", f"127.0.0.1:{metrics}"] if metrics else []
+    proxy = ResProxy(native_config(pool), args=args).start()
     proxy.port = port  # type: ignore[attr-defined]
+    proxy.metrics_port = metrics  # type: ignore[attr-defined]
     return proxy
 
 

@@ -19,6 +19,8 @@ import redis
 from proxy.hashing import key_slot
 from tests.integration.harness import (
     RawClient,
+    free_port,
+    poll_until,
     RedisCluster,
     RedisServer,
     ResProxy,
@@ -38,7 +40,8 @@ def cluster() -> Iterator[RedisCluster]:
 @pytest.fixture(scope="module")
 def proxy(cluster: RedisCluster) -> Iterator[ResProxy]:
     # A long periodic refresh: the map changes only through MOVED (and the refresh it starts).
-    p = start_cluster_proxy(cluster, seeds=3, timeout=3000, cluster_refresh_interval=60000)
+    p = start_cluster_proxy(cluster, seeds=3, timeout=3000, cluster_refresh_interval=60000,
+                            metrics=free_port())  # fmt: skip
     try:
         yield p
     finally:
@@ -88,7 +91,18 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
         assert source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
                            "KEYS", "{mig}2") == b"OK"  # fmt: skip
         _setslot_everywhere(cluster, slot, target)
-        assert c.call("GET", "{mig}2") == b"two"  # MOVED, followed
+        before = [_metric(proxy, n) for n in ("resproxy_cluster_moved_total",
+                                               "resproxy_cluster_slot_map_refreshes_total")]
+        # a pipeline of 100 requests to the moved slot, all sent to the old owner: 100 MOVED
+        # arrive together, every one is followed, and they start one map refresh, not 100
+        replies = c.pipeline([("GET", "{mig}2")] * 100)
+        assert replies == [b"two"] * 100
+        poll_until(lambda: _metric(proxy, "resproxy_cluster_slot_map_refreshes_total") > before[1],
+                   "the refresh the MOVED started", 10)  # fmt: skip
+        moved = _metric(proxy, "resproxy_cluster_moved_total") - before[0]
+        refreshes = _metric(proxy, "resproxy_cluster_slot_map_refreshes_total") - before[1]
+        assert moved == 100 and 1 <= refreshes <= 2, (moved, refreshes)  # not 100
+        assert c.call("GET", "{mig}2") == b"two"
         assert c.call("INCR", "{mig}n") == 1
         assert c.call("MGET", "{mig}1", "{mig}2", "{mig}3") == [b"one", b"two", b"three"]
         assert target.call("GET", "{mig}n") == b"1"
@@ -182,6 +196,25 @@ def test_reshard_under_load_no_errors_no_lost_writes(
             owner = cluster.slot_owner(key_slot(key.encode()))
             assert owner.call("GET", key) == w.acked[key].encode()
     check.close()
+    # the redirections were followed, and counted
+    moved, asks, refreshes = (
+        _metric(proxy, name) for name in ("resproxy_cluster_moved_total",
+                                          "resproxy_cluster_ask_total",
+                                          "resproxy_cluster_slot_map_refreshes_total")
+    )  # fmt: skip
+    assert moved > 0 and asks > 0 and refreshes >= 1
+
+
+def _metric(proxy: ResProxy, name: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{proxy.metrics_port}/metrics"  # type: ignore[attr-defined]
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name)  # fmt: skip
 
 
 def _slots_of(cluster: RedisCluster, master: RedisServer) -> list[int]:
