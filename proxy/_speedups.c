@@ -299,6 +299,66 @@ static PyObject *py_scan_reply(PyObject *self, PyObject *args) {
 }
 
 /*
+ * split_replies(buf, pos, left) -> (replies, start, pos, left)
+ *
+ * Every complete reply in buf, as bytes, in order; scanning starts from the resume state
+ * (pos, left) of a reply that began at offset 0 ((0, 1) for a fresh one). start is where the
+ * first incomplete reply begins (len(buf) when none), (pos, left) its resume state. One call
+ * per server read instead of one scan_reply call per reply: callgrind counted ~1,300
+ * instructions per reply in scan_reply's argument parsing and result tuple alone.
+ * Python twin: resp._py_split_replies.
+ */
+static PyObject *py_split_replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "split_replies(buf, pos, left)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t left = PyLong_AsSsize_t(args[2]);
+    if ((pos == -1 || left == -1) && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *b = (const char *)view.buf;
+    Py_ssize_t end = view.len, start = 0;
+    int whole_ok = PyBytes_CheckExact(args[0]);
+    PyObject *out = PyList_New(0);
+    PyObject *result = NULL;
+    if (out == NULL)
+        goto done;
+    if (pos < 0 || pos > end || left < 0) {
+        PyErr_SetString(PyExc_ValueError, "position out of range");
+        goto done;
+    }
+    while (start < end) {
+        const char *bad = scan(b, end, &pos, &left);
+        if (bad != NULL) {
+            PyErr_SetString(PyExc_ValueError, bad);
+            goto done;
+        }
+        if (left)
+            break;
+        PyObject *item = (whole_ok && start == 0 && pos == end)
+            ? Py_NewRef(args[0])  /* the read is exactly one reply: no copy */
+            : PyBytes_FromStringAndSize(b + start, pos - start);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            goto done;
+        }
+        Py_DECREF(item);
+        start = pos;
+        left = 1;
+    }
+    result = Py_BuildValue("Onnn", out, start, pos, left);
+done:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/*
  * merge_arrays(parts, positions, nkeys) -> bytes | None
  *
  * The MGET merge: parts[j] is a complete array reply whose i-th item answers the client's key
@@ -637,6 +697,7 @@ static PyMethodDef methods[] = {
     {"murmur", py_murmur, METH_O, NULL},
     {"jenkins", py_jenkins, METH_O, NULL},
     {"scan_reply", py_scan_reply, METH_VARARGS, NULL},
+    {"split_replies", (PyCFunction)(void (*)(void))py_split_replies, METH_FASTCALL, NULL},
     {"merge_arrays", py_merge_arrays, METH_VARARGS, NULL},
     {"split_command", py_split_command, METH_VARARGS, NULL},
     {"encode_command", py_encode_command, METH_O, NULL},

@@ -344,9 +344,10 @@ _AGGREGATE = frozenset(b"*%~>|")  # array, map, set, push, attributes
 class ReplyParser:
     """Frames RESP2 and RESP3 replies from a server and returns each one's raw bytes.
 
-    The scan itself is ``scan_reply``: C when the build compiled proxy/_speedups.c, else its
-    Python twin ``_py_scan_reply`` (same results; the tests run both). A reply that arrives in
-    pieces is resumed where the scan stopped, so a huge array is never rescanned.
+    The scan itself is ``split_replies`` (every complete reply of a read in one call): C when
+    the build compiled proxy/_speedups.c, else its Python twin ``_py_split_replies`` (same
+    results; the tests run both). A reply that arrives in pieces is resumed where the scan
+    stopped, so a huge array is never rescanned.
     """
 
     __slots__ = ("_buf", "_pos", "_left")
@@ -375,30 +376,20 @@ class ReplyParser:
             else:
                 self._buf = data  # the common case, a read that starts at a reply boundary
         buf = self._buf
-        end = len(buf)
-        out: list[bytes | bytearray] = []
-        append = out.append
-        scan = scan_reply
-        start = 0
-        pos, left = (self._pos, self._left) if self._left else (0, 1)
         try:
-            while start < end:
-                pos, left = scan(buf, pos, left)
-                if left:
-                    break
-                append(buf[start:pos])
-                start = pos
-                left = 1
+            out, start, pos, left = split_replies(
+                buf, *((self._pos, self._left) if self._left else (0, 1))
+            )
         except ValueError as exc:
             raise ProtocolError(f"{exc} from server") from None
-        if start >= end:
+        if start >= len(buf):
             self._buf = b""
             self._pos = self._left = 0
         else:
             self._buf = buf[start:] if start else buf
             self._pos = pos - start
             self._left = left
-        return _as_bytes(out, buf)
+        return out
 
 
 def _py_scan_reply(buf: bytes | bytearray, pos: int, left: int) -> tuple[int, int]:
@@ -470,9 +461,32 @@ def _py_merge_arrays(parts: list[bytes], positions: list[list[int]], nkeys: int)
     return b"*%d\r\n" % nkeys + b"".join(out)  # type: ignore[arg-type]
 
 
+def _py_split_replies(
+    buf: bytes | bytearray, pos: int, left: int
+) -> tuple[list[bytes], int, int, int]:
+    """The Python twin of _speedups.split_replies: every complete reply in ``buf`` as bytes.
+
+    Scanning resumes from (pos, left) for the reply that starts at offset 0; returns the
+    replies, where the first incomplete one starts, and its resume state.
+    """
+    end = len(buf)
+    out: list[bytes] = []
+    start = 0
+    while start < end:
+        pos, left = _py_scan_reply(buf, pos, left)
+        if left:
+            break
+        out.append(bytes(buf[start:pos]))
+        start = pos
+        left = 1
+    return out, start, pos, left
+
+
 ScanReply = Callable[[bytes | bytearray, int, int], tuple[int, int]]
+SplitReplies = Callable[[bytes | bytearray, int, int], tuple[list[bytes], int, int, int]]
 MergeArrays = Callable[[list[bytes], list[list[int]], int], bytes | None]
 scan_reply: ScanReply = _py_scan_reply
+split_replies: SplitReplies = _py_split_replies
 merge_arrays: MergeArrays = _py_merge_arrays
 _c_encode_command: Callable[[list[bytes]], bytes] | None = None
 try:
@@ -481,16 +495,9 @@ except ImportError:  # pragma: no cover - depends on the build
     pass
 else:
     scan_reply = _speedups.scan_reply
+    split_replies = _speedups.split_replies
     merge_arrays = _speedups.merge_arrays
     _c_encode_command = _speedups.encode_command
-
-
-def _as_bytes(out: list[bytes | bytearray], buf: bytes | bytearray) -> list[bytes]:
-    # Slices of a bytes buffer are bytes already; a bytearray buffer (a reply that arrived in
-    # pieces) gives bytearrays, which become bytes once here.
-    if type(buf) is bytes:
-        return out  # type: ignore[return-value]
-    return [bytes(r) for r in out]
 
 
 def decode_reply(raw: bytes) -> Any:

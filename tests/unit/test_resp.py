@@ -122,8 +122,10 @@ def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Run reply tests with the C scanner and with its Python twin."""
     if request.param == "python":
         monkeypatch.setattr(resp, "scan_reply", resp._py_scan_reply)
+        monkeypatch.setattr(resp, "split_replies", resp._py_split_replies)
     else:
         assert resp.scan_reply is not resp._py_scan_reply, "C scanner not built"
+        assert resp.split_replies is not resp._py_split_replies, "C splitter not built"
     return str(request.param)
 
 
@@ -159,6 +161,24 @@ def test_replies_framed_whole_or_byte_by_byte(step: int, scanner: str) -> None:
         p.feed(stream[i : i + step])
         got.extend(p.replies())
     assert got == REPLIES
+
+
+def test_split_replies_c_and_python_agree_on_random_cuts() -> None:
+    import random
+
+    stream = b"".join(REPLIES) * 3
+    rng = random.Random(7)
+    for _ in range(300):
+        cut = rng.randrange(len(stream) + 1)
+        for buf in (stream[:cut], bytearray(stream[:cut])):
+            assert resp.split_replies(buf, 0, 1) == resp._py_split_replies(buf, 0, 1)
+    whole = REPLIES[2]
+    replies, start, _, _ = resp.split_replies(whole, 0, 1)
+    assert replies == [whole] and replies[0] is whole and start == len(whole)  # no copy
+    with pytest.raises(ValueError):
+        resp.split_replies(b"?x\r\n", 0, 1)
+    with pytest.raises(ValueError):
+        resp._py_split_replies(b"?x\r\n", 0, 1)
 
 
 def test_reply_parser_rejects_unknown_type_byte(scanner: str) -> None:
