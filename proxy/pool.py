@@ -403,6 +403,7 @@ class RingPool:
     route_read: Route | None = None  # no replicas: reads route like writes
     unrouted = errors.no_server_for_key()
     strips = False
+    python_route = False  # tests set it to compare the Python route with the C one
 
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
@@ -484,6 +485,9 @@ class RingPool:
         hash_key = self._hash
         tag = self._tag
         open_tag, close_tag = tag[:1], tag[1:2]
+        fast = continuum.c_route(self.config.hash, tag, servers)
+        if fast is not None and self.python_route is False:
+            return fast
         if continuum.distribution == "ketama":
             values = [v for v, _ in continuum.points]
             owners = [servers[i] for _, i in continuum.points]

@@ -30,12 +30,14 @@ SplitCommand = Callable[
     [list[bytes], int, bytes, str, bytes, bytes, list[Any]], list[tuple[Any, bytes, list[int]]]
 ]
 _split_command: SplitCommand | None = None
+_KetamaRoute: Any = None
 try:  # proxy/_speedups.c: route, group and encode a fan-out command in one call
     from proxy import _speedups
 except ImportError:  # pragma: no cover - depends on the build
     pass
 else:
     _split_command = _speedups.split_command
+    _KetamaRoute = _speedups.KetamaRoute
 # The hashes _speedups.split_command knows (md5 is hashlib's, so it stays on the Python path).
 C_HASHES = frozenset({"one_at_a_time", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
                       "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins"})  # fmt: skip
@@ -82,7 +84,7 @@ class Continuum:
         self._values = [v for v, _ in self.points]
         self._indexes = [i for _, i in self.points]
         self._live = tuple(live)
-        self._packed: tuple[bytes, bytes] | None = None  # for the C split_command
+        self._packed: tuple[bytes, bytes] | None = None  # for the C kernels
 
     def dispatch(self, hash_value: int) -> int:
         """The index of the server that owns ``hash_value``."""
@@ -105,13 +107,30 @@ class Continuum:
         """
         if self.distribution != "ketama" or _split_command is None or hash_name not in C_HASHES:
             return None
+        packed = self._packed_arrays()
+        return _split_command(args, step, tag, hash_name, packed[0], packed[1], servers)
+
+    def c_route(
+        self, hash_name: str, tag: bytes, servers: list[T]
+    ) -> Callable[[bytes], T] | None:
+        """``route(key) -> servers[owner]`` in one C call (hash tag, hash, search), or None
+        where it does not apply (not ketama, md5, no C build); the caller keeps its Python
+        route then (same results; tests compare them)."""
+        if self.distribution != "ketama" or _KetamaRoute is None or hash_name not in C_HASHES:
+            return None
+        values, owners = self._packed_arrays()
+        route: Callable[[bytes], T] = _KetamaRoute(values, owners, servers, hash_name, tag).route
+        return route
+
+    def _packed_arrays(self) -> tuple[bytes, bytes]:
+        """The points as C arrays: uint32 values and uint16 owner indexes."""
         packed = self._packed
         if packed is None:
             packed = self._packed = (
                 array("I", self._values).tobytes(),
                 array("H", self._indexes).tobytes(),
             )
-        return _split_command(args, step, tag, hash_name, packed[0], packed[1], servers)
+        return packed
 
     def group(
         self, keys: list[bytes], tag: bytes, hash_name: str
