@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""The proxy's request path in one process, without sockets: a steady measure of its own cost.
+
+A ring pool of three servers whose backend connections write to in-memory transports, one
+client connection, and a loop that feeds the client N GETs per read (the depth), answers every
+backend write with one reply per request, and lets the event loop run the flushes. What it
+counts is the Python (and C kernel) work per request, not the system calls.
+
+    bench/inprocess.py DEPTH REQUESTS            # prints µs per request
+    valgrind --tool=callgrind bench/inprocess.py 16 40000
+        # instruction counts: run it twice (e.g. 8000 and 40000 requests) and divide the
+        # difference by the difference in requests: start-up cancels out, and the figure
+        # does not move with the load of this shared machine (wall time does)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import uvloop  # noqa: E402
+
+from proxy.backend import BackendConnection  # noqa: E402
+from proxy.client import ClientConnection, ClientLimits  # noqa: E402
+from proxy.config import parse  # noqa: E402
+from proxy.inflight import Flusher  # noqa: E402
+from proxy.pool import RingPool  # noqa: E402
+from proxy.resp import encode_command  # noqa: E402
+
+
+class MemoryTransport:
+    """Collects what is written; the rest of the transport interface does nothing."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def writelines(self, items: Any) -> None:
+        self.out.extend(items)
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def set_write_buffer_limits(self, high: int) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+async def run(depth: int, requests: int) -> float:
+    loop = asyncio.get_running_loop()
+    servers = "".join(f"      - 127.0.0.1:{7000 + i}:1\n" for i in range(3))
+    config = parse(f"pools:\n  p:\n    listen: 127.0.0.1:1\n    servers:\n{servers}")
+    pool = RingPool(config.pools[0], loop)
+    backends = []
+    for server in pool.servers:
+        conn = BackendConnection(
+            server.name, pool.name, loop, 100_000, [], server._on_lost, server._mark_up,
+            stats=server.stats,
+        )  # fmt: skip
+        transport = MemoryTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        server._lanes[0] = conn
+        backends.append((conn, transport))
+    client = ClientConnection(pool, Flusher(loop.call_soon), ClientLimits(), lambda c: True,
+                              lambda c: None)  # fmt: skip
+    client_transport = MemoryTransport()
+    client.connection_made(client_transport)  # type: ignore[arg-type]
+    read = b"".join(encode_command([b"GET", b"key:%d" % i]) for i in range(depth))
+    started = time.perf_counter()
+    for _ in range(max(1, requests // depth)):
+        client.data_received(read)
+        await asyncio.sleep(0)  # the backend writes (call_soon)
+        for conn, transport in backends:
+            if transport.out:
+                count = len(transport.out)
+                transport.out.clear()
+                conn.data_received(b"$1\r\nv\r\n" * count)
+        await asyncio.sleep(0)  # the client's write
+        client_transport.out.clear()
+    return (time.perf_counter() - started) / requests * 1e6
+
+
+def main() -> int:
+    depth = int(sys.argv[1]) if len(sys.argv) > 1 else 16
+    requests = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+    print(f"depth {depth}: {uvloop.run(run(depth, requests)):.3f} µs per request (wall)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
