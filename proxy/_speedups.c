@@ -351,7 +351,15 @@ static PyObject *py_split_replies(PyObject *self, PyObject *const *args, Py_ssiz
         start = pos;
         left = 1;
     }
-    result = Py_BuildValue("Onnn", out, start, pos, left);
+    {  /* (out, start, pos, left), built by hand: Py_BuildValue parses its format each call */
+        PyObject *a = PyLong_FromSsize_t(start), *p2 = PyLong_FromSsize_t(pos);
+        PyObject *l = PyLong_FromSsize_t(left);
+        if (a != NULL && p2 != NULL && l != NULL)
+            result = PyTuple_Pack(4, out, a, p2, l);
+        Py_XDECREF(a);
+        Py_XDECREF(p2);
+        Py_XDECREF(l);
+    }
 done:
     Py_XDECREF(out);
     PyBuffer_Release(&view);
