@@ -367,6 +367,96 @@ done:
 }
 
 /*
+ * frame_requests(buf, max_args, max_bulk) -> (commands, consumed)
+ *
+ * The complete, canonically framed multibulk requests at the start of buf: each as
+ * (args, raw), args a list of bytes and raw the request's own bytes (canonical framing is what
+ * encode_command would write, so raw can be forwarded as it is). It stops at the first request
+ * that is incomplete or anything else (inline, *0, *-1, a non-$ element, a length with a sign
+ * or leading zero, a limit passed, a missing CRLF): consumed is where that request starts, and
+ * resp.RequestParser's hiredis path takes it from there, errors included. So this is only a
+ * prefix accelerator: it accepts a subset of what the full parser accepts, with the same result.
+ */
+static int canon_len(const char *p, const char *e, long long limit, long long *out) {
+    /* digits only, no leading zero (except "0" itself), at most limit */
+    if (p >= e || (*p == '0' && e - p > 1)) return -1;
+    long long v = 0;
+    for (; p < e; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        v = v * 10 + (*p - '0');
+        if (v > limit) return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *py_frame_requests(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "frame_requests(buf: bytes, max_args, max_bulk)");
+        return NULL;
+    }
+    long long max_args = PyLong_AsLongLong(args[1]), max_bulk = PyLong_AsLongLong(args[2]);
+    if ((max_args == -1 || max_bulk == -1) && PyErr_Occurred())
+        return NULL;
+    const char *b = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t end = PyBytes_GET_SIZE(args[0]), start = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    while (start < end && b[start] == '*') {
+        const char *cr = memchr(b + start + 1, '\r', (size_t)(end - start - 1));
+        long long n;
+        if (cr == NULL || cr + 1 >= b + end || cr[1] != '\n'
+            || canon_len(b + start + 1, cr, max_args, &n) < 0 || n < 1)
+            break;
+        Py_ssize_t q = cr - b + 2;
+        PyObject *argv = PyList_New((Py_ssize_t)n);
+        if (argv == NULL) goto fail;
+        long long i;
+        for (i = 0; i < n; i++) {
+            long long len;
+            if (q >= end || b[q] != '$') break;
+            const char *c = memchr(b + q + 1, '\r', (size_t)(end - q - 1));
+            if (c == NULL || c + 1 >= b + end || c[1] != '\n'
+                || canon_len(b + q + 1, c, max_bulk, &len) < 0)
+                break;
+            Py_ssize_t data = c - b + 2;
+            if (data + len + 2 > end || b[data + len] != '\r' || b[data + len + 1] != '\n')
+                break;
+            PyObject *arg = PyBytes_FromStringAndSize(b + data, (Py_ssize_t)len);
+            if (arg == NULL) { Py_DECREF(argv); goto fail; }
+            PyList_SET_ITEM(argv, (Py_ssize_t)i, arg);
+            q = data + (Py_ssize_t)len + 2;
+        }
+        if (i < n) {  /* incomplete or unusual: the full parser decides */
+            Py_DECREF(argv);
+            break;
+        }
+        PyObject *raw = (start == 0 && q == end)
+            ? Py_NewRef(args[0])
+            : PyBytes_FromStringAndSize(b + start, q - start);
+        PyObject *item = raw ? PyTuple_Pack(2, argv, raw) : NULL;
+        Py_DECREF(argv);
+        Py_XDECREF(raw);
+        if (item == NULL || PyList_Append(out, item) < 0) { Py_XDECREF(item); goto fail; }
+        Py_DECREF(item);
+        start = q;
+    }
+    {
+        PyObject *consumed = PyLong_FromSsize_t(start);
+        if (consumed == NULL) goto fail;
+        PyObject *result = PyTuple_Pack(2, out, consumed);
+        Py_DECREF(consumed);
+        Py_DECREF(out);
+        return result;
+    }
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/*
  * merge_arrays(parts, positions, nkeys) -> bytes | None
  *
  * The MGET merge: parts[j] is a complete array reply whose i-th item answers the client's key
@@ -824,6 +914,7 @@ static PyMethodDef methods[] = {
     {"jenkins", py_jenkins, METH_O, NULL},
     {"scan_reply", py_scan_reply, METH_VARARGS, NULL},
     {"split_replies", (PyCFunction)(void (*)(void))py_split_replies, METH_FASTCALL, NULL},
+    {"frame_requests", (PyCFunction)(void (*)(void))py_frame_requests, METH_FASTCALL, NULL},
     {"merge_arrays", py_merge_arrays, METH_VARARGS, NULL},
     {"split_command", py_split_command, METH_VARARGS, NULL},
     {"encode_command", py_encode_command, METH_O, NULL},

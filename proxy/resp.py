@@ -223,7 +223,21 @@ class RequestParser:
             return
         if not data:
             return
-        if not self._tail and data[0] != 42:  # an inline command at a command boundary
+        if not self._tail and data[0] == 42 and _frame_requests is not None:
+            # C frames the canonical commands at the front in one call; whatever it leaves
+            # (a partial command, anything unusual) goes the hiredis way below.
+            limits = self.limits
+            framed, consumed = _frame_requests(data, limits.max_args, limits.max_bulk_bytes)
+            yield from framed
+            if consumed == len(data):
+                return
+            data = data[consumed:]
+            after_framed = consumed > 0
+        else:
+            after_framed = False
+        # An inline command at the start of a read; after multibulk commands in the same read,
+        # hiredis decides (inline text switches to the inline parser, a RESP type byte errs).
+        if not self._tail and data[0] != 42 and not after_framed:
             yield from self._slow_commands(data)
             return
         reader = self._reader
@@ -256,6 +270,9 @@ class RequestParser:
                 raw = encode_command(args)
             except TypeError:  # an argument that is not a bulk string
                 raise self._explain(self._rest(data, consumed)) from None
+            rest = self._rest(data, consumed)
+            if not rest.startswith(raw):  # framed non-canonically ("$03"): hiredis let it by
+                raise self._explain(rest)
             consumed += len(raw)
             yield args, raw
         total = len(self._tail) + len(data)
@@ -489,6 +506,8 @@ scan_reply: ScanReply = _py_scan_reply
 split_replies: SplitReplies = _py_split_replies
 merge_arrays: MergeArrays = _py_merge_arrays
 _c_encode_command: Callable[[list[bytes]], bytes] | None = None
+FrameRequests = Callable[[bytes, int, int], tuple[list[tuple[list[bytes], bytes]], int]]
+_frame_requests: FrameRequests | None = None
 try:
     from proxy import _speedups
 except ImportError:  # pragma: no cover - depends on the build
@@ -498,6 +517,7 @@ else:
     split_replies = _speedups.split_replies
     merge_arrays = _speedups.merge_arrays
     _c_encode_command = _speedups.encode_command
+    _frame_requests = _speedups.frame_requests
 
 
 def decode_reply(raw: bytes) -> Any:

@@ -206,3 +206,40 @@ def test_a_huge_array_arriving_in_pieces_is_not_rescanned(scanner: str) -> None:
         got.extend(p.replies())
         assert p._pos <= len(p._buf)  # resumes where it stopped
     assert got == [stream[:-5], b"+OK\r\n"]
+
+
+def test_c_request_framing_equals_the_hiredis_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """frame_requests only speeds up a prefix: every split of a stream parses the same with it."""
+    import random
+
+    assert resp._frame_requests is not None, "C framing not built"
+    rng = random.Random(11)
+    commands = []
+    for _ in range(200):
+        n = rng.randrange(1, 6)
+        commands.append([bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+                         for _ in range(n)])  # fmt: skip
+    stream = b"".join(encode_command(c) for c in commands)
+    odd = b"*2\r\n$03\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n*0\r\n*-1\r\n"  # non-canonical
+
+    def parse(data: bytes, cut: int, c_on: bool) -> tuple[list[tuple[list[bytes], bytes]], str]:
+        if not c_on:
+            monkeypatch.setattr(resp, "_frame_requests", None)
+        p = RequestParser()
+        got: list[tuple[list[bytes], bytes]] = []
+        error = ""
+        try:
+            for i in range(0, len(data), cut):
+                for command in p.commands(data[i : i + cut]):
+                    got.append(command)
+        except ProtocolError as exc:  # the same error, after the same commands
+            error = str(exc)
+        monkeypatch.undo()
+        return got, error
+
+    cases = (stream, odd + stream, stream[:500] + odd + stream[500:], stream + b"*1\r\n:1\r\n",
+             stream[:300] + b"GET inline\r\n" + stream[300:])  # fmt: skip
+    for data in cases:
+        for cut in (1, 7, 64, 1000, len(data)):
+            assert parse(data, cut, True) == parse(data, cut, False), (cut, data[:40])
+    assert [args for args, _ in parse(stream, 4096, True)[0]] == commands
