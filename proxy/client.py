@@ -162,8 +162,10 @@ class ClientConnection(asyncio.Protocol):
         strips = pool.strips
         count = 0
         slow = False  # something was answered in place (it needs a flush)
+        parser = self._parser
+        framed = parser.frame(data)
         try:
-            for args, raw in self._parser.commands(data):
+            for args, raw in framed if framed is not None else parser.commands(data):
                 count += 1
                 spec = fast(args[0])
                 if spec is not None:

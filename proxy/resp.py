@@ -210,6 +210,18 @@ class RequestParser:
         """Add bytes read from the client."""
         self._data = self._data + data if self._data else data
 
+    def frame(self, data: bytes) -> list[Request] | None:
+        """Every command of ``data`` in one C call, when the parser holds nothing and the read
+        is whole canonical multibulk commands (the common case); else None, and the caller
+        uses ``commands(data)``. Saves the generator's cost on every read."""
+        if self._data or self._tail or self._slow is not None or _frame_requests is None:
+            return None
+        if not data or data[0] != 42:
+            return None
+        limits = self.limits
+        framed, consumed = _frame_requests(data, limits.max_args, limits.max_bulk_bytes)
+        return framed if consumed == len(data) else None
+
     def commands(self, data: bytes = b"") -> Iterator[Request]:
         """Add ``data``, then yield every complete command buffered so far, in order.
 
