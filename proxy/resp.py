@@ -178,11 +178,13 @@ class PyRequestParser:
 class RequestParser:
     """Frames client requests out of a byte stream: hiredis for multibulk, Python for inline.
 
-    hiredis parses a 16-command pipeline about 10x faster than Python can, but it gives values,
-    not byte offsets, and accepts a few encodings Redis refuses. So:
+    The common case, whole canonically framed multibulk commands, is framed by
+    ``_speedups.frame_requests`` in one call per read (args and the request's own bytes). The
+    rest goes through hiredis, which parses a pipeline about 10x faster than Python can, but
+    gives values, not byte offsets, and accepts a few encodings Redis refuses. So:
 
-    * each request is re-encoded from its arguments before it is forwarded (canonical RESP
-      always reaches a server, whatever the client sent; ~0.2 us per GET);
+    * each request hiredis frames is re-encoded from its arguments, and refused if its bytes
+      were not that canonical encoding (servers only ever see canonical RESP);
     * an argument that is not a bulk string (an integer, a nil, a nested array) is a protocol
       error, as in Redis;
     * a partial command left at the end of a read is checked by a header walk, so a huge
