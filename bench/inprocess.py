@@ -6,7 +6,7 @@ client connection, and a loop that feeds the client N GETs per read (the depth),
 backend write with one reply per request, and lets the event loop run the flushes. What it
 counts is the Python (and C kernel) work per request, not the system calls.
 
-    bench/inprocess.py DEPTH REQUESTS            # prints µs per request
+    bench/inprocess.py DEPTH REQUESTS [mget]     # prints µs per request (mget: MGET of 10)
     valgrind --tool=callgrind bench/inprocess.py 16 40000
         # instruction counts: run it twice (e.g. 8000 and 40000 requests) and divide the
         # difference by the difference in requests: start-up cancels out, and the figure
@@ -55,7 +55,7 @@ class MemoryTransport:
     def abort(self) -> None: ...
 
 
-async def run(depth: int, requests: int) -> float:
+async def run(depth: int, requests: int, mget: bool = False) -> float:
     loop = asyncio.get_running_loop()
     servers = "".join(f"      - 127.0.0.1:{7000 + i}:1\n" for i in range(3))
     config = parse(f"pools:\n  p:\n    listen: 127.0.0.1:1\n    servers:\n{servers}")
@@ -74,25 +74,41 @@ async def run(depth: int, requests: int) -> float:
                               lambda c: None)  # fmt: skip
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
-    read = b"".join(encode_command([b"GET", b"key:%d" % i]) for i in range(depth))
+    if mget:  # ten keys each, spread over the three servers
+        read = b"".join(
+            encode_command([b"MGET"] + [b"key:%d:%d" % (i, k) for k in range(10)])
+            for i in range(depth)
+        )
+    else:
+        read = b"".join(encode_command([b"GET", b"key:%d" % i]) for i in range(depth))
     started = time.perf_counter()
     for _ in range(max(1, requests // depth)):
         client.data_received(read)
         await asyncio.sleep(0)  # the backend writes (call_soon)
         for conn, transport in backends:
             if transport.out:
-                count = len(transport.out)
+                replies = [_answer(request) for request in transport.out]
                 transport.out.clear()
-                conn.data_received(b"$1\r\nv\r\n" * count)
+                conn.data_received(b"".join(replies))
         await asyncio.sleep(0)  # the client's write
         client_transport.out.clear()
     return (time.perf_counter() - started) / requests * 1e6
 
 
+def _answer(request: bytes) -> bytes:
+    """What a server would say: a value per GET, an array of values for an MGET of n keys."""
+    if request.startswith(b"*2\r\n$3\r\nGET"):
+        return b"$1\r\nv\r\n"
+    nkeys = int(request[1 : request.index(b"\r")]) - 1
+    return b"*%d\r\n" % nkeys + b"$1\r\nv\r\n" * nkeys
+
+
 def main() -> int:
     depth = int(sys.argv[1]) if len(sys.argv) > 1 else 16
     requests = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
-    print(f"depth {depth}: {uvloop.run(run(depth, requests)):.3f} µs per request (wall)")
+    mget = len(sys.argv) > 3 and sys.argv[3] == "mget"
+    took = uvloop.run(run(depth, requests, mget))
+    print(f"depth {depth}{' mget' if mget else ''}: {took:.3f} µs per request (wall)")
     return 0
 
 

@@ -464,11 +464,15 @@ fail:
  * byte for byte (nils stay $-1 or RESP3 _); None if a part is not an array of the expected
  * size or the positions do not cover every key exactly once. Python twin: fanout._merge_mget.
  */
-static PyObject *py_merge_arrays(PyObject *self, PyObject *args) {
+static PyObject *py_merge_arrays(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    PyObject *parts, *positions;
-    Py_ssize_t nkeys;
-    if (!PyArg_ParseTuple(args, "O!O!n", &PyList_Type, &parts, &PyList_Type, &positions, &nkeys))
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "merge_arrays(parts: list, positions: list, nkeys)");
+        return NULL;
+    }
+    PyObject *parts = args[0], *positions = args[1];
+    Py_ssize_t nkeys = PyLong_AsSsize_t(args[2]);
+    if (nkeys == -1 && PyErr_Occurred())
         return NULL;
     Py_ssize_t nparts = PyList_GET_SIZE(parts);
     if (nkeys < 0 || nparts != PyList_GET_SIZE(positions))
@@ -661,25 +665,18 @@ static hashfn find_hash(const char *name) {
     return NULL;
 }
 
-static PyObject *py_split_command(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *argv, *servers;
-    Py_ssize_t step;
-    Py_buffer tag, points, owners;
-    const char *hname;
-    if (!PyArg_ParseTuple(args, "O!ny*sy*y*O!", &PyList_Type, &argv, &step, &tag, &hname,
-                          &points, &owners, &PyList_Type, &servers))
-        return NULL;
+/* The split itself, for split_command and KetamaRoute.split: inputs as C arrays. */
+static PyObject *split_core(PyObject *argv, Py_ssize_t step, const char *t, Py_ssize_t taglen,
+                            hashfn fn, const uint32_t *vals, const uint16_t *own,
+                            Py_ssize_t npoints, PyObject *servers) {
     Py_ssize_t nservers = PyList_GET_SIZE(servers);
     PyObject *result = NULL;
     void *block = NULL;
     int *server_of = NULL, *group_of = NULL, *gserver = NULL;
     Py_ssize_t *gkeys = NULL, *gbytes = NULL, *filled = NULL;
-    hashfn fn = find_hash(hname);
-    Py_ssize_t npoints = points.len / (Py_ssize_t)sizeof(uint32_t);
     Py_ssize_t argc = PyList_GET_SIZE(argv);
-    if (fn == NULL || npoints == 0 || owners.len != npoints * (Py_ssize_t)sizeof(uint16_t)
-        || nservers <= 0 || nservers > 65536 || (tag.len != 0 && tag.len != 2)
+    if (fn == NULL || npoints == 0 || nservers <= 0 || nservers > 65536
+        || (taglen != 0 && taglen != 2)
         || (step != 1 && step != 2) || argc < 2 || (argc - 1) % step != 0) {
         PyErr_SetString(PyExc_ValueError, "split_command: bad arguments");
         goto done;
@@ -691,9 +688,6 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
         }
     }
     Py_ssize_t nkeys = (argc - 1) / step;
-    const uint32_t *vals = (const uint32_t *)points.buf;
-    const uint16_t *own = (const uint16_t *)owners.buf;
-    const char *t = (const char *)tag.buf;
     /* One allocation for all the scratch arrays: one place to free them. */
     block = PyMem_Malloc((size_t)nservers * (3 * sizeof(Py_ssize_t) + 2 * sizeof(int))
                          + (size_t)nkeys * sizeof(int));
@@ -711,7 +705,7 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
     Py_ssize_t ngroups = 0;
     for (Py_ssize_t i = 0; i < nkeys; i++) {
         PyObject *key = PyList_GET_ITEM(argv, 1 + i * step);
-        int srv = ketama_owner(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), t, tag.len, fn,
+        int srv = ketama_owner(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), t, taglen, fn,
                                vals, own, npoints);
         if (srv >= nservers) {
             PyErr_SetString(PyExc_ValueError, "split_command: owner out of range");
@@ -738,14 +732,16 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
         Py_ssize_t size = 3 + digits(nargs) + 5 + digits(nlen) + nlen + gbytes[g];
         PyObject *payload = PyBytes_FromStringAndSize(NULL, size);
         PyObject *positions = PyList_New(gkeys[g]);
-        PyObject *entry = (payload && positions)
-            ? Py_BuildValue("(ONN)", PyList_GET_ITEM(servers, gserver[g]), payload, positions)
-            : NULL;
+        PyObject *entry = (payload && positions) ? PyTuple_New(3) : NULL;
         if (entry == NULL) {
-            if (!payload || !positions) { Py_XDECREF(payload); Py_XDECREF(positions); }
+            Py_XDECREF(payload);
+            Py_XDECREF(positions);
             Py_CLEAR(result);
             goto done;
         }
+        PyTuple_SET_ITEM(entry, 0, Py_NewRef(PyList_GET_ITEM(servers, gserver[g])));
+        PyTuple_SET_ITEM(entry, 1, payload);  /* the tuple owns both now */
+        PyTuple_SET_ITEM(entry, 2, positions);
         PyList_SET_ITEM(result, g, entry);
         char *p = PyBytes_AS_STRING(payload);
         p += write_head(p, '*', nargs);
@@ -786,6 +782,26 @@ static PyObject *py_split_command(PyObject *self, PyObject *args) {
     }
 done:
     PyMem_Free(block);
+    return result;
+}
+
+static PyObject *py_split_command(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *argv, *servers;
+    Py_ssize_t step;
+    Py_buffer tag, points, owners;
+    const char *hname;
+    if (!PyArg_ParseTuple(args, "O!ny*sy*y*O!", &PyList_Type, &argv, &step, &tag, &hname,
+                          &points, &owners, &PyList_Type, &servers))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t npoints = points.len / (Py_ssize_t)sizeof(uint32_t);
+    if (owners.len != npoints * (Py_ssize_t)sizeof(uint16_t))
+        PyErr_SetString(PyExc_ValueError, "split_command: bad arguments");
+    else
+        result = split_core(argv, step, (const char *)tag.buf, tag.len, find_hash(hname),
+                            (const uint32_t *)points.buf, (const uint16_t *)owners.buf, npoints,
+                            servers);
     PyBuffer_Release(&tag);
     PyBuffer_Release(&points);
     PyBuffer_Release(&owners);
@@ -882,8 +898,28 @@ static PyObject *Ketama_route(KetamaObject *self, PyObject *key) {
     return Py_NewRef(PyList_GET_ITEM(self->servers, srv));
 }
 
+static PyObject *Ketama_split(KetamaObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "split(args: list[bytes], step)");
+        return NULL;
+    }
+    Py_ssize_t step = PyLong_AsSsize_t(args[1]);
+    if (step == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->points == NULL) {
+        PyErr_SetString(PyExc_ValueError, "split: not initialised");
+        return NULL;
+    }
+    return split_core(args[0], step, self->tag, self->taglen, self->fn,
+                      (const uint32_t *)PyBytes_AS_STRING(self->points),
+                      (const uint16_t *)PyBytes_AS_STRING(self->owners),
+                      PyBytes_GET_SIZE(self->points) / (Py_ssize_t)sizeof(uint32_t),
+                      self->servers);
+}
+
 static PyMethodDef Ketama_methods[] = {
     {"route", (PyCFunction)Ketama_route, METH_O, NULL},
+    {"split", (PyCFunction)(void (*)(void))Ketama_split, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -915,7 +951,7 @@ static PyMethodDef methods[] = {
     {"scan_reply", py_scan_reply, METH_VARARGS, NULL},
     {"split_replies", (PyCFunction)(void (*)(void))py_split_replies, METH_FASTCALL, NULL},
     {"frame_requests", (PyCFunction)(void (*)(void))py_frame_requests, METH_FASTCALL, NULL},
-    {"merge_arrays", py_merge_arrays, METH_VARARGS, NULL},
+    {"merge_arrays", (PyCFunction)(void (*)(void))py_merge_arrays, METH_FASTCALL, NULL},
     {"split_command", py_split_command, METH_VARARGS, NULL},
     {"encode_command", py_encode_command, METH_O, NULL},
     {NULL, NULL, 0, NULL},

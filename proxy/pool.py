@@ -27,7 +27,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from proxy import errors
 from proxy.backend import REDIRECTS, BackendConnection, RedirectCallback
@@ -415,6 +415,7 @@ class RingPool:
         self.servers = [Server(self, i, s, loop) for i, s in enumerate(_ordered(config))]
         self._many = len(self.servers) > 1
         self._continuum: Continuum | None = None
+        self._ketama: Any = None  # _speedups.KetamaRoute over the continuum, when it applies
         self.route: Route = lambda key: None
         self.rebuild()
 
@@ -471,12 +472,14 @@ class RingPool:
         self._continuum = build(self.config.distribution, live) if live else None
         self.route = self._make_route(self._continuum)
 
-    def _make_route(self, continuum: Continuum | None) -> Callable[[bytes], Server | None]:
+    def _make_route(self, continuum: Continuum | None) -> Route:
         """``route(key)``: the server that owns ``key``, or None when every server is ejected.
 
-        Built once per continuum as a closure over its arrays: this runs for every request.
+        Built once per continuum as a closure over its arrays (or the C router): this runs for
+        every request.
         """
         servers = self.servers
+        self._ketama = None
         if continuum is None:
             return lambda key: None
         if not self._many or continuum.distribution == "random":
@@ -485,9 +488,11 @@ class RingPool:
         hash_key = self._hash
         tag = self._tag
         open_tag, close_tag = tag[:1], tag[1:2]
-        fast = continuum.c_route(self.config.hash, tag, servers)
-        if fast is not None and self.python_route is False:
-            return fast
+        if not self.python_route:
+            self._ketama = continuum.c_router(self.config.hash, tag, servers)
+        if self._ketama is not None:
+            route: Route = self._ketama.route
+            return route
         if continuum.distribution == "ketama":
             values = [v for v, _ in continuum.points]
             owners = [servers[i] for _, i in continuum.points]
@@ -532,9 +537,11 @@ class RingPool:
         continuum = self._continuum
         if continuum is None or not self._many:
             return None
-        return continuum.split_command(
-            args, 2 if args[0] == b"MSET" else 1, self._tag, self.config.hash, self.servers
-        )
+        step = 2 if args[0] == b"MSET" else 1
+        if self._ketama is not None:  # the C router knows the continuum already
+            parts: Parts = self._ketama.split(args, step)
+            return parts
+        return continuum.split_command(args, step, self._tag, self.config.hash, self.servers)
 
     def group_keys(
         self, keys: list[bytes], read: bool = False

@@ -110,17 +110,15 @@ class Continuum:
         packed = self._packed_arrays()
         return _split_command(args, step, tag, hash_name, packed[0], packed[1], servers)
 
-    def c_route(
-        self, hash_name: str, tag: bytes, servers: list[T]
-    ) -> Callable[[bytes], T] | None:
-        """``route(key) -> servers[owner]`` in one C call (hash tag, hash, search), or None
-        where it does not apply (not ketama, md5, no C build); the caller keeps its Python
-        route then (same results; tests compare them)."""
+    def c_router(self, hash_name: str, tag: bytes, servers: list[T]) -> Any:
+        """A ``_speedups.KetamaRoute`` over this continuum: ``.route(key) -> servers[owner]``
+        (hash tag, hash and search in one C call) and ``.split(args, step)`` (split_command
+        without passing the continuum each time); None where it does not apply (not ketama,
+        md5, no C build): the caller keeps its Python route (same results; tests compare)."""
         if self.distribution != "ketama" or _KetamaRoute is None or hash_name not in C_HASHES:
             return None
         values, owners = self._packed_arrays()
-        route: Callable[[bytes], T] = _KetamaRoute(values, owners, servers, hash_name, tag).route
-        return route
+        return _KetamaRoute(values, owners, servers, hash_name, tag)
 
     def _packed_arrays(self) -> tuple[bytes, bytes]:
         """The points as C arrays: uint32 values and uint16 owner indexes."""

@@ -43,3 +43,22 @@ def test_c_route_equals_python_route(
         assert c.name == py.name, key  # type: ignore[attr-defined]
     with pytest.raises(TypeError):
         c_pool.route("not bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hash_name", sorted(C_HASHES))
+def test_c_router_split_equals_split_command(hash_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import _speedups
+
+    pool = _pool(hash_name, "{}", False, monkeypatch)
+    assert pool._ketama is not None
+    continuum = pool._continuum
+    assert continuum is not None
+    values, owners = continuum._packed_arrays()
+    rng = random.Random(hash_name)
+    for _ in range(50):
+        keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 12))) for _ in range(10)]
+        for name, step in ((b"MGET", 1), (b"MSET", 2)):
+            args = [name] + ([x for k in keys for x in (k, b"v")] if step == 2 else keys)
+            assert pool.split_command(args) == _speedups.split_command(
+                args, step, b"{}", hash_name, values, owners, pool.servers
+            )
