@@ -76,7 +76,7 @@ async def run(depth: int, requests: int, mget: bool = False) -> float:
     client.connection_made(client_transport)  # type: ignore[arg-type]
     if mget:  # ten keys each, spread over the three servers
         read = b"".join(
-            encode_command([b"MGET"] + [b"key:%d:%d" % (i, k) for k in range(10)])
+            encode_command([b"MGET"] + [b"user:%d:%d" % (k * 7919 + i, k) for k in range(10)])
             for i in range(depth)
         )
     else:

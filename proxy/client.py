@@ -312,13 +312,13 @@ class ClientConnection(asyncio.Protocol):
         stats.fragments += len(parts)
         parent = self._queue.push(row)
         nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
-        gather = Gather(parent, args[0], nkeys, [positions for _, _, positions in parts])
-        for i, (server, payload, _) in enumerate(parts):
-            child = gather.child(i)
+        gather = Gather(parent, args[0], nkeys, parts)
+        resp3, client_id = self._resp3, self.id
+        for (server, payload, _), child in zip(parts, gather.slots):
             if server is None:
                 child.fail(pool.unrouted)
             else:
-                server.send(payload, child, self._resp3, self.id)
+                server.send(payload, child, resp3, client_id)
 
     # --- local commands ------------------------------------------------------------------
 

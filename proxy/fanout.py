@@ -16,11 +16,11 @@ Imports: resp, inflight, errors.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from proxy import errors
 from proxy.inflight import ReplySlot
-from proxy.resp import OK, encode_error, encode_int, is_error, merge_arrays
+from proxy.resp import ERROR_TYPES, OK, encode_error, encode_int, merge_arrays
 
 T = TypeVar("T")
 
@@ -59,38 +59,42 @@ def split(
 class Gather:
     """Collects the sub-replies of one split command, then completes the client's slot."""
 
-    __slots__ = ("_parent", "_name", "_nkeys", "_parts", "_slots", "_left")
+    __slots__ = ("_parent", "_name", "_nkeys", "_parts", "slots", "_left")
 
-    def __init__(self, parent: ReplySlot, name: bytes, nkeys: int, positions: list[list[int]]):
+    def __init__(
+        self, parent: ReplySlot, name: bytes, nkeys: int, parts: Sequence[Sequence[Any]]
+    ) -> None:
+        """``parts``: one entry per sub-command whose last item is its key positions (the
+        split's (target, payload, positions) tuples serve as they are)."""
         self._parent = parent
         self._name = name
         self._nkeys = nkeys
-        self._parts = positions
-        self._slots = [ReplySlot(self) for _ in positions]
-        self._left = len(positions)
+        self._parts = parts
+        self.slots = [ReplySlot(self) for _ in parts]  # one per sub-command, in order
+        self._left = len(parts)
 
     def child(self, i: int) -> ReplySlot:
         """The slot for sub-command ``i``."""
-        return self._slots[i]
+        return self.slots[i]
 
     def slot_done(self, slot: ReplySlot) -> None:
         self._left -= 1
-        if self._left == 0:
-            merged = self._merge()
+        if not self._left:
+            slots = self.slots
+            merged = self._merge([s.data or b"" for s in slots])
             # Slots and gather refer to each other; break the cycle now that every part is in,
             # so it is freed at once instead of by the cyclic GC (a visible cost under load).
-            for child in self._slots:
+            for child in slots:
                 child.sink = None
             self._parent.complete(merged)
 
-    def _merge(self) -> bytes:
-        datas = [s.data or b"" for s in self._slots]
+    def _merge(self, datas: list[bytes]) -> bytes:
         for raw in datas:
-            if is_error(raw):
+            if raw[:1] in ERROR_TYPES:  # resp.is_error, inlined: it runs for every part
                 return raw
         name = self._name
         if name == b"MGET":
-            return _merge_mget(datas, self._parts, self._nkeys)
+            return _merge_mget(datas, [part[-1] for part in self._parts], self._nkeys)
         if name in SUM_COMMANDS:
             total = 0
             for raw in datas:

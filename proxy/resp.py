@@ -547,9 +547,12 @@ def decode_reply(raw: bytes) -> Any:
     return value
 
 
+ERROR_TYPES = (b"-", b"!")  # an error reply's first byte: simple error, RESP3 blob error
+
+
 def is_error(raw: bytes) -> bool:
     """True for an error reply (``-ERR ...``, or a RESP3 blob error ``!``)."""
-    return raw[:1] in (b"-", b"!")
+    return raw[:1] in ERROR_TYPES
 
 
 def _py_encode_command(args: Sequence[bytes]) -> bytes:

@@ -73,7 +73,7 @@ def test_split_groups_keys_by_target_keeping_positions() -> None:
 
 def _gather(name: bytes, nkeys: int, positions: list[list[int]]) -> tuple[Gather, list[list[bytes]], Flusher]:
     queue, writes, flusher = _queue()
-    return Gather(queue.push(), name, nkeys, positions), writes, flusher
+    return Gather(queue.push(), name, nkeys, [(None, b"", p) for p in positions]), writes, flusher
 
 
 def test_mget_merge_restores_key_order_with_missing_keys() -> None:
