@@ -33,7 +33,7 @@ Multi-key commands: Redis Cluster runs a multi-key command only when all its key
 pipelined per node (``group_keys``); other multi-key commands must be single-slot, else Redis's
 own ``-CROSSSLOT`` text.
 
-Imports: pool, backend, slotmap, hashing, resp, inflight, errors, config, metrics.
+Imports: pool, backend, slotmap, hashing, resp, inflight, errors, config.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
-from proxy.metrics import PoolStats
-from proxy.pool import Redirected, Route, Server, ServerState
+from proxy.pool import PoolBase, Redirected, Route, Server, ServerState
 from proxy.resp import ProtocolError, decode_reply, encode_command, is_error
 from proxy.slotmap import SLOTS, Node, SlotMapError, SlotRange, parse_redirect, parse_slots
 
@@ -74,16 +73,13 @@ class _Waiter:
             self.future.set_result(slot.data)
 
 
-class ClusterPool:
+class ClusterPool(PoolBase):
     """A pool whose servers are the nodes of one Redis Cluster."""
 
     unrouted = errors.SLOT_UNSERVED
 
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = config
-        self.name = config.name
-        self.stats = PoolStats()
-        self._loop = loop
+        super().__init__(config, loop)
         self._timeout_s = config.timeout_ms / 1000.0
         self._seeds: list[Node] = [(s.address.host, s.address.port) for s in config.servers]
         self._replica_reads = config.read_from != "master"
@@ -95,7 +91,6 @@ class ClusterPool:
         self._readers: list[Server | None] = [None] * SLOTS
         self.route: Route = self._make_route()
         self.route_read: Route | None = self._make_read_route() if self._replica_reads else None
-        self._ready = asyncio.Event()
         self._refreshing = False
         self._refresh_again = False
         self._asked = False  # the running refresh has sent its CLUSTER SLOTS
@@ -183,8 +178,8 @@ class ClusterPool:
                 self.request_refresh()
             else:
                 self.tryagain += 1
-            delay = retry.backoff()
-            if now + delay >= retry.deadline:
+            delay = retry.next_delay(now, MAX_REDIRECTS)
+            if delay is None:
                 slot.complete(raw)
                 return
             self._loop.call_later(delay, replied.send, payload, slot, conn.resp3, conn.lane)
@@ -353,15 +348,6 @@ class ClusterPool:
     def start(self) -> None:
         self.request_refresh()
 
-    async def ready(self, timeout_s: float) -> bool:
-        """Wait (bounded) until the first slot map is learned."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._ready.wait()
-        except TimeoutError:
-            return False
-        return True
-
     def can_serve(self) -> tuple[bool, str]:
         if not self._ready.is_set():
             return False, "no slot map yet"
@@ -372,14 +358,6 @@ class ClusterPool:
         if down:
             return False, f"master(s) down: {', '.join(down)}"
         return True, ""
-
-    strips = False
-
-    def strip(self, key: bytes) -> bytes:
-        return key
-
-    def rebuild(self) -> None:
-        pass  # the cluster, not the proxy, takes nodes out (no auto_eject_hosts here)
 
     def server_lost(self, server: Server) -> None:
         self.request_refresh()

@@ -86,9 +86,13 @@ class Redirected:
         retry.attempts += 1
         return slot, retry
 
-    def backoff(self) -> float:
-        """10 ms doubling to 200 ms with the number of tries."""
-        return float(min(RETRY_MIN_S * 2 ** (self.attempts - 1), RETRY_MAX_S))
+    def next_delay(self, now: float, max_attempts: int) -> float | None:
+        """When to try again: 10 ms doubling to 200 ms with the number of tries; None when
+        that would pass the request's deadline or ``max_attempts``."""
+        delay = float(min(RETRY_MIN_S * 2 ** (self.attempts - 1), RETRY_MAX_S))
+        if now + delay >= self.deadline or self.attempts > max_attempts:
+            return None
+        return delay
 
 
 class ServerOwner(Protocol):
@@ -397,19 +401,48 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
 
-class RingPool:
-    """A twemproxy-style pool: servers on a consistent-hash (or modula/random) continuum."""
+class PoolBase:
+    """What every pool kind shares: its config and counters, a readiness event, and defaults
+    (reads route like writes, keys are not rewritten, nothing to do on a lost server)."""
 
-    route_read: Route | None = None  # no replicas: reads route like writes
-    unrouted = errors.no_server_for_key()
+    route_read: Route | None = None
     strips = False
-    python_route = False  # tests set it to compare the Python route with the C one
 
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.name = config.name
         self.stats = PoolStats()
         self._loop = loop
+        self._ready = asyncio.Event()  # set once the pool knows where its servers are
+
+    async def ready(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the pool knows where its servers are."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def strip(self, key: bytes) -> bytes:
+        return key
+
+    def rebuild(self) -> None:
+        pass  # only a ring pool takes servers out itself (ejection)
+
+    def server_lost(self, server: Server) -> None:
+        pass
+
+
+class RingPool(PoolBase):
+    """A twemproxy-style pool: servers on a consistent-hash (or modula/random) continuum."""
+
+    unrouted = errors.no_server_for_key()
+    python_route = False  # tests set it to compare the Python route with the C one
+
+    def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(config, loop)
+        self._ready.set()  # servers are in the config; they connect on demand or preconnect
         self._hash = hash_function(config.hash)
         self._tag = config.hash_tag
         self.servers = [Server(self, i, s, loop) for i, s in enumerate(_ordered(config))]
@@ -423,9 +456,6 @@ class RingPool:
         if self.config.preconnect:
             for server in self.servers:
                 server.connect_all()
-
-    async def ready(self, timeout_s: float) -> bool:
-        return True  # servers connect on demand (or preconnect in the background)
 
     def set_servers(self, config: PoolConfig) -> None:
         """A reload changed only the server list: servers that stay keep their connections.
@@ -450,12 +480,6 @@ class RingPool:
         for gone in keep.values():
             gone.retire(config.timeout_ms / 1000.0)
         self.start()
-
-    def server_lost(self, server: Server) -> None:
-        pass  # a ring pool's servers handle their own backoff and ejection
-
-    def strip(self, key: bytes) -> bytes:
-        return key
 
     def can_serve(self) -> tuple[bool, str]:
         live = [s for s in self.servers if not s.ejected]

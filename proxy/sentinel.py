@@ -18,7 +18,7 @@
   on a master that died get a prompt connection error (whether a write was applied is unknown,
   so it is not retried); requests while no master is known get ``-ERR no master known ...``.
 
-Imports: pool, backend, resp, inflight, errors, config, metrics.
+Imports: pool, backend, resp, inflight, errors, config.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from proxy import errors
 from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
-from proxy.metrics import PoolStats
-from proxy.pool import Redirected, Route, Server, ServerState, Target
+from proxy.pool import PoolBase, Redirected, Route, Server, ServerState, Target
 from proxy.resp import encode_command
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,7 @@ log = logging.getLogger(__name__)
 REFRESH_S = 5.0
 WATCH_BACKOFF_MAX_S = 2.0
 READONLY_REPLIES = (b"-READONLY ",)
+MAX_READONLY_RETRIES = 50
 CHANNELS = (b"+switch-master", b"+try-failover")
 
 Node = tuple[str, int]
@@ -78,7 +78,8 @@ def _auth(password: str | None) -> list[list[bytes]]:
 
 
 class _Hold:
-    """The target while a failover runs: requests wait here for the new master."""
+    """The target while a failover runs: requests wait here for the new master (and go to
+    the master when there is no failover)."""
 
     __slots__ = ("pool",)
 
@@ -94,25 +95,18 @@ class _Hold:
         asking: bool = False,
     ) -> None:
         held = self.pool.held
-        if held is None:  # released meanwhile
-            master = self.pool.master
-            if master is None:
-                slot.fail(self.pool.unrouted)
-            else:
-                master.send(payload, slot, resp3, client)
-            return
-        held.append((payload, slot, resp3, client))
+        if held is None:  # no failover (any more)
+            self.pool.send_to_master(payload, slot, resp3, client)
+        else:
+            held.append((payload, slot, resp3, client))
 
 
-class SentinelPool:
+class SentinelPool(PoolBase):
     """A pool whose one server is the master Redis Sentinel names (plus replicas for reads)."""
 
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = config
-        self.name = config.name
-        self.stats = PoolStats()
+        super().__init__(config, loop)
         self.unrouted = f"ERR no master known for '{config.master_name}' (sentinel pool {config.name})"
-        self._loop = loop
         self._timeout_s = config.timeout_ms / 1000.0
         self._sentinels: list[Node] = [(a.host, a.port) for a in config.sentinels]
         self._master_name = config.master_name.encode()
@@ -125,7 +119,6 @@ class SentinelPool:
         self.servers: list[Server] = []
         self.route: Route = self._route
         self.route_read: Route | None = self._route_read if self._replica_reads else None
-        self._ready = asyncio.Event()
         self._discovering = False
         self._again = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -358,12 +351,15 @@ class SentinelPool:
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
-        master = self.master
         for payload, slot, resp3, client in held:
-            if master is None:
-                slot.fail(self.unrouted)
-            else:
-                master.send(payload, slot, resp3, client)
+            self.send_to_master(payload, slot, resp3, client)
+
+    def send_to_master(self, payload: bytes, slot: ReplySlot, resp3: bool, client: int) -> None:
+        master = self.master
+        if master is None:
+            slot.fail(self.unrouted)
+        else:
+            master.send(payload, slot, resp3, client)
 
     def _on_readonly(
         self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes
@@ -373,19 +369,12 @@ class SentinelPool:
         slot, retry = Redirected.track(slot, now, self._timeout_s)
         self.readonly_retries += 1
         self.request_discovery()
-        delay = retry.backoff()
-        if now + delay >= retry.deadline or retry.attempts > 50:
+        delay = retry.next_delay(now, MAX_READONLY_RETRIES)
+        if delay is None:
             slot.complete(raw)
             return
-
-        def resend() -> None:
-            target = self._route(b"")  # the master, or the hold while a failover runs
-            if target is None:
-                slot.fail(self.unrouted)
-            else:
-                target.send(payload, slot, conn.resp3, conn.lane)
-
-        self._loop.call_later(delay, resend)
+        # the master then, or the hold while a failover runs
+        self._loop.call_later(delay, self._hold.send, payload, slot, conn.resp3, conn.lane)
 
     # --- pool lifecycle ------------------------------------------------------------------
 
@@ -394,28 +383,12 @@ class SentinelPool:
             self._spawn(self._watch(sentinel))
         self.request_discovery()
 
-    async def ready(self, timeout_s: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._ready.wait()
-        except TimeoutError:
-            return False
-        return True
-
     def can_serve(self) -> tuple[bool, str]:
         if self.master is None:
             return False, "no master known"
         if self.master.state is ServerState.DOWN:
             return False, f"master {self.master.address} down"
         return True, ""
-
-    strips = False
-
-    def strip(self, key: bytes) -> bytes:
-        return key
-
-    def rebuild(self) -> None:
-        pass  # Sentinel, not the proxy, decides which server serves
 
     def server_lost(self, server: Server) -> None:
         if server is self.master:
