@@ -73,10 +73,6 @@ class Gather:
         self.slots = [ReplySlot(self) for _ in parts]  # one per sub-command, in order
         self._left = len(parts)
 
-    def child(self, i: int) -> ReplySlot:
-        """The slot for sub-command ``i``."""
-        return self.slots[i]
-
     def slot_done(self, slot: ReplySlot) -> None:
         self._left -= 1
         if not self._left:

@@ -1,4 +1,5 @@
-"""Shared real servers for one test module: 3 backends, a reference redis-server, resproxy."""
+"""Shared real servers for one test module: 3 backends, a reference redis-server, resproxy;
+and for the cluster modules a real Redis Cluster of 3 masters + 3 replicas (one per module)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.harness import (
+    RedisCluster,
     RedisServer,
     ResProxy,
     start_redis_servers,
@@ -53,3 +55,13 @@ def clean(servers: list[RedisServer]) -> None:
     for s in servers:
         if s.alive():
             s.call("FLUSHALL")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    """A real 3 masters + 3 replicas cluster (cluster-node-timeout 1000 ms) for the module."""
+    c = RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start()
+    try:
+        yield c
+    finally:
+        c.cleanup()

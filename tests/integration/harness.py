@@ -19,10 +19,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 import hiredis
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
@@ -178,6 +181,13 @@ class RedisServer(Process):
                 c.call("AUTH", password)
             return c.call(*args)
 
+    def cmdstat(self, command: str) -> int:
+        """How many times this server ran ``command`` (INFO commandstats calls)."""
+        for line in self.call("INFO", "commandstats").decode().splitlines():
+            if line.startswith(f"cmdstat_{command}:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -209,6 +219,42 @@ def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServ
             s.cleanup()
         raise
     return servers
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of GET http://127.0.0.1:port/path, error statuses included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Metrics:
+    """One scrape of resproxy's /metrics, parsed with prometheus-client's own parser."""
+
+    def __init__(self, port: int) -> None:
+        status, body = http_get(port, "/metrics")
+        assert status == 200, status
+        self.samples = [
+            (s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample with exactly these labels (KeyError if there is none)."""
+        for sample, have, value in self.samples:
+            if sample == name and have == labels:
+                return float(value)
+        raise KeyError((name, labels))
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of the samples whose labels include these (0 if there are none)."""
+        return float(sum(
+            value for sample, have, value in self.samples
+            if sample == name and labels.items() <= have.items()
+        ))  # fmt: skip
 
 
 def wait_port(

@@ -26,15 +26,6 @@ from tests.integration.test_commands import SEQUENCE, UNORDERED, _norm
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    c = RedisCluster(masters=3, replicas=1).start()
-    try:
-        yield c
-    finally:
-        c.cleanup()
-
-
-@pytest.fixture(scope="module")
 def proxy(cluster: RedisCluster) -> Iterator[ResProxy]:
     """Seeded with one node only: the rest of the cluster is learned from it."""
     p = start_cluster_proxy(cluster, seeds=1, timeout=2000)
@@ -165,14 +156,6 @@ def test_pipeline_across_slots_answered_in_order(proxy: ResProxy, clean: None) -
         assert replies[3 * i + 2] == [str(i + 1).encode(), str(i // 2 + 1).encode()]
 
 
-def _cmdstat(node: RedisServer, command: str) -> int:
-    info = node.call("INFO", "commandstats").decode()
-    for line in info.splitlines():
-        if line.startswith(f"cmdstat_{command}:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
-
-
 def test_replica_reads_go_to_replicas_and_writes_to_masters(
     cluster: RedisCluster, clean: None
 ) -> None:
@@ -181,7 +164,7 @@ def test_replica_reads_go_to_replicas_and_writes_to_masters(
         masters = cluster.masters()
         replicas = [r for m in masters for r in cluster.replicas_of(m)]
         assert len(replicas) == 3
-        before = {n.port: (_cmdstat(n, "get"), _cmdstat(n, "set")) for n in masters + replicas}
+        before = {n.port: (n.cmdstat("get"), n.cmdstat("set")) for n in masters + replicas}
         keys = _keys_on_every_master(cluster, "rr:", 10)
         with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
             for k in keys:
@@ -190,8 +173,8 @@ def test_replica_reads_go_to_replicas_and_writes_to_masters(
                 assert m.call("WAIT", 1, 5000) >= 1
             for k in keys:
                 assert c.call("GET", k) == k.encode()
-        gets = {n.port: _cmdstat(n, "get") - before[n.port][0] for n in masters + replicas}
-        sets = {n.port: _cmdstat(n, "set") - before[n.port][1] for n in masters + replicas}
+        gets = {n.port: n.cmdstat("get") - before[n.port][0] for n in masters + replicas}
+        sets = {n.port: n.cmdstat("set") - before[n.port][1] for n in masters + replicas}
         assert all(gets[r.port] == 10 for r in replicas), gets
         assert all(gets[m.port] == 0 for m in masters), gets
         assert all(sets[m.port] == 10 for m in masters), sets

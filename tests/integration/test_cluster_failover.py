@@ -7,31 +7,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from proxy.hashing import key_slot
 from tests.integration.harness import (
     RedisCluster,
     RedisServer,
-    ResProxy,
     poll_until,
     start_cluster_proxy,
 )
 
 PROXY_TIMEOUT_MS = 1000
 CLIENT_TIMEOUT_S = 5.0  # a request resproxy let hang past its timeout shows up as this
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    c = RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start()
-    try:
-        yield c
-    finally:
-        c.cleanup()
 
 
 def _keys_of(cluster: RedisCluster, master: RedisServer, prefix: str, count: int) -> list[str]:
@@ -45,13 +33,6 @@ def _keys_of(cluster: RedisCluster, master: RedisServer, prefix: str, count: int
     raise AssertionError("not enough keys")
 
 
-def _cmdstat(node: RedisServer, command: str) -> int:
-    for line in node.call("INFO", "commandstats").decode().splitlines():
-        if line.startswith(f"cmdstat_{command}:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
-
-
 def test_dead_replica_reads_fall_back_to_its_master(cluster: RedisCluster) -> None:
     proxy = start_cluster_proxy(cluster, seeds=3, read_from="replica", timeout=PROXY_TIMEOUT_MS)
     try:
@@ -62,9 +43,9 @@ def test_dead_replica_reads_fall_back_to_its_master(cluster: RedisCluster) -> No
         for k in keys:
             client.set(k, k)
         assert master.call("WAIT", 1, 5000) == 1
-        before = _cmdstat(replica, "get")
+        before = replica.cmdstat("get")
         assert [client.get(k) for k in keys] == [k.encode() for k in keys]
-        assert _cmdstat(replica, "get") == before + len(keys)  # served by the replica
+        assert replica.cmdstat("get") == before + len(keys)  # served by the replica
 
         replica.kill()
 
@@ -75,9 +56,9 @@ def test_dead_replica_reads_fall_back_to_its_master(cluster: RedisCluster) -> No
                 return False
 
         poll_until(master_serves, "reads back after the replica died", timeout_s=10)
-        gets_before = _cmdstat(master, "get")
+        gets_before = master.cmdstat("get")
         assert [client.get(k) for k in keys] == [k.encode() for k in keys]  # no errors now
-        assert _cmdstat(master, "get") == gets_before + len(keys)
+        assert master.cmdstat("get") == gets_before + len(keys)
         client.close()
     finally:
         proxy.cleanup()

@@ -18,6 +18,7 @@ import redis
 
 from proxy.hashing import key_slot
 from tests.integration.harness import (
+    Metrics,
     RawClient,
     free_port,
     poll_until,
@@ -29,15 +30,6 @@ from tests.integration.harness import (
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    c = RedisCluster(masters=3, replicas=1).start()
-    try:
-        yield c
-    finally:
-        c.cleanup()
-
-
-@pytest.fixture(scope="module")
 def proxy(cluster: RedisCluster) -> Iterator[ResProxy]:
     # A long periodic refresh: the map changes only through MOVED (and the refresh it starts).
     p = start_cluster_proxy(cluster, seeds=3, timeout=3000, cluster_refresh_interval=60000,
@@ -46,13 +38,6 @@ def proxy(cluster: RedisCluster) -> Iterator[ResProxy]:
         yield p
     finally:
         p.cleanup()
-
-
-def _cmdstat(node: RedisServer, command: str) -> int:
-    for line in node.call("INFO", "commandstats").decode().splitlines():
-        if line.startswith(f"cmdstat_{command}:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
 
 
 def _setslot_everywhere(cluster: RedisCluster, slot: int, owner: RedisServer) -> None:
@@ -67,7 +52,7 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
     slot = key_slot(b"{mig}")
     source = cluster.slot_owner(slot)
     target = next(m for m in cluster.masters() if m is not source)
-    asking_before = _cmdstat(target, "asking")
+    asking_before = target.cmdstat("asking")
     with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
         assert c.call("SET", "{mig}1", "one") == b"OK"
         assert c.call("SET", "{mig}2", "two") == b"OK"
@@ -83,7 +68,7 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
         # retries within its timeout, then passes Redis's words on (no hang, no redirect shown)
         reply = c.call("MGET", "{mig}1", "{mig}2")
         assert isinstance(reply, hiredis.ReplyError) and str(reply).startswith("TRYAGAIN"), reply
-        assert _cmdstat(target, "asking") >= asking_before + 2
+        assert target.cmdstat("asking") >= asking_before + 2
         with RawClient(target.port) as t:  # an importing node answers for the slot after ASKING
             assert t.pipeline([("ASKING",), ("EXISTS", "{mig}1", "{mig}3")]) == [b"OK", 2]
         assert source.call("EXISTS", "{mig}2") == 1
@@ -91,16 +76,16 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
         assert source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
                            "KEYS", "{mig}2") == b"OK"  # fmt: skip
         _setslot_everywhere(cluster, slot, target)
-        before = [_metric(proxy, n) for n in ("resproxy_cluster_moved_total",
+        before = [Metrics(proxy.metrics_port).total(n) for n in ("resproxy_cluster_moved_total",
                                                "resproxy_cluster_slot_map_refreshes_total")]
         # a pipeline of 100 requests to the moved slot, all sent to the old owner: 100 MOVED
         # arrive together, every one is followed, and they start one map refresh, not 100
         replies = c.pipeline([("GET", "{mig}2")] * 100)
         assert replies == [b"two"] * 100
-        poll_until(lambda: _metric(proxy, "resproxy_cluster_slot_map_refreshes_total") > before[1],
+        poll_until(lambda: Metrics(proxy.metrics_port).total("resproxy_cluster_slot_map_refreshes_total") > before[1],
                    "the refresh the MOVED started", 10)  # fmt: skip
-        moved = _metric(proxy, "resproxy_cluster_moved_total") - before[0]
-        refreshes = _metric(proxy, "resproxy_cluster_slot_map_refreshes_total") - before[1]
+        moved = Metrics(proxy.metrics_port).total("resproxy_cluster_moved_total") - before[0]
+        refreshes = Metrics(proxy.metrics_port).total("resproxy_cluster_slot_map_refreshes_total") - before[1]
         assert moved == 100 and 1 <= refreshes <= 2, (moved, refreshes)  # not 100
         assert c.call("GET", "{mig}2") == b"two"
         assert c.call("INCR", "{mig}n") == 1
@@ -198,23 +183,11 @@ def test_reshard_under_load_no_errors_no_lost_writes(
     check.close()
     # the redirections were followed, and counted
     moved, asks, refreshes = (
-        _metric(proxy, name) for name in ("resproxy_cluster_moved_total",
+        Metrics(proxy.metrics_port).total(name) for name in ("resproxy_cluster_moved_total",
                                           "resproxy_cluster_ask_total",
                                           "resproxy_cluster_slot_map_refreshes_total")
     )  # fmt: skip
     assert moved > 0 and asks > 0 and refreshes >= 1
-
-
-def _metric(proxy: ResProxy, name: str) -> float:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    url = f"http://127.0.0.1:{proxy.metrics_port}/metrics"  # type: ignore[attr-defined]
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name)  # fmt: skip
 
 
 def _slots_of(cluster: RedisCluster, master: RedisServer) -> list[int]:

@@ -9,40 +9,26 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from typing import Any
 
 import hiredis
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.client import LATENCY_SAMPLE_EVERY
 from proxy.config import parse
 from proxy.hashing import hash_function
 from proxy.ring import RingServer, build
 from tests.integration.harness import (
+    Metrics,
     RawClient,
     RedisServer,
     ResProxy,
     encode,
     free_port,
+    http_get,
     native_config,
     poll_until,
     pool_yaml,
-    start_redis_servers,
 )
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[RedisServer]]:
-    started = start_redis_servers(4)
-    try:
-        yield started
-    finally:
-        for s in started:
-            s.cleanup()
 
 
 def _config(port: int, metrics_port: int, backends: list[RedisServer], **keys: object) -> str:
@@ -57,28 +43,6 @@ def _start(backends: list[RedisServer], **keys: object) -> ResProxy:
     proxy = ResProxy(_config(port, mport, backends, **keys)).start()
     proxy.port, proxy.mport = port, mport  # type: ignore[attr-defined]
     return proxy
-
-
-def _http(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _scrape(proxy: ResProxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = _http(proxy.mport, "/metrics")  # type: ignore[attr-defined]
-    assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 def _owner(backends: list[RedisServer], key: bytes) -> RedisServer:
@@ -117,57 +81,57 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
                 if isinstance(c.call("GET", k), hiredis.ReplyError):
                     dead_errors += 1
             assert dead_errors == len(on_victim)
-            samples = _scrape(proxy)
+            samples = Metrics(proxy.mport)
         p = {"pool": "app"}
-        assert _value(samples, "resproxy_requests_total", command="set", **p) == len(keys)
-        assert _value(samples, "resproxy_requests_total", command="get", **p) == len(keys) + len(on_victim)
-        assert _value(samples, "resproxy_request_errors_total", command="get", **p) == len(on_victim)
-        assert _value(samples, "resproxy_request_errors_total", command="set", **p) == 0
-        assert _value(samples, "resproxy_requests_total", command="mget", **p) == 1
-        assert _value(samples, "resproxy_request_errors_total", command="unknown", **p) == 1
-        assert _value(samples, "resproxy_request_errors_total", command="keys", **p) == 1
-        assert _value(samples, "resproxy_fanout_requests_total", **p) == 1
-        assert _value(samples, "resproxy_fanout_fragments_total", **p) == 3
+        assert samples.value("resproxy_requests_total", command="set", **p) == len(keys)
+        assert samples.value("resproxy_requests_total", command="get", **p) == len(keys) + len(on_victim)
+        assert samples.value("resproxy_request_errors_total", command="get", **p) == len(on_victim)
+        assert samples.value("resproxy_request_errors_total", command="set", **p) == 0
+        assert samples.value("resproxy_requests_total", command="mget", **p) == 1
+        assert samples.value("resproxy_request_errors_total", command="unknown", **p) == 1
+        assert samples.value("resproxy_request_errors_total", command="keys", **p) == 1
+        assert samples.value("resproxy_fanout_requests_total", **p) == 1
+        assert samples.value("resproxy_fanout_fragments_total", **p) == 3
         # one command per read (the SETs are the client's reads 1..60): latency is observed for
         # the first read and every 4th after it
         sampled = len([r for r in range(1, len(keys) + 1) if r % LATENCY_SAMPLE_EVERY == 1])
-        assert _value(samples, "resproxy_request_duration_seconds_count", command="set", **p) == sampled
-        assert _value(samples, "resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p) == sampled
-        assert _value(samples, "resproxy_client_connections", **p) == 1
+        assert samples.value("resproxy_request_duration_seconds_count", command="set", **p) == sampled
+        assert samples.value("resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p) == sampled
+        assert samples.value("resproxy_client_connections", **p) == 1
         sent_bytes = sum(len(encode("SET", k, "v")) + len(encode("GET", k)) for k in keys) + len(
             encode("MGET", *spread)) + len(encode("NOSUCH")) + len(encode("KEYS", "*")) + sum(
             len(encode("GET", k)) for k in on_victim)  # fmt: skip
-        assert _value(samples, "resproxy_client_read_bytes_total", **p) == sent_bytes
-        assert _value(samples, "resproxy_client_connections_accepted_total", **p) == 1
+        assert samples.value("resproxy_client_read_bytes_total", **p) == sent_bytes
+        assert samples.value("resproxy_client_connections_accepted_total", **p) == 1
         # per server: what each was sent, as the ring places the keys
         for b in backends:
             s = {"pool": "app", "server": f"s{b.port}"}
             placed = sum(1 for k in keys if _owner(backends, k.encode()) is b)
             sent = 2 * placed + 1  # a SET and a GET per key, and one MGET fragment
             if b is victim:
-                assert _value(samples, "resproxy_server_up", **s) == 0
-                assert _value(samples, "resproxy_server_state", state="down", **s) == 1
-                assert _value(samples, "resproxy_server_eof_total", **s) + _value(
-                    samples, "resproxy_server_errors_total", **s) == 1
+                assert samples.value("resproxy_server_up", **s) == 0
+                assert samples.value("resproxy_server_state", state="down", **s) == 1
+                assert samples.value("resproxy_server_eof_total", **s) + samples.value(
+                    "resproxy_server_errors_total", **s) == 1
                 # after the kill its keys were answered at once: forward errors, not timeouts
-                assert _value(samples, "resproxy_server_forward_errors_total", **s) >= len(on_victim) - 1
-                assert _value(samples, "resproxy_server_timeouts_total", **s) == 0
+                assert samples.value("resproxy_server_forward_errors_total", **s) >= len(on_victim) - 1
+                assert samples.value("resproxy_server_timeouts_total", **s) == 0
             else:
-                assert _value(samples, "resproxy_server_up", **s) == 1
-                assert _value(samples, "resproxy_server_requests_total", **s) == sent
-                assert _value(samples, "resproxy_server_responses_total", **s) == sent
-                assert _value(samples, "resproxy_server_in_flight", **s) == 0
-            assert _value(samples, "resproxy_server_connects_total", **s) == 1
-        assert _value(samples, "resproxy_pool_can_serve", **p) == 0
-        status, body = _http(proxy.mport, "/healthz")  # type: ignore[attr-defined]
+                assert samples.value("resproxy_server_up", **s) == 1
+                assert samples.value("resproxy_server_requests_total", **s) == sent
+                assert samples.value("resproxy_server_responses_total", **s) == sent
+                assert samples.value("resproxy_server_in_flight", **s) == 0
+            assert samples.value("resproxy_server_connects_total", **s) == 1
+        assert samples.value("resproxy_pool_can_serve", **p) == 0
+        status, body = http_get(proxy.mport, "/healthz")  # type: ignore[attr-defined]
         assert status == 503 and json.loads(body)["pools"]["app"].startswith("server(s) down")
         victim.restart()
-        poll_until(lambda: _http(proxy.mport, "/healthz")[0] == 200, "healthz back to 200",  # type: ignore[attr-defined]
+        poll_until(lambda: http_get(proxy.mport, "/healthz")[0] == 200, "healthz back to 200",  # type: ignore[attr-defined]
                    timeout_s=15)  # fmt: skip
         with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
             info = c.call("INFO").decode()
         assert "# Proxy" in info and "# Stats" in info and "pool_app:" in info
-        assert f"total_commands_processed:" in info
+        assert "total_commands_processed:" in info
         with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
             assert c.call("INFO", "clients").decode().startswith("# Clients")
     finally:
@@ -226,7 +190,7 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
         with open(proxy.config_path, "w") as f:
             f.write(_config(proxy.port, proxy.mport, [b, c]))  # type: ignore[attr-defined]
         proxy.send_signal(signal.SIGHUP)
-        poll_until(lambda: _value(_scrape(proxy), "resproxy_config_reloads_total") == 1,
+        poll_until(lambda: Metrics(proxy.mport).value("resproxy_config_reloads_total") == 1,
                    "reload accepted", 15)  # fmt: skip
         marks = [w.batches for w in workers]
         poll_until(lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
@@ -235,10 +199,10 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
         with open(proxy.config_path, "w") as f:
             f.write("pools:\n  app:\n    listen: 127.0.0.1:1\n    hash: nope\n")
         proxy.send_signal(signal.SIGHUP)
-        poll_until(lambda: _value(_scrape(proxy), "resproxy_config_reload_failures_total") == 1,
+        poll_until(lambda: Metrics(proxy.mport).value("resproxy_config_reload_failures_total") == 1,
                    "reload rejected", 15)  # fmt: skip
-        samples = _scrape(proxy)
-        assert _value(samples, "resproxy_config_last_reload_successful") == 0
+        samples = Metrics(proxy.mport)
+        assert samples.value("resproxy_config_last_reload_successful") == 0
         marks = [w.batches for w in workers]
         poll_until(lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
                    "pipelines running after the rejected reload", 30)  # fmt: skip
@@ -246,7 +210,7 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
         for w in workers:
             w.join(timeout=30)
         assert [w.problems for w in workers] == [[], [], []]
-        assert _value(samples, "resproxy_client_connections_accepted_total", pool="app") == 3
+        assert samples.value("resproxy_client_connections_accepted_total", pool="app") == 3
         # new keys go by the new ring: over b and c, none on a
         for s in (a, b, c):
             s.call("FLUSHALL")

@@ -8,17 +8,15 @@ pool mirrors the carts' writes.
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import hiredis
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.hashing import key_slot
 from tests.integration.harness import (
+    Metrics,
     RawClient,
     RedisCluster,
     RedisServer,
@@ -97,15 +95,6 @@ def _where(stack: Stack, key: str) -> set[str]:
     return found
 
 
-def _metrics(stack: Stack) -> dict[tuple[str, str], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {
-        (s.name, s.labels.get("pool", "")): s.value
-        for f in text_string_to_metric_families(text) for s in f.samples
-    }  # fmt: skip
-
-
 def test_checkout_flow_through_one_client(stack: Stack) -> None:
     client = redis.Redis(port=stack.port, socket_timeout=10)  # redis-py 8: RESP3 (HELLO 3)
     session = json.dumps({"user": "u1", "cart": "cart:u1"})
@@ -154,7 +143,7 @@ def test_default_pool_strip_prefix_and_cross_route_refusal(stack: Stack) -> None
 def test_mirroring_copies_writes_and_never_hurts_the_primary(stack: Stack) -> None:
     assert stack.mirror is not None
     mirror = stack.mirror
-    before = _metrics(stack)
+    sent_before = Metrics(stack.metrics_port).total("resproxy_mirror_sent_total", pool="app")
     with RawClient(stack.port) as c:
         for i in range(50):
             assert c.call("SET", f"cart:m{i}", i) == b"OK"
@@ -164,8 +153,8 @@ def test_mirroring_copies_writes_and_never_hurts_the_primary(stack: Stack) -> No
     info = mirror.call("INFO", "commandstats").decode()
     assert "cmdstat_get:" not in info  # reads are not mirrored (mirror_mode: writes)
     assert mirror.call("GET", "cart:m7") == b"7"
-    after = _metrics(stack)
-    assert after[("resproxy_mirror_sent_total", "app")] - before.get(("resproxy_mirror_sent_total", "app"), 0) == 50
+    after = Metrics(stack.metrics_port)
+    assert after.total("resproxy_mirror_sent_total", pool="app") - sent_before == 50
     # the mirror dies: primary replies carry on, without a single error
     mirror.kill()
     errors = 0
@@ -175,9 +164,13 @@ def test_mirroring_copies_writes_and_never_hurts_the_primary(stack: Stack) -> No
                 errors += 1
         assert c.call("GET", "cart:n199") == b"199"
     assert errors == 0
-    final = _metrics(stack)
-    lost = final[("resproxy_mirror_errors_total", "app")] + final[("resproxy_mirror_dropped_total", "app")]
-    assert lost - (after[("resproxy_mirror_errors_total", "app")] + after[("resproxy_mirror_dropped_total", "app")]) > 0
+    final = Metrics(stack.metrics_port)
+
+    def lost(m: Metrics) -> float:
+        return m.total("resproxy_mirror_errors_total", pool="app") + m.total(
+            "resproxy_mirror_dropped_total", pool="app")
+
+    assert lost(final) > lost(after)
 
 
 def test_reload_changes_routes_without_dropping_clients(stack: Stack) -> None:

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.integration.harness import (
+    Metrics,
     ResProxy,
     SentinelGroup,
     free_port,
@@ -111,18 +112,6 @@ def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[
     return writers, started, switched
 
 
-def _scrape_sentinel(proxy: ResProxy) -> dict[str, float]:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    url = f"http://127.0.0.1:{proxy.mport}/metrics"  # type: ignore[attr-defined]
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name.startswith("resproxy_sentinel_")}  # fmt: skip
-
-
 def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGroup) -> None:
     client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
     assert client.set("session:one", "x", ex=60)
@@ -131,13 +120,6 @@ def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGr
     assert master.call("ROLE")[0] == b"master"
     assert master.call("GET", "session:one") == b"x"
     client.close()
-
-
-def _cmdstat(node: object, command: str) -> int:
-    for line in node.call("INFO", "commandstats").decode().splitlines():  # type: ignore[attr-defined]
-        if line.startswith(f"cmdstat_{command}:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
 
 
 def test_replica_reads_from_the_sentinels_replica(group: SentinelGroup) -> None:
@@ -151,11 +133,11 @@ def test_replica_reads_from_the_sentinels_replica(group: SentinelGroup) -> None:
         client = redis.Redis(port=port, socket_timeout=CLIENT_TIMEOUT_S)
         assert client.set("session:rr", "r")
         assert master.call("WAIT", 1, 5000) == 1
-        gets = (_cmdstat(master, "get"), _cmdstat(replica, "get"))
+        gets = (master.cmdstat("get"), replica.cmdstat("get"))
         for _ in range(10):
             assert client.get("session:rr") == b"r"
-        assert _cmdstat(replica, "get") - gets[1] == 10
-        assert _cmdstat(master, "get") == gets[0]
+        assert replica.cmdstat("get") - gets[1] == 10
+        assert master.cmdstat("get") == gets[0]
         client.close()
     finally:
         p.cleanup()
@@ -169,10 +151,10 @@ def test_manual_failover_under_load_loses_no_acknowledged_write(
     assert all(started <= s + took and s <= switched for s, took, _ in errors), errors[:5]
     assert not any("Timeout" in text for _, _, text in errors), errors[:5]
     new = group.by_port(group.current_master_port())
-    samples = _scrape_sentinel(proxy)
-    assert samples["resproxy_sentinel_switches_total"] >= 1
-    assert samples["resproxy_sentinel_holds_total"] >= 1
-    assert samples["resproxy_sentinel_master_known"] == 1
+    samples = Metrics(proxy.mport)  # type: ignore[attr-defined]
+    assert samples.total("resproxy_sentinel_switches_total") >= 1
+    assert samples.total("resproxy_sentinel_holds_total") >= 1
+    assert samples.total("resproxy_sentinel_master_known") == 1
     for w in writers:  # every acknowledged write is on the new master
         keys = list(w.acked)
         for i in range(0, len(keys), 200):

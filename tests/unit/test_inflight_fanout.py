@@ -78,29 +78,29 @@ def _gather(name: bytes, nkeys: int, positions: list[list[int]]) -> tuple[Gather
 
 def test_mget_merge_restores_key_order_with_missing_keys() -> None:
     g, writes, flusher = _gather(b"MGET", 4, [[0, 2], [1, 3]])
-    g.child(1).complete(b"*2\r\n$1\r\nb\r\n$-1\r\n")
-    g.child(0).complete(b"*2\r\n$1\r\na\r\n$1\r\nc\r\n")  # parts finish in any order
+    g.slots[1].complete(b"*2\r\n$1\r\nb\r\n$-1\r\n")
+    g.slots[0].complete(b"*2\r\n$1\r\na\r\n$1\r\nc\r\n")  # parts finish in any order
     flusher.run()
     assert writes == [[b"*4\r\n" + encode_bulk(b"a") + encode_bulk(b"b") + encode_bulk(b"c") + b"$-1\r\n"]]
 
 
 def test_mget_with_a_failed_part_is_one_error() -> None:
     g, writes, flusher = _gather(b"MGET", 2, [[0], [1]])
-    g.child(0).complete(b"*1\r\n$1\r\na\r\n")
-    g.child(1).fail("ERR server b unavailable: connection refused")
+    g.slots[0].complete(b"*1\r\n$1\r\na\r\n")
+    g.slots[1].fail("ERR server b unavailable: connection refused")
     flusher.run()
     assert writes == [[b"-ERR server b unavailable: connection refused\r\n"]]
 
 
 def test_del_sums_and_mset_is_ok_or_first_error() -> None:
     g, writes, flusher = _gather(b"DEL", 3, [[0, 1], [2]])
-    g.child(0).complete(b":2\r\n")
-    g.child(1).complete(b":0\r\n")
+    g.slots[0].complete(b":2\r\n")
+    g.slots[1].complete(b":0\r\n")
     flusher.run()
     assert writes == [[b":2\r\n"]]
     g, writes, flusher = _gather(b"MSET", 2, [[0], [1]])
-    g.child(0).complete(b"+OK\r\n")
-    g.child(1).complete(b"-OOM command not allowed\r\n")
+    g.slots[0].complete(b"+OK\r\n")
+    g.slots[1].complete(b"-OOM command not allowed\r\n")
     flusher.run()
     assert writes == [[b"-OOM command not allowed\r\n"]]
 
