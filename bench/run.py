@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,31 +189,19 @@ def main() -> int:
                      "--metrics", f"127.0.0.1:{metrics_port}"], cwd=ROOT)  # fmt: skip
         wait_port(nut_port, lambda: nut.poll() is None, "nutcracker")
         wait_port(res_port, lambda: res.poll() is None, "resproxy")
-        targets = {"redis": (direct_port, None), "nutcracker": (nut_port, nut.pid),
-                   "resproxy": (res_port, res.pid)}  # fmt: skip
 
         results: dict[str, Series] = {}
         for case in cases:
             series = results[case.name] = Series()
             requests = max(1000, int(case.requests * scale))
             for r in range(rounds):
-                order = ["nutcracker", "resproxy", "resproxy", "nutcracker"]
-                if r % 2:
-                    order = order[::-1]
-                got: dict[str, list[Result]] = {"nutcracker": [], "resproxy": []}
-                for name in order:
-                    port, pid = targets[name]
-                    got[name].append(measure(port, pid, case, requests))
-                port, pid = targets["redis"]
-                series.runs["redis"].append(measure(port, pid, case, requests))
-                for name, rs in got.items():
-                    series.runs[name].extend(rs)
-                series.ratios.append(
-                    statistics.mean(x.rps for x in got["resproxy"])
-                    / statistics.mean(x.rps for x in got["nutcracker"])
-                )
-                print(f"  {case.name} round {r + 1}/{rounds}: resproxy/nutcracker "
-                      f"{series.ratios[-1]:.2f}", file=sys.stderr, flush=True)  # fmt: skip
+                abba_round(
+                    series, r, "nutcracker",
+                    lambda: measure(nut_port, nut.pid, case, requests),
+                    lambda: measure(res_port, res.pid, case, requests),
+                    f"{case.name} round {r + 1}/{rounds}: resproxy/nutcracker",
+                )  # fmt: skip
+                series.runs["redis"].append(measure(direct_port, None, case, requests))
             for name, proc in (("nutcracker", nut), ("resproxy", res)):
                 if proc.poll() is not None:
                     raise SystemExit(f"bench: {name} died during the run")
@@ -237,6 +226,30 @@ def main() -> int:
     return 0
 
 
+def abba_round(
+    series: Series,
+    r: int,
+    base: str,
+    measure_base: Callable[[], Result],
+    measure_proxy: Callable[[], Result],
+    label: str,
+) -> None:
+    """One A B B A round: ``base`` and resproxy twice each, which goes first alternating
+    between rounds; records the runs and mean(resproxy rps) / mean(base rps)."""
+    order = [base, "resproxy", "resproxy", base]
+    if r % 2:
+        order.reverse()
+    got: dict[str, list[Result]] = {base: [], "resproxy": []}
+    for name in order:
+        got[name].append(measure_proxy() if name == "resproxy" else measure_base())
+    for name, runs in got.items():
+        series.runs[name].extend(runs)
+    series.ratios.append(
+        statistics.mean(x.rps for x in got["resproxy"]) / statistics.mean(x.rps for x in got[base])
+    )
+    print(f"  {label} {series.ratios[-1]:.2f}", file=sys.stderr, flush=True)
+
+
 def bench_cluster(cases: list[Case], rounds: int, scale: float, workdir: str) -> dict[str, Series]:
     """resproxy (cluster pool) vs redis-benchmark --cluster, on a real 3-master cluster."""
     cluster = RedisCluster(masters=3, replicas=0).start()
@@ -258,24 +271,14 @@ def bench_cluster(cases: list[Case], rounds: int, scale: float, workdir: str) ->
         for case in cases:
             series = results[case.name] = Series(runs={"cluster": [], "resproxy": []})
             requests = max(1000, int(case.requests * scale))
+            pid = proxy.pid
             for r in range(rounds):
-                order = ["cluster", "resproxy", "resproxy", "cluster"]
-                if r % 2:
-                    order = order[::-1]
-                got: dict[str, list[Result]] = {"cluster": [], "resproxy": []}
-                for name in order:
-                    if name == "cluster":
-                        got[name].append(measure(node, None, case, requests, cluster=True))
-                    else:
-                        got[name].append(measure(port, proxy.pid, case, requests))
-                for name, rs in got.items():
-                    series.runs[name].extend(rs)
-                series.ratios.append(
-                    statistics.mean(x.rps for x in got["resproxy"])
-                    / statistics.mean(x.rps for x in got["cluster"])
-                )
-                print(f"  cluster {case.name} round {r + 1}/{rounds}: resproxy/direct "
-                      f"{series.ratios[-1]:.2f}", file=sys.stderr, flush=True)  # fmt: skip
+                abba_round(
+                    series, r, "cluster",
+                    lambda: measure(node, None, case, requests, cluster=True),
+                    lambda: measure(port, pid, case, requests),
+                    f"cluster {case.name} round {r + 1}/{rounds}: resproxy/direct",
+                )  # fmt: skip
             if proxy.poll() is not None:
                 raise SystemExit("bench: resproxy (cluster) died during the run")
         return results
