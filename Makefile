@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup system-deps run test unit integration typecheck bench gen-commands clean
 
-$(STAMP): pyproject.toml setup.py proxy/_speedups.c
+$(STAMP): pyproject.toml setup.py proxy/_speedups.c proxy/_inflight.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "resproxy needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -1,13 +1,15 @@
-"""Builds the optional C accelerator for twemproxy's hash functions (proxy/_speedups.c).
+"""Builds the optional C accelerators: proxy/_speedups.c (hashes, RESP framing, fan-out kernels)
+and proxy/_inflight.c (reply slots and queues).
 
 Everything else is declared in pyproject.toml. If the compiler is missing the build goes on
-without it and proxy/hashing.py uses its pure-Python functions (same results, slower).
+without it and proxy/the pure-Python twins are used (same results, slower).
 """
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("proxy._speedups", ["proxy/_speedups.c"], optional=True, extra_compile_args=["-O2"])
+        Extension(name, [f"proxy/{name.split('.')[1]}.c"], optional=True, extra_compile_args=["-O2"])
+        for name in ("proxy._speedups", "proxy._inflight")
     ]
 )

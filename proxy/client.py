@@ -91,7 +91,7 @@ class ClientConnection(asyncio.Protocol):
         self._info = info  # INFO's text, from the composition root
         self._parser = RequestParser()
         self._clock = asyncio.get_running_loop().time
-        self._queue = ReplyQueue(self._write, flusher, self._clock)
+        self._queue = ReplyQueue(flusher, self._clock)
         self._rows = pool.stats.commands  # (pool, command) counter rows, metrics.CommandStats
         # on_flushed is set only while reading is paused or the client is closing: the
         # common flush then costs no extra call
@@ -113,6 +113,7 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=self._limits.max_reply_bytes)
+        self._queue.attach(transport, self._pool.stats)  # replies are written by the queue
         if not self._on_open(self):
             transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
             transport.close()
@@ -121,6 +122,7 @@ class ClientConnection(asyncio.Protocol):
         """A reload replaced this client's pool: its next requests go to the new one."""
         self._pool = pool
         self._rows = pool.stats.commands
+        self._queue.stats = pool.stats
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats = self._pool.stats
@@ -211,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
         self.requests += count
         if slow:
             self._queue.flush()  # what was answered in place; the rest leaves via the flusher
-        pending = len(self._queue.slots)
+        pending = len(self._queue)
         if pending >= self._limits.max_pending:
             self._pause_reading()
         if self._closing and not pending:
@@ -223,12 +225,8 @@ class ClientConnection(asyncio.Protocol):
         return self._pool.stats.command(label)
 
     def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
-        label = self._dispatch_one(args, raw)
-        self._queue.label_last(self._row(label))
-
-    def _dispatch_one(self, args: list[bytes], raw: bytes) -> str:
-        """Answer or send one command; returns its metrics label (a table name or "unknown")."""
-        queue = self._queue
+        """Answer or send one command off the fast path, counted under its metrics label (a
+        table name, or "unknown"): every reply it queues takes that row."""
         sent_name = args[0]
         args[0] = name = sent_name.upper()  # normalised once; compared as bytes from here on
         found = lookup(args, sent_name)
@@ -236,12 +234,23 @@ class ClientConnection(asyncio.Protocol):
             name.decode("ascii", "replace").lower()
             if found.startswith("ERR wrong number") else "unknown"
         )  # fmt: skip
+        queue = self._queue
+        queue.label = self._rows.get(label) or self._row(label)
+        try:
+            self._dispatch_one(name, args, raw, found)
+        finally:
+            queue.label = None
+
+    def _dispatch_one(
+        self, name: bytes, args: list[bytes], raw: bytes, found: CommandSpec | str
+    ) -> None:
+        queue = self._queue
         if not self._authed and name not in (b"AUTH", b"QUIT", b"HELLO"):
             queue.push_error(errors.NOAUTH)
-            return label
+            return
         if isinstance(found, str):
             queue.push_error(found)
-            return label
+            return
         spec = found
         kind = spec.kind
         if kind is Kind.LOCAL:
@@ -252,7 +261,6 @@ class ClientConnection(asyncio.Protocol):
             self._fanout(spec, args, raw)
         else:
             self._keyed(spec, args, raw)
-        return label
 
     def _keyed(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         try:
@@ -472,17 +480,6 @@ class ClientConnection(asyncio.Protocol):
             queue.push_error(errors.unsupported(spec.fullname))
 
     # --- writing, backpressure, closing --------------------------------------------------
-
-    def _write(self, out: list[bytes]) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        if len(out) == 1:
-            transport.write(out[0])
-            self._pool.stats.bytes_out += len(out[0])
-        else:
-            transport.writelines(out)
-            self._pool.stats.bytes_out += sum(map(len, out))
 
     def _after_flush(self) -> None:
         if self._closing:

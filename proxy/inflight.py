@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 
 class Stat(Protocol):
@@ -45,7 +45,7 @@ def _error_bytes(text: str) -> bytes:
     return b"-" + text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
 
 
-class ReplySlot:
+class PyReplySlot:
     """The place one request's reply goes; completed exactly once."""
 
     __slots__ = ("data", "sink", "stat")
@@ -99,67 +99,86 @@ class Flusher:
                 queue.flush()
 
 
-class ReplyQueue:
+class Transport(Protocol):
+    """Where a queue writes its replies (an asyncio transport)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, data: list[bytes]) -> None: ...
+
+
+class ByteCounter(Protocol):
+    """The pool's counters (metrics.PoolStats): bytes written to clients."""
+
+    bytes_out: int
+
+
+class PyReplyQueue:
     """One client's requests in arrival order; writes the completed head run.
 
+    ``attach(transport, stats)`` names where replies go (one ``write``, or one ``writelines``
+    for a run of several) and whose ``bytes_out`` counts them; until then, and after
+    ``close()``, nothing is written.
+
     Accounting happens here, once per written reply: the slot's ``stat`` row counts the request
-    and, for an error reply, the error. ``mark(t0)`` tags the newest slot with the time its
-    client read was parsed; when that reply is written, ``clock() - t0`` is observed as the
-    read's latency (one observation per client read, not per request).
+    and, for an error reply, the error; a slot pushed without a stat takes the queue's ``label``
+    (the slow path sets it for the command it dispatches). ``mark(t0)`` tags the newest slot
+    with the time its client read was parsed; when that reply is written, ``clock() - t0`` is
+    observed as the read's latency (one observation per client read, not per request).
     """
 
-    __slots__ = ("slots", "_write", "_flusher", "_listed", "closed", "on_flushed", "_marks",
-                 "_clock", "_waiting")  # fmt: skip
+    __slots__ = ("_slots", "_flusher", "_listed", "closed", "on_flushed", "_marks", "_clock",
+                 "_waiting", "_pushed", "_popped", "_transport", "stats", "label")  # fmt: skip
 
-    def __init__(
-        self,
-        write: Callable[[list[bytes]], None],
-        flusher: Flusher,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self.slots: deque[ReplySlot] = deque()  # read-only outside: len() is the pending count
+    def __init__(self, flusher: Flusher, clock: Callable[[], float] | None = None) -> None:
+        self._slots: deque[PyReplySlot] = deque()
         self._waiting = 0  # slots pushed and not completed yet
-        self._write = write
+        self._pushed = 0  # arrival numbers: the newest slot is number _pushed
+        self._popped = 0
         self._flusher = flusher
         self._listed = False  # already registered with the flusher
         self.closed = False
         self.on_flushed: Callable[[], None] | None = None
-        self._marks: deque[tuple[ReplySlot, float]] = deque()
+        self._marks: deque[tuple[int, float]] = deque()  # (arrival number, t0)
         self._clock = clock
+        self._transport: Transport | None = None
+        self.stats: ByteCounter | None = None
+        self.label: Stat | None = None
 
     def __len__(self) -> int:
-        return len(self.slots)
+        return len(self._slots)
 
-    def push(self, stat: Stat | None = None) -> ReplySlot:
+    def attach(self, transport: Transport | None, stats: ByteCounter | None) -> None:
+        self._transport = transport
+        self.stats = stats
+
+    def push(self, stat: Stat | None = None) -> PyReplySlot:
         """A new slot at the tail, for a request just parsed."""
-        slot = ReplySlot(self, stat)
-        self.slots.append(slot)
+        slot = PyReplySlot(self, stat or self.label)
+        self._slots.append(slot)
+        self._pushed += 1
         self._waiting += 1
         return slot
 
     def push_reply(self, raw: bytes, stat: Stat | None = None) -> None:
         """A request answered in place (local command, refusal): queued already complete."""
-        slot = ReplySlot(None, stat)
+        slot = PyReplySlot(None, stat or self.label)
         slot.data = raw
-        self.slots.append(slot)
+        self._slots.append(slot)
+        self._pushed += 1
 
     def push_error(self, text: str, stat: Stat | None = None) -> None:
         self.push_reply(_error_bytes(text), stat)
 
-    def label_last(self, stat: Stat) -> None:
-        """Count the newest slot under ``stat`` (the slow path learns the command late)."""
-        if self.slots:
-            self.slots[-1].stat = stat
-
     def mark(self, t0: float) -> None:
         """Observe the newest slot's latency from ``t0`` when its reply is written."""
-        if self.slots and self._clock is not None:
-            self._marks.append((self.slots[-1], t0))
+        if self._slots and self._clock is not None:
+            self._marks.append((self._pushed, t0))
 
-    def slot_done(self, slot: ReplySlot) -> None:
+    def slot_done(self, slot: PyReplySlot) -> None:
         waiting = self._waiting = self._waiting - 1
         if waiting:
-            if not self._listed and self.slots[0] is slot and not self.closed:
+            if not self._listed and self._slots[0] is slot and not self.closed:
                 self._listed = True
                 self._flusher.add(self)
         elif not self.closed:
@@ -172,37 +191,56 @@ class ReplyQueue:
         self._listed = False
         if self.closed:
             return
-        slots = self.slots
-        if not slots or slots[0].data is None:
-            return
+        slots = self._slots
         out: list[bytes] = []
-        marks = self._marks
-        mark = marks[0][0] if marks else None
-        while slots:
-            slot = slots[0]
-            data = slot.data
-            if data is None:
-                break
+        run: list[PyReplySlot] = []
+        while slots and (data := slots[0].data) is not None:
             out.append(data)
-            slots.popleft()
+            run.append(slots.popleft())
+        if not out:
+            return
+        first = self._popped + 1
+        self._popped += len(run)
+        marks = self._marks
+        for seq, slot in enumerate(run, first):
             stat = slot.stat
             if stat is not None:
                 stat.requests += 1
+                data = out[seq - first]
                 if data[0] == 45 or data[0] == 33:  # "-" error, "!" RESP3 blob error
                     stat.errors += 1
-            if slot is mark:
-                t0 = marks.popleft()[1]
-                if stat is not None and self._clock is not None:
+            while marks and marks[0][0] <= seq:
+                marked, t0 = marks.popleft()
+                if marked == seq and stat is not None and self._clock is not None:
                     stat.observe(self._clock() - t0)
-                mark = marks[0][0] if marks else None
-        self._write(out)
+        transport = self._transport
+        if transport is not None:
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+            if self.stats is not None:
+                self.stats.bytes_out += sum(map(len, out))
         if self.on_flushed is not None:
             self.on_flushed()
 
     def close(self) -> None:
         """The client is gone: drop its slots; late replies complete into nothing."""
         self.closed = True
-        for slot in self.slots:
+        for slot in self._slots:
             slot.sink = None
-        self.slots.clear()
+        self._slots.clear()
         self._marks.clear()
+        self._transport = None
+
+
+# The C twins (proxy/_inflight.c) when built: the same objects, a third of the Python work of
+# an unpipelined GET. Both implementations pass tests/unit/test_inflight_fanout.py.
+if TYPE_CHECKING:
+    ReplySlot = PyReplySlot
+    ReplyQueue = PyReplyQueue
+else:
+    try:
+        from proxy._inflight import ReplyQueue, ReplySlot
+    except ImportError:  # built without a C compiler
+        ReplySlot, ReplyQueue = PyReplySlot, PyReplyQueue

@@ -2,25 +2,80 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from proxy import resp, ring
 
 from proxy.fanout import Gather, split
-from proxy.inflight import Flusher, ReplyQueue
+from proxy import inflight
+from proxy.inflight import Flusher
 from proxy.resp import encode_bulk
 
 
-def _queue() -> tuple[ReplyQueue, list[list[bytes]], Flusher]:
-    writes: list[list[bytes]] = []
+class Recorder:
+    """A transport that records each write: a list of the reply bytes it carried."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[bytes]] = []
+        self.calls: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append([data])
+        self.calls.append("write")
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(list(data))
+        self.calls.append("writelines")
+
+
+class Row:
+    """A metrics row (metrics.CommandStats' shape) that records its latency observations."""
+
+    __slots__ = ("requests", "errors", "seen", "__weakref__")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.seen: list[float] = []
+
+    def observe(self, seconds: float) -> None:
+        self.seen.append(seconds)
+
+
+class Bytes:
+    def __init__(self) -> None:
+        self.bytes_out = 0
+
+
+IMPLS = {"c": (inflight.ReplyQueue, inflight.ReplySlot),
+         "python": (inflight.PyReplyQueue, inflight.PyReplySlot)}  # fmt: skip
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def impl(request: pytest.FixtureRequest) -> str:
+    if request.param == "c":
+        assert inflight.ReplyQueue is not inflight.PyReplyQueue, "C inflight not built"
+    return str(request.param)
+
+
+def _queue(
+    impl: str = "c", clock: Callable[[], float] | None = None
+) -> tuple[Any, list[list[bytes]], Flusher]:
+    recorder = Recorder()
     flusher = Flusher()
-    return ReplyQueue(writes.append, flusher), writes, flusher
+    queue = IMPLS[impl][0](flusher, clock)
+    queue.attach(recorder, Bytes())
+    return queue, recorder.writes, flusher
 
 
-def test_replies_leave_in_request_order_whatever_order_they_complete() -> None:
-    queue, writes, flusher = _queue()
+def test_replies_leave_in_request_order_whatever_order_they_complete(impl: str) -> None:
+    queue, writes, flusher = _queue(impl)
     s1, s2, s3, s4 = (queue.push() for _ in range(4))
     s2.complete(b"+2\r\n")
     s4.complete(b"+4\r\n")
@@ -29,28 +84,146 @@ def test_replies_leave_in_request_order_whatever_order_they_complete() -> None:
     s1.complete(b"+1\r\n")
     flusher.run()
     assert writes == [[b"+1\r\n", b"+2\r\n"]]  # the head run, in one write
-    s3.complete(b"+3\r\n")
-    flusher.run()
+    s3.complete(b"+3\r\n")  # the last one owed: written at once, without the flusher
     assert writes[-1] == [b"+3\r\n", b"+4\r\n"]
     assert len(queue) == 0
 
 
-def test_a_slot_completes_exactly_once() -> None:
-    queue, writes, flusher = _queue()
+def test_a_slot_completes_exactly_once(impl: str) -> None:
+    queue, writes, flusher = _queue(impl)
     slot = queue.push()
-    slot.fail("ERR server x timed out")
+    slot.fail("ERR server x timed out\r\nsecond line")
     slot.complete(b"+late\r\n")
+    slot.fail("ERR again")
     flusher.run()
-    assert writes == [[b"-ERR server x timed out\r\n"]]
+    assert writes == [[b"-ERR server x timed out  second line\r\n"]]
+    assert slot.data == b"-ERR server x timed out  second line\r\n"
 
 
-def test_closed_queue_swallows_late_replies() -> None:
-    queue, writes, flusher = _queue()
+def test_closed_queue_swallows_late_replies(impl: str) -> None:
+    queue, writes, flusher = _queue(impl)
     slot = queue.push()
     queue.close()
+    assert slot.sink is None and queue.closed and len(queue) == 0
     slot.complete(b"+OK\r\n")
     flusher.run()
+    queue.flush()
     assert writes == []
+
+
+def test_one_write_per_run_and_the_flusher_only_while_replies_are_owed(impl: str) -> None:
+    queue, writes, flusher = _queue(impl)
+    rec = queue._transport if impl == "python" else None
+    a, b = queue.push(), queue.push()
+    a.complete(b"+a\r\n")  # b still owed: the queue waits for the flusher's turn
+    assert writes == []
+    flusher.run()
+    assert writes == [[b"+a\r\n"]]
+    b.complete(b"+b\r\n")  # nothing else owed: written now
+    assert writes == [[b"+a\r\n"], [b"+b\r\n"]]
+    queue.push_reply(b"+PONG\r\n")
+    queue.push_error("ERR x")
+    queue.flush()
+    assert writes[-1] == [b"+PONG\r\n", b"-ERR x\r\n"]
+    assert queue.stats.bytes_out == len(b"+a\r\n+b\r\n+PONG\r\n-ERR x\r\n")
+    if rec is not None:
+        assert rec.calls == ["write", "write", "writelines"]
+
+
+def test_rows_count_requests_and_errors_and_the_label_fills_in(impl: str) -> None:
+    queue, writes, flusher = _queue(impl)
+    get, set_, slow = Row(), Row(), Row()
+    slots = [queue.push(get), queue.push(get), queue.push(set_), queue.push(get)]
+    for slot, reply in zip(slots, [b"$1\r\nv\r\n", b"-WRONGTYPE x\r\n", b"+OK\r\n", b"!3\r\nerr\r\n"]):
+        slot.complete(reply)
+    assert (get.requests, get.errors, set_.requests, set_.errors) == (3, 2, 1, 0)
+    queue.label = slow
+    queue.push_error("ERR unknown command")
+    queue.push_reply(b"+OK\r\n")
+    queue.push().complete(b":1\r\n")
+    queue.label = None
+    queue.push_reply(b"+OK\r\n")
+    queue.flush()
+    assert (slow.requests, slow.errors) == (3, 1)
+    assert (get.requests, set_.requests) == (3, 1)  # the unlabelled reply counted nowhere
+
+
+def test_latency_is_observed_for_marked_slots_only(impl: str) -> None:
+    now = [10.0]
+    queue, writes, flusher = _queue(impl, lambda: now[0])
+    row = Row()
+    a = queue.push(row)
+    queue.mark(9.5)  # a's read began at 9.5
+    b, c = queue.push(row), queue.push(row)
+    queue.mark(9.75)  # c's
+    for slot in (c, b, a):
+        slot.complete(b"+OK\r\n")
+    assert row.seen == [0.5, 0.25]
+    queue.mark(1.0)  # nothing queued: no mark
+    d = queue.push(row)
+    d.complete(b"+OK\r\n")
+    assert row.seen == [0.5, 0.25]
+
+
+def test_long_runs_and_a_wrapping_queue_keep_order(impl: str) -> None:
+    queue, writes, flusher = _queue(impl)
+    rng = random.Random(5)
+    expected: list[bytes] = []
+    owed: list[tuple[Any, bytes]] = []
+    for i in range(3000):
+        if rng.random() < 0.6 or not owed:
+            reply = b":%d\r\n" % i
+            owed.append((queue.push(), reply))
+            expected.append(reply)
+        else:
+            slot, reply = owed.pop(rng.randrange(len(owed)))
+            slot.complete(reply)
+        if rng.random() < 0.1:
+            flusher.run()
+    for slot, reply in owed:
+        slot.complete(reply)
+    flusher.run()
+    assert [r for w in writes for r in w] == expected
+    assert max(len(w) for w in writes) > 16  # runs longer than the C stack buffer
+
+
+def test_on_flushed_runs_after_each_write_and_may_push(impl: str) -> None:
+    queue, writes, flusher = _queue(impl)
+    seen: list[int] = []
+
+    def after() -> None:
+        seen.append(len(writes))
+        if len(seen) == 1:
+            queue.push_reply(b"+again\r\n")  # a callback that queues more
+            queue.flush()
+
+    queue.on_flushed = after
+    queue.push().complete(b"+first\r\n")
+    assert writes == [[b"+first\r\n"], [b"+again\r\n"]]
+    assert seen == [1, 2]
+
+
+def test_a_slot_sink_is_called_and_cycles_are_collected(impl: str) -> None:
+    slot_cls = IMPLS[impl][1]
+    got: list[Any] = []
+
+    class Sink:
+        def slot_done(self, slot: Any) -> None:
+            got.append(slot.data)
+
+    slot = slot_cls(Sink())
+    slot.complete(b"+x\r\n")
+    assert got == [b"+x\r\n"]
+    if impl == "c":  # the C queue reads the bytes it writes
+        with pytest.raises(TypeError):
+            slot_cls(None).complete("text")
+    queue, _, _ = _queue(impl)
+    pending = queue.push()  # queue -> slot -> queue: a cycle the GC must free
+    queue.label = witness = Row()  # held only by the cycle once we let go
+    ref = weakref.ref(witness)
+    del queue, pending, witness
+    gc.collect()
+    assert ref() is None
 
 
 def test_split_groups_keys_by_target_keeping_positions() -> None:

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "slotmap": set(),
     "backend": {"resp", "inflight", "errors", "metrics"},
     "metrics": set(),
-    "inflight": {"errors"},
+    "inflight": {"errors", "_inflight"},  # its C twin
     "ring": {"hashing", "_speedups"},  # C grouping of key lists
     "hashing": {"_speedups"},  # its own C accelerator
     "resp": {"_speedups"},  # its C reply scanner
