@@ -17,7 +17,7 @@
 #include <Python.h>
 #include <string.h>
 
-static PyObject *str_slot_done, *str_add, *str_write, *str_writelines, *str_requests,
+static PyObject *str_slot_done, *str_complete, *str_add, *str_write, *str_writelines, *str_requests,
     *str_errors, *str_observe, *str_bytes_out;
 
 /* --------------------------------------------------------------------------------------- */
@@ -66,10 +66,21 @@ typedef struct {
         return 0;                                                                             \
     }
 
+typedef struct {
+    PyObject_HEAD
+    PyObject *parent; /* the client's slot */
+    PyObject *merge;  /* merge(name, parts, nkeys, datas) -> bytes */
+    PyObject *name, *nkeys, *parts;
+    PyObject *slots;  /* list: one child slot per part, sink = this gather */
+    Py_ssize_t left;  /* children still owed */
+} GatherObject;
+
 static PyTypeObject SlotType;
 static PyTypeObject QueueType;
+static PyTypeObject GatherType;
 
 static int queue_slot_done(QueueObject *q, SlotObject *slot);
+static int gather_slot_done(GatherObject *g);
 
 static PyObject *error_bytes(PyObject *text) {
     /* "-" + text + CRLF, with CR and LF inside the text turned into spaces (as inflight.py) */
@@ -130,6 +141,8 @@ static int slot_complete(SlotObject *s, PyObject *raw) {
         return 0;
     if (Py_IS_TYPE(sink, &QueueType))
         return queue_slot_done((QueueObject *)sink, s);
+    if (Py_IS_TYPE(sink, &GatherType))
+        return gather_slot_done((GatherObject *)sink);
     Py_INCREF(sink);
     PyObject *r = PyObject_CallMethodOneArg(sink, str_slot_done, (PyObject *)s);
     Py_DECREF(sink);
@@ -631,10 +644,146 @@ static PyTypeObject QueueType = {
     .tp_as_sequence = &Queue_as_sequence,
 };
 
+
+/* ---------------------------------------------------------------------------------------
+ * Gather(parent, merge, name, nkeys, parts): a split command's sub-replies, merged once
+ *
+ * One child slot per part (``slots``); when the last one completes, the children let go of
+ * the gather (no cycle left for the GC) and ``parent`` is completed with
+ * ``merge(name, parts, nkeys, [child data...])`` (fanout.merge: the Redis answer).
+ * --------------------------------------------------------------------------------------- */
+
+static PyObject *Gather_tp_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *parent, *merge, *name, *nkeys, *parts;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Gather takes positional arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOO:Gather", &parent, &merge, &name, &nkeys, &parts))
+        return NULL;
+    Py_ssize_t n = PyObject_Length(parts);
+    if (n < 0)
+        return NULL;
+    GatherObject *g = (GatherObject *)type->tp_alloc(type, 0);
+    if (g == NULL)
+        return NULL;
+    g->parent = Py_NewRef(parent);
+    g->merge = Py_NewRef(merge);
+    g->name = Py_NewRef(name);
+    g->nkeys = Py_NewRef(nkeys);
+    g->parts = Py_NewRef(parts);
+    g->left = n;
+    if ((g->slots = PyList_New(n)) == NULL) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SlotObject *child = slot_new((PyObject *)g, Py_None);
+        if (child == NULL) {
+            Py_DECREF(g);
+            return NULL;
+        }
+        PyList_SET_ITEM(g->slots, i, (PyObject *)child);
+    }
+    return (PyObject *)g;
+}
+
+static int gather_slot_done(GatherObject *g) {
+    if (--g->left)
+        return 0;
+    PyObject *slots = g->slots;
+    Py_ssize_t n = PyList_GET_SIZE(slots);
+    PyObject *datas = PyList_New(n);
+    if (datas == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SlotObject *child = (SlotObject *)PyList_GET_ITEM(slots, i);
+        PyList_SET_ITEM(datas, i, Py_NewRef(child->data != NULL ? child->data : Py_None));
+    }
+    Py_INCREF(g); /* the children's references go now; this call keeps the gather alive */
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_CLEAR(((SlotObject *)PyList_GET_ITEM(slots, i))->sink);
+    PyObject *argv[4] = {g->name, g->parts, g->nkeys, datas};
+    PyObject *merged = PyObject_Vectorcall(g->merge, argv, 4, NULL);
+    Py_DECREF(datas);
+    int rc = -1;
+    if (merged != NULL) {
+        if (Py_IS_TYPE(g->parent, &SlotType) && PyBytes_Check(merged))
+            rc = slot_complete((SlotObject *)g->parent, merged);
+        else {
+            PyObject *r = PyObject_CallMethodOneArg(g->parent, str_complete, merged);
+            rc = r != NULL ? 0 : -1;
+            Py_XDECREF(r);
+        }
+        Py_DECREF(merged);
+    }
+    Py_DECREF(g);
+    return rc;
+}
+
+static PyObject *Gather_slot_done(GatherObject *g, PyObject *slot) {
+    (void)slot;
+    if (gather_slot_done(g) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int Gather_traverse(GatherObject *g, visitproc visit, void *arg) {
+    Py_VISIT(g->parent);
+    Py_VISIT(g->merge);
+    Py_VISIT(g->parts);
+    Py_VISIT(g->slots);
+    return 0;
+}
+
+static int Gather_clear(GatherObject *g) {
+    Py_CLEAR(g->parent);
+    Py_CLEAR(g->merge);
+    Py_CLEAR(g->name);
+    Py_CLEAR(g->nkeys);
+    Py_CLEAR(g->parts);
+    Py_CLEAR(g->slots);
+    return 0;
+}
+
+static void Gather_dealloc(GatherObject *g) {
+    PyObject_GC_UnTrack(g);
+    Gather_clear(g);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static PyObject *Gather_get_slots(GatherObject *g, void *c) {
+    (void)c;
+    return Py_NewRef(g->slots != NULL ? g->slots : Py_None);
+}
+
+static PyGetSetDef Gather_getset[] = {
+    {"slots", (getter)Gather_get_slots, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Gather_methods[] = {
+    {"slot_done", (PyCFunction)Gather_slot_done, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GatherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "proxy._inflight.Gather",
+    .tp_basicsize = sizeof(GatherObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Gather_tp_new,
+    .tp_traverse = (traverseproc)Gather_traverse,
+    .tp_clear = (inquiry)Gather_clear,
+    .tp_dealloc = (destructor)Gather_dealloc,
+    .tp_methods = Gather_methods,
+    .tp_getset = Gather_getset,
+};
+
 /* --------------------------------------------------------------------------------------- */
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_inflight", "ReplySlot and ReplyQueue (proxy/inflight.py) in C.", -1,
+    PyModuleDef_HEAD_INIT, "_inflight", "ReplySlot, ReplyQueue and Gather (proxy/inflight.py) in C.", -1,
     NULL,
 };
 
@@ -643,6 +792,7 @@ PyMODINIT_FUNC PyInit__inflight(void) {
     if ((var = PyUnicode_InternFromString(s)) == NULL)                                        \
         return NULL;
     INTERN(str_slot_done, "slot_done");
+    INTERN(str_complete, "complete");
     INTERN(str_add, "add");
     INTERN(str_write, "write");
     INTERN(str_writelines, "writelines");
@@ -651,13 +801,15 @@ PyMODINIT_FUNC PyInit__inflight(void) {
     INTERN(str_observe, "observe");
     INTERN(str_bytes_out, "bytes_out");
 #undef INTERN
-    if (PyType_Ready(&SlotType) < 0 || PyType_Ready(&QueueType) < 0)
+    if (PyType_Ready(&SlotType) < 0 || PyType_Ready(&QueueType) < 0
+        || PyType_Ready(&GatherType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "ReplySlot", (PyObject *)&SlotType) < 0
-        || PyModule_AddObjectRef(m, "ReplyQueue", (PyObject *)&QueueType) < 0) {
+        || PyModule_AddObjectRef(m, "ReplyQueue", (PyObject *)&QueueType) < 0
+        || PyModule_AddObjectRef(m, "Gather", (PyObject *)&GatherType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

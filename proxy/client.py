@@ -2,7 +2,7 @@
 
     data_received ─> RequestParser.commands() ─> fast path inline, else _dispatch_slow
                         single key (fast path) ─> pool.route(key).send(raw, slot)
-                        MGET/MSET/DEL/... across servers ─> fanout.split + Gather
+                        MGET/MSET/DEL/... across servers ─> fanout.split + Gather(fanout.merge)
                         local / refused / bad ─> a completed slot, answered in place
     ReplyQueue (inflight.py) writes the completed head run: one write per batch.
 
@@ -36,8 +36,8 @@ from proxy.commands import (
     keys_of,
     lookup,
 )
-from proxy.fanout import Gather, split
-from proxy.inflight import Flusher, ReplyQueue
+from proxy.fanout import merge, split
+from proxy.inflight import Flusher, Gather, ReplyQueue
 from proxy.metrics import CommandStats
 from proxy.pool import Parts, Pool, Target
 from proxy.resp import (
@@ -320,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
         stats.fragments += len(parts)
         parent = self._queue.push(row)
         nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
-        gather = Gather(parent, args[0], nkeys, parts)
+        gather = Gather(parent, merge, args[0], nkeys, parts)
         resp3, client_id = self._resp3, self.id
         for (server, payload, _), child in zip(parts, gather.slots):
             if server is None:

@@ -2,15 +2,16 @@
 
 MGET, MSET, DEL, UNLINK, EXISTS and TOUCH may name keys on several servers. ``split`` groups the
 keys by the server ``locate(key)`` names, keeping each key's position, one sub-command per server
-(twemproxy's fragmenting, but per server rather than per key). A ``Gather`` collects the
-sub-replies and completes the client's slot once, with what a single Redis would have said:
+(twemproxy's fragmenting, but per server rather than per key). An ``inflight.Gather`` collects
+the sub-replies and completes the client's slot once with ``merge``, what a single Redis would
+have said:
 
 * MGET: one array in the client's key order; if any part failed, that one error instead;
 * DEL / UNLINK / EXISTS / TOUCH: the sum of the parts' integers (duplicates count as Redis
   counts them, since each key goes to exactly one server), or the first error;
 * MSET: ``+OK`` when every part said OK, else the first error.
 
-Imports: resp, inflight, errors.
+Imports: resp, errors.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from proxy import errors
-from proxy.inflight import ReplySlot
 from proxy.resp import ERROR_TYPES, OK, encode_error, encode_int, merge_arrays
 
 T = TypeVar("T")
@@ -56,51 +56,25 @@ def split(
     return parts
 
 
-class Gather:
-    """Collects the sub-replies of one split command, then completes the client's slot."""
-
-    __slots__ = ("_parent", "_name", "_nkeys", "_parts", "slots", "_left")
-
-    def __init__(
-        self, parent: ReplySlot, name: bytes, nkeys: int, parts: Sequence[Sequence[Any]]
-    ) -> None:
-        """``parts``: one entry per sub-command whose last item is its key positions (the
-        split's (target, payload, positions) tuples serve as they are)."""
-        self._parent = parent
-        self._name = name
-        self._nkeys = nkeys
-        self._parts = parts
-        self.slots = [ReplySlot(self) for _ in parts]  # one per sub-command, in order
-        self._left = len(parts)
-
-    def slot_done(self, slot: ReplySlot) -> None:
-        self._left -= 1
-        if not self._left:
-            slots = self.slots
-            merged = self._merge([s.data or b"" for s in slots])
-            # Slots and gather refer to each other; break the cycle now that every part is in,
-            # so it is freed at once instead of by the cyclic GC (a visible cost under load).
-            for child in slots:
-                child.sink = None
-            self._parent.complete(merged)
-
-    def _merge(self, datas: list[bytes]) -> bytes:
+def merge(name: bytes, parts: Sequence[Sequence[Any]], nkeys: int, datas: list[bytes]) -> bytes:
+    """The reply a single Redis would have given, from the sub-replies ``datas`` of ``parts``
+    (each part's last item is its key positions: the split's tuples serve as they are). An
+    ``inflight.Gather`` calls it once every part is in."""
+    for raw in datas:
+        if raw[:1] in ERROR_TYPES:  # resp.is_error, inlined: it runs for every part
+            return raw
+    if name == b"MGET":
+        return _merge_mget(datas, [part[-1] for part in parts], nkeys)
+    if name in SUM_COMMANDS:
+        total = 0
         for raw in datas:
-            if raw[:1] in ERROR_TYPES:  # resp.is_error, inlined: it runs for every part
-                return raw
-        name = self._name
-        if name == b"MGET":
-            return _merge_mget(datas, [part[-1] for part in self._parts], self._nkeys)
-        if name in SUM_COMMANDS:
-            total = 0
-            for raw in datas:
-                if raw[:1] != b":":
-                    return encode_error(errors.MERGE_MISMATCH)
-                total += int(raw[1:-2])
-            return encode_int(total)
-        if name == b"MSET":
-            return OK if all(raw == OK for raw in datas) else encode_error(errors.MERGE_MISMATCH)
-        return encode_error(errors.MERGE_MISMATCH)
+            if raw[:1] != b":":
+                return encode_error(errors.MERGE_MISMATCH)
+            total += int(raw[1:-2])
+        return encode_int(total)
+    if name == b"MSET":
+        return OK if all(raw == OK for raw in datas) else encode_error(errors.MERGE_MISMATCH)
+    return encode_error(errors.MERGE_MISMATCH)
 
 
 def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes:

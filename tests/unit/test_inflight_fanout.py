@@ -12,7 +12,7 @@ import pytest
 
 from proxy import resp, ring
 
-from proxy.fanout import Gather, split
+from proxy.fanout import merge, split
 from proxy import inflight
 from proxy.inflight import Flusher
 from proxy.resp import encode_bulk
@@ -244,34 +244,43 @@ def test_split_groups_keys_by_target_keeping_positions() -> None:
     assert mset == [(1, [b"MSET", b"a", b"1", b"c", b"3"], [0, 2]), (2, [b"MSET", b"b", b"2"], [1])]
 
 
-def _gather(name: bytes, nkeys: int, positions: list[list[int]]) -> tuple[Gather, list[list[bytes]], Flusher]:
-    queue, writes, flusher = _queue()
-    return Gather(queue.push(), name, nkeys, [(None, b"", p) for p in positions]), writes, flusher
+GATHERS = {"c": inflight.Gather, "python": inflight.PyGather}
 
 
-def test_mget_merge_restores_key_order_with_missing_keys() -> None:
-    g, writes, flusher = _gather(b"MGET", 4, [[0, 2], [1, 3]])
+def _gather(impl: str, name: bytes, nkeys: int, positions: list[list[int]]) -> tuple[Any, list[list[bytes]], Flusher]:
+    queue, writes, flusher = _queue(impl)
+    parts = [(None, b"", p) for p in positions]
+    return GATHERS[impl](queue.push(), merge, name, nkeys, parts), writes, flusher
+
+
+def test_mget_merge_restores_key_order_with_missing_keys(impl: str) -> None:
+    g, writes, flusher = _gather(impl, b"MGET", 4, [[0, 2], [1, 3]])
     g.slots[1].complete(b"*2\r\n$1\r\nb\r\n$-1\r\n")
     g.slots[0].complete(b"*2\r\n$1\r\na\r\n$1\r\nc\r\n")  # parts finish in any order
     flusher.run()
     assert writes == [[b"*4\r\n" + encode_bulk(b"a") + encode_bulk(b"b") + encode_bulk(b"c") + b"$-1\r\n"]]
 
 
-def test_mget_with_a_failed_part_is_one_error() -> None:
-    g, writes, flusher = _gather(b"MGET", 2, [[0], [1]])
+def test_mget_with_a_failed_part_is_one_error(impl: str) -> None:
+    g, writes, flusher = _gather(impl, b"MGET", 2, [[0], [1]])
     g.slots[0].complete(b"*1\r\n$1\r\na\r\n")
     g.slots[1].fail("ERR server b unavailable: connection refused")
     flusher.run()
     assert writes == [[b"-ERR server b unavailable: connection refused\r\n"]]
 
 
-def test_del_sums_and_mset_is_ok_or_first_error() -> None:
-    g, writes, flusher = _gather(b"DEL", 3, [[0, 1], [2]])
+def test_del_sums_and_mset_is_ok_or_first_error(impl: str) -> None:
+    g, writes, flusher = _gather(impl, b"DEL", 3, [[0, 1], [2]])
     g.slots[0].complete(b":2\r\n")
     g.slots[1].complete(b":0\r\n")
     flusher.run()
     assert writes == [[b":2\r\n"]]
-    g, writes, flusher = _gather(b"MSET", 2, [[0], [1]])
+    assert all(child.sink is None for child in g.slots)  # no cycle left behind
+    g, writes, flusher = _gather(impl, b"EXISTS", 2, [[0], [1]])
+    g.slots[0].complete(b":1\r\n")
+    g.slots[1].complete(b"+QUEUED\r\n")
+    assert writes[0][0].startswith(b"-ERR")  # not what a sum is made of
+    g, writes, flusher = _gather(impl, b"MSET", 2, [[0], [1]])
     g.slots[0].complete(b"+OK\r\n")
     g.slots[1].complete(b"-OOM command not allowed\r\n")
     flusher.run()
