@@ -457,17 +457,18 @@ fail:
 }
 
 /*
- * merge_arrays(parts, positions, nkeys) -> bytes | None
+ * merge_arrays(replies, parts, nkeys) -> bytes | None
  *
- * The MGET merge: parts[j] is a complete array reply whose i-th item answers the client's key
- * positions[j][i]. Returns one array of nkeys items in the client's key order, items copied
+ * The MGET merge: replies[j] is a complete array reply whose i-th item answers the client's key
+ * positions[j][i], where positions[j] is the last item of the tuple parts[j] (the split's
+ * (target, payload, positions) tuples serve as they are). Returns one array of nkeys items in the client's key order, items copied
  * byte for byte (nils stay $-1 or RESP3 _); None if a part is not an array of the expected
- * size or the positions do not cover every key exactly once. Python twin: fanout._merge_mget.
+ * size or the positions do not cover every key exactly once. Python twin: resp._py_merge_arrays.
  */
 static PyObject *py_merge_arrays(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 3 || !PyList_Check(args[0]) || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "merge_arrays(parts: list, positions: list, nkeys)");
+        PyErr_SetString(PyExc_TypeError, "merge_arrays(replies: list, parts: list, nkeys)");
         return NULL;
     }
     PyObject *parts = args[0], *positions = args[1];
@@ -484,7 +485,9 @@ static PyObject *py_merge_arrays(PyObject *self, PyObject *const *args, Py_ssize
     if (starts == NULL || lens == NULL) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t j = 0; j < nparts; j++) {
         PyObject *raw = PyList_GET_ITEM(parts, j);
-        PyObject *pos_list = PyList_GET_ITEM(positions, j);
+        PyObject *part = PyList_GET_ITEM(positions, j);
+        if (!PyTuple_Check(part) || PyTuple_GET_SIZE(part) == 0) goto mismatch;
+        PyObject *pos_list = PyTuple_GET_ITEM(part, PyTuple_GET_SIZE(part) - 1);
         if (!PyBytes_Check(raw) || !PyList_Check(pos_list)) goto mismatch;
         const char *b = PyBytes_AS_STRING(raw);
         Py_ssize_t end = PyBytes_GET_SIZE(raw);

@@ -56,7 +56,7 @@ def split(
     return parts
 
 
-def merge(name: bytes, parts: Sequence[Sequence[Any]], nkeys: int, datas: list[bytes]) -> bytes:
+def merge(name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, datas: list[bytes]) -> bytes:
     """The reply a single Redis would have given, from the sub-replies ``datas`` of ``parts``
     (each part's last item is its key positions: the split's tuples serve as they are). An
     ``inflight.Gather`` calls it once every part is in."""
@@ -64,7 +64,11 @@ def merge(name: bytes, parts: Sequence[Sequence[Any]], nkeys: int, datas: list[b
         if raw[:1] in ERROR_TYPES:  # resp.is_error, inlined: it runs for every part
             return raw
     if name == b"MGET":
-        return _merge_mget(datas, [part[-1] for part in parts], nkeys)
+        # Each part's items are cut out of its raw reply and put back in the client's key
+        # order unchanged: no decoding, and nils stay in the client's protocol ($-1 or RESP3
+        # _), since its server connections speak that protocol.
+        merged = merge_arrays(datas, parts, nkeys)
+        return merged if merged is not None else encode_error(errors.MERGE_MISMATCH)
     if name in SUM_COMMANDS:
         total = 0
         for raw in datas:
@@ -75,11 +79,3 @@ def merge(name: bytes, parts: Sequence[Sequence[Any]], nkeys: int, datas: list[b
     if name == b"MSET":
         return OK if all(raw == OK for raw in datas) else encode_error(errors.MERGE_MISMATCH)
     return encode_error(errors.MERGE_MISMATCH)
-
-
-def _merge_mget(datas: list[bytes], parts: list[list[int]], nkeys: int) -> bytes:
-    # Each part's items are cut out of its raw reply and put back in the client's key order
-    # unchanged: no decoding, and nils stay in the client's protocol ($-1 or RESP3 _), since
-    # its server connections speak that protocol. C when built (merge_arrays), else Python.
-    merged = merge_arrays(datas, parts, nkeys)
-    return merged if merged is not None else encode_error(errors.MERGE_MISMATCH)

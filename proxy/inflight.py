@@ -238,7 +238,7 @@ class Merge(Protocol):
     """fanout.merge: what a single Redis would have answered, from a split command's parts."""
 
     def __call__(
-        self, name: bytes, parts: Sequence[Sequence[Any]], nkeys: int, datas: list[bytes]
+        self, name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, datas: list[bytes]
     ) -> bytes: ...
 
 
@@ -258,7 +258,7 @@ class PyGather:
         merge: Merge,
         name: bytes,
         nkeys: int,
-        parts: Sequence[Sequence[Any]],
+        parts: Sequence[tuple[Any, ...]],
     ) -> None:
         self._parent = parent
         self._merge = merge

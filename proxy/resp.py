@@ -467,14 +467,19 @@ def _py_scan_reply(buf: bytes | bytearray, pos: int, left: int) -> tuple[int, in
     return pos, left
 
 
-def _py_merge_arrays(parts: list[bytes], positions: list[list[int]], nkeys: int) -> bytes | None:
+def _py_merge_arrays(
+    replies: list[bytes], parts: Sequence[tuple[Any, ...]], nkeys: int
+) -> bytes | None:
     """The Python twin of _speedups.merge_arrays: array items reassembled in key order.
 
-    parts[j] is an array reply whose i-th item answers key position positions[j][i]; returns
-    one array of ``nkeys`` raw items, or None if the parts do not fit the positions.
+    replies[j] is an array reply whose i-th item answers key position parts[j][-1][i]; returns
+    one array of ``nkeys`` raw items, or None if the replies do not fit the positions.
     """
     out: list[bytes | None] = [None] * nkeys
-    for raw, places in zip(parts, positions, strict=True):
+    if len(replies) != len(parts):
+        return None
+    for raw, part in zip(replies, parts):
+        places = part[-1]
         head = raw.find(CRLF)
         if raw[:1] != b"*" or head < 0 or not raw[1:head].isdigit():
             return None
@@ -515,7 +520,7 @@ def _py_split_replies(
 
 ScanReply = Callable[[bytes | bytearray, int, int], tuple[int, int]]
 SplitReplies = Callable[[bytes | bytearray, int, int], tuple[list[bytes], int, int, int]]
-MergeArrays = Callable[[list[bytes], list[list[int]], int], bytes | None]
+MergeArrays = Callable[[list[bytes], Sequence[tuple[Any, ...]], int], bytes | None]
 scan_reply: ScanReply = _py_scan_reply
 split_replies: SplitReplies = _py_split_replies
 merge_arrays: MergeArrays = _py_merge_arrays

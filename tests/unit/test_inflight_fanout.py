@@ -303,10 +303,12 @@ def test_merge_arrays_reassembles_key_order_or_refuses_a_misfit(
         cut = sorted(rng.sample(range(1, nkeys), min(2, nkeys - 1))) if nkeys > 1 else []
         groups = [order[a:b] for a, b in zip([0, *cut], [*cut, nkeys])]
         parts = [b"*%d\r\n" % len(g) + b"".join(items[k] for k in g) for g in groups]
-        assert merge(parts, groups, nkeys) == b"*%d\r\n" % nkeys + b"".join(items)
-    assert merge([b"*1\r\n$1\r\na\r\n"], [[0, 1]], 2) is None  # too few items
-    assert merge([b"-ERR x\r\n"], [[0]], 1) is None  # not an array
-    assert merge([b"*1\r\n$1\r\na\r\n", b"*1\r\n$1\r\nb\r\n"], [[0], [0]], 2) is None
+        split = [(None, b"", g) for g in groups]  # the split's tuples: positions come last
+        assert merge(parts, split, nkeys) == b"*%d\r\n" % nkeys + b"".join(items)
+    assert merge([b"*1\r\n$1\r\na\r\n"], [([0, 1],)], 2) is None  # too few items
+    assert merge([b"-ERR x\r\n"], [([0],)], 1) is None  # not an array
+    assert merge([b"*1\r\n$1\r\na\r\n", b"*1\r\n$1\r\nb\r\n"], [([0],), ([0],)], 2) is None
+    assert merge([b"*1\r\n$1\r\na\r\n"], [([0],), ([1],)], 2) is None  # a reply missing
 
 
 @pytest.mark.parametrize("hash_name", sorted(ring.C_HASHES))
