@@ -403,7 +403,7 @@ static int queue_flush(QueueObject *q) {
         if (stat != NULL) {
             if (stat != run_stat) {
                 rc = count_run(run_stat, run_req, run_err);
-                run_stat = stat;
+                Py_XSETREF(run_stat, Py_NewRef(stat));
                 run_req = run_err = 0;
             }
             run_req++;
@@ -416,12 +416,16 @@ static int queue_flush(QueueObject *q) {
             Mark m = q->marks[q->mhead];
             q->mhead = (q->mhead + 1) % q->mcap;
             q->mlen--;
-            if (m.seq == seq && stat != NULL && q->clock != NULL)
+            if (m.seq == seq && stat != NULL && q->clock != NULL) {
+                Py_INCREF(stat);
                 rc = observe(stat, q->clock, m.t0);
+                Py_DECREF(stat);
+            }
         }
     }
     if (rc == 0)
         rc = count_run(run_stat, run_req, run_err);
+    Py_XDECREF(run_stat);
     for (Py_ssize_t i = 0; i < n; i++)
         Py_DECREF(run[i]);
     if (run != stack)
