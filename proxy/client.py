@@ -103,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self._failed = False  # closed for an error (counted as client_err, not client_eof)
         self._read_paused = False
         self._write_paused = False
+        self._rejected = False  # refused at connect (client_connections, shutdown)
         self.name = b""
         self.requests = 0
         self._reads = 0
@@ -115,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self._limits.max_reply_bytes)
         self._queue.attach(transport, self._pool.stats)  # replies are written by the queue
         if not self._on_open(self):
+            self._rejected = True  # counted as rejected, not as a client that closed
             transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
             transport.close()
 
@@ -126,7 +128,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats = self._pool.stats
-        if exc is None and not self._failed:
+        if self._rejected:
+            pass
+        elif exc is None and not self._failed:
             stats.client_eof += 1
         else:
             stats.client_err += 1

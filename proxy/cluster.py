@@ -173,15 +173,17 @@ class ClusterPool(PoolBase):
             return
         redirect = parse_redirect(raw, replied.node)
         if redirect is None:  # TRYAGAIN (keys of a migrating slot) or CLUSTERDOWN
-            if raw.startswith(b"-CLUSTERDOWN"):
-                self.clusterdown += 1
+            down = raw.startswith(b"-CLUSTERDOWN")
+            if down:
                 self.request_refresh()
-            else:
-                self.tryagain += 1
             delay = retry.next_delay(now, MAX_REDIRECTS)
             if delay is None:
                 slot.complete(raw)
                 return
+            if down:  # counted as retried, like MOVED and ASK as followed
+                self.clusterdown += 1
+            else:
+                self.tryagain += 1
             self._loop.call_later(delay, replied.send, payload, slot, conn.resp3, conn.lane)
             return
         target = self._server_for(redirect.node)

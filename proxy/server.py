@@ -146,11 +146,11 @@ class ProxyServer:
 
         def on_open(client: ClientConnection) -> bool:
             target = front.target
-            target.stats.connections_total += 1
             limit = target.config.client_connections
             if self.stopping or (limit and len(clients) >= limit):
                 target.stats.connections_rejected += 1
                 return False
+            target.stats.connections_total += 1  # accepted ones (Redis's total_connections_received)
             clients.add(client)
             return True
 
