@@ -139,17 +139,19 @@ static int slot_complete(SlotObject *s, PyObject *raw) {
     PyObject *sink = s->sink;
     if (sink == NULL)
         return 0;
+    int rc = 0;
+    Py_INCREF(sink); /* Python may run below and let go of it (slot.sink = None) */
     if (Py_IS_TYPE(sink, &QueueType))
-        return queue_slot_done((QueueObject *)sink, s);
-    if (Py_IS_TYPE(sink, &GatherType))
-        return gather_slot_done((GatherObject *)sink);
-    Py_INCREF(sink);
-    PyObject *r = PyObject_CallMethodOneArg(sink, str_slot_done, (PyObject *)s);
+        rc = queue_slot_done((QueueObject *)sink, s);
+    else if (Py_IS_TYPE(sink, &GatherType))
+        rc = gather_slot_done((GatherObject *)sink);
+    else {
+        PyObject *r = PyObject_CallMethodOneArg(sink, str_slot_done, (PyObject *)s);
+        rc = r != NULL ? 0 : -1;
+        Py_XDECREF(r);
+    }
     Py_DECREF(sink);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+    return rc;
 }
 
 static PyObject *Slot_complete(SlotObject *self, PyObject *raw) {
@@ -399,7 +401,7 @@ static int queue_flush(QueueObject *q) {
         total += PyBytes_GET_SIZE(data);
         if (n > 1)
             PyList_SET_ITEM(out, i, Py_NewRef(data));
-        PyObject *stat = run[i]->stat;
+        PyObject *stat = Py_XNewRef(run[i]->stat); /* ours while Python runs */
         if (stat != NULL) {
             if (stat != run_stat) {
                 rc = count_run(run_stat, run_req, run_err);
@@ -416,12 +418,10 @@ static int queue_flush(QueueObject *q) {
             Mark m = q->marks[q->mhead];
             q->mhead = (q->mhead + 1) % q->mcap;
             q->mlen--;
-            if (m.seq == seq && stat != NULL && q->clock != NULL) {
-                Py_INCREF(stat);
+            if (m.seq == seq && stat != NULL && q->clock != NULL)
                 rc = observe(stat, q->clock, m.t0);
-                Py_DECREF(stat);
-            }
         }
+        Py_XDECREF(stat);
     }
     if (rc == 0)
         rc = count_run(run_stat, run_req, run_err);
@@ -438,8 +438,10 @@ static int queue_flush(QueueObject *q) {
             rc = -1;
         else {
             Py_DECREF(r);
-            if (q->stats != NULL)
-                rc = add_to(q->stats, str_bytes_out, total);
+            PyObject *stats = Py_XNewRef(q->stats);
+            if (stats != NULL)
+                rc = add_to(stats, str_bytes_out, total);
+            Py_XDECREF(stats);
         }
     }
     Py_XDECREF(out);
@@ -475,8 +477,10 @@ static PyObject *Queue_push(QueueObject *q, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "push(stat=None)");
         return NULL;
     }
-    PyObject *stat = nargs && args[0] != Py_None ? args[0] : q->label;
+    PyObject *stat = Py_XNewRef(nargs && args[0] != Py_None ? args[0] : q->label);
+    /* (held: allocating the slot may run the GC, and finalizers may reset the label) */
     SlotObject *slot = slot_new((PyObject *)q, stat != NULL ? stat : Py_None);
+    Py_XDECREF(stat);
     if (slot == NULL)
         return NULL;
     if (queue_append(q, slot) < 0) {
@@ -490,7 +494,9 @@ static PyObject *Queue_push(QueueObject *q, PyObject *const *args, Py_ssize_t na
 static int push_done(QueueObject *q, PyObject *raw, PyObject *stat) {
     if (stat == Py_None && q->label != NULL)
         stat = q->label;
+    Py_INCREF(stat);
     SlotObject *slot = slot_new(Py_None, stat);
+    Py_DECREF(stat);
     if (slot == NULL)
         return -1;
     slot->data = Py_NewRef(raw);
@@ -677,7 +683,7 @@ static PyObject *Gather_tp_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     g->nkeys = Py_NewRef(nkeys);
     g->parts = Py_NewRef(parts);
     g->left = n;
-    if ((g->slots = PyList_New(n)) == NULL) {
+    if ((g->slots = PyTuple_New(n)) == NULL) {
         Py_DECREF(g);
         return NULL;
     }
@@ -687,30 +693,31 @@ static PyObject *Gather_tp_new(PyTypeObject *type, PyObject *args, PyObject *kwd
             Py_DECREF(g);
             return NULL;
         }
-        PyList_SET_ITEM(g->slots, i, (PyObject *)child);
+        PyTuple_SET_ITEM(g->slots, i, (PyObject *)child);
     }
     return (PyObject *)g;
 }
 
 static int gather_slot_done(GatherObject *g) {
-    if (--g->left)
+    if (--g->left || g->slots == NULL)
         return 0;
-    PyObject *slots = g->slots;
-    Py_ssize_t n = PyList_GET_SIZE(slots);
+    Py_INCREF(g); /* the children let go of it below; this call keeps it alive */
+    PyObject *slots = g->slots; /* a tuple of this gather's own slots: nobody else sets it */
+    Py_ssize_t n = PyTuple_GET_SIZE(slots);
     PyObject *datas = PyList_New(n);
+    int rc = -1;
     if (datas == NULL)
-        return -1;
+        goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        SlotObject *child = (SlotObject *)PyList_GET_ITEM(slots, i);
-        PyList_SET_ITEM(datas, i, Py_NewRef(child->data != NULL ? child->data : Py_None));
+        SlotObject *child = (SlotObject *)PyTuple_GET_ITEM(slots, i);
+        PyObject *data = child->data;
+        PyList_SET_ITEM(datas, i, data != NULL ? Py_NewRef(data) : PyBytes_FromStringAndSize("", 0));
     }
-    Py_INCREF(g); /* the children's references go now; this call keeps the gather alive */
     for (Py_ssize_t i = 0; i < n; i++)
-        Py_CLEAR(((SlotObject *)PyList_GET_ITEM(slots, i))->sink);
+        Py_CLEAR(((SlotObject *)PyTuple_GET_ITEM(slots, i))->sink);
     PyObject *argv[4] = {g->name, g->parts, g->nkeys, datas};
     PyObject *merged = PyObject_Vectorcall(g->merge, argv, 4, NULL);
     Py_DECREF(datas);
-    int rc = -1;
     if (merged != NULL) {
         if (Py_IS_TYPE(g->parent, &SlotType) && PyBytes_Check(merged))
             rc = slot_complete((SlotObject *)g->parent, merged);
@@ -721,6 +728,7 @@ static int gather_slot_done(GatherObject *g) {
         }
         Py_DECREF(merged);
     }
+done:
     Py_DECREF(g);
     return rc;
 }

@@ -167,18 +167,24 @@ class BackendConnection(asyncio.Protocol):
             return
         stats.responses += len(replies)
         redirect = self._on_redirect
-        if redirect is None:
-            for raw in replies:
-                pending.popleft().complete(raw)
-        else:
-            payloads = self._payloads
-            prefixes = self._redirects
-            for raw in replies:
-                payload = payloads.popleft()
-                if raw[:1] == b"-" and raw.startswith(prefixes):
-                    redirect(self, pending.popleft(), payload, raw)
+        payloads = self._payloads  # (cluster and sentinel pools only)
+        prefixes = self._redirects
+        for raw in replies:
+            slot = pending.popleft()
+            # Each reply is handed on by itself: if one hand-off raised (a bug in a sink), the
+            # replies after it must still meet their own requests, or this FIFO would desync.
+            try:
+                if redirect is None:
+                    slot.complete(raw)
                 else:
-                    pending.popleft().complete(raw)
+                    payload = payloads.popleft()
+                    if raw[:1] == b"-" and raw.startswith(prefixes):
+                        redirect(self, slot, payload, raw)
+                    else:
+                        slot.complete(raw)
+            except Exception:
+                log.exception("pool %s: server %s: handing on a reply failed",
+                              self.pool_name, self.server_name)  # fmt: skip
         self._last_progress = self._loop.time()
 
     def _take_init_replies(self, replies: list[bytes]) -> list[bytes]:

@@ -298,8 +298,9 @@ class ClientConnection(asyncio.Protocol):
             server.send(raw, slot, self._resp3, self.id)
 
     def _fanout(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
+        row = self._rows.get(spec.fullname) or self._row(spec.fullname)
         if args[0] == b"MSET" and len(args) % 2 == 0:
-            self._queue.push_error(errors.wrong_arity(spec.fullname))
+            self._queue.push_error(errors.wrong_arity(spec.fullname), row)
             return
         pool = self._pool
         parts: Parts | None = pool.split_command(args)  # the C kernel, where it applies
@@ -315,7 +316,6 @@ class ClientConnection(asyncio.Protocol):
                  if pool.strips else encode_command(sub), positions)
                 for server, sub, positions in split(args, group)
             ]  # fmt: skip
-        row = self._rows.get(spec.fullname) or self._row(spec.fullname)
         if len(parts) == 1:
             self._send(parts[0][0], parts[0][1] if pool.strips else raw, row)
             return

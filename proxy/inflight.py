@@ -154,7 +154,7 @@ class PyReplyQueue:
 
     def push(self, stat: Stat | None = None) -> PyReplySlot:
         """A new slot at the tail, for a request just parsed."""
-        slot = PyReplySlot(self, stat or self.label)
+        slot = PyReplySlot(self, stat if stat is not None else self.label)
         self._slots.append(slot)
         self._pushed += 1
         self._waiting += 1
@@ -162,7 +162,7 @@ class PyReplyQueue:
 
     def push_reply(self, raw: bytes, stat: Stat | None = None) -> None:
         """A request answered in place (local command, refusal): queued already complete."""
-        slot = PyReplySlot(None, stat or self.label)
+        slot = PyReplySlot(None, stat if stat is not None else self.label)
         slot.data = raw
         self._slots.append(slot)
         self._pushed += 1
@@ -178,7 +178,7 @@ class PyReplyQueue:
     def slot_done(self, slot: PyReplySlot) -> None:
         waiting = self._waiting = self._waiting - 1
         if waiting:
-            if not self._listed and self._slots[0] is slot and not self.closed:
+            if not self._listed and not self.closed and self._slots and self._slots[0] is slot:
                 self._listed = True
                 self._flusher.add(self)
         elif not self.closed:
@@ -207,7 +207,7 @@ class PyReplyQueue:
             if stat is not None:
                 stat.requests += 1
                 data = out[seq - first]
-                if data[0] == 45 or data[0] == 33:  # "-" error, "!" RESP3 blob error
+                if data[:1] in (b"-", b"!"):  # error, RESP3 blob error (resp.is_error)
                     stat.errors += 1
             while marks and marks[0][0] <= seq:
                 marked, t0 = marks.popleft()
@@ -265,7 +265,7 @@ class PyGather:
         self._name = name
         self._nkeys = nkeys
         self._parts = parts
-        self.slots = [PyReplySlot(self) for _ in parts]
+        self.slots = tuple(PyReplySlot(self) for _ in parts)
         self._left = len(parts)
 
     def slot_done(self, slot: ReplySlot) -> None:

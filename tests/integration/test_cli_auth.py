@@ -66,7 +66,14 @@ def test_sigterm_answers_what_is_owed_then_exits_zero(backends: list[RedisServer
     proxy = ResProxy(native_config(pool_yaml("p", port, servers, timeout=2000))).start()
     try:
         with RawClient(port) as c:
-            c.send(b"".join(encode("SET", f"t{i}", "v") for i in range(200)))
+            assert c.call("SET", "warm", "up") == b"OK"  # every server connection is open
+            # The servers hold writes for a moment, so the SETs are still owed at SIGTERM; the
+            # GET in front is answered at once, which shows the proxy has read the whole
+            # pipeline (one 6 KB write, one read) before the signal.
+            for b in backends:
+                assert b.call("CLIENT", "PAUSE", "400", "WRITE") == b"OK"
+            c.send(encode("GET", "warm") + b"".join(encode("SET", f"t{i}", "v") for i in range(200)))
+            assert c.read() == b"up"
             proxy.send_signal(signal.SIGTERM)
             assert [c.read() for _ in range(200)] == [b"OK"] * 200
             assert c.closed_by_peer()

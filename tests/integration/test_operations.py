@@ -75,6 +75,8 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
             assert c.call("MGET", *spread) == [b"v", b"v", b"v"]  # one fan-out, 3 fragments
             assert isinstance(c.call("NOSUCH"), hiredis.ReplyError)
             assert isinstance(c.call("KEYS", "*"), hiredis.ReplyError)
+            assert isinstance(c.call("MSET", "a", "1", "b"), hiredis.ReplyError)  # a pair short
+            assert c.call("ECHO", "hi") == b"hi"  # answered in place (slow path), still counted
             victim.kill()
             dead_errors = 0
             for k in on_victim:
@@ -90,6 +92,8 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         assert samples.value("resproxy_requests_total", command="mget", **p) == 1
         assert samples.value("resproxy_request_errors_total", command="unknown", **p) == 1
         assert samples.value("resproxy_request_errors_total", command="keys", **p) == 1
+        assert samples.value("resproxy_request_errors_total", command="mset", **p) == 1
+        assert samples.value("resproxy_requests_total", command="echo", **p) == 1
         assert samples.value("resproxy_fanout_requests_total", **p) == 1
         assert samples.value("resproxy_fanout_fragments_total", **p) == 3
         # one command per read (the SETs are the client's reads 1..60): latency is observed for
@@ -99,7 +103,8 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         assert samples.value("resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p) == sampled
         assert samples.value("resproxy_client_connections", **p) == 1
         sent_bytes = sum(len(encode("SET", k, "v")) + len(encode("GET", k)) for k in keys) + len(
-            encode("MGET", *spread)) + len(encode("NOSUCH")) + len(encode("KEYS", "*")) + sum(
+            encode("MGET", *spread)) + len(encode("NOSUCH")) + len(encode("KEYS", "*")) + len(
+            encode("MSET", "a", "1", "b")) + len(encode("ECHO", "hi")) + sum(
             len(encode("GET", k)) for k in on_victim)  # fmt: skip
         assert samples.value("resproxy_client_read_bytes_total", **p) == sent_bytes
         assert samples.value("resproxy_client_connections_accepted_total", **p) == 1
