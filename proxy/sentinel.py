@@ -10,8 +10,10 @@
   master's connection is lost, and when the old master answers ``-READONLY`` (it was demoted).
 * **Requests at the switch.** Every key goes to the current master. When a sentinel announces
   ``+try-failover`` for our master, requests are *held* (not sent) until ``+switch-master``
-  names the new master, then sent there; the old master gets no write it could acknowledge and
-  then lose when it is turned into a replica. A hold lasts at most the pool's ``timeout``; then
+  (or a re-ask of the sentinels) names the new master, then sent there; the old master gets no
+  write it could acknowledge and then lose when it is turned into a replica. (A re-ask during
+  the hold that still names the old master ends nothing: it is still "master" to ROLE until
+  the sentinels demote it.) A hold lasts at most the pool's ``timeout``; then
   the held requests get ``-ERR failover in progress ...`` and requests flow to the known master
   again. A write the old master refused with ``-READONLY`` was not executed, so it is sent again
   to the new master (backoff 10 ms doubling to 200 ms, within its ``timeout``). Requests in flight
@@ -77,6 +79,14 @@ def _auth(password: str | None) -> list[list[bytes]]:
     return [[b"AUTH", password.encode()]] if password else []
 
 
+def _refusal(replies: Sequence[object]) -> str | None:
+    """The text of the first error reply (NOAUTH, WRONGPASS...), if any."""
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            return str(reply)
+    return None
+
+
 class _Hold:
     """The target while a failover runs: requests wait here for the new master (and go to
     the master when there is no failover)."""
@@ -128,6 +138,7 @@ class SentinelPool(PoolBase):
         self.switches = 0
         self.discoveries = 0
         self.discovery_failures = 0
+        self._last_refusal = ""  # why the last sentinel or master said no (for the log)
         self.readonly_retries = 0
         self.holds = 0
         self.hold_timeouts = 0
@@ -207,25 +218,34 @@ class SentinelPool(PoolBase):
             except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
                 log.debug("pool %s: sentinel %s:%d: %s", self.name, *sentinel, exc)
                 continue
+            refused = _refusal(replies)
+            if refused is not None:
+                self._last_refusal = f"sentinel {sentinel[0]}:{sentinel[1]}: {refused}"
+                continue  # a wrong or missing sentinel_auth, most likely
             addr, replicas = replies[-2], replies[-1]
             if not (isinstance(addr, list) and len(addr) == 2):
-                continue  # this sentinel does not know the name (or refused us)
+                continue  # this sentinel does not know the name
             node = (addr[0].decode(), int(addr[1]))
             if not await self._is_master(node):
-                continue  # mid-failover: the sentinel's answer is not true yet
+                continue  # mid-failover (the sentinel's answer is not true yet), or refused
             self.discoveries += 1
             self._switch(node)
             self._set_replicas(replicas)
             return
         self.discovery_failures += 1
         if self.discovery_failures == 1 or self.discovery_failures % 100 == 0:
-            log.warning("pool %s: no sentinel named a live master for '%s' (%d failures)",
-                        self.name, pc.master_name, self.discovery_failures)  # fmt: skip
+            why = f"; last refusal: {self._last_refusal}" if self._last_refusal else ""
+            log.warning("pool %s: no sentinel named a live master for '%s' (%d failures%s)",
+                        self.name, pc.master_name, self.discovery_failures, why)  # fmt: skip
 
     async def _is_master(self, node: Node) -> bool:
         try:
             replies = await ask(node, [*_auth(self.config.redis_auth), [b"ROLE"]], self._timeout_s)
         except (OSError, TimeoutError, hiredis.ProtocolError):
+            return False
+        refused = _refusal(replies)
+        if refused is not None:
+            self._last_refusal = f"{node[0]}:{node[1]}: {refused}"  # redis_auth, most likely
             return False
         role = replies[-1]
         return isinstance(role, list) and bool(role) and role[0] == b"master"
@@ -233,7 +253,10 @@ class SentinelPool(PoolBase):
     def _switch(self, node: Node) -> None:
         old = self.master
         if old is not None and old.node == node:
-            self._release()
+            # Not a release: during a failover the old master is still named by the sentinels
+            # and still says "master" to ROLE until it is demoted, so a re-ask that lands in a
+            # hold learns nothing, and releasing would let it acknowledge writes it will lose.
+            # Holds end on a new master (+switch-master or a re-ask naming it) or the timeout.
             return
         self.master = self._server(node, "master")
         self._release()
@@ -283,6 +306,7 @@ class SentinelPool(PoolBase):
     async def _watch(self, sentinel: Node) -> None:
         """Follow one sentinel's ``+switch-master`` messages; reconnect with backoff."""
         backoff = 0.1
+        refusals = 0
         while not self._closing:
             writer = None
             try:
@@ -292,14 +316,25 @@ class SentinelPool(PoolBase):
                 cmds = [*_auth(self.config.sentinel_auth), [b"SUBSCRIBE", *CHANNELS]]
                 writer.write(b"".join(encode_command(c) for c in cmds))
                 parser = hiredis.Reader()
-                while not self._closing:
+                refused = None
+                while not self._closing and refused is None:
                     data = await reader.read(65536)
                     if not data:
                         break
-                    backoff = 0.1
                     parser.feed(data)
                     while (msg := parser.gets()) is not False:
+                        if isinstance(msg, hiredis.ReplyError):  # AUTH or SUBSCRIBE refused
+                            refused = str(msg)
+                            break
+                        if isinstance(msg, list) and msg[:1] == [b"subscribe"]:
+                            backoff = 0.1  # subscribed: a later drop retries quickly
                         self._on_message(msg)
+                if refused is not None:
+                    refusals += 1
+                    if refusals == 1 or refusals % 100 == 0:
+                        log.warning("pool %s: sentinel %s:%d refused to be watched: %s "
+                                    "(%d times; retrying)", self.name, *sentinel, refused,
+                                    refusals)  # fmt: skip
             except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
                 log.debug("pool %s: sentinel %s:%d watch: %s", self.name, *sentinel, exc)
             finally:

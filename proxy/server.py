@@ -122,12 +122,12 @@ class ProxyServer:
             pool.start()
         for pool in self.pools.values():
             await self._ready(pool)
+        await self._start_metrics(self.config)  # scrapable once "ready" is logged
         for front in self.fronts.values():
             front.socket = await self._listen(front)
             log.info("resproxy ready: %s %s listening on %s",
                      "listener" if isinstance(front.target, Router) else "pool",
                      front.name, front.listen)  # fmt: skip
-        await self._start_metrics(self.config)
 
     async def _ready(self, pool: Pool) -> None:
         if not await pool.ready(pool.config.timeout_ms / 1000.0):
