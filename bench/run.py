@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import os
@@ -78,6 +79,10 @@ class Result:
 class Series:
     runs: dict[str, list[Result]] = field(default_factory=lambda: {"redis": [], "nutcracker": [], "resproxy": []})
     ratios: list[float] = field(default_factory=list)
+
+
+def _running(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -149,8 +154,8 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="resproxy-bench-")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(cmd: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+    def start(cmd: list[str], cwd: str | None = None) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
         procs.append(p)
         return p
 
@@ -171,8 +176,8 @@ def main() -> int:
         for port in redis_ports:
             p = start(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                        "--appendonly", "no", "--dir", workdir])  # fmt: skip
-        for port, p in zip(redis_ports, procs):
-            wait_port(port, lambda p=p: p.poll() is None, f"redis-server {port}")
+        for port, proc in zip(redis_ports, procs):
+            wait_port(port, functools.partial(_running, proc), f"redis-server {port}")
         direct_port, backend_ports = redis_ports[3], redis_ports[:3]
 
         nut_port, res_port = free_port(), free_port()

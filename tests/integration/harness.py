@@ -174,7 +174,7 @@ class RedisServer(Process):
         self.stop()
         return self.start()
 
-    def call(self, *args: bytes | str, password: str | None = None) -> Any:
+    def call(self, *args: bytes | str | int, password: str | None = None) -> Any:
         """One command straight to this server (not through a proxy)."""
         with RawClient(self.port) as c:
             if password:
@@ -300,6 +300,10 @@ class Nutcracker(Process):
 
 class ResProxy(Process):
     name = "resproxy"
+    # set by the helpers that start one: its listen port and, with --metrics, the metrics port
+    port = 0
+    mport = 0
+    metrics_port = 0
 
     def __init__(self, config_text: str, args: Sequence[str] = ()) -> None:
         self.dir = tempfile.mkdtemp(prefix="resproxy-test-proxy-")
@@ -419,6 +423,7 @@ def pool_yaml(
     name: str,
     listen_port: int,
     servers: Sequence[str],
+    *,
     native: bool = True,
     **keys: object,
 ) -> str:
@@ -440,12 +445,12 @@ def native_config(*pools: str) -> str:
     return "pools:\n" + "".join(pools)
 
 
-def start_ring_proxy(backends: Sequence[RedisServer], **keys: object) -> ResProxy:
+def start_ring_proxy(backends: Sequence[RedisServer], **keys: Any) -> ResProxy:
     """resproxy with one pool over ``backends`` (named s0, s1...) on a free port (``.port``)."""
     port = free_port()
     servers = [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(backends)]
     proxy = ResProxy(native_config(pool_yaml("default", port, servers, **keys))).start()
-    proxy.port = port  # type: ignore[attr-defined]
+    proxy.port = port
     return proxy
 
 
@@ -535,7 +540,7 @@ class RedisCluster:
 
 
 def start_cluster_proxy(
-    cluster: RedisCluster, seeds: int = 1, metrics: int | None = None, **keys: object
+    cluster: RedisCluster, seeds: int = 1, metrics: int | None = None, **keys: Any
 ) -> ResProxy:
     """resproxy with one cluster pool on a free port (``.port``), seeded with the first nodes;
     with ``metrics``, /metrics on that port (``.metrics_port``)."""
@@ -543,8 +548,8 @@ def start_cluster_proxy(
     pool = pool_yaml("cluster", port, cluster.seeds(seeds), distribution="cluster", **keys)
     args = ["--metrics", f"127.0.0.1:{metrics}"] if metrics else []
     proxy = ResProxy(native_config(pool), args=args).start()
-    proxy.port = port  # type: ignore[attr-defined]
-    proxy.metrics_port = metrics  # type: ignore[attr-defined]
+    proxy.port = port
+    proxy.metrics_port = metrics or 0
     return proxy
 
 
@@ -579,7 +584,7 @@ class Sentinel(Process):
             raise RuntimeError(f"sentinel on {self.port} not ready:\n{self._watch.text()}")
         return self
 
-    def call(self, *args: bytes | str) -> Any:
+    def call(self, *args: bytes | str | int) -> Any:
         with RawClient(self.port) as c:
             return c.call(*args)
 

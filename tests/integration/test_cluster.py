@@ -76,7 +76,7 @@ def test_key_slot_is_redis_cluster_keyslot(cluster: RedisCluster) -> None:
 def test_scripted_sequence_answers_like_one_redis_server(
     proxy: ResProxy, reference: RedisServer, cluster: RedisCluster, clean: None, protocol: int
 ) -> None:
-    with RawClient(proxy.port) as p, RawClient(reference.port) as r:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as p, RawClient(reference.port) as r:
         if protocol == 3:
             assert p.call("HELLO", 3)[b"proto"] == r.call("HELLO", 3)[b"proto"] == 3
         for cmd in SEQUENCE:
@@ -91,7 +91,7 @@ def test_scripted_sequence_answers_like_one_redis_server(
 def test_every_key_lands_on_its_slots_master(
     proxy: ResProxy, cluster: RedisCluster, clean: None
 ) -> None:
-    client = redis.Redis(port=proxy.port, socket_timeout=10)  # type: ignore[attr-defined]
+    client = redis.Redis(port=proxy.port, socket_timeout=10)
     keys = [f"placed:{i}" for i in range(300)]
     for key in keys:
         assert client.set(key, key.upper())
@@ -108,7 +108,7 @@ def test_cross_node_multi_key_commands_split_and_merge(
     proxy: ResProxy, cluster: RedisCluster, clean: None
 ) -> None:
     keys = _keys_on_every_master(cluster, "mk:", 3)  # 9 keys, 3 per master
-    with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as c:
         mset: list[Any] = ["MSET"]
         for k in keys:
             mset += [k, f"v-{k}"]
@@ -129,7 +129,7 @@ def test_cross_node_multi_key_commands_split_and_merge(
 
 
 def test_same_slot_multi_key_served_cross_slot_refused(proxy: ResProxy, clean: None) -> None:
-    with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as c:
         assert c.call("SADD", "{cart}a", "x", "y") == 2
         assert c.call("SADD", "{cart}b", "y", "z") == 2
         assert c.call("SUNIONSTORE", "{cart}u", "{cart}a", "{cart}b") == 3
@@ -148,7 +148,7 @@ def test_pipeline_across_slots_answered_in_order(proxy: ResProxy, clean: None) -
     commands: list[tuple[Any, ...]] = []
     for i in range(300):
         commands += [("SET", f"p{i}", i), ("INCR", f"p{i}"), ("MGET", f"p{i}", f"p{i // 2}")]
-    with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as c:
         replies = c.pipeline(commands)
     for i in range(300):
         assert replies[3 * i] == b"OK"
@@ -166,7 +166,7 @@ def test_replica_reads_go_to_replicas_and_writes_to_masters(
         assert len(replicas) == 3
         before = {n.port: (n.cmdstat("get"), n.cmdstat("set")) for n in masters + replicas}
         keys = _keys_on_every_master(cluster, "rr:", 10)
-        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+        with RawClient(proxy.port) as c:
             for k in keys:
                 assert c.call("SET", k, k) == b"OK"
             for m in masters:  # the replicas have every write before the reads start

@@ -39,7 +39,7 @@ def test_dead_replica_reads_fall_back_to_its_master(cluster: RedisCluster) -> No
         master = cluster.masters()[0]
         replica = cluster.replicas_of(master)[0]
         keys = _keys_of(cluster, master, "fb:", 20)
-        client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
+        client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)
         for k in keys:
             client.set(k, k)
         assert master.call("WAIT", 1, 5000) == 1
@@ -99,12 +99,12 @@ def test_master_killed_under_load_replica_promoted_and_served(cluster: RedisClus
         victim = next(m for m in cluster.masters() if cluster.replicas_of(m))
         heir = cluster.replicas_of(victim)[0]
         keys = _keys_of(cluster, victim, "fo:", 200)
-        seed = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
+        seed = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)
         for k in keys:
             assert seed.set(k, f"v-{k}")
         assert victim.call("WAIT", 1, 5000) == 1  # the replica has them all before the kill
         stop = threading.Event()
-        workers = [Worker(proxy.port, f"w{i}", keys, stop) for i in range(4)]  # type: ignore[attr-defined]
+        workers = [Worker(proxy.port, f"w{i}", keys, stop) for i in range(4)]
         for w in workers:
             w.start()
         try:

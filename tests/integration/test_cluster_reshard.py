@@ -53,7 +53,7 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
     source = cluster.slot_owner(slot)
     target = next(m for m in cluster.masters() if m is not source)
     asking_before = target.cmdstat("asking")
-    with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as c:
         assert c.call("SET", "{mig}1", "one") == b"OK"
         assert c.call("SET", "{mig}2", "two") == b"OK"
         # the slot starts migrating; {mig}1 moves, {mig}2 stays for now
@@ -150,7 +150,7 @@ def test_reshard_under_load_no_errors_no_lost_writes(
 ) -> None:
     cluster.wait_healthy()
     stop = threading.Event()
-    writers = [Writer(proxy.port, f"c{i}", stop) for i in range(4)]  # type: ignore[attr-defined]
+    writers = [Writer(proxy.port, f"c{i}", stop) for i in range(4)]
     for w in writers:
         w.start()
     try:
@@ -171,7 +171,7 @@ def test_reshard_under_load_no_errors_no_lost_writes(
     assert errors == [], errors[:10]
     assert all(w.ops > 50 for w in writers), [w.ops for w in writers]
     # every acknowledged write is readable, through resproxy and on the slot's master itself
-    check = redis.Redis(port=proxy.port, socket_timeout=10)  # type: ignore[attr-defined]
+    check = redis.Redis(port=proxy.port, socket_timeout=10)
     for w in writers:
         keys = list(w.acked)
         for start in range(0, len(keys), 100):
@@ -196,7 +196,7 @@ def _slots_of(cluster: RedisCluster, master: RedisServer) -> list[int]:
 
 
 def test_clients_never_see_redirections(proxy: ResProxy) -> None:
-    with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as c:
         for i in range(200):
             reply = c.call("SET", f"after:{i}", i)
             assert not isinstance(reply, hiredis.ReplyError), reply

@@ -67,7 +67,7 @@ UNORDERED = {"SMEMBERS", "SINTER"}
 
 @pytest.fixture(scope="module")
 def clients(proxy: ResProxy, reference: RedisServer) -> Any:
-    with RawClient(proxy.port) as p, RawClient(reference.port) as r:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as p, RawClient(reference.port) as r:
         yield p, r
 
 
@@ -84,7 +84,7 @@ def test_scripted_sequence_answers_like_one_redis_server(
     proxy: ResProxy, reference: RedisServer, backends: list[RedisServer], clean: None,
     protocol: int,
 ) -> None:  # fmt: skip
-    with RawClient(proxy.port) as p, RawClient(reference.port) as r:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as p, RawClient(reference.port) as r:
         if protocol == 3:  # RESP3 (redis-py 8's default): maps, nulls, doubles as Redis sends
             assert p.call("HELLO", 3)[b"proto"] == r.call("HELLO", 3)[b"proto"] == 3
         _run_sequence(p, r, backends)
@@ -140,7 +140,7 @@ def test_refused_commands_name_the_command_and_keep_the_connection(
 
 
 def test_redis_py_default_client_speaks_resp3_through_the_proxy(proxy: ResProxy) -> None:
-    r = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=10)  # type: ignore[attr-defined]
+    r = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=10)
     try:
         assert r.ping() is True
         r.hset("r3:h", mapping={"a": "1", "b": "2"})
@@ -170,7 +170,7 @@ def test_local_commands(clients: tuple[RawClient, RawClient]) -> None:
 
 
 def test_quit_answers_ok_then_closes(proxy: ResProxy) -> None:
-    with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+    with RawClient(proxy.port) as c:
         c.send(encode("SET", "q", "1") + encode("QUIT") + encode("GET", "q"))
         assert c.read() == b"OK"
         assert c.read() == b"OK"
@@ -178,7 +178,7 @@ def test_quit_answers_ok_then_closes(proxy: ResProxy) -> None:
 
 
 def test_inline_commands_work_like_redis(proxy: ResProxy) -> None:
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:  # type: ignore[attr-defined]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
         s.sendall(b"SET inl v\r\nGET inl\r\n")
         reader = hiredis.Reader()
         got: list[Any] = []

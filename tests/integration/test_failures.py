@@ -66,7 +66,7 @@ MALFORMED = [
 def test_malformed_input_gets_an_error_then_a_close_and_others_are_unaffected(
     failing_proxy: ResProxy, payload: bytes
 ) -> None:
-    port = failing_proxy.port  # type: ignore[attr-defined]
+    port = failing_proxy.port
     with RawClient(port, timeout_s=5) as bystander, RawClient(port, timeout_s=5) as bad:
         assert bystander.call("SET", "bystander", "ok") == b"OK"
         bad.send(encode_ping() + payload)
@@ -83,7 +83,7 @@ def encode_ping() -> bytes:
 
 
 def test_truncated_frame_then_close_does_not_disturb_the_proxy(failing_proxy: ResProxy) -> None:
-    port = failing_proxy.port  # type: ignore[attr-defined]
+    port = failing_proxy.port
     with RawClient(port) as bad:
         bad.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\nabc")
     with RawClient(port) as good:
@@ -94,7 +94,7 @@ def test_truncated_frame_then_close_does_not_disturb_the_proxy(failing_proxy: Re
 def test_server_that_stops_answering_times_out_and_recovers(
     failing_proxy: ResProxy, backends: list[RedisServer]
 ) -> None:
-    port = failing_proxy.port  # type: ignore[attr-defined]
+    port = failing_proxy.port
     victim = backends[0]
     key = _key_on(port, victim, backends[1:])
     other_key = _key_on(port, backends[1], [])
@@ -117,7 +117,7 @@ def test_server_that_stops_answering_times_out_and_recovers(
 def test_killed_server_errors_promptly_others_serve_and_it_returns_after_restart(
     failing_proxy: ResProxy, backends: list[RedisServer]
 ) -> None:
-    port = failing_proxy.port  # type: ignore[attr-defined]
+    port = failing_proxy.port
     victim = backends[2]
     key = _key_on(port, victim, backends[:2])
     other_key = _key_on(port, backends[0], [])
@@ -145,7 +145,7 @@ def test_auto_eject_moves_a_dead_servers_keys_to_the_others(backends: list[Redis
     proxy = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True,
                              auto_eject_hosts=True, server_failure_limit=1,
                              server_retry_timeout=60000)  # fmt: skip
-    port = proxy.port  # type: ignore[attr-defined]
+    port = proxy.port
     victim = backends[1]
     try:
         key = _key_on(port, victim, [])
@@ -164,7 +164,7 @@ def test_auto_eject_moves_a_dead_servers_keys_to_the_others(backends: list[Redis
 async def test_many_pipelining_clients_get_their_own_replies_in_order(
     failing_proxy: ResProxy,
 ) -> None:
-    port = failing_proxy.port  # type: ignore[attr-defined]
+    port = failing_proxy.port
     _wait_until_all_served(port)  # an earlier test restarted a server
 
     async def client(n: int) -> None:
@@ -197,7 +197,7 @@ def test_server_connections_opens_that_many_connections_per_server(
     before = connections()
     proxy = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True,
                              server_connections=3)  # fmt: skip
-    port = proxy.port  # type: ignore[attr-defined]
+    port = proxy.port
     try:
         deadline = time.monotonic() + 10
         while connections() != [n + 3 for n in before]:  # bounded: preconnect is asynchronous
@@ -219,7 +219,7 @@ def _connected(server: RedisServer) -> int:
 def test_a_client_that_stops_reading_gets_every_reply_later_and_others_are_served(
     failing_proxy: ResProxy,
 ) -> None:
-    port = failing_proxy.port  # type: ignore[attr-defined]
+    port = failing_proxy.port
     _wait_until_all_served(port)
     value = b"x" * 50_000
     with RawClient(port, timeout_s=30) as writer:
@@ -255,7 +255,7 @@ def test_random_distribution_spreads_writes_over_every_server(
 ) -> None:
     proxy = start_ring_proxy(backends, distribution="random", timeout=TIMEOUT_MS)
     try:
-        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+        with RawClient(proxy.port) as c:
             assert c.pipeline([("SET", "random:k", i) for i in range(300)]) == [b"OK"] * 300
         # the same key was written to whichever server each request drew: all three
         assert all(b.call("EXISTS", "random:k") == 1 for b in backends)
@@ -267,7 +267,7 @@ def test_random_distribution_spreads_writes_over_every_server(
 
 def test_client_connections_limits_the_pools_clients(backends: list[RedisServer]) -> None:
     proxy = start_ring_proxy(backends, client_connections=2, timeout=TIMEOUT_MS)
-    port = proxy.port  # type: ignore[attr-defined]
+    port = proxy.port
     try:
         with RawClient(port) as a, RawClient(port) as b:
             assert a.call("PING") == b"PONG" and b.call("PING") == b"PONG"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from typing import Any
 
 import hiredis
 import pytest
@@ -31,7 +32,7 @@ from tests.integration.harness import (
 )
 
 
-def _config(port: int, metrics_port: int, backends: list[RedisServer], **keys: object) -> str:
+def _config(port: int, metrics_port: int, backends: list[RedisServer], **keys: Any) -> str:
     lines = [f"127.0.0.1:{b.port}:1 s{b.port}" for b in backends]
     pool = pool_yaml("app", port, lines, hash="fnv1a_64", distribution="ketama", timeout=500,
                      **keys)  # fmt: skip
@@ -41,7 +42,7 @@ def _config(port: int, metrics_port: int, backends: list[RedisServer], **keys: o
 def _start(backends: list[RedisServer], **keys: object) -> ResProxy:
     port, mport = free_port(), free_port()
     proxy = ResProxy(_config(port, mport, backends, **keys)).start()
-    proxy.port, proxy.mport = port, mport  # type: ignore[attr-defined]
+    proxy.port, proxy.mport = port, mport
     return proxy
 
 
@@ -67,7 +68,7 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         spread = [on_victim[0]] + [k for k in elsewhere if _owner(backends, k.encode()) is backends[0]][:1] \
             + [k for k in elsewhere if _owner(backends, k.encode()) is backends[1]][:1]  # fmt: skip
         assert len(spread) == 3
-        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+        with RawClient(proxy.port) as c:
             for k in keys:
                 assert c.call("SET", k, "v") == b"OK"
             for k in keys:
@@ -128,16 +129,16 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
                 assert samples.value("resproxy_server_in_flight", **s) == 0
             assert samples.value("resproxy_server_connects_total", **s) == 1
         assert samples.value("resproxy_pool_can_serve", **p) == 0
-        status, body = http_get(proxy.mport, "/healthz")  # type: ignore[attr-defined]
+        status, body = http_get(proxy.mport, "/healthz")
         assert status == 503 and json.loads(body)["pools"]["app"].startswith("server(s) down")
         victim.restart()
-        poll_until(lambda: http_get(proxy.mport, "/healthz")[0] == 200, "healthz back to 200",  # type: ignore[attr-defined]
+        poll_until(lambda: http_get(proxy.mport, "/healthz")[0] == 200, "healthz back to 200",
                    timeout_s=15)  # fmt: skip
-        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+        with RawClient(proxy.port) as c:
             info = c.call("INFO").decode()
         assert "# Proxy" in info and "# Stats" in info and "pool_app:" in info
         assert "total_commands_processed:" in info
-        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+        with RawClient(proxy.port) as c:
             assert c.call("INFO", "clients").decode().startswith("# Clients")
     finally:
         proxy.cleanup()
@@ -187,13 +188,13 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
     proxy = _start([a, b])
     try:
         stop = threading.Event()
-        workers = [Pipeliner(proxy.port, stop) for _ in range(3)]  # type: ignore[attr-defined]
+        workers = [Pipeliner(proxy.port, stop) for _ in range(3)]
         for w in workers:
             w.start()
         poll_until(lambda: all(w.batches > 5 for w in workers), "pipelines running", 30)
         # b stays, a leaves, c joins
         with open(proxy.config_path, "w") as f:
-            f.write(_config(proxy.port, proxy.mport, [b, c]))  # type: ignore[attr-defined]
+            f.write(_config(proxy.port, proxy.mport, [b, c]))
         proxy.send_signal(signal.SIGHUP)
         poll_until(lambda: Metrics(proxy.mport).value("resproxy_config_reloads_total") == 1,
                    "reload accepted", 15)  # fmt: skip
@@ -220,10 +221,10 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
         for s in (a, b, c):
             s.call("FLUSHALL")
         keys = [f"after:{i}" for i in range(200)]
-        with RawClient(proxy.port) as cl:  # type: ignore[attr-defined]
+        with RawClient(proxy.port) as cl:
             assert cl.pipeline([("SET", k, 1) for k in keys]) == [b"OK"] * len(keys)
         assert a.call("DBSIZE") == 0
-        _placement_ok(proxy.port, [b, c], keys)  # type: ignore[attr-defined]
+        _placement_ok(proxy.port, [b, c], keys)
         assert b.call("DBSIZE") + c.call("DBSIZE") == len(keys)
         assert "reload accepted" in proxy.log() and "reload rejected" in proxy.log()
     finally:
@@ -277,7 +278,7 @@ def test_tcpkeepalive_is_set_on_server_connections(servers: list[RedisServer], k
         backend.restart()
     proxy = _start([backend], preconnect=True, tcpkeepalive=keepalive)
     try:
-        with RawClient(proxy.port) as c:  # type: ignore[attr-defined]
+        with RawClient(proxy.port) as c:
             assert c.call("SET", "ka", "1") == b"OK"
         kinds = _timers_to(backend.port)
         assert kinds, "the proxy's connection to the server"

@@ -111,7 +111,7 @@ def test_checkout_flow_through_one_client(stack: Stack) -> None:
         json.dumps({"sku": 43}).encode(), session.encode(), None, product.encode()
     ]  # fmt: skip
     assert client.exists("session:u1", "product:42", "cart:u1", "product:43", "nope") == 4
-    assert json.loads(client.get("product:42"))["name"] == "teapot"
+    assert json.loads(client.get("product:42") or b"")["name"] == "teapot"
     # every key only on its own deployment
     assert _where(stack, "session:u1") == {"sentinel"}
     assert _where(stack, "product:42") == {"cluster"}

@@ -41,7 +41,7 @@ def proxy(group: SentinelGroup) -> Iterator[ResProxy]:
     config = native_config(sentinel_pool_yaml("sessions", group, port, timeout=TIMEOUT_MS,
                                               preconnect="true"))  # fmt: skip
     p = ResProxy(config + f"metrics:\n  listen: 127.0.0.1:{mport}\n").start()
-    p.port, p.mport = port, mport  # type: ignore[attr-defined]
+    p.port, p.mport = port, mport
     try:
         yield p
     finally:
@@ -78,7 +78,7 @@ class Writer(threading.Thread):
 def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[list[Writer], float, float]:
     old_port = group.current_master_port()
     stop = threading.Event()
-    writers = [Writer(proxy.port, f"{trigger}{i}", stop) for i in range(4)]  # type: ignore[attr-defined]
+    writers = [Writer(proxy.port, f"{trigger}{i}", stop) for i in range(4)]
     for w in writers:
         w.start()
     try:
@@ -90,7 +90,7 @@ def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[
             group.by_port(old_port).kill()
         poll_until(lambda: group.current_master_port() != old_port, "sentinels switched", 60, 0.1)
         new = group.by_port(group.current_master_port())
-        probe = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
+        probe = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)
 
         def proxy_writes_to_new_master() -> bool:
             try:
@@ -113,7 +113,7 @@ def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[
 
 
 def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGroup) -> None:
-    client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)  # type: ignore[attr-defined]
+    client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)
     assert client.set("session:one", "x", ex=60)
     assert 0 < client.ttl("session:one") <= 60
     master = group.by_port(group.current_master_port())
@@ -151,7 +151,7 @@ def test_manual_failover_under_load_loses_no_acknowledged_write(
     assert all(started <= s + took and s <= switched for s, took, _ in errors), errors[:5]
     assert not any("Timeout" in text for _, _, text in errors), errors[:5]
     new = group.by_port(group.current_master_port())
-    samples = Metrics(proxy.mport)  # type: ignore[attr-defined]
+    samples = Metrics(proxy.mport)
     assert samples.total("resproxy_sentinel_switches_total") >= 1
     assert samples.total("resproxy_sentinel_holds_total") >= 1
     assert samples.total("resproxy_sentinel_master_known") == 1

@@ -68,7 +68,7 @@ class PasswordSentinel(Sentinel):
         with open(self.conf, "a") as f:  # after "sentinel monitor", which auth-pass refers to
             f.write(f"requirepass {SENTINEL_PW}\nsentinel auth-pass {master_name} {REDIS_PW}\n")
 
-    def call(self, *args: bytes | str) -> Any:
+    def call(self, *args: bytes | str | int) -> Any:
         with RawClient(self.port) as c:
             assert c.call("AUTH", SENTINEL_PW) == b"OK"
             return c.call(*args)
@@ -128,7 +128,7 @@ def start_proxy(
         keys["redis_auth"] = redis_auth
     config = native_config(sentinel_pool_yaml(POOL, group, port, **keys))
     p = ResProxy(config + f"metrics:\n  listen: 127.0.0.1:{mport}\n").start()
-    p.port, p.mport = port, mport  # type: ignore[attr-defined]
+    p.port, p.mport = port, mport
     try:
         # the ready line is logged when the fronts listen, just before /metrics opens
         poll_until(lambda: http_get(mport, "/healthz")[0] in (200, 503), "/healthz answers", 10)
@@ -193,7 +193,7 @@ def test_passwords_are_required_by_the_sentinels_and_the_data_nodes(
 def test_sentinel_auth_finds_the_master_and_serves_it(
     proxy: ResProxy, group: PasswordSentinelGroup
 ) -> None:
-    port: int = proxy.port  # type: ignore[attr-defined]
+    port: int = proxy.port
     master = group.current_master()
     assert master.call("ROLE", password=REDIS_PW)[0] == b"master"
     # RESP2 clients are served on connections the proxy opens with AUTH <redis_auth>, RESP3
@@ -217,9 +217,9 @@ def test_sentinel_auth_finds_the_master_and_serves_it(
     with RawClient(port) as raw:
         refused = raw.call("GET", "auth:0")
         assert isinstance(refused, hiredis.ReplyError) and str(refused).startswith("NOAUTH")
-    status, body = http_get(proxy.mport, "/healthz")  # type: ignore[attr-defined]
+    status, body = http_get(proxy.mport, "/healthz")
     assert status == 200, body
-    assert Metrics(proxy.mport).value("resproxy_sentinel_master_known", pool=POOL) == 1  # type: ignore[attr-defined]
+    assert Metrics(proxy.mport).value("resproxy_sentinel_master_known", pool=POOL) == 1
     # the proxy's watch connection on every sentinel got past AUTH: subscribed to both channels
     for sentinel in group.password_sentinels():
         poll_until(lambda: any(c.get("sub") == "2" and c.get("cmd") == "subscribe"
@@ -230,8 +230,8 @@ def test_sentinel_auth_finds_the_master_and_serves_it(
 def _assert_not_served(p: ResProxy, group: PasswordSentinelGroup, password: str | None) -> None:
     """Every key gets ``no master known`` promptly (also after more discovery rounds); 503;
     the log says who refused and how."""
-    port: int = p.port  # type: ignore[attr-defined]
-    mport: int = p.mport  # type: ignore[attr-defined]
+    port: int = p.port
+    mport: int = p.mport
     assert "servers not known yet; listening anyway" in p.log()
     assert re.search(r"no sentinel named a live master .*last refusal: .*: (NOAUTH|WRONGPASS)",
                      p.log()), p.log()
@@ -333,8 +333,8 @@ class Writer(threading.Thread):
 def test_failover_through_authenticated_sentinels_is_followed(
     proxy: ResProxy, group: PasswordSentinelGroup
 ) -> None:
-    port: int = proxy.port  # type: ignore[attr-defined]
-    mport: int = proxy.mport  # type: ignore[attr-defined]
+    port: int = proxy.port
+    mport: int = proxy.mport
     old = group.current_master()
     first = Metrics(mport)
     holds = first.value("resproxy_sentinel_holds_total", pool=POOL)

@@ -40,6 +40,7 @@ def test_nutcracker_yml_is_accepted_as_is_with_twemproxy_defaults() -> None:
     # Names: "host:port" by default, "host" alone for libmemcached's 11211, else the given name.
     assert [s.name for s in alpha.servers] == ["127.0.0.1:6379", "127.0.0.1", "server2"]
     assert [s.weight for s in alpha.servers] == [1, 1, 2]
+    assert beta.listen is not None
     assert beta.listen.unix_path == "/tmp/beta.sock" and beta.listen.unix_mode == 0o666
     assert beta.hash_tag == b"{}" and beta.timeout_ms == 400
     assert beta.servers[0].address.unix_path == "/var/run/redis.sock"

@@ -77,7 +77,7 @@ def test_ports_and_paths_agree(compose: dict[str, Any]) -> None:
     config = load(str(ROOT / mounts[config_path]))
     assert config.metrics_listen is not None
     metrics_port = config.metrics_listen.port
-    pool_ports = {p.listen.port for p in config.pools}
+    pool_ports = {p.listen.port for p in config.pools if p.listen is not None}
     published = {int(str(p).split(":")[-1]) for p in resproxy["ports"]}
     exposed = {int(p) for line in lines if line.startswith("EXPOSE ") for p in line.split()[1:]}
     assert pool_ports | {metrics_port} <= published

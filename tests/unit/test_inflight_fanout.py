@@ -216,7 +216,7 @@ def test_a_slot_sink_is_called_and_cycles_are_collected(impl: str) -> None:
     assert got == [b"+x\r\n"]
     if impl == "c":  # the C queue reads the bytes it writes
         with pytest.raises(TypeError):
-            slot_cls(None).complete("text")
+            slot_cls(None).complete("text")  # type: ignore[arg-type]
     queue, _, _ = _queue(impl)
     pending = queue.push()  # queue -> slot -> queue: a cycle the GC must free
     queue.label = witness = Row()  # held only by the cycle once we let go

@@ -28,7 +28,7 @@ REQUESTS = [
 
 
 def _parse_all(parser: RequestParser | PyRequestParser, data: bytes, step: int) -> list[tuple[list[bytes], bytes]]:
-    out = []
+    out: list[tuple[list[bytes], bytes]] = []
     for i in range(0, len(data), step):
         parser.feed(data[i : i + step])
         out.extend(parser.commands())
