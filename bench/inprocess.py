@@ -69,6 +69,7 @@ async def run(depth: int, requests: int, mget: bool = False) -> float:
         transport = MemoryTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         server._lanes[0] = conn
+        server.direct = conn.send  # as Server._connect sets it for a one-lane server
         backends.append((conn, transport))
     client = ClientConnection(pool, Flusher(loop.call_soon), ClientLimits(), lambda c: True,
                               lambda c: None)  # fmt: skip

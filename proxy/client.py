@@ -188,7 +188,11 @@ class ClientConnection(asyncio.Protocol):
                         else:
                             if strips:  # a router's strip_prefix: the pool sees its own key
                                 raw = self._stripped(args, [1])
-                            server.send(raw, slot, resp3, client_id)
+                            direct = server.direct
+                            if direct is not None and not resp3:
+                                direct(raw, slot)  # the server's one connection (Target)
+                            else:
+                                server.send(raw, slot, resp3, client_id)
                         continue
                 elif authed and (spec := FAST_FANOUT.get(args[0])) is not None and len(args) > 1:
                     args[0] = spec.name
@@ -329,6 +333,8 @@ class ClientConnection(asyncio.Protocol):
         for (server, payload, _), child in zip(parts, gather.slots):
             if server is None:
                 child.fail(pool.unrouted)
+            elif (direct := server.direct) is not None and not resp3:
+                direct(payload, child)
             else:
                 server.send(payload, child, resp3, client_id)
 

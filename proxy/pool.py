@@ -132,6 +132,9 @@ class Server:
         # opened with HELLO 3, so every reply can be forwarded as it arrives.
         self._lanes: list[BackendConnection | None] = [None] * pc.server_connections
         self._lanes3: list[BackendConnection | None] = [None] * pc.server_connections
+        self._single_lane = pc.server_connections == 1
+        # conn.send of the only RESP2 lane while it exists: what send() would call (Target)
+        self.direct: Callable[[bytes, ReplySlot], None] | None = None
         auth = pc.redis_auth.encode() if pc.redis_auth is not None else None
         select = [encode_command([b"SELECT", b"%d" % pc.redis_db])] if pc.redis_db else []
         if pc.cluster and pc.read_from != "master":
@@ -204,6 +207,8 @@ class Server:
             self._mark_up, self._on_redirect, lane, resp3, self.stats, self._redirects,
         )
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
+        if not resp3 and self._single_lane:
+            self.direct = conn.send
         task = self._loop.create_task(self._open(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -238,6 +243,8 @@ class Server:
             for i, lane in enumerate(lanes):
                 if lane is conn:
                     lanes[i] = None
+        if self._lanes[0] is None:
+            self.direct = None
         if self.closing or not failure:
             return
         self.failures += 1
@@ -343,7 +350,14 @@ class Server:
 
 
 class Target(Protocol):
-    """Where a request can be sent: a ``Server``, or a router's wrapper around one."""
+    """Where a request can be sent: a ``Server``, or a router's wrapper around one.
+
+    ``direct`` is a shortcut a client may take for a RESP2 request: the send of the one
+    connection every such request would go to (a ``Server`` with one lane, while it has one),
+    else None. It skips a call per request on the hot path (and per part of a fan-out).
+    """
+
+    direct: Callable[[bytes, ReplySlot], None] | None
 
     def send(
         self,

@@ -20,7 +20,7 @@ Imports: pool, inflight, errors, config, metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.config import ListenerConfig, PoolConfig
@@ -59,6 +59,7 @@ class _Mirrored:
     """A target that sends to the primary and a copy to the mirror."""
 
     __slots__ = ("primary", "mirror", "router")
+    direct: Callable[[bytes, ReplySlot], None] | None = None  # every request is copied too (pool.Target)
 
     def __init__(self, primary: Target, mirror: Target | None, router: Router) -> None:
         self.primary = primary
@@ -81,6 +82,7 @@ class _Unserved:
     """A target for a key whose pool has no server for it: fails with that pool's words."""
 
     __slots__ = ("text",)
+    direct: Callable[[bytes, ReplySlot], None] | None = None  # (pool.Target)
 
     def __init__(self, text: str) -> None:
         self.text = text

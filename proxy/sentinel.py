@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import hiredis
@@ -92,6 +92,7 @@ class _Hold:
     the master when there is no failover)."""
 
     __slots__ = ("pool",)
+    direct: Callable[[bytes, ReplySlot], None] | None = None  # a failover may be holding requests (pool.Target)
 
     def __init__(self, pool: SentinelPool) -> None:
         self.pool = pool
