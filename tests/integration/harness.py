@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 import hiredis
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -593,23 +594,73 @@ class Sentinel(Process):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class SentinelGroup:
-    """A master, its replica and three sentinels watching them as ``name``."""
+class Writer(threading.Thread):
+    """SETs unique keys (``prefix:i``) through a proxy until ``stop``; records the acknowledged
+    writes and each error with when its request started and how long it took."""
 
-    def __init__(self, name: str = "sessions") -> None:
+    def __init__(
+        self, port: int, prefix: str, stop: threading.Event, password: str | None = None
+    ) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis(port=port, password=password, socket_timeout=10.0)
+        self.prefix = prefix
+        self.stop_event = stop
+        self.acked: dict[str, str] = {}
+        self.errors: list[tuple[float, float, str]] = []
+        self.ops = 0
+
+    def run(self) -> None:
+        try:
+            for i in range(10_000_000):  # bounded; ends on the stop event
+                if self.stop_event.is_set():
+                    break
+                key, value = f"{self.prefix}:{i}", f"v{i}"
+                started = time.monotonic()
+                try:
+                    if self.client.set(key, value):
+                        self.acked[key] = value
+                    self.ops += 1
+                except redis.RedisError as exc:
+                    took = time.monotonic() - started
+                    self.errors.append((started, took, f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.client.close()
+
+
+class SentinelGroup:
+    """A master, its replica and three sentinels watching them as ``name``.
+
+    With ``password`` both data nodes have it as ``requirepass`` and ``masterauth`` (so either
+    can be the other's replica); ``sentinel`` makes each sentinel (a subclass may add its own
+    configuration, e.g. a password of the sentinels' own).
+    """
+
+    def __init__(
+        self,
+        name: str = "sessions",
+        password: str | None = None,
+        sentinel: Callable[[str, int], Sentinel] = Sentinel,
+    ) -> None:
         self.name = name
+        self.password = password
+        self._make_sentinel = sentinel
         self.master: RedisServer | None = None
         self.replica: RedisServer | None = None
         self.sentinels: list[Sentinel] = []
 
     def start(self) -> SentinelGroup:
+        pw = self.password
+        auth = ["--requirepass", pw, "--masterauth", pw] if pw else []
         try:
-            self.master = RedisServer().start()
-            self.replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(self.master.port)])
-            self.replica.start()
-            poll_until(lambda: b"master_link_status:up" in self.replica.call("INFO", "replication"),  # type: ignore[union-attr]
-                       "replica in sync", 30)  # fmt: skip
-            self.sentinels = [Sentinel(self.name, self.master.port) for _ in range(3)]
+            self.master = master = RedisServer(extra=auth).start()
+            self.replica = replica = RedisServer(
+                extra=[*auth, "--replicaof", "127.0.0.1", str(master.port)]
+            ).start()
+            poll_until(
+                lambda: b"master_link_status:up" in replica.call("INFO", "replication", password=pw),
+                "replica in sync", 30,
+            )  # fmt: skip
+            self.sentinels = [self._make_sentinel(self.name, master.port) for _ in range(3)]
             for s in self.sentinels:
                 s.start()
             self.wait_settled()

@@ -16,6 +16,7 @@ from tests.integration.harness import (
     Metrics,
     ResProxy,
     SentinelGroup,
+    Writer,
     free_port,
     native_config,
     poll_until,
@@ -48,37 +49,10 @@ def proxy(group: SentinelGroup) -> Iterator[ResProxy]:
         p.cleanup()
 
 
-class Writer(threading.Thread):
-    """SET unique keys and read each back; records errors with when their request started."""
-
-    def __init__(self, port: int, tag: str, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.client = redis.Redis(port=port, socket_timeout=CLIENT_TIMEOUT_S)
-        self.tag = tag
-        self.stop_event = stop
-        self.acked: dict[str, str] = {}
-        self.errors: list[tuple[float, float, str]] = []
-        self.ops = 0
-
-    def run(self) -> None:
-        for i in range(10_000_000):  # bounded; ends on the stop event
-            if self.stop_event.is_set():
-                break
-            key, value = f"s:{self.tag}:{i}", f"v{i}"
-            started = time.monotonic()
-            try:
-                if self.client.set(key, value):
-                    self.acked[key] = value
-                self.ops += 1
-            except redis.RedisError as exc:
-                self.errors.append((started, time.monotonic() - started, f"{type(exc).__name__}: {exc}"))
-        self.client.close()
-
-
 def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[list[Writer], float, float]:
     old_port = group.current_master_port()
     stop = threading.Event()
-    writers = [Writer(proxy.port, f"{trigger}{i}", stop) for i in range(4)]
+    writers = [Writer(proxy.port, f"s:{trigger}{i}", stop) for i in range(4)]
     for w in writers:
         w.start()
     try:

@@ -43,6 +43,7 @@ from tests.integration.harness import (
     ResProxy,
     Sentinel,
     SentinelGroup,
+    Writer,
     free_port,
     http_get,
     native_config,
@@ -86,25 +87,8 @@ class PasswordSentinel(Sentinel):
 class PasswordSentinelGroup(SentinelGroup):
     """``SentinelGroup`` (master, replica, three sentinels) with passwords everywhere."""
 
-    def start(self) -> PasswordSentinelGroup:
-        auth = ["--requirepass", REDIS_PW, "--masterauth", REDIS_PW]
-        try:
-            self.master = master = RedisServer(extra=auth).start()
-            self.replica = replica = RedisServer(
-                extra=[*auth, "--replicaof", "127.0.0.1", str(master.port)]
-            ).start()
-            poll_until(
-                lambda: b"master_link_status:up" in replica.call("INFO", "replication", password=REDIS_PW),
-                "replica in sync", 30,
-            )  # fmt: skip
-            self.sentinels = [PasswordSentinel(self.name, master.port) for _ in range(3)]
-            for s in self.sentinels:
-                s.start()
-            self.wait_settled()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
+    def __init__(self, name: str) -> None:
+        super().__init__(name, password=REDIS_PW, sentinel=PasswordSentinel)
 
     def current_master(self) -> RedisServer:
         return self.by_port(self.current_master_port())
@@ -161,7 +145,8 @@ def subscribers_since(sentinel: PasswordSentinel, last_id: int) -> tuple[int, in
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[PasswordSentinelGroup]:
-    g = PasswordSentinelGroup(NAME).start()
+    g = PasswordSentinelGroup(NAME)
+    g.start()
     try:
         yield g
     finally:
@@ -300,36 +285,6 @@ def test_without_the_masters_password_the_pool_answers_no_master_known(
         p.cleanup()
 
 
-class Writer(threading.Thread):
-    """SET unique keys through the proxy until stopped; records acknowledged writes and errors
-    (with when their request started and how long it took)."""
-
-    def __init__(self, port: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.client = redis.Redis(port=port, password=REDIS_PW, socket_timeout=CLIENT_TIMEOUT_S)
-        self.stop_event = stop
-        self.acked: dict[str, str] = {}
-        self.errors: list[tuple[float, float, str]] = []
-        self.ops = 0
-
-    def run(self) -> None:
-        try:
-            for i in range(10_000_000):  # bounded; ends on the stop event
-                if self.stop_event.is_set():
-                    break
-                key, value = f"fo:{i}", f"v{i}"
-                started = time.monotonic()
-                try:
-                    if self.client.set(key, value):
-                        self.acked[key] = value
-                    self.ops += 1
-                except redis.RedisError as exc:
-                    took = time.monotonic() - started
-                    self.errors.append((started, took, f"{type(exc).__name__}: {exc}"))
-        finally:
-            self.client.close()
-
-
 def test_failover_through_authenticated_sentinels_is_followed(
     proxy: ResProxy, group: PasswordSentinelGroup
 ) -> None:
@@ -340,7 +295,7 @@ def test_failover_through_authenticated_sentinels_is_followed(
     holds = first.value("resproxy_sentinel_holds_total", pool=POOL)
     switches = first.value("resproxy_sentinel_switches_total", pool=POOL)
     stop = threading.Event()
-    writer = Writer(port, stop)
+    writer = Writer(port, "fo", stop, password=REDIS_PW)
     writer.start()
     try:
         poll_until(lambda: writer.ops > 50, "writes flowing", 30)
