@@ -128,12 +128,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats = self._pool.stats
-        if self._rejected:
-            pass
-        elif exc is None and not self._failed:
-            stats.client_eof += 1
-        else:
-            stats.client_err += 1
+        if not self._rejected:  # (a refused connection is counted as rejected only)
+            if exc is None and not self._failed:
+                stats.client_eof += 1
+            else:
+                stats.client_err += 1
         self._queue.close()
         self._transport = None
         self._on_close(self)

@@ -18,6 +18,10 @@ A slot's ``sink`` is whoever waits for it: a client's ReplyQueue, or a fan-out g
 that merges sub-replies before completing the client's own slot. When a client goes away its
 queue is closed: slots still held by backends complete into nothing, and the shared backend
 connection is never disturbed.
+
+``ReplySlot``, ``ReplyQueue`` and ``Gather`` are the C objects of ``_inflight.c`` when it is
+built, else the Python classes here (``PyReplySlot``...), which stay the reference: the unit
+tests run every behaviour against both.
 """
 
 from __future__ import annotations
