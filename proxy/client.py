@@ -105,7 +105,6 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._rejected = False  # refused at connect (client_connections, shutdown)
         self.name = b""
-        self.requests = 0
         self._reads = 0
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -162,7 +161,6 @@ class ClientConnection(asyncio.Protocol):
         route = pool.route
         route_read = pool.route_read  # replica reads (cluster pools), else None
         resp3 = self._resp3
-        client_id = self.id
         rows = self._rows
         strips = pool.strips
         count = 0
@@ -191,7 +189,7 @@ class ClientConnection(asyncio.Protocol):
                             if direct is not None and not resp3:
                                 direct(raw, slot)  # the server's one connection (Target)
                             else:
-                                server.send(raw, slot, resp3, client_id)
+                                server.send(raw, slot, resp3, self.id)
                         continue
                 elif authed and (spec := FAST_FANOUT.get(args[0])) is not None and len(args) > 1:
                     args[0] = spec.name
@@ -217,7 +215,6 @@ class ClientConnection(asyncio.Protocol):
             self._start_closing()
         if count and t0:
             self._queue.mark(t0)
-        self.requests += count
         if slow:
             self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         pending = len(self._queue)
