@@ -9,7 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
-# the C accelerator (proxy/_speedups.c) is compiled here, into a wheel
+# the C accelerators (proxy/_speedups.c, proxy/_inflight.c) are compiled here, into a wheel
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup system-deps run test unit integration typecheck bench gen-commands clean
+.PHONY: setup run test unit typecheck bench gen-commands clean
 
 $(STAMP): pyproject.toml setup.py proxy/_speedups.c proxy/_inflight.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "resproxy needs Python >= 3.11"'

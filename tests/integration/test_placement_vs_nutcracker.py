@@ -40,13 +40,13 @@ def pair(backends: list[RedisServer]) -> Iterator[dict[tuple[str, str], tuple[in
     """One nutcracker and one resproxy, each with a pool per case, on the same yml text."""
     nut_ports = {case: free_port() for case in CASES}
     res_ports = {case: free_port() for case in CASES}
+    # named and weighted servers for every other hash, so each distribution gets both forms
+    named = {case: HASHES.index(case[0]) % 2 == 0 for case in CASES}
     nut_text = "".join(
-        _pool(f"{h}_{d}", nut_ports[(h, d)], backends, i % 2 == 0, h, d)
-        for i, (h, d) in enumerate(CASES)
+        _pool(f"{h}_{d}", nut_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES
     )
     res_text = "".join(
-        _pool(f"{h}_{d}", res_ports[(h, d)], backends, i % 2 == 0, h, d)
-        for i, (h, d) in enumerate(CASES)
+        _pool(f"{h}_{d}", res_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES
     )
     nut = Nutcracker(nut_text, nut_ports.values())
     res = ResProxy(res_text)
