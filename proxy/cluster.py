@@ -48,7 +48,7 @@ from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
-from proxy.pool import PoolBase, Redirected, Route, Server, ServerState
+from proxy.pool import PoolBase, Redirected, Refresher, Route, Server, ServerState
 from proxy.resp import ProtocolError, decode_reply, encode_command, is_error
 from proxy.slotmap import SLOTS, Node, SlotMapError, SlotRange, parse_redirect, parse_slots
 
@@ -91,11 +91,9 @@ class ClusterPool(PoolBase):
         self._readers: list[Server | None] = [None] * SLOTS
         self.route: Route = self._make_route()
         self.route_read: Route | None = self._make_read_route() if self._replica_reads else None
-        self._refreshing = False
-        self._refresh_again = False
         self._asked = False  # the running refresh has sent its CLUSTER SLOTS
-        self._periodic: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._refresher = Refresher(loop, self._refresh_once, self._refresh_interval,
+                                    MIN_REFRESH_GAP_S)  # fmt: skip
         self._closing = False
         # counters for metrics and INFO (read at scrape time)
         self.moved = 0
@@ -216,29 +214,7 @@ class ClusterPool(PoolBase):
         A request that comes before the running refresh has asked a node is answered by that
         refresh: a pipeline's worth of MOVED arriving together costs one refresh.
         """
-        if self._closing:
-            return
-        if self._refreshing:
-            if self._asked:
-                self._refresh_again = True
-            return
-        self._refreshing = True
-        task = self._loop.create_task(self._refresh())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _refresh(self) -> None:
-        try:
-            while not self._closing:
-                self._refresh_again = False
-                self._asked = False
-                await self._refresh_once()
-                if not self._refresh_again:
-                    break
-                await asyncio.sleep(MIN_REFRESH_GAP_S)  # rate limit under a storm of MOVED
-        finally:
-            self._refreshing = False
-            self._schedule_periodic()
+        self._refresher.request(again=self._asked)
 
     def _candidates(self) -> Iterator[Server]:
         """Nodes to ask for the map: masters in the map (up ones first), then the seeds."""
@@ -251,6 +227,7 @@ class ClusterPool(PoolBase):
                 yield server
 
     async def _refresh_once(self) -> None:
+        self._asked = False
         started = self._loop.time()
         for server in self._candidates():
             if self._closing:
@@ -327,23 +304,13 @@ class ClusterPool(PoolBase):
     def slots_served(self) -> int:
         return SLOTS - self._owners.count(None)
 
-    def _schedule_periodic(self) -> None:
-        if self._closing:
-            return
-        if self._periodic is not None:
-            self._periodic.cancel()
+    def _refresh_interval(self) -> float:
         owners_down = any(
             s.state is ServerState.DOWN for s in set(self._owners) if s is not None
         )
         if owners_down or not self._ready.is_set():
-            delay = DOWN_REFRESH_S
-        else:
-            delay = self.config.cluster_refresh_interval_ms / 1000.0
-        self._periodic = self._loop.call_later(delay, self._periodic_refresh)
-
-    def _periodic_refresh(self) -> None:
-        self._periodic = None
-        self.request_refresh()
+            return DOWN_REFRESH_S
+        return self.config.cluster_refresh_interval_ms / 1000.0
 
     # --- pool lifecycle ------------------------------------------------------------------
 
@@ -366,9 +333,6 @@ class ClusterPool(PoolBase):
 
     def close(self) -> None:
         self._closing = True
-        if self._periodic is not None:
-            self._periodic.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._refresher.close()
         for server in self.servers:
             server.close()

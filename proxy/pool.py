@@ -26,7 +26,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from proxy import errors
@@ -413,6 +413,68 @@ class Pool(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Refresher:
+    """A pool's background look-up of where its servers are (a cluster's slot map, the master
+    the sentinels name): one run at a time, a request during a run queues at most one more
+    (``gap_s`` after it), and after each series the next run is scheduled ``interval()``
+    seconds later."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        run: Callable[[], Awaitable[None]],
+        interval: Callable[[], float],
+        gap_s: float = 0.0,
+    ) -> None:
+        self._loop = loop
+        self._run = run
+        self._interval = interval
+        self._gap_s = gap_s
+        self._running = False
+        self._again = False
+        self._periodic: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def request(self, again: bool = True) -> None:
+        """Run now, or once more after the running one when ``again`` (False: the running one
+        answers this request too)."""
+        if self._closed:
+            return
+        if self._running:
+            self._again = self._again or again
+            return
+        self._running = True
+        self._task = self._loop.create_task(self._series())
+
+    async def _series(self) -> None:
+        try:
+            while not self._closed:
+                self._again = False
+                await self._run()
+                if not self._again:
+                    break
+                if self._gap_s:
+                    await asyncio.sleep(self._gap_s)  # rate limit under a storm of requests
+        finally:
+            self._running = False
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._closed:
+            return
+        if self._periodic is not None:
+            self._periodic.cancel()
+        self._periodic = self._loop.call_later(self._interval(), self.request, False)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._periodic is not None:
+            self._periodic.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class PoolBase:

@@ -37,7 +37,7 @@ from proxy import errors
 from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
-from proxy.pool import PoolBase, Redirected, Route, Server, ServerState, Target
+from proxy.pool import PoolBase, Redirected, Refresher, Route, Server, ServerState, Target
 from proxy.resp import encode_command
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,8 @@ class SentinelPool(PoolBase):
         self.servers: list[Server] = []
         self.route: Route = self._route
         self.route_read: Route | None = self._route_read if self._replica_reads else None
-        self._discovering = False
-        self._again = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._periodic: asyncio.TimerHandle | None = None
+        self._refresher = Refresher(loop, self._discover, self._discover_interval)
+        self._tasks: set[asyncio.Task[None]] = set()  # the sentinel watches
         self._closing = False
         # counters (metrics, INFO)
         self.switches = 0
@@ -181,29 +179,12 @@ class SentinelPool(PoolBase):
 
     def request_discovery(self) -> None:
         """Ask the sentinels again, in the background (one at a time, at most one queued)."""
-        if self._closing:
-            return
-        if self._discovering:
-            self._again = True
-            return
-        self._discovering = True
-        self._spawn(self._discover_loop())
+        self._refresher.request()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _discover_loop(self) -> None:
-        try:
-            while not self._closing:
-                self._again = False
-                await self._discover()
-                if not self._again:
-                    break
-        finally:
-            self._discovering = False
-            self._schedule_periodic()
 
     async def _discover(self) -> None:
         pc = self.config
@@ -296,13 +277,8 @@ class SentinelPool(PoolBase):
             self.servers.remove(server)
             server.retire(self._timeout_s)
 
-    def _schedule_periodic(self) -> None:
-        if self._closing:
-            return
-        if self._periodic is not None:
-            self._periodic.cancel()
-        delay = REFRESH_S if self.master is not None else 0.25
-        self._periodic = self._loop.call_later(delay, self.request_discovery)
+    def _discover_interval(self) -> float:
+        return REFRESH_S if self.master is not None else 0.25
 
     async def _watch(self, sentinel: Node) -> None:
         """Follow one sentinel's ``+switch-master`` messages; reconnect with backoff."""
@@ -432,8 +408,7 @@ class SentinelPool(PoolBase):
 
     def close(self) -> None:
         self._closing = True
-        if self._periodic is not None:
-            self._periodic.cancel()
+        self._refresher.close()
         if self._hold_timer is not None:
             self._hold_timer.cancel()
         for _, slot, _, _ in self.held or []:
