@@ -359,14 +359,9 @@ class Target(Protocol):
 
     direct: Callable[[bytes, ReplySlot], None] | None
 
-    def send(
-        self,
-        payload: bytes,
-        slot: ReplySlot,
-        resp3: bool = False,
-        client: int = 0,
-        asking: bool = False,
-    ) -> None: ...
+    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
+        """Send one request (raw RESP); its reply completes ``slot``. (A ``Server`` also takes
+        ``asking``, for Redis Cluster's -ASK.)"""
 
 
 Route = Callable[[bytes], "Target | None"]

@@ -97,14 +97,7 @@ class _Hold:
     def __init__(self, pool: SentinelPool) -> None:
         self.pool = pool
 
-    def send(
-        self,
-        payload: bytes,
-        slot: ReplySlot,
-        resp3: bool = False,
-        client: int = 0,
-        asking: bool = False,
-    ) -> None:
+    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
         held = self.pool.held
         if held is None:  # no failover (any more)
             self.pool.send_to_master(payload, slot, resp3, client)
