@@ -626,6 +626,20 @@ class Writer(threading.Thread):
         finally:
             self.client.close()
 
+    def errors_outside(self, start: float, end: float) -> list[tuple[float, float, str]]:
+        """Errors whose request did not overlap [start, end] (the switch window)."""
+        return [e for e in self.errors if not (start <= e[0] + e[1] and e[0] <= end)]
+
+    def missing_on(self, node: RedisServer, password: str | None = None) -> list[str]:
+        """Acknowledged writes that ``node`` does not hold (with their values)."""
+        keys = list(self.acked)
+        missing: list[str] = []
+        for i in range(0, len(keys), 200):
+            chunk = keys[i : i + 200]
+            values = node.call("MGET", *chunk, password=password)
+            missing += [k for k, v in zip(chunk, values) if v != self.acked[k].encode()]
+        return missing
+
 
 class SentinelGroup:
     """A master, its replica and three sentinels watching them as ``name``.

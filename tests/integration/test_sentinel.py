@@ -122,7 +122,7 @@ def test_manual_failover_under_load_loses_no_acknowledged_write(
 ) -> None:
     writers, started, switched = _run_failover(proxy, group, "manual")
     errors = [e for w in writers for e in w.errors]
-    assert all(started <= s + took and s <= switched for s, took, _ in errors), errors[:5]
+    assert not [e for w in writers for e in w.errors_outside(started, switched)], errors[:5]
     assert not any("Timeout" in text for _, _, text in errors), errors[:5]
     new = group.by_port(group.current_master_port())
     samples = Metrics(proxy.mport)
@@ -130,10 +130,7 @@ def test_manual_failover_under_load_loses_no_acknowledged_write(
     assert samples.total("resproxy_sentinel_holds_total") >= 1
     assert samples.total("resproxy_sentinel_master_known") == 1
     for w in writers:  # every acknowledged write is on the new master
-        keys = list(w.acked)
-        for i in range(0, len(keys), 200):
-            chunk = keys[i : i + 200]
-            assert new.call("MGET", *chunk) == [w.acked[k].encode() for k in chunk]
+        assert w.missing_on(new) == []
     group.wait_settled()
 
 
@@ -143,6 +140,6 @@ def test_master_killed_under_load_errors_only_in_the_switch_window(
     writers, started, switched = _run_failover(proxy, group, "kill")
     errors = [e for w in writers for e in w.errors]
     # errors (if any) only between the kill and resproxy writing to the new master, each prompt
-    assert all(started <= s + took and s <= switched for s, took, _ in errors), errors[:5]
+    assert not [e for w in writers for e in w.errors_outside(started, switched)], errors[:5]
     assert not any("Timeout" in text for _, _, text in errors), errors[:5]
     assert all(took < TIMEOUT_MS / 1000.0 + 1.0 for _, took, _ in errors)
