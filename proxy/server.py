@@ -297,11 +297,15 @@ class ProxyServer:
             ring.set_servers(pc)
         for pool in fresh:
             pool.start()
-        for name, front in fronts.items():
+        for name, front in list(fronts.items()):
             old = self.fronts.get(name)
             if old is not None and old.listen == front.listen:
-                front.socket = old.socket
-                old.target = front.target  # the old socket's factory now hands out the new one
+                # The front whose address stays is kept as the one object its socket's factory
+                # reads: only its target is swapped, so every later reload swaps it again
+                # (a factory left holding a replaced front handed out a retired pool).
+                old.target = front.target
+                old.backlog = front.backlog
+                fronts[name] = old
                 for client in self.clients.get(name, ()):
                     client.set_pool(front.target)
         for name, old in self.fronts.items():
