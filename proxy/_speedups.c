@@ -411,6 +411,8 @@ static PyObject *py_frame_requests(PyObject *self, PyObject *const *args, Py_ssi
             || canon_len(b + start + 1, cr, max_args, &n) < 0 || n < 1)
             break;
         Py_ssize_t q = cr - b + 2;
+        if (n > (end - q) / 6)  /* each argument takes >= 6 bytes ("$0\r\n\r\n"): incomplete, */
+            break;              /* and nothing is allocated for a count the bytes cannot hold */
         PyObject *argv = PyList_New((Py_ssize_t)n);
         if (argv == NULL) goto fail;
         long long i;

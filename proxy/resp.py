@@ -30,15 +30,21 @@ CRLF = b"\r\n"
 MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
 MAX_ARGS = 1024 * 1024
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
-_BIG_FRAME = 64 * 1024  # partial frames larger than this accumulate in a bytearray
 
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
-    """What a client request may declare; past these it is a protocol error, as in Redis."""
+    """What a client request may declare; past these it is a protocol error, as in Redis.
+
+    The ``unauth_`` limits apply until the client has authenticated (a pool with
+    ``redis_auth``): Redis 7 refuses a larger multibulk count or bulk length from an
+    unauthenticated client at the header, before it buffers anything for it.
+    """
 
     max_bulk_bytes: int = MAX_BULK_BYTES
     max_args: int = MAX_ARGS
     max_inline_bytes: int = MAX_INLINE_BYTES
+    unauth_max_args: int = 10
+    unauth_max_bulk: int = 16 * 1024
 
 
 DEFAULT_LIMITS = RequestLimits()
@@ -51,318 +57,293 @@ class ProtocolError(Exception):
     """The byte stream cannot be framed; the connection must be closed."""
 
 
+def _length(head: bytes | bytearray) -> int | None:
+    """A length header's value as Redis's string2ll reads it (digits, an optional '-', no
+    leading zeros, no '+'); None if it is not one."""
+    if head.isdigit():
+        return int(head) if head[:1] != b"0" or len(head) == 1 else None
+    if head[:1] == b"-" and head[1:].isdigit() and head[1:2] != b"0":
+        return -int(head[1:])
+    return None
+
+
+_SPACE = frozenset(b" \t\n\v\f\r")  # C's isspace()
+_TOKEN_END = frozenset(b" \n\r\t")  # what ends an unquoted argument in sdssplitargs
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+
+
+def split_inline(line: bytes | bytearray) -> list[bytes]:
+    """Split an inline command line into arguments exactly as Redis does (sds.c sdssplitargs).
+
+    Arguments are separated by whitespace; "double quotes" take \\n \\r \\t \\b \\a, \\xHH and
+    \\<any char> escapes, 'single quotes' only \\'; a closing quote must be followed by whitespace
+    or the end of the line. The line ends at a NUL byte (sdssplitargs reads a C string).
+    Raises ProtocolError("unbalanced quotes in request") as Redis answers.
+    """
+    nul = line.find(b"\0")
+    if nul >= 0:
+        line = line[:nul]
+    args: list[bytes] = []
+    n = len(line)
+    i = 0
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        in_double = in_single = False
+        while True:
+            c = line[i] if i < n else 0
+            if in_double:
+                if c == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX \
+                        and line[i + 3] in _HEX:  # \xHH
+                    current.append(int(bytes(line[i + 2 : i + 4]), 16))
+                    i += 3
+                elif c == 92 and i + 1 < n:
+                    i += 1
+                    current.append(_ESCAPES.get(line[i], line[i]))
+                elif c == 34:  # closing "
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        raise ProtocolError("unbalanced quotes in request")
+                    i += 1
+                    break
+                elif i >= n:
+                    raise ProtocolError("unbalanced quotes in request")
+                else:
+                    current.append(c)
+            elif in_single:
+                if c == 92 and i + 1 < n and line[i + 1] == 39:  # \'
+                    i += 1
+                    current.append(39)
+                elif c == 39:  # closing '
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        raise ProtocolError("unbalanced quotes in request")
+                    i += 1
+                    break
+                elif i >= n:
+                    raise ProtocolError("unbalanced quotes in request")
+                else:
+                    current.append(c)
+            elif i >= n or c in _TOKEN_END:
+                break
+            elif c == 34:
+                in_double = True
+            elif c == 39:
+                in_single = True
+            else:
+                current.append(c)
+            i += 1
+        args.append(bytes(current))
+
+
 class PyRequestParser:
     """Frames client requests (multibulk or inline) in pure Python, exactly as Redis does.
 
-    ``RequestParser`` hands clients to this one when they send inline commands; it is also the
-    reference the fast parser is tested against.
+    Resumable, so nothing is scanned twice: a command that arrives in pieces keeps its state
+    (the arguments framed so far, the declared count, the current bulk's declared length, the
+    offset reached), and the next read continues from there. A bulk's bytes are not looked at
+    until all of them are in (one length comparison per read). Every header is checked against
+    the limits before anything is allocated for it; a request's bytes are accumulated as they
+    arrive and never more than that. ``RequestParser`` runs this for whatever its C prefix
+    framer leaves (partial commands, inline commands, errors); it is also the reference the C
+    framer is tested against.
     """
 
-    __slots__ = ("_buf", "_acc", "_need", "limits")
+    __slots__ = ("_buf", "_pos", "_count", "_bulk", "_args", "_scanned", "limits",
+                 "authenticated")  # fmt: skip
 
-    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS) -> None:
-        self._buf = b""  # unparsed bytes, starting at a command boundary
-        self._acc: bytearray | None = None  # a big partial command being accumulated
-        self._need = 0  # bytes _acc must reach before parsing again
+    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
+        self._buf: bytes | bytearray = b""  # unframed bytes, from the current command's start
+        self._pos = 0  # how far the current command is framed (an offset into _buf)
+        self._count = -1  # its declared argument count (-1: header not read yet)
+        self._bulk = -1  # the current argument's declared length (-1: header not read yet)
+        self._args: list[bytes] = []  # its arguments framed so far
+        self._scanned = 0  # an inline line without its newline yet: bytes searched already
         self.limits = limits
+        self.authenticated = authenticated  # False: Redis's unauthenticated limits apply
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
-        return len(self._buf) + (len(self._acc) if self._acc is not None else 0)
+        return len(self._buf)
 
     def feed(self, data: bytes) -> None:
-        """Add bytes read from the client."""
-        if self._acc is not None:
-            self._acc += data
-            if len(self._acc) >= self._need:
-                self._buf = bytes(self._acc)
-                self._acc = None
-        elif self._buf:
-            self._buf += data
-        else:
+        """Add bytes read from the client (copied once, into the partial command's buffer)."""
+        buf = self._buf
+        if not buf:
             self._buf = data
+        elif isinstance(buf, bytearray):
+            buf += data
+        else:
+            grown = bytearray(buf)
+            grown += data
+            self._buf = grown
 
     def commands(self) -> Iterator[Request]:
         """Yield every complete command buffered so far, in order.
 
         Raises ProtocolError after yielding the commands that preceded the corruption.
         """
-        if self._acc is not None:
-            return
         buf = self._buf
         end = len(buf)
-        pos = 0
-        find = buf.find
+        start = 0  # where the current command starts
+        pos = self._pos
+        limits = self.limits
+        view = memoryview(buf)  # arguments and raw bytes are copied out of it once
         try:
-            while pos < end:
-                if buf[pos] != 42:  # not '*': an inline command
-                    nl = find(b"\n", pos)
-                    if nl < 0:
-                        if end - pos > self.limits.max_inline_bytes:
-                            raise ProtocolError("too big inline request")
+            while True:
+                if self._count < 0:  # at a command boundary
+                    if pos >= end:
                         break
-                    line = buf[pos:nl]
-                    pos = nl + 1
-                    args = line.split()
-                    if args:
-                        yield args, encode_command(args)
-                    continue
-                nl = find(CRLF, pos)
-                if nl < 0:
-                    if end - pos > self.limits.max_inline_bytes:
-                        raise ProtocolError("too big mbulk count string")
-                    break
-                head = buf[pos + 1 : nl]
-                if not head.isdigit():
-                    if head[:1] == b"-" and head[1:].isdigit():  # *-1: Redis ignores it
-                        pos = nl + 2
+                    if buf[pos] != 42:  # not '*': an inline command
+                        nl = buf.find(b"\n", max(pos, self._scanned))
+                        if nl < 0:
+                            if end - pos > limits.max_inline_bytes:
+                                raise ProtocolError("too big inline request")
+                            self._scanned = end
+                            break
+                        self._scanned = 0
+                        line = buf[pos : nl - 1 if nl > pos and buf[nl - 1] == 13 else nl]
+                        pos = start = nl + 1
+                        args = split_inline(line)
+                        if args:
+                            yield args, encode_command(args)
                         continue
-                    raise ProtocolError("invalid multibulk length")
-                count = int(head)
-                if count > self.limits.max_args:
-                    raise ProtocolError("invalid multibulk length")
-                p = nl + 2
-                args = []
-                append = args.append
-                for _ in range(count):
-                    if p >= end:
-                        break
-                    if buf[p] != 36:  # '$'
-                        raise ProtocolError(f"expected '$', got '{chr(buf[p])}'")
-                    nl = find(CRLF, p)
+                    nl = buf.find(b"\r\n", pos + 1, pos + 1 + limits.max_inline_bytes)
                     if nl < 0:
-                        if end - p > 32:
+                        if end - pos > limits.max_inline_bytes:
+                            raise ProtocolError("too big mbulk count string")
+                        break
+                    count = _length(buf[pos + 1 : nl])
+                    if count is None or count > limits.max_args:
+                        raise ProtocolError("invalid multibulk length")
+                    if not self.authenticated and count > limits.unauth_max_args:
+                        raise ProtocolError("unauthenticated multibulk length")
+                    pos = nl + 2
+                    if count <= 0:  # *0 and *-1: Redis skips them
+                        start = pos
+                        continue
+                    self._count = count
+                    self._args = []
+                args = self._args
+                while len(args) < self._count:
+                    size = self._bulk
+                    if size < 0:
+                        if pos >= end:
+                            break
+                        if buf[pos] != 36:  # '$'
+                            raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
+                        nl = buf.find(b"\r\n", pos + 1, pos + 1 + limits.max_inline_bytes)
+                        if nl < 0:
+                            if end - pos > limits.max_inline_bytes:
+                                raise ProtocolError("too big bulk count string")
+                            break
+                        found = _length(buf[pos + 1 : nl])
+                        if found is None or found < 0 or found > limits.max_bulk_bytes:
                             raise ProtocolError("invalid bulk length")
-                        break
-                    head = buf[p + 1 : nl]
-                    if not head.isdigit():
-                        raise ProtocolError("invalid bulk length")
-                    size = int(head)
-                    if size > self.limits.max_bulk_bytes:
-                        raise ProtocolError("invalid bulk length")
-                    start = nl + 2
-                    stop = start + size
-                    if stop + 2 > end:
-                        self._wait_for(stop + 2 - pos)
-                        break
-                    if buf[stop : stop + 2] != CRLF:
+                        if not self.authenticated and found > limits.unauth_max_bulk:
+                            raise ProtocolError("unauthenticated bulk length")
+                        size = self._bulk = found
+                        pos = nl + 2
+                    if end - pos < size + 2:
+                        break  # the bulk is not all in: resume here on the next read
+                    if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
                         raise ProtocolError("bulk string not terminated by CRLF")
-                    append(buf[start:stop])
-                    p = stop + 2
-                if len(args) < count:
-                    break  # incomplete: resume at pos when more bytes arrive
-                if count == 0:
-                    pos = p
-                    continue
-                raw = buf[pos:p]
-                pos = p
+                    args.append(bytes(view[pos : pos + size]))
+                    pos += size + 2
+                    self._bulk = -1
+                if len(args) < self._count:
+                    break
+                raw = buf if start == 0 and pos == end and type(buf) is bytes else bytes(
+                    view[start:pos])
+                self._count = -1
+                self._args = []
+                start = pos
                 yield args, raw
         finally:
-            self._keep(buf, pos)
-
-    def _wait_for(self, total: int) -> None:
-        # The command at the buffer's start needs `total` bytes; don't reparse before then.
-        self._need = total
-
-    def _keep(self, buf: bytes, pos: int) -> None:
-        rest = buf[pos:] if pos else buf
-        if self._need and self._need > _BIG_FRAME and len(rest) < self._need:
-            self._acc = bytearray(rest)
-            self._buf = b""
-        else:
-            self._buf = rest
-            self._need = 0
-
+            if start:
+                self._buf = bytearray(view[start:]) if start < end else b""
+                pos -= start
+                if self._scanned:
+                    self._scanned -= start
+            view.release()  # (a bytearray cannot grow while a view of it exists)
+            self._pos = pos
 
 
 class RequestParser:
-    """Frames client requests out of a byte stream: hiredis for multibulk, Python for inline.
+    """Frames client requests out of a byte stream: C for the common case, Python for the rest.
 
-    The common case, whole canonically framed multibulk commands, is framed by
-    ``_speedups.frame_requests`` in one call per read (args and the request's own bytes). The
-    rest goes through hiredis, which parses a pipeline about 10x faster than Python can, but
-    gives values, not byte offsets, and accepts a few encodings Redis refuses. So:
-
-    * each request hiredis frames is re-encoded from its arguments, and refused if its bytes
-      were not that canonical encoding (servers only ever see canonical RESP);
-    * an argument that is not a bulk string (an integer, a nil, a nested array) is a protocol
-      error, as in Redis;
-    * a partial command left at the end of a read is checked by a header walk, so a huge
-      declared length or count is refused at once instead of being buffered;
-    * a client that sends an inline command (``PING\\r\\n``) is served by PyRequestParser
-      from then on.
+    Whole canonically framed multibulk commands at the front of a read (the common case) are
+    framed by ``_speedups.frame_requests`` in one call (args and the request's own bytes); it
+    stops at anything else. ``PyRequestParser`` frames what it leaves: a command cut by the end
+    of a read, inline commands, non-canonical framing and errors (with Redis's texts). Until
+    the client has authenticated every byte takes the Python way, which applies Redis's
+    unauthenticated limits.
     """
 
-    __slots__ = ("_reader", "_data", "_tail", "_need", "_slow", "limits")
+    __slots__ = ("_py", "_pre")
 
-    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS) -> None:
-        self._reader = hiredis.Reader()
-        self._data = b""  # fed, not yet given to the reader
-        self._tail: bytes | bytearray = b""  # bytes of the partial command the reader holds
-        self._need = 0  # the partial command's total size, once its headers are known
-        self._slow: PyRequestParser | None = None
-        self.limits = limits
+    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
+        self._py = PyRequestParser(limits, authenticated)
+        self._pre: tuple[bytes, list[Request], int] | None = None  # frame()'s work, reused
+
+    @property
+    def limits(self) -> RequestLimits:
+        return self._py.limits
+
+    @property
+    def authenticated(self) -> bool:
+        return self._py.authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._py.authenticated = value
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
-        slow = self._slow.buffered() if self._slow is not None else 0
-        return len(self._data) + len(self._tail) + slow
+        return self._py.buffered()
 
     def feed(self, data: bytes) -> None:
-        """Add bytes read from the client."""
-        self._data = self._data + data if self._data else data
+        """Add bytes read from the client (``commands(data)`` does both in one call)."""
+        self._py.feed(data)
+
+    def _c_frame(self, data: bytes) -> tuple[list[Request], int] | None:
+        py = self._py
+        if _frame_requests is None or py._buf or not py.authenticated or data[:1] != b"*":
+            return None
+        limits = py.limits
+        return _frame_requests(data, limits.max_args, limits.max_bulk_bytes)
 
     def frame(self, data: bytes) -> list[Request] | None:
         """Every command of ``data`` in one C call, when the parser holds nothing and the read
         is whole canonical multibulk commands (the common case); else None, and the caller
-        uses ``commands(data)``. Saves the generator's cost on every read."""
-        if self._data or self._tail or self._slow is not None or _frame_requests is None:
+        uses ``commands(data)`` (which reuses what C framed here). Saves the generator's cost
+        on every read."""
+        framed = self._c_frame(data)
+        if framed is None:
             return None
-        if not data or data[0] != 42:
-            return None
-        limits = self.limits
-        framed, consumed = _frame_requests(data, limits.max_args, limits.max_bulk_bytes)
-        return framed if consumed == len(data) else None
+        if framed[1] == len(data):
+            return framed[0]
+        self._pre = (data, framed[0], framed[1])
+        return None
 
     def commands(self, data: bytes = b"") -> Iterator[Request]:
         """Add ``data``, then yield every complete command buffered so far, in order.
 
         Raises ProtocolError after yielding the commands that preceded the corruption.
         """
-        if self._data:
-            data = self._data + data
-            self._data = b""
-        if self._slow is not None:
-            yield from self._slow_commands(data)
-            return
-        if not data:
-            return
-        if not self._tail and data[0] == 42 and _frame_requests is not None:
-            # C frames the canonical commands at the front in one call; whatever it leaves
-            # (a partial command, anything unusual) goes the hiredis way below.
-            limits = self.limits
-            framed, consumed = _frame_requests(data, limits.max_args, limits.max_bulk_bytes)
-            yield from framed
-            if consumed == len(data):
-                return
-            data = data[consumed:]
-            after_framed = consumed > 0
-        else:
-            after_framed = False
-        # An inline command at the start of a read; after multibulk commands in the same read,
-        # hiredis decides (inline text switches to the inline parser, a RESP type byte errs).
-        if not self._tail and data[0] != 42 and not after_framed:
-            yield from self._slow_commands(data)
-            return
-        reader = self._reader
-        reader.feed(data)
-        # Bytes framed so far; a canonical request is exactly len(encode_command(args)), and
-        # every request Redis accepts is canonical, so this finds where a partial one starts.
-        consumed = 0
-        while True:
-            try:
-                args = reader.gets()
-            except hiredis.ProtocolError:
-                rest = self._rest(data, consumed)
-                if rest[:1] not in (b"*", b""):  # inline commands after multibulk ones
-                    self._reader = hiredis.Reader()
-                    self._tail = b""
-                    yield from self._slow_commands(rest)
-                    return
-                raise self._explain(rest) from None
-            if args is False:
-                break
-            if type(args) is not list:
-                if args is None:  # *-1: Redis ignores it
-                    consumed += 5
-                    continue
-                raise self._explain(self._rest(data, consumed))
-            if not args:  # *0: ignored too
-                consumed += 4
-                continue
-            try:
-                raw = encode_command(args)
-            except TypeError:  # an argument that is not a bulk string
-                raise self._explain(self._rest(data, consumed)) from None
-            rest = self._rest(data, consumed)
-            if not rest.startswith(raw):  # framed non-canonically ("$03"): hiredis let it by
-                raise self._explain(rest)
-            consumed += len(raw)
-            yield args, raw
-        total = len(self._tail) + len(data)
-        if consumed == total:
-            self._tail = b""
-            self._need = 0
-        elif consumed > total:  # non-canonical framing hiredis let through
-            raise self._explain(self._rest(data, 0))
-        else:
-            self._keep_tail(data, consumed)
-
-    def _explain(self, rest: bytes) -> ProtocolError:
-        """Redis's words for what is wrong in ``rest`` (the Python parser finds them)."""
-        probe = PyRequestParser(self.limits)
-        probe.feed(rest)
-        try:
-            for _ in probe.commands():
-                pass
-        except ProtocolError as exc:
-            return exc
-        return ProtocolError("invalid multibulk request")
-
-    def _rest(self, data: bytes, consumed: int) -> bytes:
-        """The bytes after the first ``consumed`` of the partial tail plus ``data``."""
-        if self._tail:
-            return bytes(self._tail[consumed:]) + data[max(0, consumed - len(self._tail)) :]
-        return data[consumed:]
-
-    def _keep_tail(self, data: bytes, consumed: int) -> None:
-        if consumed:
-            tail: bytes | bytearray = self._rest(data, consumed)
-            self._need = 0
-        else:  # the same partial command grew; append without copying it again
-            tail = self._tail if isinstance(self._tail, bytearray) else bytearray(self._tail)
-            tail += data
-        self._tail = tail
-        if self._need and len(tail) < self._need:
-            return
-        self._need = self._check_partial(tail)
-
-    def _check_partial(self, tail: bytes | bytearray) -> int:
-        """Walk a partial command's headers; raise on what Redis refuses; return its size."""
-        end = len(tail)
-        nl = tail.find(CRLF)
-        if nl < 0:
-            if end > self.limits.max_inline_bytes:
-                raise ProtocolError("too big mbulk count string")
-            return 0
-        head = bytes(tail[1:nl])
-        if not head.isdigit() or int(head) > self.limits.max_args:
-            raise ProtocolError("invalid multibulk length")
-        p = nl + 2
-        for _ in range(int(head)):
-            if p >= end:
-                return 0
-            if tail[p] != 36:
-                raise ProtocolError(f"expected '$', got '{chr(tail[p])}'")
-            nl = tail.find(CRLF, p)
-            if nl < 0:
-                if end - p > 32:
-                    raise ProtocolError("invalid bulk length")
-                return 0
-            head = bytes(tail[p + 1 : nl])
-            if not head.isdigit() or int(head) > self.limits.max_bulk_bytes:
-                raise ProtocolError("invalid bulk length")
-            p = nl + 4 + int(head)
-            if p > end:
-                return p
-        return 0
-
-    def _slow_commands(self, data: bytes | bytearray) -> Iterator[Request]:
-        if self._slow is None:
-            self._slow = PyRequestParser(self.limits)
-        self._slow.feed(bytes(data))
-        yield from self._slow.commands()
-
+        pre, self._pre = self._pre, None
+        if data:
+            framed = pre[1:] if pre is not None and pre[0] is data else self._c_frame(data)
+            if framed is not None:
+                commands, consumed = framed
+                if consumed:
+                    yield from commands
+                    data = data[consumed:]
+            if data:
+                self._py.feed(data)
+        yield from self._py.commands()
 
 
 # Reply types, RESP2 and RESP3 (https://github.com/redis/redis-specification): RESP3 replies
