@@ -6,23 +6,29 @@
                         local / refused / bad ─> a completed slot, answered in place
     ReplyQueue (inflight.py) writes the completed head run: one write per batch.
 
-Limits: reading pauses while more than ``max_pending`` requests await replies or the transport
-holds more than ``max_reply_bytes`` unsent (``pause_writing``); it resumes below half of them.
-A protocol error gets ``-ERR Protocol error: ...`` after the replies owed before it, then the
-connection is closed; so does QUIT (after ``+OK``). Nothing else closes a client.
+Limits: reading pauses while more than ``max_pending`` requests await replies, the transport
+holds more than ``max_reply_bytes`` unsent (``pause_writing``), or the proxy-wide ``Budget``
+is over; it resumes below half of them. A protocol error gets ``-ERR Protocol error: ...``
+after the replies owed before it, then the connection is closed; so does QUIT (after ``+OK``),
+and so do the pool's client limits (config.ClientLimitsConfig), as Redis applies them: owed
+replies past ``client_output_buffer_limit`` and unframed bytes past ``client_query_buffer_limit``
+close the client at once (nothing more can be written to it), ``client_timeout`` closes an
+idle one, ``auth_failure_limit`` failed AUTHs close it after the last -WRONGPASS.
 
-Imports: resp, commands, fanout, pool, inflight, errors.
+Imports: resp, commands, fanout, pool, inflight, budget, errors, metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from proxy import __version__, errors
+from proxy.budget import Budget
 from proxy.commands import (
     FAST_FANOUT,
     FAST_SINGLE_KEY,
@@ -54,6 +60,21 @@ from proxy.resp import (
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLE_EVERY = 4  # client reads per latency observation (see data_received)
+LOG_EVERY_S = 60.0  # per peer address and kind: how often a closed or failing client is logged
+_last_logged: dict[tuple[str, str], float] = {}
+
+
+def _log_limited(kind: str, peer: str, message: str, *args: object) -> None:
+    """Log a client's failure at most once per LOG_EVERY_S per (kind, peer address)."""
+    now = time.monotonic()
+    key = (kind, peer)
+    if now - _last_logged.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
+        return
+    if len(_last_logged) > 10000:  # bounded: forget the oldest half
+        for old in sorted(_last_logged, key=_last_logged.__getitem__)[:5000]:
+            del _last_logged[old]
+    _last_logged[key] = now
+    log.warning(message, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         on_open: Callable[[ClientConnection], bool],
         on_close: Callable[[ClientConnection], None],
         info: Callable[[str | None], bytes] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         ClientConnection._next_id += 1
         self.id = ClientConnection._next_id
@@ -89,8 +111,9 @@ class ClientConnection(asyncio.Protocol):
         self._on_open = on_open
         self._on_close = on_close
         self._info = info  # INFO's text, from the composition root
-        self._parser = RequestParser()
-        self._clock = asyncio.get_running_loop().time
+        self._budget = budget if budget is not None else Budget(1 << 62)
+        self._loop = loop = asyncio.get_running_loop()
+        self._clock = loop.time
         self._queue = ReplyQueue(flusher, self._clock)
         self._rows = pool.stats.commands  # (pool, command) counter rows, metrics.CommandStats
         # on_flushed is set only while reading is paused or the client is closing: the
@@ -98,6 +121,18 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._password = pool.config.redis_auth
         self._authed = self._password is None
+        self._parser = RequestParser(authenticated=self._authed)
+        self._auth_failures = 0
+        self._peer = "-"
+        # bytes this client holds that count against the budget: unframed request bytes, and
+        # owed replies while its writes are paused (past max_reply_bytes)
+        self._held_in = 0
+        self._held_out = 0
+        self._soft_since = 0.0  # when owed replies went past the soft output limit (0: not)
+        self._budget_paused = False
+        self._idle_s = 0.0
+        self._active_at = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._resp3 = False  # HELLO 3 switches this client to RESP3
         self._closing = False  # QUIT, protocol error or shutdown: no more requests
         self._failed = False  # closed for an error (counted as client_err, not client_eof)
@@ -112,12 +147,23 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=self._limits.max_reply_bytes)
+        limits = self._pool.config.client_limits
+        # pause_writing comes at the first of: the proxy's own pause point, a client output limit
+        high = min(x for x in (self._limits.max_reply_bytes, limits.output_hard_bytes,
+                               limits.output_soft_bytes) if x)  # fmt: skip
+        transport.set_write_buffer_limits(high=high)
         self._queue.attach(transport, self._pool.stats)  # replies are written by the queue
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
         if not self._on_open(self):
             self._rejected = True  # counted as rejected, not as a client that closed
             transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
             transport.close()
+            return
+        if limits.idle_timeout_ms:
+            self._idle_s = limits.idle_timeout_ms / 1000.0
+            self._active_at = self._clock()
+            self._idle_timer = self._loop.call_at(self._active_at + self._idle_s, self._on_idle)
 
     def set_pool(self, pool: Pool) -> None:
         """A reload replaced this client's pool: its next requests go to the new one."""
@@ -134,6 +180,11 @@ class ClientConnection(asyncio.Protocol):
                 stats.client_err += 1
         self._queue.close()
         self._transport = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._budget.release(self.id)
+        self._hold(0, 0)
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -142,12 +193,16 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._soft_since = 0.0
+        self._hold(self._held_in, 0)  # below the pause point: bounded by the socket buffer
         self._maybe_resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
         self._reads += 1
+        if self._idle_s:
+            self._active_at = self._clock()
         pool = self._pool
         pool.stats.bytes_in += len(data)
         # Latency is observed for one read in LATENCY_SAMPLE_EVERY (the first, then every 4th):
@@ -219,6 +274,16 @@ class ClientConnection(asyncio.Protocol):
             self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         pending = len(self._queue)
         if pending >= self._limits.max_pending:
+            self._pause_reading()
+        held = parser.buffered()
+        if held != self._held_in:
+            if held > self._pool.config.client_limits.query_buffer_bytes:
+                self._close_for_limit("query_buffer_limit", held)
+                return
+            self._hold(held, self._held_out)
+        if self._budget.over and not self._budget_paused:
+            self._budget_paused = True
+            self._budget.hold(self.id, self._budget_resume)
             self._pause_reading()
         if self._closing and not pending:
             self._close_now()
@@ -390,10 +455,27 @@ class ClientConnection(asyncio.Protocol):
             queue.push_error(errors.AUTH_NOT_CONFIGURED)
             return
         if self._check_password(args):
-            self._authed = True
+            self._authenticated()
             queue.push_reply(OK)
         else:
-            queue.push_error(errors.WRONGPASS)
+            self._auth_failed()
+
+    def _authenticated(self) -> None:
+        self._authed = True
+        self._parser.authenticated = True  # Redis's unauthenticated request limits are off
+
+    def _auth_failed(self) -> None:
+        """-WRONGPASS, counted and logged (rate-limited); past the limit, the connection closes."""
+        self._queue.push_error(errors.WRONGPASS)
+        self._pool.stats.auth_failures += 1
+        self._auth_failures += 1
+        limit = self._pool.config.client_limits.auth_failure_limit
+        _log_limited("auth", self._peer, "pool %s: failed AUTH from %s (%d on this connection)",
+                     self._pool.name, self._peer, self._auth_failures)  # fmt: skip
+        if limit and self._auth_failures >= limit:
+            self._pool.stats.closed_auth += 1
+            self._failed = True
+            self._start_closing()
 
     def _check_password(self, args: Sequence[bytes]) -> bool:
         password = self._password or ""
@@ -420,9 +502,9 @@ class ClientConnection(asyncio.Protocol):
             option = args[i].upper()
             if option == b"AUTH" and i + 2 < len(args):
                 if self._password is None or not self._check_password(args[i + 1 : i + 3]):
-                    queue.push_error(errors.WRONGPASS)
+                    self._auth_failed()
                     return
-                self._authed = True
+                self._authenticated()
                 i += 3
             elif option == b"SETNAME" and i + 1 < len(args):
                 self.name = args[i + 1]
@@ -488,11 +570,67 @@ class ClientConnection(asyncio.Protocol):
     # --- writing, backpressure, closing --------------------------------------------------
 
     def _after_flush(self) -> None:
+        """After each write while reading is paused (or closing): owed bytes against the limits."""
         if self._closing:
             if not len(self._queue):
                 self._close_now()
-        elif self._read_paused:
+            return
+        if self._write_paused and self._transport is not None:
+            owed = self._transport.get_write_buffer_size()
+            limits = self._pool.config.client_limits
+            if limits.output_hard_bytes and owed > limits.output_hard_bytes:
+                self._close_for_limit("output_buffer_limit", owed)
+                return
+            if limits.output_soft_bytes and owed > limits.output_soft_bytes:
+                now = self._clock()
+                if not self._soft_since:
+                    self._soft_since = now
+                elif now - self._soft_since >= limits.output_soft_seconds:
+                    self._close_for_limit("output_buffer_limit", owed)
+                    return
+            else:
+                self._soft_since = 0.0
+            self._hold(self._held_in, owed)
+        if self._read_paused:
             self._maybe_resume_reading()
+
+    def _hold(self, held_in: int, held_out: int) -> None:
+        """Report what this client holds now to the budget."""
+        delta = held_in + held_out - self._held_in - self._held_out
+        self._held_in = held_in
+        self._held_out = held_out
+        if delta:
+            self._budget.change(delta)
+
+    def _budget_resume(self) -> None:
+        self._budget_paused = False
+        self._maybe_resume_reading()
+
+    def _close_for_limit(self, reason: str, held: int) -> None:
+        """Close at once for a client limit (owed or buffered bytes are dropped, as Redis does)."""
+        stats = self._pool.stats
+        if reason == "output_buffer_limit":
+            stats.closed_output_limit += 1
+        else:
+            stats.closed_query_limit += 1
+        _log_limited(reason, self._peer, "pool %s: closing client %d from %s: %s reached (%d bytes)",
+                     self._pool.name, self.id, self._peer, reason, held)  # fmt: skip
+        self._failed = self._closing = True
+        self.abort()
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self._transport is None or self._closing:
+            return
+        now = self._clock()
+        if len(self._queue):
+            self._active_at = now  # replies owed: waiting on the proxy is not idleness
+        elif now - self._active_at >= self._idle_s:
+            self._pool.stats.closed_idle += 1
+            self._start_closing()
+            self._close_now()
+            return
+        self._idle_timer = self._loop.call_at(self._active_at + self._idle_s, self._on_idle)
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:
@@ -504,6 +642,7 @@ class ClientConnection(asyncio.Protocol):
         if (
             self._read_paused
             and not self._write_paused
+            and not self._budget_paused
             and not self._closing
             and len(self._queue) < self._limits.max_pending // 2
             and self._transport is not None

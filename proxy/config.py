@@ -40,6 +40,100 @@ class ConfigError(Exception):
     """The config cannot be used; the message names file, pool and key."""
 
 
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
+          "gb": 1024**3}  # fmt: skip
+
+
+def parse_size(text: str | int) -> int:
+    """A memory size as Redis's config reads it (memtoll): ``1gb`` = 1024**3, ``1g`` = 10**9,
+    plain numbers are bytes. ValueError if it is not one."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a size, got {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"expected a size >= 0, got {text}")
+        return text
+    t = str(text).strip().lower()
+    digits = t.rstrip("kmgb")
+    unit = t[len(digits):]
+    if not digits.isdigit() or unit not in _UNITS:
+        raise ValueError(f"expected a size such as 512mb, got {text!r}")
+    return int(digits) * _UNITS[unit]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimitsConfig:
+    """What one client connection may hold (a pool's or listener's keys, Redis's names).
+
+    ``client_output_buffer_limit: "HARD SOFT SECONDS"``: replies owed to a client (written,
+    not yet read by it) past HARD, or past SOFT for SECONDS, close it, as Redis closes it.
+    ``client_query_buffer_limit``: unframed request bytes past it close the client.
+    ``client_timeout`` (ms): a client idle that long is closed. ``auth_failure_limit``: failed
+    AUTHs after which the connection is closed. 0 turns each off.
+    """
+
+    output_hard_bytes: int = 512 * 1024**2
+    output_soft_bytes: int = 128 * 1024**2
+    output_soft_seconds: int = 60
+    query_buffer_bytes: int = 1024**3
+    idle_timeout_ms: int = 0
+    auth_failure_limit: int = 10
+
+
+DEFAULT_CLIENT_LIMITS = ClientLimitsConfig()
+CLIENT_LIMIT_KEYS = ("client_output_buffer_limit", "client_query_buffer_limit", "client_timeout",
+                     "auth_failure_limit")  # fmt: skip
+
+
+def _client_limits(where: str, body: dict[Any, Any]) -> ClientLimitsConfig:
+    """The client limit keys of a pool or listener mapping."""
+
+    def err(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}: key '{key}': {msg}")
+
+    d = DEFAULT_CLIENT_LIMITS
+    hard, soft, seconds = d.output_hard_bytes, d.output_soft_bytes, d.output_soft_seconds
+    if "client_output_buffer_limit" in body:
+        value = body["client_output_buffer_limit"]
+        fields = str(value).split() if isinstance(value, str) else []
+        try:
+            if len(fields) != 3 or not fields[2].isdigit():
+                raise ValueError
+            hard, soft, seconds = parse_size(fields[0]), parse_size(fields[1]), int(fields[2])
+        except ValueError:
+            raise err("client_output_buffer_limit",
+                      f'expected "HARD SOFT SECONDS" such as "512mb 128mb 60", got {value!r}'
+                      ) from None  # fmt: skip
+    query = d.query_buffer_bytes
+    if "client_query_buffer_limit" in body:
+        try:
+            query = parse_size(body["client_query_buffer_limit"])
+        except ValueError as exc:
+            raise err("client_query_buffer_limit", str(exc)) from None
+        if query < 1024 * 1024:
+            raise err("client_query_buffer_limit", "must be at least 1mb (as in Redis)")
+
+    def count(key: str, default: int) -> int:
+        v = body.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise err(key, f"expected an integer >= 0, got {v!r}")
+        return v
+
+    return ClientLimitsConfig(
+        output_hard_bytes=hard, output_soft_bytes=soft, output_soft_seconds=seconds,
+        query_buffer_bytes=query, idle_timeout_ms=count("client_timeout", d.idle_timeout_ms),
+        auth_failure_limit=count("auth_failure_limit", d.auth_failure_limit),
+    )  # fmt: skip
+
+
+def default_max_buffered_bytes() -> int:
+    """A quarter of physical memory: what the proxy may hold for all clients together."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError):
+        return 1024**3
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A TCP ``host:port`` or a unix socket ``path`` (port 0)."""
@@ -90,6 +184,7 @@ class PoolConfig:
     sentinels: tuple[Address, ...] = ()
     master_name: str = ""
     sentinel_auth: str | None = None
+    client_limits: ClientLimitsConfig = DEFAULT_CLIENT_LIMITS
 
     @property
     def cluster(self) -> bool:
@@ -122,6 +217,8 @@ class ListenerConfig:
     redis_auth: str | None = None  # the password clients AUTH with
     backlog: int = 512
     client_connections: int = 0
+    client_limits: ClientLimitsConfig = DEFAULT_CLIENT_LIMITS
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -129,6 +226,8 @@ class Config:
     pools: tuple[PoolConfig, ...] = field(default_factory=tuple)
     metrics_listen: Address | None = None  # /metrics and /healthz (native form: metrics.listen)
     listeners: tuple[ListenerConfig, ...] = field(default_factory=tuple)
+    # what the proxy may hold for all clients together; past it, it stops reading from them
+    max_buffered_bytes: int = field(default_factory=default_max_buffered_bytes)
 
 
 # key -> (dataclass field, parser)
@@ -136,10 +235,11 @@ _POOL_KEYS = {
     "listen", "servers", "hash", "hash_tag", "distribution", "timeout", "backlog",
     "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
     "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
-    "tcpkeepalive", "read_from", *CLUSTER_ONLY_KEYS, *SENTINEL_ONLY_KEYS,
+    "tcpkeepalive", "read_from", *CLUSTER_ONLY_KEYS, *SENTINEL_ONLY_KEYS, *CLIENT_LIMIT_KEYS,
 }  # fmt: skip
-_NATIVE_TOP_KEYS = {"pools", "metrics", "listeners"}
-_LISTENER_KEYS = {"listen", "routes", "default_pool", "redis_auth", "backlog", "client_connections"}
+_NATIVE_TOP_KEYS = {"pools", "metrics", "listeners", "max_buffered_bytes"}
+_LISTENER_KEYS = {"listen", "routes", "default_pool", "redis_auth", "backlog", "client_connections",
+                  *CLIENT_LIMIT_KEYS}  # fmt: skip
 _ROUTE_KEYS = {"prefix", "pool", "strip_prefix", "mirror", "mirror_mode"}
 
 
@@ -172,10 +272,19 @@ def parse(text: str, path: str = "<config>") -> Config:
         listeners_doc = doc.get("listeners") or {}
         if not isinstance(listeners_doc, dict):
             raise ConfigError(f"{path}: key 'listeners': expected a mapping of listener names")
+        budget = default_max_buffered_bytes()
+        if "max_buffered_bytes" in doc:
+            try:
+                budget = parse_size(doc["max_buffered_bytes"])
+            except ValueError as exc:
+                raise ConfigError(f"{path}: key 'max_buffered_bytes': {exc}") from None
+            if budget < 1024 * 1024:
+                raise ConfigError(f"{path}: key 'max_buffered_bytes': must be at least 1mb")
     else:
         pools_doc = doc  # nutcracker.yml: pool names at the top level
         metrics = None
         listeners_doc = {}
+        budget = default_max_buffered_bytes()
     pools = tuple(_pool(path, str(name), body) for name, body in pools_doc.items())
     names = {p.name for p in pools}
     listeners = tuple(_listener(path, str(n), body, names) for n, body in listeners_doc.items())
@@ -196,6 +305,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         path=os.path.abspath(path) if path != "<config>" else path,
         pools=pools,
         listeners=listeners,
+        max_buffered_bytes=budget,
     )
     return with_metrics(config, metrics) if metrics is not None else config
 
@@ -261,7 +371,7 @@ def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfi
     return ListenerConfig(
         name=name, listen=listen, routes=tuple(routes), default_pool=default,
         redis_auth=None if auth is None else str(auth), backlog=backlog or 512,
-        client_connections=limit,
+        client_connections=limit, client_limits=_client_limits(where, body),
     )  # fmt: skip
 
 
@@ -410,6 +520,7 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
         sentinels=tuple(sentinels),
         master_name=master_name,
         sentinel_auth=None if sentinel_auth is None else str(sentinel_auth),
+        client_limits=_client_limits(where, body),
     )
 
 

@@ -68,7 +68,8 @@ class PoolStats:
     __slots__ = (
         "commands", "connections_total", "connections_rejected", "client_eof", "client_err",
         "fanouts", "fragments", "bytes_in", "bytes_out", "mirror_sent", "mirror_errors",
-        "mirror_dropped",
+        "mirror_dropped", "auth_failures", "closed_output_limit", "closed_query_limit",
+        "closed_idle", "closed_auth",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -84,6 +85,12 @@ class PoolStats:
         self.mirror_sent = 0  # copies sent to a route's mirror pool (listeners only)
         self.mirror_errors = 0  # error replies to those copies
         self.mirror_dropped = 0  # copies not sent: the mirror lagged or had no server
+        self.auth_failures = 0  # AUTH / HELLO AUTH with a wrong password
+        # clients closed by a client limit (config.ClientLimitsConfig)
+        self.closed_output_limit = 0  # client_output_buffer_limit
+        self.closed_query_limit = 0  # client_query_buffer_limit
+        self.closed_idle = 0  # client_timeout
+        self.closed_auth = 0  # auth_failure_limit
 
     def command(self, name: str) -> CommandStats:
         """The row for ``name`` (a command table name, so the label set is bounded)."""
@@ -178,6 +185,15 @@ class Snapshot:
     last_reload_ok: bool = True
     config_loaded_at: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    buffered_bytes: int = 0  # what clients make the proxy hold (budget.Budget.used)
+    max_buffered_bytes: int = 0
+    buffer_pauses: int = 0
+
+
+def _closed_by_reason(stats: PoolStats) -> list[tuple[str, int]]:
+    return [("output_buffer_limit", stats.closed_output_limit),
+            ("query_buffer_limit", stats.closed_query_limit),
+            ("idle_timeout", stats.closed_idle), ("auth_failure_limit", stats.closed_auth)]  # fmt: skip
 
 
 def _families(snap: Snapshot) -> Iterator[Metric]:
@@ -196,6 +212,15 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("resproxy_config_loaded_timestamp_seconds",
                             "Unix time the running config was loaded",
                             value=snap.config_loaded_at)  # fmt: skip
+    yield GaugeMetricFamily("resproxy_buffered_bytes",
+                            "Bytes held for clients (unframed requests, owed replies past the "
+                            "pause point), against max_buffered_bytes",
+                            value=snap.buffered_bytes)  # fmt: skip
+    yield GaugeMetricFamily("resproxy_max_buffered_bytes", "The max_buffered_bytes budget",
+                            value=snap.max_buffered_bytes)  # fmt: skip
+    yield CounterMetricFamily("resproxy_buffer_pauses",
+                              "Times max_buffered_bytes was reached (reading from clients stopped)",
+                              value=snap.buffer_pauses)  # fmt: skip
 
     P = ["pool"]
     pool_g = {
@@ -214,7 +239,10 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         "mirror_sent": CounterMetricFamily("resproxy_mirror_sent", "Copies sent to mirror pools (listeners)", labels=P),
         "mirror_errors": CounterMetricFamily("resproxy_mirror_errors", "Error replies to mirrored copies", labels=P),
         "mirror_dropped": CounterMetricFamily("resproxy_mirror_dropped", "Copies dropped: mirror lagging or without a server", labels=P),
+        "auth_failures": CounterMetricFamily("resproxy_auth_failures", "AUTH (or HELLO AUTH) with a wrong password", labels=P),
     }  # fmt: skip
+    closed = CounterMetricFamily("resproxy_client_closed", "Clients closed by a client limit",
+                                 labels=["pool", "reason"])  # fmt: skip
     PC = ["pool", "command"]
     requests = CounterMetricFamily("resproxy_requests", "Requests answered, by command", labels=PC)
     errors = CounterMetricFamily("resproxy_request_errors", "Error replies, by command", labels=PC)
@@ -267,6 +295,8 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         pool_g["serve"].add_metric(labels, 1 if pool.can_serve else 0)
         for key, fam in pool_c.items():
             fam.add_metric(labels, getattr(pool.stats, key))
+        for reason, count in _closed_by_reason(pool.stats):
+            closed.add_metric([pool.name, reason], count)
         for command, row in sorted(pool.stats.commands.items()):
             pc = [pool.name, command]
             requests.add_metric(pc, row.requests)
@@ -298,6 +328,7 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     yield from _sentinel_families(snap)
     yield from pool_g.values()
     yield from pool_c.values()
+    yield closed
     yield from (requests, errors, latency)
     yield from srv_c.values()
     yield from srv_g.values()
@@ -438,6 +469,13 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
         f"server_timeouts:{sum(s.timeouts for s in servers)}",
         f"server_errors:{sum(s.errors + s.eof for s in servers)}",
         f"server_ejections:{sum(s.ejections for p in snap.pools for s in p.servers)}",
+        f"client_output_buffer_limit_disconnections:{sum(p.stats.closed_output_limit for p in snap.pools)}",
+        f"client_query_buffer_limit_disconnections:{sum(p.stats.closed_query_limit for p in snap.pools)}",
+        f"client_idle_timeout_disconnections:{sum(p.stats.closed_idle for p in snap.pools)}",
+        f"auth_failures:{sum(p.stats.auth_failures for p in snap.pools)}",
+        f"auth_failure_limit_disconnections:{sum(p.stats.closed_auth for p in snap.pools)}",
+        f"buffered_bytes:{snap.buffered_bytes}",
+        f"buffer_pauses:{snap.buffer_pauses}",
         f"config_reloads:{snap.reloads}",
         f"config_reload_failures:{snap.reload_failures}",
     ])  # fmt: skip

@@ -97,7 +97,7 @@ class Router:
             name=config.name, listen=config.listen, servers=(), distribution="router",
             timeout_ms=max(pools[str(n)].config.timeout_ms for n in used),
             backlog=config.backlog, client_connections=config.client_connections,
-            redis_auth=config.redis_auth,
+            redis_auth=config.redis_auth, client_limits=config.client_limits,
         )  # fmt: skip
         self.stats = PoolStats()
         self.servers: list[Server] = []  # each pool reports its own servers

@@ -31,6 +31,7 @@ import signal
 import time
 
 from proxy import __version__
+from proxy.budget import Budget
 from proxy.client import ClientConnection, ClientLimits
 from proxy.cluster import ClusterPool
 from proxy.config import Address, Config, ConfigError, PoolConfig, load
@@ -73,6 +74,7 @@ class ProxyServer:
         self._loop = asyncio.get_running_loop()
         self._flusher = Flusher(self._loop.call_soon)
         self._limits = limits or ClientLimits()
+        self.budget = Budget(config.max_buffered_bytes)  # what all clients may make us hold
         self.pools: dict[str, Pool] = {p.name: self._pool(p) for p in config.pools}
         self.fronts: dict[str, _Front] = self._fronts(config, self.pools, {})
         self.clients: dict[str, set[ClientConnection]] = {n: set() for n in self.fronts}
@@ -161,7 +163,8 @@ class ProxyServer:
 
         def factory() -> ClientConnection:  # the front's target as it is now (reloads swap it)
             return ClientConnection(
-                front.target, self._flusher, self._limits, on_open, on_close, self.info
+                front.target, self._flusher, self._limits, on_open, on_close, self.info,
+                self.budget,
             )
 
         addr = front.listen
@@ -225,6 +228,8 @@ class ProxyServer:
             version=__version__, uptime_seconds=time.time() - self.started, pools=views,
             reloads=self.reloads, reload_failures=self.reload_failures,
             last_reload_ok=self.last_reload_ok, config_loaded_at=self.config_loaded_at,
+            buffered_bytes=self.budget.used, max_buffered_bytes=self.budget.max_bytes,
+            buffer_pauses=self.budget.pauses,
         )  # fmt: skip
 
     def info(self, section: str | None) -> bytes:
@@ -330,6 +335,7 @@ class ProxyServer:
         self.pools = pools
         self.fronts = fronts
         self.config = new
+        self.budget.max_bytes = new.max_buffered_bytes
         log.warning("reload accepted: added %s, removed %s, pools changed %s",
                     added or "none", removed or "none", changed or "none")  # fmt: skip
 

@@ -13,10 +13,12 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "cli": {"config", "server", "__init__"},
     "server": {"config", "pool", "cluster", "sentinel", "router", "client", "inflight", "metrics",
-               "__init__"},
+               "budget", "__init__"},
     "sentinel": {"pool", "backend", "resp", "inflight", "errors", "config", "metrics"},
     "router": {"pool", "inflight", "errors", "config", "metrics"},
-    "client": {"resp", "commands", "fanout", "pool", "inflight", "errors", "metrics", "__init__"},
+    "client": {"resp", "commands", "fanout", "pool", "inflight", "budget", "errors", "metrics",
+               "__init__"},
+    "budget": set(),
     "fanout": {"commands", "resp", "inflight", "errors"},
     "commands": {"errors", "command_data"},
     "command_data": set(),
@@ -35,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
 }
 PURE = {"resp", "hashing", "ring", "commands", "command_data", "fanout", "inflight", "config",
-        "errors", "slotmap"}
+        "errors", "slotmap", "budget"}
 
 
 def _imports(path: pathlib.Path) -> tuple[set[str], set[str]]:
