@@ -13,7 +13,12 @@ GET and SET at -P 1 and -P 16 through a resproxy cluster pool against ``redis-be
 straight to the cluster (a cluster-aware client, the best a client can do), in the same A B B A
 rounds; the ratio is resproxy/direct.
 
+Last a large-value section (bench/large.py): SETs and GETs of 1, 16, 128 and 512 MB values
+straight to one redis-server and through a fresh nutcracker and resproxy per size in front of it,
+with MB/s, each proxy's peak RSS and the worst latency of a concurrent PING client.
+
 Usage: bench/run.py [--rounds N] [--quick] [--markdown] [--only CASE,...] [--no-cluster]
+                    [--no-large | --large-only] [--sizes MB,...] [--large-rounds N]
 Every process it starts is stopped by PID at the end, also on Ctrl-C or failure.
 """
 
@@ -38,6 +43,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # Free ports below the ephemeral range and the bounded port wait: the test harness's, shared.
 from tests.integration.harness import RedisCluster, free_port, wait_port  # noqa: E402
+
+import large  # noqa: E402  (bench/large.py, next to this file)
+
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 CLIENTS = 50
 KEYSPACE = 100000
@@ -146,7 +154,50 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--only", default="", help="comma-separated case names, e.g. 'GET P1,SET P16'")
     ap.add_argument("--no-cluster", action="store_true", help="skip the cluster section")
+    ap.add_argument("--no-large", action="store_true", help="skip the large-value section")
+    ap.add_argument("--large-only", action="store_true", help="run only the large-value section")
+    ap.add_argument("--sizes", default=",".join(map(str, large.DEFAULT_SIZES)),
+                    help="large-value section: value sizes in MB, e.g. 1,16")  # fmt: skip
+    ap.add_argument("--large-rounds", type=int, default=None,
+                    help="large-value section: rounds per size (default 3, 1 with --quick)")
     args = ap.parse_args()
+    sizes = large.parse_sizes(args.sizes)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    if not args.large_only:
+        ring_and_cluster(args)
+    if not args.no_large:
+        large_rounds = args.large_rounds or (1 if args.quick else 3)
+        bench_large(sizes, max(1, large_rounds), args.markdown)
+    return 0
+
+
+def bench_large(sizes: list[int], rounds: int, markdown: bool) -> None:
+    rows, per_transfer = large.run(
+        sizes, rounds, lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    print(f"\nLarge values: {rounds} round(s) of one SET and one GET per size, raw socket client; "
+          f"redis-server straight, and a fresh nutcracker / resproxy per size in front of it; "
+          f"MB = 2**20 bytes; MB/s medians; peak RSS = max VmHWM "
+          f"{'per transfer (clear_refs)' if per_transfer else 'since start'}; PING every "
+          f"{large.PING_INTERVAL_S * 1000:g} ms on a second connection, worst over rounds"
+          "\n")  # fmt: skip
+    for title, header, body in large.tables(rows):
+        if title == "ratios":
+            print("\nresproxy/nutcracker (p/n) and resproxy/redis; RSS ratios > 1: resproxy "
+                  "holds more\n")  # fmt: skip
+        table(header, body, markdown)
+    problems = large.failures(rows)
+    if problems:
+        print("\nFailed or disturbed transfers (* after MB/s: the median of the rounds left):")
+        for line in problems:
+            print(f"  {line}")
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", "large.json"), "w") as f:
+        json.dump(large.to_json(rows), f, indent=1)
+
+
+def ring_and_cluster(args: argparse.Namespace) -> None:
+    """The redis-benchmark sections (ring, then cluster); results to bench/results/latest.json."""
     rounds = 1 if args.quick else args.rounds
     scale = 0.1 if args.quick else 1.0
     cases = [c for c in CASES if not args.only or c.name in args.only.split(",")]
@@ -170,7 +221,6 @@ def main() -> int:
                 p.kill()
                 p.wait(timeout=10)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     try:
         redis_ports = [free_port() for _ in range(4)]
         for port in redis_ports:
@@ -228,7 +278,6 @@ def main() -> int:
     finally:
         stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 def abba_round(
