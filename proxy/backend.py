@@ -19,6 +19,11 @@ One op timer per connection, armed lazily: it fires at "last progress + timeout"
 itself if replies arrived in between, so a busy connection costs one timer per timeout period,
 not one per request.
 
+A connection tells its owner when the server answers: ``on_answer`` is called at its first reply
+(after the AUTH/SELECT replies, when it has those) and, after ``watch()``, at the next one. A
+connection that is only accepted proves nothing: a stopped (SIGSTOP) server's kernel still
+accepts connections. The pool counts a server's consecutive failures until it answers.
+
 Imports: resp, inflight, errors, metrics (plus asyncio).
 """
 
@@ -41,6 +46,8 @@ LostCallback = Callable[["BackendConnection", str, bool], None]
 """(connection, reason, was_failure) -> None, called once when the connection is gone."""
 ReadyCallback = Callable[[], None]
 """Called once the connection is usable: connected, and AUTH/SELECT/HELLO accepted."""
+AnswerCallback = Callable[[], None]
+"""Called when the server answers: the connection's first reply, and the next after ``watch``."""
 RedirectCallback = Callable[["BackendConnection", ReplySlot, bytes, bytes], None]
 """(connection, slot, request payload, error reply) for the pool's redirect replies: Redis
 Cluster's -MOVED/-ASK/-TRYAGAIN/-CLUSTERDOWN (cluster pools), -READONLY (sentinel pools)."""
@@ -64,6 +71,7 @@ class BackendConnection(asyncio.Protocol):
         resp3: bool = False,
         stats: ServerStats | None = None,
         redirects: tuple[bytes, ...] = REDIRECTS,
+        on_answer: AnswerCallback | None = None,
     ) -> None:
         self.server_name = server_name
         self.pool_name = pool_name
@@ -74,6 +82,10 @@ class BackendConnection(asyncio.Protocol):
         self._init_left = len(init_commands)
         self._on_lost = on_lost
         self._on_ready = on_ready
+        self._on_answer = on_answer
+        # Replies to look at before the plain FIFO path: AUTH/SELECT, and the first reply after
+        # a watch(). One flag tested per read, where the init check was.
+        self._watching = True
         # Cluster pools: each request's payload is kept until its reply, so a redirect can
         # send it again elsewhere; the callback takes those replies instead of the slot.
         self._on_redirect = on_redirect
@@ -110,6 +122,10 @@ class BackendConnection(asyncio.Protocol):
         if not self._flush_scheduled and self._transport is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def watch(self) -> None:
+        """Call ``on_answer`` at the next reply (the server failed on another connection)."""
+        self._watching = True
 
     def in_flight(self) -> int:
         return len(self._pending)
@@ -157,8 +173,8 @@ class BackendConnection(asyncio.Protocol):
             return
         if not replies:
             return
-        if self._init_left:
-            replies = self._take_init_replies(replies)
+        if self._watching:
+            replies = self._take_first_replies(replies)
             if self.closed:
                 return
         pending = self._pending
@@ -186,6 +202,18 @@ class BackendConnection(asyncio.Protocol):
                 log.exception("pool %s: server %s: handing on a reply failed",
                               self.pool_name, self.server_name)  # fmt: skip
         self._last_progress = self._loop.time()
+
+    def _take_first_replies(self, replies: list[bytes]) -> list[bytes]:
+        """The init replies among ``replies`` (checked and taken off); once they are all in,
+        the server has answered: tell the owner. The replies left are for requests."""
+        if self._init_left:
+            replies = self._take_init_replies(replies)
+            if self._init_left or self.closed:
+                return replies
+        self._watching = False
+        if self._on_answer is not None:
+            self._on_answer()
+        return replies
 
     def _take_init_replies(self, replies: list[bytes]) -> list[bytes]:
         n = min(self._init_left, len(replies))

@@ -7,12 +7,28 @@ HELLO 3 clients, RESP3); each client keeps to one lane, so its commands stay in 
 
 Server health, as a user sees it:
 
-* a server whose connection fails (refused, reset, timeout) is *down* for a backoff period
-  (100 ms doubling to 1 s, jittered): requests for its keys get an immediate error instead of
-  waiting, and a background probe reconnects; the first successful probe brings it back;
-* with ``auto_eject_hosts``, ``server_failure_limit`` consecutive failures take the server out
-  of the continuum for ``server_retry_timeout`` ms (its keys move to the others, as twemproxy
-  does); afterwards it is put back and must fail ``server_failure_limit`` times again to go.
+* a failure is a connection to the server lost without the proxy asking: refused, reset, closed
+  by the server, setup (AUTH/SELECT) rejected, or no reply within ``timeout`` (the connection
+  is closed and every request pending on it fails, as twemproxy counts a timed-out request as a
+  server failure). The count of failures in a row restarts when the server answers (any reply);
+* without ``auto_eject_hosts``, a server whose connection was refused, reset or closed is
+  *down* for a backoff period (100 ms doubling to 1 s, jittered): requests for its keys get an
+  immediate error instead of waiting, and a background probe reconnects; the first successful
+  probe brings it back. A timeout only drops the connection; the next request reconnects;
+* with ``auto_eject_hosts``, there is no backoff period: as in twemproxy, requests keep trying
+  the server, and ``server_failure_limit`` consecutive failures take it out of the continuum
+  (its keys move to the others). It comes back only when a probe succeeds: after
+  ``server_retry_timeout`` ms, a fresh connection with its AUTH/SELECT and a PING, all answered
+  within ``timeout``; that connection then serves requests. A failed probe keeps the server out
+  for another ``server_retry_timeout``. So a hung (SIGSTOP) server fails at most
+  ``server_failure_limit`` rounds of ``timeout``, and a dead one never re-enters to fail
+  requests. (twemproxy puts it back untested when the time is up.) Once back, it must fail
+  ``server_failure_limit`` times again to go.
+
+    in the ring ──limit failures in a row──> ejected ──server_retry_timeout──> probing
+        ^                                       ^                                 │
+        │                                       └──────────── failed ─────────────┤
+        └─────────────────────────────── answered ────────────────────────────────┘
 
 Imports: backend, ring, hashing, resp, inflight, errors, config.
 """
@@ -52,6 +68,7 @@ class ServerState(enum.Enum):
 
 ASKING = encode_command([b"ASKING"])
 READONLY = encode_command([b"READONLY"])
+PING = encode_command([b"PING"])
 RETRY_MIN_S = 0.01
 RETRY_MAX_S = 0.2
 
@@ -149,9 +166,11 @@ class Server:
         self._down_until = 0.0
         self._backoff_s = BACKOFF_MIN_S
         self._probe: asyncio.TimerHandle | None = None
-        self.failures = 0  # consecutive, for ejection
+        self.failures = 0  # consecutive (until the server answers), for ejection
         self.ejected = False
-        self._eject_timer: asyncio.TimerHandle | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None  # the next probe of an ejected server
+        self._probing: BackendConnection | None = None  # that probe's connection, while it runs
+        self._probe_deadline: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         # counters for metrics (read at scrape time)
@@ -202,17 +221,26 @@ class Server:
 
     def _connect(self, lane: int, resp3: bool = False) -> BackendConnection:
         init = self._init3 if resp3 else self._init
-        conn = BackendConnection(
-            self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost,
-            self._mark_up, self._on_redirect, lane, resp3, self.stats, self._redirects,
-        )
+        conn = self._new_connection(init, self._mark_up, lane, resp3)
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
         if not resp3 and self._single_lane:
             self.direct = conn.send
+        self._start_open(conn)
+        return conn
+
+    def _new_connection(
+        self, init: list[bytes], on_ready: Callable[[], None], lane: int = 0, resp3: bool = False
+    ) -> BackendConnection:
+        return BackendConnection(
+            self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost,
+            on_ready, self._on_redirect, lane, resp3, self.stats, self._redirects,
+            self._answered,
+        )  # fmt: skip
+
+    def _start_open(self, conn: BackendConnection) -> None:
         task = self._loop.create_task(self._open(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return conn
 
     async def _open(self, conn: BackendConnection) -> None:
         addr = self.address
@@ -239,6 +267,9 @@ class Server:
         self.stats.connects += 1  # up once its AUTH/SELECT are accepted (conn calls _mark_up)
 
     def _on_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
+        if conn is self._probing:
+            self._probe_failed(reason)
+            return
         for lanes in (self._lanes, self._lanes3):
             for i, lane in enumerate(lanes):
                 if lane is conn:
@@ -248,31 +279,50 @@ class Server:
         if self.closing or not failure:
             return
         self.failures += 1
+        for lane in self._lanes + self._lanes3:
+            if lane is not None:
+                lane.watch()  # a reply on any other lane shows the server answers
         self.pool.server_lost(self)
-        if reason != "timeout":
+        if self.ejected:
+            return  # out of the ring until a probe answers (_retry)
+        config = self.pool.config
+        if config.auto_eject_hosts:
+            if self.failures >= config.server_failure_limit:
+                self._eject(reason)
+            elif reason != "timeout":
+                # No backoff period: the next request tries the server again (twemproxy's
+                # way), so the count reaches the limit at the pace requests arrive and the
+                # server leaves the ring; a backoff would only fail requests for longer.
+                self._mark_down(reason, hold=False)
+        elif reason != "timeout":
             # Refused, reset or closed: the server may be gone. Requests fail fast until a
             # probe reconnects, instead of each one trying to connect. A timeout only drops
             # the connection (the server is slow, not gone); the next request reconnects.
             self._mark_down(reason)
-        self._maybe_eject()
+
+    def _answered(self) -> None:
+        self.failures = 0
 
     def _mark_up(self) -> None:
         self._down_until = 0.0
         self._backoff_s = BACKOFF_MIN_S
-        self.failures = 0
         if self.state is not ServerState.UP:
             if self.state is ServerState.DOWN:
                 log.warning("pool %s: server %s (%s) is up", self.pool.name, self.name, self.address)
             self.state = ServerState.UP
             self.down_reason = ""
 
-    def _mark_down(self, reason: str) -> None:
+    def _mark_down(self, reason: str, hold: bool = True) -> None:
+        """Down, logged once; with ``hold``, requests fail at once for a backoff period, then
+        a probe reconnects."""
         if self.state is not ServerState.DOWN:
             log.warning(
                 "pool %s: server %s (%s) is down: %s", self.pool.name, self.name, self.address, reason
             )
         self.state = ServerState.DOWN
         self.down_reason = reason
+        if not hold:
+            return
         delay = self._backoff_s * random.uniform(0.8, 1.2)
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
         self._down_until = self._loop.time() + delay
@@ -281,36 +331,85 @@ class Server:
 
     def _run_probe(self) -> None:
         self._probe = None
-        if self.closing or self.state is not ServerState.DOWN:
+        if self.closing or self.ejected or self.state is not ServerState.DOWN:
             return
         if self._lanes[0] is None:
             self._connect(0)
 
-    def _maybe_eject(self) -> None:
+    # --- ejection (auto_eject_hosts) -----------------------------------------------------
+
+    def _eject(self, reason: str) -> None:
         pool = self.pool
-        if not pool.config.auto_eject_hosts or self.ejected:
-            return
-        if self.failures < pool.config.server_failure_limit:
-            return
+        retry_ms = pool.config.server_retry_timeout_ms
         self.failures = 0
         self.ejected = True
         self.ejections += 1
         self.ejected_at = time.time()
-        retry_s = pool.config.server_retry_timeout_ms / 1000.0
+        self.state = ServerState.DOWN
+        self.down_reason = f"ejected ({reason})"
         log.warning(
-            "pool %s: server %s ejected for %d ms", pool.name, self.name,
-            pool.config.server_retry_timeout_ms,
-        )
-        self._eject_timer = self._loop.call_later(retry_s, self._return)
+            "pool %s: server %s (%s) ejected after %d consecutive failures (last: %s); "
+            "probing it every %d ms", pool.name, self.name, self.address,
+            pool.config.server_failure_limit, reason, retry_ms,
+        )  # fmt: skip
+        self._retry_timer = self._loop.call_later(retry_ms / 1000.0, self._retry)
         pool.rebuild()
 
-    def _return(self) -> None:
-        self._eject_timer = None
+    def _retry(self) -> None:
+        """Probe the ejected server: connect, its AUTH/SELECT and a PING, within ``timeout``."""
+        self._retry_timer = None
         if self.closing:
             return
+        # A lane 0 in the making (it becomes lane 0 if it answers), with PING as the last of
+        # its setup commands: the connection is ready only once the PING is answered.
+        conn = self._new_connection(self._init + [PING], self._probe_answered)
+        self._probing = conn
+        # One deadline for all of it (the connect alone is also bounded by _open).
+        self._probe_deadline = self._loop.call_later(
+            self._timeout_ms / 1000.0, conn.close, "timeout",
+            errors.server_timeout(self.name, self._timeout_ms),
+        )  # fmt: skip
+        self._start_open(conn)
+
+    def _end_probe(self) -> BackendConnection | None:
+        conn, self._probing = self._probing, None
+        if self._probe_deadline is not None:
+            self._probe_deadline.cancel()
+            self._probe_deadline = None
+        return conn
+
+    def _probe_failed(self, reason: str) -> None:
+        self._end_probe()
+        if self.closing:
+            return
+        retry_ms = self.pool.config.server_retry_timeout_ms
+        log.debug("pool %s: server %s still ejected, probe failed: %s", self.pool.name,
+                  self.name, reason)  # fmt: skip
+        self._retry_timer = self._loop.call_later(retry_ms / 1000.0, self._retry)
+
+    def _probe_answered(self) -> None:
+        """The probe's setup and PING were answered: back into the ring, with the probe's
+        connection as the first lane."""
+        conn = self._end_probe()
+        if conn is None or self.closing:
+            return
         self.ejected = False
-        log.warning("pool %s: server %s back in the ring", self.pool.name, self.name)
+        self.failures = 0
+        self._down_until = 0.0
+        self._backoff_s = BACKOFF_MIN_S
+        self.state = ServerState.UP
+        self.down_reason = ""
+        if self._lanes[0] is None:
+            self._lanes[0] = conn
+            if self._single_lane:
+                self.direct = conn.send
+        else:  # a lane that outlived the ejection (it never failed): keep it
+            conn.close("probe done", failure=False)
+        log.warning("pool %s: server %s (%s) answered a probe: back in the ring",
+                    self.pool.name, self.name, self.address)  # fmt: skip
         self.pool.rebuild()
+        if self.pool.config.preconnect:
+            self.connect_all()
 
     def retire(self, deadline_s: float) -> None:
         """The server left its pool: close it once nothing is pending on it (or at the deadline)."""
@@ -338,11 +437,14 @@ class Server:
     def close(self) -> None:
         """Stop reconnecting and close every lane (pending requests get an error)."""
         self.closing = True
-        for handle in (self._probe, self._eject_timer):
+        for handle in (self._probe, self._retry_timer):
             if handle is not None:
                 handle.cancel()
         for task in list(self._tasks):
             task.cancel()
+        probe = self._end_probe()
+        if probe is not None:
+            probe.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
         for conn in self._lanes + self._lanes3:
             if conn is not None:
                 conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
