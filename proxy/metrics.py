@@ -69,7 +69,7 @@ class PoolStats:
         "commands", "connections_total", "connections_rejected", "client_eof", "client_err",
         "fanouts", "fragments", "bytes_in", "bytes_out", "mirror_sent", "mirror_errors",
         "mirror_dropped", "auth_failures", "closed_output_limit", "closed_query_limit",
-        "closed_idle", "closed_auth",
+        "closed_idle", "closed_auth", "closed_budget",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -91,6 +91,7 @@ class PoolStats:
         self.closed_query_limit = 0  # client_query_buffer_limit
         self.closed_idle = 0  # client_timeout
         self.closed_auth = 0  # auth_failure_limit
+        self.closed_budget = 0  # max_buffered_bytes: held the most when the proxy held too much
 
     def command(self, name: str) -> CommandStats:
         """The row for ``name`` (a command table name, so the label set is bounded)."""
@@ -193,7 +194,8 @@ class Snapshot:
 def _closed_by_reason(stats: PoolStats) -> list[tuple[str, int]]:
     return [("output_buffer_limit", stats.closed_output_limit),
             ("query_buffer_limit", stats.closed_query_limit),
-            ("idle_timeout", stats.closed_idle), ("auth_failure_limit", stats.closed_auth)]  # fmt: skip
+            ("idle_timeout", stats.closed_idle), ("auth_failure_limit", stats.closed_auth),
+            ("max_buffered_bytes", stats.closed_budget)]  # fmt: skip
 
 
 def _families(snap: Snapshot) -> Iterator[Metric]:
@@ -476,6 +478,7 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
         f"auth_failure_limit_disconnections:{sum(p.stats.closed_auth for p in snap.pools)}",
         f"buffered_bytes:{snap.buffered_bytes}",
         f"buffer_pauses:{snap.buffer_pauses}",
+        f"max_buffered_bytes_disconnections:{sum(p.stats.closed_budget for p in snap.pools)}",
         f"config_reloads:{snap.reloads}",
         f"config_reload_failures:{snap.reload_failures}",
     ])  # fmt: skip

@@ -225,3 +225,177 @@ def test_sentinel_pool_keys_are_checked(pool: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse("pools:\n  p:\n    listen: 127.0.0.1:1\n" + pool, "p.yml")
     assert fragment in str(err.value), str(err.value)
+
+
+# --- client limits: client_output_buffer_limit, client_query_buffer_limit, client_timeout,
+# auth_failure_limit (pools and listeners) and the native form's max_buffered_bytes ----------
+# (Imported here rather than at the top: this section was appended on its own.)
+import os  # noqa: E402
+
+from proxy.config import ClientLimitsConfig, parse_size  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("0", 0), ("1", 1), ("100", 100), ("100b", 100),
+        ("1k", 1000), ("1kb", 1024), ("1K", 1000), ("1KB", 1024), ("4Kb", 4096),
+        ("3m", 3_000_000), ("16mb", 16 * MIB), ("512MB", 512 * MIB), ("1Mb", MIB),
+        ("2g", 2_000_000_000), ("1gb", 1024**3), ("1GB", 1024**3),
+    ],
+)  # fmt: skip
+def test_parse_size_reads_redis_units(text: str, size: int) -> None:
+    # Redis's memtoll: k/m/g are powers of 1000, kb/mb/gb powers of 1024, any case
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    "text", ["", "abc", "mb", "-1", "-1mb", "1.5mb", "1 mb", "1tb", "1mbb", "0x10", "1e6"]
+)
+def test_parse_size_refuses_what_is_not_a_size(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+REDIS_CLIENT_LIMITS = ClientLimitsConfig(
+    output_hard_bytes=512 * MIB, output_soft_bytes=128 * MIB, output_soft_seconds=60,
+    query_buffer_bytes=1024**3, idle_timeout_ms=0, auth_failure_limit=10,
+)  # fmt: skip
+
+
+def test_client_limits_default_to_redis_values_on_every_pool_kind_and_listener() -> None:
+    cfg = parse(
+        LISTENER_BASE + "listeners:\n  app:\n    listen: 127.0.0.1:22121\n    default_pool: r\n"
+        "    routes: [{prefix: 's:', pool: s}, {prefix: 'c:', pool: c}, {prefix: 'x:', pool: r2}]\n",
+        "l.yml",
+    )
+    assert ClientLimitsConfig() == REDIS_CLIENT_LIMITS
+    assert [p.client_limits for p in cfg.pools] == [REDIS_CLIENT_LIMITS] * 4
+    assert cfg.listeners[0].client_limits == REDIS_CLIENT_LIMITS
+    assert parse(NUTCRACKER_YML).pools[0].client_limits == REDIS_CLIENT_LIMITS
+
+
+def test_client_limit_keys_on_a_native_pool() -> None:
+    cfg = parse(
+        BASE + '    client_output_buffer_limit: "16mb 0 0"\n    client_query_buffer_limit: 1mb\n'
+        "    client_timeout: 500\n    auth_failure_limit: 3\n",
+        "my.yml",
+    )
+    assert cfg.pools[0].client_limits == ClientLimitsConfig(
+        output_hard_bytes=16 * MIB, output_soft_bytes=0, output_soft_seconds=0,
+        query_buffer_bytes=MIB, idle_timeout_ms=500, auth_failure_limit=3,
+    )  # fmt: skip
+
+
+def test_client_limit_keys_in_nutcracker_yml() -> None:
+    cfg = parse(
+        "alpha:\n  listen: 127.0.0.1:22121\n  redis: true\n"
+        '  client_output_buffer_limit: "0 2mb 1"\n  client_query_buffer_limit: 2gb\n'
+        "  client_timeout: 30000\n  auth_failure_limit: 0\n  servers:\n   - 127.0.0.1:6379:1\n",
+        "nutcracker.yml",
+    )
+    assert cfg.pools[0].client_limits == ClientLimitsConfig(
+        output_hard_bytes=0, output_soft_bytes=2 * MIB, output_soft_seconds=1,
+        query_buffer_bytes=2 * 1024**3, idle_timeout_ms=30000, auth_failure_limit=0,
+    )  # fmt: skip
+
+
+def test_client_limit_keys_on_a_listener_are_its_own() -> None:
+    cfg = parse(
+        LISTENER_BASE + "listeners:\n  app:\n    listen: 127.0.0.1:22121\n    default_pool: r\n"
+        "    routes: [{prefix: 's:', pool: s}, {prefix: 'c:', pool: c}, {prefix: 'x:', pool: r2}]\n"
+        '    client_output_buffer_limit: "1gb 256MB 30"\n    client_query_buffer_limit: 8mb\n'
+        "    client_timeout: 1000\n    auth_failure_limit: 5\n",
+        "l.yml",
+    )
+    assert cfg.listeners[0].client_limits == ClientLimitsConfig(
+        output_hard_bytes=1024**3, output_soft_bytes=256 * MIB, output_soft_seconds=30,
+        query_buffer_bytes=8 * MIB, idle_timeout_ms=1000, auth_failure_limit=5,
+    )  # fmt: skip
+    assert {p.name: p.client_limits for p in cfg.pools}["r"] == REDIS_CLIENT_LIMITS
+
+
+def test_client_limit_keys_on_cluster_and_sentinel_pools() -> None:
+    cfg = parse(
+        "pools:\n  c:\n    listen: 127.0.0.1:1\n    distribution: cluster\n    client_timeout: 7\n"
+        "    servers: [127.0.0.1:7000]\n"
+        "  s:\n    listen: 127.0.0.1:2\n    distribution: sentinel\n    master_name: m\n"
+        "    sentinels: [127.0.0.1:26379]\n    auth_failure_limit: 2\n",
+        "p.yml",
+    )
+    c, s = cfg.pools
+    assert c.client_limits.idle_timeout_ms == 7 and s.client_limits.auth_failure_limit == 2
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ("client_output_buffer_limit: abc", "client_output_buffer_limit"),
+        ('client_output_buffer_limit: "1mb 2mb"', "client_output_buffer_limit"),
+        ('client_output_buffer_limit: "1mb 2mb 3 4"', "client_output_buffer_limit"),
+        ('client_output_buffer_limit: "-1mb 0 0"', "client_output_buffer_limit"),
+        ('client_output_buffer_limit: "1mb -2mb 0"', "client_output_buffer_limit"),
+        ('client_output_buffer_limit: "1mb 0 -1"', "client_output_buffer_limit"),
+        ('client_output_buffer_limit: "1mb 0 1.5"', "client_output_buffer_limit"),
+        ('client_output_buffer_limit: "1xb 0 0"', "client_output_buffer_limit"),
+        ("client_output_buffer_limit: 0", "client_output_buffer_limit"),
+        ("client_query_buffer_limit: abc", "client_query_buffer_limit"),
+        ("client_query_buffer_limit: -1mb", "client_query_buffer_limit"),
+        ("client_query_buffer_limit: 1.5gb", "client_query_buffer_limit"),
+        ("client_query_buffer_limit: 512kb", "client_query_buffer_limit"),  # Redis's min: 1mb
+        ("client_timeout: -1", "client_timeout"),
+        ("client_timeout: soon", "client_timeout"),
+        ("client_timeout: 1.5", "client_timeout"),
+        ("auth_failure_limit: -1", "auth_failure_limit"),
+        ("auth_failure_limit: many", "auth_failure_limit"),
+        ("auth_failure_limit: true", "auth_failure_limit"),
+    ],
+)
+def test_bad_client_limits_name_the_file_pool_and_key(line: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(BASE + f"    {line}\n", "my.yml")
+    assert str(err.value).startswith("my.yml: ")
+    assert f"pool 'p1': key '{key}'" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ("client_timeout: -5", "client_timeout"),
+        ('client_output_buffer_limit: "1mb 2mb"', "client_output_buffer_limit"),
+        ("client_query_buffer_limit: lots", "client_query_buffer_limit"),
+        ("auth_failure_limit: -3", "auth_failure_limit"),
+    ],
+)
+def test_bad_client_limits_on_a_listener_name_the_listener_and_key(line: str, key: str) -> None:
+    text = (
+        LISTENER_BASE + "listeners:\n  app:\n    listen: 127.0.0.1:22121\n    default_pool: r\n"
+        "    routes: [{prefix: 's:', pool: s}, {prefix: 'c:', pool: c}, {prefix: 'x:', pool: r2}]\n"
+        f"    {line}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse(text, "l.yml")
+    assert f"listener 'app': key '{key}'" in str(err.value), str(err.value)
+
+
+def test_max_buffered_bytes_is_a_native_top_level_size_defaulting_to_a_quarter_of_ram() -> None:
+    assert parse("max_buffered_bytes: 64mb\n" + BASE).max_buffered_bytes == 64 * MIB
+    assert parse(BASE + "max_buffered_bytes: 2g\n").max_buffered_bytes == 2_000_000_000
+    quarter = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    for text in (BASE, NUTCRACKER_YML):
+        assert abs(parse(text).max_buffered_bytes - quarter) <= quarter // 100
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "-64mb", "1.5gb", "64 mb"])
+def test_bad_max_buffered_bytes_names_the_key(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(f"max_buffered_bytes: '{value}'\n" + BASE, "my.yml")
+    assert str(err.value).startswith("my.yml: ") and "key 'max_buffered_bytes'" in str(err.value)
+
+
+def test_max_buffered_bytes_is_not_a_nutcracker_yml_key() -> None:
+    # nutcracker.yml has pool names at the top level: this would be a pool without keys
+    with pytest.raises(ConfigError):
+        parse("max_buffered_bytes: 64mb\n" + NUTCRACKER_YML, "nutcracker.yml")
