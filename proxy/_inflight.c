@@ -607,6 +607,15 @@ static PyObject *Queue_close(QueueObject *q, PyObject *unused) {
 
 static Py_ssize_t Queue_len(QueueObject *q) { return q->len; }
 
+/* stream_head(slot) -> transport | None: where the reply of `slot` may be written as it
+ * arrives, piece by piece: the client's transport when `slot` is the oldest reply owed (every
+ * reply before it is written) and the queue is open; else None. Python twin: PyReplyQueue. */
+static PyObject *Queue_stream_head(QueueObject *q, PyObject *slot) {
+    if (q->closed || q->transport == NULL || q->len == 0 || (PyObject *)q->ring[q->head] != slot)
+        Py_RETURN_NONE;
+    return Py_NewRef(q->transport);
+}
+
 static PyObject *Queue_get_closed(QueueObject *q, void *c) {
     (void)c;
     return PyBool_FromLong(q->closed);
@@ -633,6 +642,7 @@ static PyMethodDef Queue_methods[] = {
     {"flush", (PyCFunction)Queue_flush, METH_NOARGS, NULL},
     {"attach", (PyCFunction)(void (*)(void))Queue_attach, METH_FASTCALL, NULL},
     {"close", (PyCFunction)Queue_close, METH_NOARGS, NULL},
+    {"stream_head", (PyCFunction)Queue_stream_head, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

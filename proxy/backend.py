@@ -33,7 +33,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from proxy import errors
 from proxy.inflight import ReplySlot
@@ -102,14 +102,18 @@ class BackendConnection(asyncio.Protocol):
         self._last_progress = 0.0
         self.closed = False
         self.connected = False
+        self._closed_text = ""  # what requests sent after the close are answered
         self._stats = stats if stats is not None else ServerStats()  # the server's, shared
+        # A big bulk reply passing straight to its client: (its slot, the client's reply
+        # queue, the client's transport), see _stream_reply.
+        self._passing: tuple[ReplySlot, Any, Any] | None = None
 
     # --- sending -------------------------------------------------------------------------
 
     def send(self, payload: bytes, slot: ReplySlot) -> None:
         """Queue a request; its reply completes ``slot``."""
         if self.closed:
-            slot.fail(errors.server_connection_lost(self.server_name, "connection closed"))
+            slot.fail(self._closed_text)
             return
         if not self._pending:
             self._last_progress = self._loop.time()
@@ -166,12 +170,19 @@ class BackendConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         stats = self._stats
         stats.response_bytes += len(data)
+        if self._passing is not None:  # a big reply going straight to its client
+            data = self._pass_on(data)
+            if not data:
+                return
+        parser = self._parser
         try:
-            replies = self._parser.replies(data)
+            replies = parser.replies(data)
         except ProtocolError as exc:
             self.close(f"unparsable reply: {exc}")
             return
         if not replies:
+            if parser.big:
+                self._stream_reply()
             return
         if self._watching:
             replies = self._take_first_replies(replies)
@@ -202,6 +213,58 @@ class BackendConnection(asyncio.Protocol):
                 log.exception("pool %s: server %s: handing on a reply failed",
                               self.pool_name, self.server_name)  # fmt: skip
         self._last_progress = self._loop.time()
+        if parser.big:
+            self._stream_reply()
+
+    # --- a big bulk reply, passed on as it arrives ---------------------------------------
+    #
+    # A GET of a 512 MB value framed whole would hold the value in the proxy (twice, while it
+    # is cut out of the read buffer) before its first byte reaches the client. When the reply
+    # at the front is a bulk of at least resp.STREAM_MIN_BYTES and every reply its client is
+    # owed before it is written already (ReplyQueue.stream_head), its bytes go to the client's
+    # transport as they arrive and its slot is completed with b"" at the end. Otherwise (a
+    # fan-out part, a retried request, replies owed before it) it is framed whole, as any.
+
+    def _stream_reply(self) -> None:
+        if self._init_left or not self._pending:
+            return
+        slot = self._pending[0]
+        sink = slot.sink
+        stream_head = getattr(sink, "stream_head", None)  # a client's ReplyQueue has one
+        transport = stream_head(slot) if stream_head is not None else None
+        if transport is None:
+            return
+        if self._watching:  # (the first reply after a watch(): the server answers)
+            self._watching = False
+            if self._on_answer is not None:
+                self._on_answer()
+        self._passing = (slot, sink, transport)
+        self._write_through(self._parser.take_stream())
+
+    def _pass_on(self, data: bytes) -> bytes:
+        """Pass the streamed reply's part of ``data`` on; the rest is for the replies after."""
+        parser = self._parser
+        chunk, rest = parser.passing(data)
+        self._write_through(chunk)
+        self._last_progress = self._loop.time()
+        if not parser.streaming and self._passing is not None:
+            slot = self._passing[0]
+            self._passing = None
+            self._pending.popleft()
+            if self._on_redirect is not None:
+                self._payloads.popleft()
+            self._stats.responses += 1
+            slot.complete(b"")  # its bytes are out already; the queue moves past it
+        return rest
+
+    def _write_through(self, chunk: bytes) -> None:
+        assert self._passing is not None
+        _, queue, transport = self._passing
+        if chunk and not queue.closed and not transport.is_closing():
+            transport.write(chunk)
+            stats = queue.stats
+            if stats is not None:
+                stats.bytes_out += len(chunk)
 
     def _take_first_replies(self, replies: list[bytes]) -> list[bytes]:
         """The init replies among ``replies`` (checked and taken off); once they are all in,
@@ -264,6 +327,13 @@ class BackendConnection(asyncio.Protocol):
     def _shutdown(self, error_text: str) -> None:
         self.closed = True
         self.connected = False
+        self._closed_text = error_text
+        if self._passing is not None:
+            # the client has part of a reply that will never end: its stream cannot go on
+            _, queue, transport = self._passing
+            self._passing = None
+            if not queue.closed:
+                transport.abort()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -291,3 +361,84 @@ class BackendConnection(asyncio.Protocol):
             )
         else:
             self._arm_timer()
+
+
+class StreamConnection(BackendConnection):
+    """A connection of its own for one streamed request (stream.py).
+
+    The request's first bytes go with ``send`` (and its slot), the rest with ``write_more`` as
+    the client's reads bring them; ``end_stream`` says it is all written, and the connection
+    closes once the reply is in. ``backlogged`` tells the client to stop reading while the
+    connection cannot take more (connecting, or the socket buffer is full); ``on_writable`` is
+    called when it can again (or is closed: then it takes, and drops, everything). The op timer
+    waits for the reply, not for a client that is still uploading.
+    """
+
+    HIGH_WATER = 4 * 1024 * 1024  # socket buffer bytes past which the client stops being read
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_writable: Callable[[], None] | None = None
+        self._write_paused = False
+        self._ended = False
+
+    @property
+    def backlogged(self) -> bool:
+        return not self.closed and (not self.connected or self._write_paused)
+
+    def write_more(self, chunk: bytes) -> None:
+        """More bytes of the streamed request, written in order after what went before."""
+        if self.closed or not chunk:
+            return
+        self._last_progress = self._loop.time()
+        if self._transport is not None and not self._out:
+            self._stats.request_bytes += len(chunk)
+            self._transport.write(chunk)
+            return
+        self._out.append(chunk)
+        self._stats.requests -= 1  # (_flush counts each queued payload as a request)
+        if not self._flush_scheduled and self._transport is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def end_stream(self) -> None:
+        self._ended = True
+        self._last_progress = self._loop.time()
+        self._done_if_answered()
+
+    def _done_if_answered(self) -> None:
+        if self._ended and not self._pending and not self.closed:
+            self.close("stream done", failure=False)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self.closed and self._transport is not None:
+            self._transport.set_write_buffer_limits(high=self.HIGH_WATER)
+            self._writable()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._writable()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._done_if_answered()
+
+    def _shutdown(self, error_text: str) -> None:
+        super()._shutdown(error_text)
+        self._writable()
+
+    def _writable(self) -> None:
+        if self.on_writable is not None:
+            self.on_writable()
+
+    def _on_timer(self) -> None:
+        if not self._ended and not self._write_paused and not self.closed:
+            # the client is still sending the request: nothing to time yet
+            self._last_progress = self._loop.time()
+            self._arm_timer()
+            return
+        super()._on_timer()

@@ -56,6 +56,8 @@ from proxy.resp import (
     encode_map,
     encode_value,
 )
+from proxy.stream import Streamer, StreamState
+
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         self._idle_s = 0.0
         self._active_at = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._streamer: Streamer | None = None  # a request with a big argument (stream.py)
         self._resp3 = False  # HELLO 3 switches this client to RESP3
         self._closing = False  # QUIT, protocol error or shutdown: no more requests
         self._failed = False  # closed for an error (counted as client_err, not client_eof)
@@ -184,12 +187,15 @@ class ClientConnection(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
         self._budget.release(self.id)
-        self._hold(0, 0)
+        self._held_in = self._held_out = 0
+        if self._streamer is not None:
+            self._streamer.lost()
         self._on_close(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
         self._pause_reading()
+        self._check_output()
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -205,6 +211,10 @@ class ClientConnection(asyncio.Protocol):
             self._active_at = self._clock()
         pool = self._pool
         pool.stats.bytes_in += len(data)
+        streamer = self._streamer
+        if streamer is not None and streamer.state is StreamState.SENDING:
+            self._stream_data(streamer, data)
+            return
         # Latency is observed for one read in LATENCY_SAMPLE_EVERY (the first, then every 4th):
         # a clock read and a histogram update per request cost ~5% of an unpipelined GET.
         t0 = self._clock() if self._reads % LATENCY_SAMPLE_EVERY == 1 else 0.0
@@ -268,6 +278,10 @@ class ClientConnection(asyncio.Protocol):
             self._queue.push_error(errors.INTERNAL)
             self._failed = slow = True
             self._start_closing()
+        if parser.offer is not None and not self._closing:  # a big argument: stream it?
+            if self._streamer is None:
+                self._streamer = Streamer(self, self._loop.call_soon)
+            self._streamer.offered()
         if count and t0:
             self._queue.mark(t0)
         if slow:
@@ -281,12 +295,29 @@ class ClientConnection(asyncio.Protocol):
                 self._close_for_limit("query_buffer_limit", held)
                 return
             self._hold(held, self._held_out)
-        if self._budget.over and not self._budget_paused:
+            if self._closing:  # (the budget closed it: it held the most)
+                return
+        if self._budget.over and not self._budget_paused and (held or self._held_out):
+            # (a client holding nothing is not paused: none can stall the others by not reading)
             self._budget_paused = True
-            self._budget.hold(self.id, self._budget_resume)
+            self._budget.wait(self.id, self._budget_resume)
             self._pause_reading()
         if self._closing and not pending:
             self._close_now()
+
+    def _stream_data(self, streamer: Streamer, data: bytes) -> None:
+        try:
+            streamer.data(data)
+        except ProtocolError as exc:
+            self._queue.push_error(errors.protocol(str(exc)))
+            self._failed = True
+            self._start_closing()
+            self._queue.flush()
+
+    def _frame_buffered(self) -> None:
+        """Frame what a read left in the parser (after a streamed request's reply)."""
+        if self._parser.buffered() and not self._closing and self._transport is not None:
+            self.data_received(b"")
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -575,32 +606,55 @@ class ClientConnection(asyncio.Protocol):
             if not len(self._queue):
                 self._close_now()
             return
-        if self._write_paused and self._transport is not None:
-            owed = self._transport.get_write_buffer_size()
-            limits = self._pool.config.client_limits
-            if limits.output_hard_bytes and owed > limits.output_hard_bytes:
-                self._close_for_limit("output_buffer_limit", owed)
-                return
-            if limits.output_soft_bytes and owed > limits.output_soft_bytes:
-                now = self._clock()
-                if not self._soft_since:
-                    self._soft_since = now
-                elif now - self._soft_since >= limits.output_soft_seconds:
-                    self._close_for_limit("output_buffer_limit", owed)
-                    return
-            else:
-                self._soft_since = 0.0
-            self._hold(self._held_in, owed)
+        if self._streamer is not None:
+            self._streamer.flushed()
+        if self._write_paused and self._check_output():
+            return
         if self._read_paused:
             self._maybe_resume_reading()
 
+    def _check_output(self) -> bool:
+        """Owed replies against client_output_buffer_limit and the budget; True if closed."""
+        if self._transport is None or self._closing:
+            return True
+        owed = self._transport.get_write_buffer_size()
+        limits = self._pool.config.client_limits
+        if limits.output_hard_bytes and owed > limits.output_hard_bytes:
+            self._close_for_limit("output_buffer_limit", owed)
+            return True
+        if limits.output_soft_bytes and owed > limits.output_soft_bytes:
+            now = self._clock()
+            if not self._soft_since:
+                self._soft_since = now
+                # checked again then, even if nothing more is written (as Redis's cron does)
+                self._loop.call_later(limits.output_soft_seconds + 0.01, self._check_soft)
+            if now - self._soft_since >= limits.output_soft_seconds:
+                self._close_for_limit("output_buffer_limit", owed)
+                return True
+        else:
+            self._soft_since = 0.0
+        self._hold(self._held_in, owed)
+        return self._closing  # (the budget may have closed this client)
+
+    def _check_soft(self) -> None:
+        """The soft limit's deadline: closed if over it all along since (Redis's cron check);
+        a client that went under and over again got a new deadline (and a new timer)."""
+        if self._soft_since and self._write_paused:
+            self._check_output()
+
     def _hold(self, held_in: int, held_out: int) -> None:
         """Report what this client holds now to the budget."""
-        delta = held_in + held_out - self._held_in - self._held_out
-        self._held_in = held_in
-        self._held_out = held_out
-        if delta:
-            self._budget.change(delta)
+        if held_in != self._held_in or held_out != self._held_out:
+            self._held_in = held_in
+            self._held_out = held_out
+            self._budget.hold(self.id, held_in + held_out, self._evicted)
+            if self._budget_paused and not (held_in or held_out):
+                self._budget.release(self.id)
+                self._budget_resume()
+
+    def _evicted(self) -> None:
+        """The budget closes this client: it held the most when the proxy held too much."""
+        self._close_for_limit("max_buffered_bytes", self._held_in + self._held_out)
 
     def _budget_resume(self) -> None:
         self._budget_paused = False
@@ -611,8 +665,10 @@ class ClientConnection(asyncio.Protocol):
         stats = self._pool.stats
         if reason == "output_buffer_limit":
             stats.closed_output_limit += 1
-        else:
+        elif reason == "query_buffer_limit":
             stats.closed_query_limit += 1
+        else:
+            stats.closed_budget += 1
         _log_limited(reason, self._peer, "pool %s: closing client %d from %s: %s reached (%d bytes)",
                      self._pool.name, self.id, self._peer, reason, held)  # fmt: skip
         self._failed = self._closing = True
@@ -643,6 +699,7 @@ class ClientConnection(asyncio.Protocol):
             self._read_paused
             and not self._write_paused
             and not self._budget_paused
+            and not (self._streamer is not None and self._streamer.holds_reading)
             and not self._closing
             and len(self._queue) < self._limits.max_pending // 2
             and self._transport is not None

@@ -228,6 +228,14 @@ class PyReplyQueue:
         if self.on_flushed is not None:
             self.on_flushed()
 
+    def stream_head(self, slot: PyReplySlot) -> Transport | None:
+        """Where ``slot``'s reply may be written piece by piece as it arrives (a big reply,
+        backend.py): the client's transport when every reply before it is written; else None.
+        The slot is then completed with b"" (its bytes are out already)."""
+        if self.closed or not self._slots or self._slots[0] is not slot:
+            return None
+        return self._transport
+
     def close(self) -> None:
         """The client is gone: drop its slots; late replies complete into nothing."""
         self.closed = True

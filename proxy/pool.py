@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from proxy import errors
-from proxy.backend import REDIRECTS, BackendConnection, RedirectCallback
+from proxy.backend import REDIRECTS, BackendConnection, RedirectCallback, StreamConnection
 from proxy.config import PoolConfig, ServerConfig
 from proxy.hashing import hash_function, hash_tag_key
 from proxy.inflight import ReplySlot
@@ -210,6 +210,21 @@ class Server:
         if asking:  # Redis Cluster's -ASK: ASKING and the request, back to back on one lane
             conn.send(ASKING, ReplySlot(None))
         conn.send(payload, slot)
+
+    def open_stream(self, resp3: bool = False) -> StreamConnection:
+        """A connection of its own for one streamed request (stream.py), closed after its
+        reply; closed at once, answering with the reason, if the server is down."""
+        conn = StreamConnection(
+            self.name, self.pool.name, self._loop, self._timeout_ms,
+            self._init3 if resp3 else self._init, self._on_lost, self._mark_up, None, 0, resp3,
+            self.stats, self._redirects, self._answered,
+        )  # fmt: skip
+        if self.closing or self._loop.time() < self._down_until:
+            reason = self.down_reason or "closing"
+            conn.close(reason, errors.server_unavailable(self.name, reason), failure=False)
+        else:
+            self._start_open(conn)
+        return conn
 
     def connect_all(self) -> None:
         """Open every lane now (``preconnect``)."""

@@ -30,6 +30,7 @@ CRLF = b"\r\n"
 MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
 MAX_ARGS = 1024 * 1024
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
+STREAM_MIN_BYTES = 1024 * 1024  # a bulk at least this big may be streamed (PyRequestParser.offer)
 
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
@@ -45,6 +46,8 @@ class RequestLimits:
     max_inline_bytes: int = MAX_INLINE_BYTES
     unauth_max_args: int = 10
     unauth_max_bulk: int = 16 * 1024
+    stream_min_bytes: int = STREAM_MIN_BYTES
+
 
 
 DEFAULT_LIMITS = RequestLimits()
@@ -152,7 +155,8 @@ class PyRequestParser:
     """
 
     __slots__ = ("_buf", "_pos", "_count", "_bulk", "_args", "_scanned", "limits",
-                 "authenticated")  # fmt: skip
+                 "authenticated", "offer", "_declined", "_streaming", "_body_left", "_crlf_left",
+                 "_args_left", "_head")  # fmt: skip
 
     def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
         self._buf: bytes | bytearray = b""  # unframed bytes, from the current command's start
@@ -163,10 +167,99 @@ class PyRequestParser:
         self._scanned = 0  # an inline line without its newline yet: bytes searched already
         self.limits = limits
         self.authenticated = authenticated  # False: Redis's unauthenticated limits apply
+        # Streaming (see offer/accept/stream): a command whose bulk is big may be passed on
+        # as it arrives instead of being buffered whole.
+        self.offer: tuple[list[bytes], int, int] | None = None  # (args before it, count, size)
+        self._declined = False  # the current command's offer was declined: buffer it
+        self._streaming = False
+        self._body_left = 0  # streaming: bytes of the current bulk's body still to pass
+        self._crlf_left = 0  # ... and of the CRLF after it
+        self._args_left = 0  # ... and arguments after that one
+        self._head = b""  # ... and an argument header cut by the end of a read
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
-        return len(self._buf)
+        return len(self._buf) + len(self._head)
+
+    # --- streaming a big argument ------------------------------------------------------------
+    #
+    # When a bulk header declares at least ``stream_min_bytes`` and its body is not all in,
+    # ``commands()`` stops before it and sets ``offer`` to (the arguments framed so far, the
+    # command's argument count, the bulk's size). The caller either ``decline()``s (the command
+    # is then buffered whole, as any other) or ``accept()``s: it gets the command's bytes so far,
+    # and from then on ``stream(data)`` hands it each read's bytes that belong to the command,
+    # checked as they pass (headers, lengths, CRLFs), until the command ends; what follows it
+    # is framed by ``commands()`` again.
+
+    def decline(self) -> None:
+        """Buffer the offered command whole."""
+        self.offer = None
+        self._declined = True
+
+    def accept(self) -> bytes:
+        """Stream the offered command: its bytes received so far (forward them first)."""
+        assert self.offer is not None
+        args, count, size = self.offer
+        head = self._buf
+        have = len(head) - self._pos  # the big bulk's body bytes already here
+        self.offer = None
+        self._streaming = True
+        self._body_left = size - have
+        self._crlf_left = 2
+        self._args_left = count - len(args) - 1
+        self._buf = b""
+        self._pos = 0
+        self._count = self._bulk = -1
+        self._args = []
+        return head if type(head) is bytes else bytes(head)
+
+    def stream(self, data: bytes) -> tuple[bytes, bool]:
+        """The part of ``data`` that belongs to the streamed command, and whether it ended
+        there (the rest of ``data`` is kept for ``commands()``). ProtocolError as framing does."""
+        n = len(data)
+        i = 0
+        limits = self.limits
+        while True:
+            if self._body_left:
+                take = min(self._body_left, n - i)
+                i += take
+                self._body_left -= take
+                if self._body_left:
+                    break
+            if self._crlf_left:
+                while self._crlf_left and i < n:
+                    if data[i] != (13 if self._crlf_left == 2 else 10):
+                        raise ProtocolError("bulk string not terminated by CRLF")
+                    i += 1
+                    self._crlf_left -= 1
+                if self._crlf_left:
+                    break
+            if not self._args_left:
+                self._streaming = False
+                rest = data[i:]
+                if rest:
+                    self.feed(rest)
+                return data[:i] if i < n else data, True
+            # the next argument's header, perhaps cut by the end of a read
+            head = self._head + data[i : i + limits.max_inline_bytes]
+            if head[:1] and head[:1] != b"$":
+                raise ProtocolError(f"expected '$', got '{chr(head[0])}'")
+            nl = head.find(b"\r\n")
+            if nl < 0:
+                if len(head) > limits.max_inline_bytes:
+                    raise ProtocolError("too big bulk count string")
+                self._head = head
+                i = n
+                break
+            size = _length(head[1:nl])
+            if size is None or size < 0 or size > limits.max_bulk_bytes:
+                raise ProtocolError("invalid bulk length")
+            i += nl + 2 - len(self._head)
+            self._head = b""
+            self._body_left = size
+            self._crlf_left = 2
+            self._args_left -= 1
+        return data, False
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the client (copied once, into the partial command's buffer)."""
@@ -246,6 +339,10 @@ class PyRequestParser:
                             raise ProtocolError("unauthenticated bulk length")
                         size = self._bulk = found
                         pos = nl + 2
+                        if (size >= limits.stream_min_bytes > 0 and not self._declined
+                                and end - pos < size + 2):  # fmt: skip
+                            self.offer = (args, self._count, size)
+                            return  # the caller accepts or declines; state is kept below
                     if end - pos < size + 2:
                         break  # the bulk is not all in: resume here on the next read
                     if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
@@ -257,6 +354,7 @@ class PyRequestParser:
                     break
                 raw = buf if start == 0 and pos == end and type(buf) is bytes else bytes(
                     view[start:pos])
+                self._declined = False
                 self._count = -1
                 self._args = []
                 start = pos
@@ -303,6 +401,20 @@ class RequestParser:
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
         return self._py.buffered()
+
+    @property
+    def offer(self) -> tuple[list[bytes], int, int] | None:
+        """A command with a big argument that may be streamed (PyRequestParser.offer)."""
+        return self._py.offer
+
+    def decline(self) -> None:
+        self._py.decline()
+
+    def accept(self) -> bytes:
+        return self._py.accept()
+
+    def stream(self, data: bytes) -> tuple[bytes, bool]:
+        return self._py.stream(data)
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the client (``commands(data)`` does both in one call)."""
@@ -362,12 +474,52 @@ class ReplyParser:
     stopped, so a huge array is never rescanned.
     """
 
-    __slots__ = ("_buf", "_pos", "_left")
+    __slots__ = ("_buf", "_pos", "_left", "big", "_pass_left", "stream_min_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, stream_min_bytes: int = STREAM_MIN_BYTES) -> None:
         self._buf: bytes | bytearray = b""  # starts at the first byte of an unfinished reply
         self._pos = 0  # how far that reply was scanned
         self._left = 0  # elements it still misses (0: none started)
+        # A big bulk reply may be passed on as it arrives (see take_stream): ``big`` is the
+        # whole size of the unfinished bulk reply at the front, when it is a big one, else 0.
+        self.big = 0
+        self._pass_left = 0  # streaming: bytes of that reply still to pass
+        self.stream_min_bytes = stream_min_bytes
+
+    # --- streaming a big bulk reply --------------------------------------------------------
+
+    def take_stream(self) -> bytes:
+        """Pass the big reply on as it arrives: its bytes so far; the rest comes from
+        ``passing``. Only when ``big`` says there is one."""
+        head = self._buf
+        self._pass_left = self.big - len(head)
+        self._buf = b""
+        self._pos = self._left = self.big = 0
+        return head if type(head) is bytes else bytes(head)
+
+    @property
+    def streaming(self) -> bool:
+        return self._pass_left > 0
+
+    def passing(self, data: bytes) -> tuple[bytes, bytes]:
+        """(the part of ``data`` that belongs to the streamed reply, the rest)."""
+        n = self._pass_left
+        if n >= len(data):
+            self._pass_left = n - len(data)
+            return data, b""
+        self._pass_left = 0
+        return data[:n], data[n:]
+
+    def _find_big(self) -> None:
+        buf = self._buf
+        self.big = 0
+        if buf[:1] != b"$" or not self.stream_min_bytes:
+            return
+        nl = buf.find(CRLF, 1, 24)
+        if nl > 0:
+            size = _length(buf[1:nl])
+            if size is not None and size >= self.stream_min_bytes:
+                self.big = nl + 2 + size + 2
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the server (``replies(data)`` does both in one call)."""
@@ -401,6 +553,8 @@ class ReplyParser:
             self._buf = buf[start:] if start else buf
             self._pos = pos - start
             self._left = left
+            if left == 1 and pos == start:  # a reply not begun to be scanned: a big bulk?
+                self._find_big()
         return out
 
 

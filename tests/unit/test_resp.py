@@ -243,3 +243,86 @@ def test_c_request_framing_equals_the_hiredis_path(monkeypatch: pytest.MonkeyPat
         for cut in (1, 7, 64, 1000, len(data)):
             assert parse(data, cut, True) == parse(data, cut, False), (cut, data[:40])
     assert [args for args, _ in parse(stream, 4096, True)[0]] == commands
+
+
+# --- streaming a big argument (PyRequestParser.offer / accept / stream) ---------------------
+
+STREAM_LIMITS = RequestLimits(stream_min_bytes=1000)
+
+
+def _stream_all(data: bytes, step: int, accept: bool) -> tuple[bytes, list[tuple[list[bytes], bytes]], int]:
+    """Feed ``data`` in ``step``-byte reads; accept (or decline) every offer. Returns the bytes
+    streamed, the commands framed and how many offers were made."""
+    p = RequestParser(STREAM_LIMITS)
+    streamed = bytearray()
+    framed: list[tuple[list[bytes], bytes]] = []
+    offers = 0
+    streaming = False
+    for i in range(0, len(data), step):
+        chunk = data[i : i + step]
+        if streaming:
+            part, done = p.stream(chunk)
+            streamed += part
+            if not done:
+                continue
+            streaming = False
+            chunk = b""
+        framed.extend(p.commands(chunk))
+        while p.offer is not None:
+            offers += 1
+            if not accept:
+                p.decline()
+                framed.extend(p.commands())
+                break
+            streamed += p.accept()
+            streaming = True
+            break
+    return bytes(streamed), framed, offers
+
+
+@pytest.mark.parametrize("step", [1, 7, 333, 4096, 100_000])
+def test_a_big_argument_streams_with_what_follows_it_framed_after(step: int) -> None:
+    big = bytes(range(256)) * 20  # 5120 bytes: over the 1000-byte stream_min_bytes
+    streamed_cmd = encode_command([b"SET", b"k", big, b"EX", b"100"])
+    after = encode_command([b"GET", b"k"]) + b"PING\r\n"
+    data = encode_command([b"GET", b"a"]) + streamed_cmd + after
+    streamed, framed, offers = _stream_all(data, step, accept=True)
+    if step >= len(data):  # all in at once: nothing to stream
+        assert offers == 0 and streamed == b"" and len(framed) == 4
+        return
+    assert offers == 1
+    assert streamed == streamed_cmd  # the command's bytes, exactly, in order
+    assert [args for args, _ in framed] == [[b"GET", b"a"], [b"GET", b"k"], [b"PING"]]
+
+
+@pytest.mark.parametrize("step", [1, 333, 100_000])
+def test_a_declined_offer_is_buffered_whole(step: int) -> None:
+    big = b"x" * 3000
+    data = encode_command([b"MSET", b"a", big, b"b", big]) + encode_command([b"GET", b"a"])
+    streamed, framed, offers = _stream_all(data, step, accept=False)
+    assert streamed == b""
+    assert offers == (1 if step < 3000 else 0)  # offered only while the body is not all in
+    assert [args for args, _ in framed] == [[b"MSET", b"a", big, b"b", big], [b"GET", b"a"]]
+
+
+def test_two_big_arguments_stream_in_one_command() -> None:
+    big = b"y" * 2500
+    cmd = encode_command([b"HSET", b"h", b"f1", big, b"f2", big])
+    streamed, framed, offers = _stream_all(cmd + encode_command([b"PING"]), 100, accept=True)
+    assert offers == 1 and streamed == cmd and [a for a, _ in framed] == [[b"PING"]]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"XX", "bulk string not terminated by CRLF"),
+    (b"\r\n$x\r\n", "invalid bulk length"),
+    (b"\r\n+3\r\n", "expected '$', got '+'"),
+])
+def test_a_streamed_command_is_checked_as_it_passes(bad: bytes, message: str) -> None:
+    head = b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n"
+    p = RequestParser(STREAM_LIMITS)
+    assert list(p.commands(head + b"z" * 500)) == [] and p.offer is not None
+    assert p.accept() == head + b"z" * 500
+    part, done = p.stream(b"z" * 1500)
+    assert (part, done) == (b"z" * 1500, False)
+    with pytest.raises(ProtocolError, match=re.escape(message)):
+        p.stream(bad)
