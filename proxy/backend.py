@@ -127,6 +127,10 @@ class BackendConnection(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def resume_writing(self) -> None:
+        """A big request's bytes are draining into the server: that is progress as well."""
+        self._last_progress = self._loop.time()
+
     def watch(self) -> None:
         """Call ``on_answer`` at the next reply (the server failed on another connection)."""
         self._watching = True
@@ -181,6 +185,9 @@ class BackendConnection(asyncio.Protocol):
             self.close(f"unparsable reply: {exc}")
             return
         if not replies:
+            # Part of a reply is progress too: a 40 MB reply taking longer than ``timeout`` to
+            # arrive is not a late one (twemproxy's test_mget_binary_value, timeout 400 ms).
+            self._last_progress = self._loop.time()
             if parser.big:
                 self._stream_reply()
             return
@@ -420,6 +427,7 @@ class StreamConnection(BackendConnection):
         self._write_paused = True
 
     def resume_writing(self) -> None:
+        super().resume_writing()
         self._write_paused = False
         self._writable()
 

@@ -278,7 +278,8 @@ class ClientConnection(asyncio.Protocol):
             self._queue.push_error(errors.INTERNAL)
             self._failed = slow = True
             self._start_closing()
-        if parser.offer is not None and not self._closing:  # a big argument: stream it?
+        rest = parser.rest
+        if rest.offer is not None and not self._closing:  # a big argument: stream it?
             if self._streamer is None:
                 self._streamer = Streamer(self, self._loop.call_soon)
             self._streamer.offered()
@@ -289,7 +290,7 @@ class ClientConnection(asyncio.Protocol):
         pending = len(self._queue)
         if pending >= self._limits.max_pending:
             self._pause_reading()
-        held = parser.buffered()
+        held = rest.held
         if held != self._held_in:
             if held > self._pool.config.client_limits.query_buffer_bytes:
                 self._close_for_limit("query_buffer_limit", held)

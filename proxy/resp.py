@@ -96,45 +96,33 @@ def split_inline(line: bytes | bytearray) -> list[bytes]:
         if i >= n:
             return args
         current = bytearray()
-        in_double = in_single = False
+        quote = 0  # 34 inside "...", 39 inside '...'
         while True:
             c = line[i] if i < n else 0
-            if in_double:
-                if c == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX \
-                        and line[i + 3] in _HEX:  # \xHH
+            if quote:
+                if i >= n:
+                    raise ProtocolError("unbalanced quotes in request")
+                if c == quote:  # closing: it must end the argument
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        raise ProtocolError("unbalanced quotes in request")
+                    i += 1
+                    break
+                if c == 92 and quote == 34 and i + 3 < n and line[i + 1] == 120 \
+                        and line[i + 2] in _HEX and line[i + 3] in _HEX:  # "\xHH"
                     current.append(int(bytes(line[i + 2 : i + 4]), 16))
                     i += 3
-                elif c == 92 and i + 1 < n:
+                elif c == 92 and quote == 34 and i + 1 < n:  # "\n", "\"", "\q" -> q
                     i += 1
                     current.append(_ESCAPES.get(line[i], line[i]))
-                elif c == 34:  # closing "
-                    if i + 1 < n and line[i + 1] not in _SPACE:
-                        raise ProtocolError("unbalanced quotes in request")
-                    i += 1
-                    break
-                elif i >= n:
-                    raise ProtocolError("unbalanced quotes in request")
-                else:
-                    current.append(c)
-            elif in_single:
-                if c == 92 and i + 1 < n and line[i + 1] == 39:  # \'
+                elif c == 92 and quote == 39 and i + 1 < n and line[i + 1] == 39:  # '\''
                     i += 1
                     current.append(39)
-                elif c == 39:  # closing '
-                    if i + 1 < n and line[i + 1] not in _SPACE:
-                        raise ProtocolError("unbalanced quotes in request")
-                    i += 1
-                    break
-                elif i >= n:
-                    raise ProtocolError("unbalanced quotes in request")
                 else:
                     current.append(c)
             elif i >= n or c in _TOKEN_END:
                 break
-            elif c == 34:
-                in_double = True
-            elif c == 39:
-                in_single = True
+            elif c == 34 or c == 39:
+                quote = c
             else:
                 current.append(c)
             i += 1
@@ -156,7 +144,7 @@ class PyRequestParser:
 
     __slots__ = ("_buf", "_pos", "_count", "_bulk", "_args", "_scanned", "limits",
                  "authenticated", "offer", "_declined", "_streaming", "_body_left", "_crlf_left",
-                 "_args_left", "_head")  # fmt: skip
+                 "_args_left", "_head", "held")  # fmt: skip
 
     def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
         self._buf: bytes | bytearray = b""  # unframed bytes, from the current command's start
@@ -176,10 +164,11 @@ class PyRequestParser:
         self._crlf_left = 0  # ... and of the CRLF after it
         self._args_left = 0  # ... and arguments after that one
         self._head = b""  # ... and an argument header cut by the end of a read
+        self.held = 0  # bytes received and not framed yet (an attribute: read once per read)
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
-        return len(self._buf) + len(self._head)
+        return self.held
 
     # --- streaming a big argument ------------------------------------------------------------
     #
@@ -211,6 +200,7 @@ class PyRequestParser:
         self._pos = 0
         self._count = self._bulk = -1
         self._args = []
+        self.held = len(self._head)
         return head if type(head) is bytes else bytes(head)
 
     def stream(self, data: bytes) -> tuple[bytes, bool]:
@@ -249,6 +239,7 @@ class PyRequestParser:
                 if len(head) > limits.max_inline_bytes:
                     raise ProtocolError("too big bulk count string")
                 self._head = head
+                self.held = len(head)
                 i = n
                 break
             size = _length(head[1:nl])
@@ -256,6 +247,7 @@ class PyRequestParser:
                 raise ProtocolError("invalid bulk length")
             i += nl + 2 - len(self._head)
             self._head = b""
+            self.held = 0
             self._body_left = size
             self._crlf_left = 2
             self._args_left -= 1
@@ -272,6 +264,7 @@ class PyRequestParser:
             grown = bytearray(buf)
             grown += data
             self._buf = grown
+        self.held = len(self._buf) + len(self._head)
 
     def commands(self) -> Iterator[Request]:
         """Yield every complete command buffered so far, in order.
@@ -367,6 +360,7 @@ class PyRequestParser:
                     self._scanned -= start
             view.release()  # (a bytearray cannot grow while a view of it exists)
             self._pos = pos
+            self.held = len(self._buf) + len(self._head)
 
 
 class RequestParser:
@@ -380,10 +374,11 @@ class RequestParser:
     unauthenticated limits.
     """
 
-    __slots__ = ("_py", "_pre")
+    __slots__ = ("_py", "_pre", "rest")
 
     def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
         self._py = PyRequestParser(limits, authenticated)
+        self.rest = self._py  # what C leaves is framed here: its offer and held, read directly
         self._pre: tuple[bytes, list[Request], int] | None = None  # frame()'s work, reused
 
     @property

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import hiredis
 import redis
+from redis.driver_info import DriverInfo
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -207,6 +208,29 @@ def poll_until(
             pass
         time.sleep(every_s)
     raise TimeoutError(f"{what}: not within {timeout_s} s")
+
+
+def plain_redis(port: int, timeout_s: float = 10.0) -> redis.Redis:
+    """A redis-py client that speaks as older clients do: RESP2, no CLIENT SETINFO at connect
+    (redis-py 8's defaults are HELLO 3 and CLIENT SETINFO, which nutcracker refuses by closing
+    the connection)."""
+    return redis.Redis(port=port, socket_timeout=timeout_s, protocol=2,
+                       driver_info=DriverInfo(name=None, lib_version=None))  # fmt: skip
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A ``kB`` line of /proc/PID/status (VmRSS, VmHWM, VmSize...), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset VmHWM (the peak resident size) to the current resident size."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
 
 
 def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServer]:

@@ -46,6 +46,7 @@ from tests.integration.harness import (
     http_get,
     poll_until,
     pool_yaml,
+    proc_status,
 )
 
 MB = 1024 * 1024
@@ -91,10 +92,10 @@ class Proxied:
         return self.metric("resproxy_buffered_bytes")
 
     def rss(self) -> int:
-        return _status_bytes(self.proxy.pid, "VmRSS")
+        return proc_status(self.proxy.pid, "VmRSS")
 
     def peak(self) -> int:
-        return _status_bytes(self.proxy.pid, "VmHWM")
+        return proc_status(self.proxy.pid, "VmHWM")
 
     def stats(self, password: str | None = None) -> dict[str, str]:
         """INFO stats through the proxy (its first pool), as a dict."""
@@ -103,15 +104,6 @@ class Proxied:
                 assert c.call("AUTH", password) == b"OK"
             text = c.call("INFO", "stats").decode()
         return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
-def _status_bytes(pid: int, field: str) -> int:
-    """A ``kB`` line of /proc/PID/status, in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise LookupError(field)
 
 
 @contextmanager

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import pytest
-import redis
-from redis.driver_info import DriverInfo
 
 from tests.integration.harness import (
     Metrics,
@@ -38,6 +36,7 @@ from tests.integration.harness import (
     ResProxy,
     Writer,
     free_port,
+    plain_redis,
     poll_until,
     pool_yaml,
 )
@@ -126,10 +125,7 @@ class _Writer(Writer):
     def __init__(self, port: int, prefix: str, stop: threading.Event) -> None:
         super().__init__(port, prefix, stop)
         self.client.close()
-        self.client = redis.Redis(
-            port=port, socket_timeout=10.0, protocol=2,
-            driver_info=DriverInfo(name=None, lib_version=None),
-        )  # fmt: skip
+        self.client = plain_redis(port)
 
 
 class Load:

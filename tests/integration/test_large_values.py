@@ -18,14 +18,18 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.harness import (
+    Nutcracker,
     RawClient,
     RedisServer,
     ResProxy,
     encode,
     free_port,
     native_config,
+    plain_redis,
     poll_until,
     pool_yaml,
+    proc_status,
+    reset_peak_rss,
     start_redis_servers,
     start_ring_proxy,
 )
@@ -50,19 +54,6 @@ def proxy(servers: list[RedisServer]) -> Iterator[ResProxy]:
         yield p
     finally:
         p.cleanup()
-
-
-def _status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _reset_peak(pid: int) -> None:
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current resident size
 
 
 PINGER = """
@@ -130,16 +121,16 @@ def test_set_and_get_of_a_big_value_stream_with_bounded_memory_and_others_served
     pinger = Pinger(proxy.port)
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as sock:
-            _reset_peak(pid)
-            base = _status(pid, "VmRSS")
+            reset_peak_rss(pid)
+            base = proc_status(pid, "VmRSS")
             sock.sendall(encode("SET", key, value))
             assert sock.recv(64) == b"+OK\r\n"
-            set_peak = _status(pid, "VmHWM") - base
-            _reset_peak(pid)
-            base = _status(pid, "VmRSS")
+            set_peak = proc_status(pid, "VmHWM") - base
+            reset_peak_rss(pid)
+            base = proc_status(pid, "VmRSS")
             sock.sendall(encode("GET", key))
             assert _read_bulk(sock, size) == value
-            get_peak = _status(pid, "VmHWM") - base
+            get_peak = proc_status(pid, "VmHWM") - base
     finally:
         pinger.finish()
     print(f"{size_mb} MB: SET peak +{set_peak / MB:.0f} MB, GET peak +{get_peak / MB:.0f} MB, "
@@ -217,3 +208,29 @@ def test_a_big_value_for_a_server_that_is_down_gets_one_error_and_the_client_goe
                 assert c.call("PING") == b"PONG"
     finally:
         proxy.cleanup()
+
+
+@pytest.mark.parametrize("through", ["resproxy", "nutcracker"])
+def test_twemproxys_mget_binary_value_with_a_400_ms_timeout(
+    servers: list[RedisServer], through: str
+) -> None:
+    """twemproxy's own test_mget_binary_value: 5 random values of 16 MB + 1 KB and 5 empty
+    ones through MSET, then MGET, with the pool's timeout at 400 ms (nutcracker passes it; a
+    big reply arriving over more than 400 ms must count as progress, not as a late reply)."""
+    port = free_port()
+    text = (f"beta:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n"
+            f"  timeout: 400\n  redis: true\n  servers:\n"
+            + "".join(f"    - 127.0.0.1:{s.port}:1 s{i}\n" for i, s in enumerate(servers)))  # fmt: skip
+    process: ResProxy | Nutcracker = (
+        ResProxy(text).start() if through == "resproxy" else Nutcracker(text, [port]).start()
+    )
+    try:
+        values = {f"kkk-{i}": os.urandom(16 * MB + 1024) for i in range(5)}
+        values.update({f"kkk2-{i}": b"" for i in range(5)})
+        client = plain_redis(port, timeout_s=30)
+        with client:
+            assert client.mset(values) is True
+            assert client.mget(list(values)) == list(values.values())
+            assert client.delete(*values) == 10
+    finally:
+        process.cleanup()
