@@ -374,8 +374,8 @@ class StreamConnection(BackendConnection):
     """A connection of its own for one streamed request (stream.py).
 
     The request's first bytes go with ``send`` (and its slot), the rest with ``write_more`` as
-    the client's reads bring them; ``end_stream`` says it is all written, and the connection
-    closes once the reply is in. ``backlogged`` tells the client to stop reading while the
+    the client's reads bring them; ``end_stream`` says it is all written, and once the reply is
+    in the connection goes to ``on_done`` (its server keeps it for the next stream) or closes. ``backlogged`` tells the client to stop reading while the
     connection cannot take more (connecting, or the socket buffer is full); ``on_writable`` is
     called when it can again (or is closed: then it takes, and drops, everything). The op timer
     waits for the reply, not for a client that is still uploading.
@@ -386,6 +386,8 @@ class StreamConnection(BackendConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_writable: Callable[[], None] | None = None
+        # called once the reply is in, to keep the connection for the next stream (else closed)
+        self.on_done: Callable[[StreamConnection], None] | None = None
         self._write_paused = False
         self._ended = False
 
@@ -415,7 +417,11 @@ class StreamConnection(BackendConnection):
 
     def _done_if_answered(self) -> None:
         if self._ended and not self._pending and not self.closed:
-            self.close("stream done", failure=False)
+            self._ended = False
+            if self.on_done is not None:
+                self.on_done(self)
+            else:
+                self.close("stream done", failure=False)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

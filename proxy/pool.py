@@ -69,6 +69,7 @@ class ServerState(enum.Enum):
 ASKING = encode_command([b"ASKING"])
 READONLY = encode_command([b"READONLY"])
 PING = encode_command([b"PING"])
+STREAM_IDLE_MAX = 4  # idle stream connections kept per server (Server.open_stream)
 RETRY_MIN_S = 0.01
 RETRY_MAX_S = 0.2
 
@@ -172,6 +173,7 @@ class Server:
         self._probing: BackendConnection | None = None  # that probe's connection, while it runs
         self._probe_deadline: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_streams: list[StreamConnection] = []  # kept for the next streamed request
         self.closing = False
         # counters for metrics (read at scrape time)
         self.stats = ServerStats()
@@ -212,19 +214,42 @@ class Server:
         conn.send(payload, slot)
 
     def open_stream(self, resp3: bool = False) -> StreamConnection:
-        """A connection of its own for one streamed request (stream.py), closed after its
-        reply; closed at once, answering with the reason, if the server is down."""
+        """A connection of its own for one streamed request (stream.py): an idle one kept from
+        an earlier stream, else a new one; closed at once, answering with the reason, if the
+        server is down. Kept for the next stream after its reply (up to STREAM_IDLE_MAX): a
+        connection per big value would leave a TIME_WAIT socket per value on the proxy."""
+        idle = self._idle_streams
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.resp3 == resp3:
+                return conn
+            conn.close("not needed", failure=False)
         conn = StreamConnection(
             self.name, self.pool.name, self._loop, self._timeout_ms,
-            self._init3 if resp3 else self._init, self._on_lost, self._mark_up, None, 0, resp3,
-            self.stats, self._redirects, self._answered,
+            self._init3 if resp3 else self._init, self._stream_lost, self._mark_up, None, 0,
+            resp3, self.stats, self._redirects, self._answered,
         )  # fmt: skip
+        conn.on_done = self._stream_done
         if self.closing or self._loop.time() < self._down_until:
             reason = self.down_reason or "closing"
             conn.close(reason, errors.server_unavailable(self.name, reason), failure=False)
         else:
             self._start_open(conn)
         return conn
+
+    def _stream_done(self, conn: StreamConnection) -> None:
+        """A stream's reply is in: keep its connection for the next one, or close it."""
+        if self.closing or conn.closed or len(self._idle_streams) >= STREAM_IDLE_MAX:
+            conn.close("stream done", failure=False)
+        else:
+            conn.on_writable = None
+            self._idle_streams.append(conn)
+
+    def _stream_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
+        # A stream connection's failure is its request's error reply; the server's health is
+        # judged by its shared connections (an idle one closed by the server is no failure).
+        if conn in self._idle_streams:
+            self._idle_streams.remove(conn)
 
     def connect_all(self) -> None:
         """Open every lane now (``preconnect``)."""
@@ -463,6 +488,8 @@ class Server:
         for conn in self._lanes + self._lanes3:
             if conn is not None:
                 conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+        for idle in list(self._idle_streams):
+            idle.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
 
 
 

@@ -10,6 +10,7 @@ pinging through the proxy during each transfer.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -175,24 +176,27 @@ def test_a_client_leaving_mid_stream_leaves_nothing_behind(
     for _ in range(2):  # twice: the proxy is fine after the first
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
             sock.sendall(head)
-            # the proxy is passing it on: the server has a client with a growing query buffer
-            poll_until(lambda: any("qbuf=0 " not in line and "cmd=NULL" in line
-                                   for s in servers for line in _client_list(s)),
-                       "the server receiving the streamed SET", 10)  # fmt: skip
+            # the proxy is passing it on: a server holds a half-received command
+            poll_until(lambda: _receiving(servers), "the server receiving the streamed SET", 10)
         # after the client left, the server's half-received command is dropped, never run
-        poll_until(lambda: not any("cmd=NULL" in line and "qbuf=0 " not in line
-                                   for s in servers for line in _client_list(s)),
-                   "the server dropping the half-received SET", 10)  # fmt: skip
+        poll_until(lambda: not _receiving(servers), "the server dropping the half command", 10)
         assert sum(s.call("EXISTS", "gone:k") for s in servers) == 0
     with RawClient(proxy.port) as c:
         assert c.call("SET", "gone:after", "v") == b"OK"
         assert c.call("GET", "gone:after") == b"v"
 
 
-def _client_list(server: RedisServer) -> list[str]:
-    text = server.call("CLIENT", "LIST")
-    assert isinstance(text, bytes)
-    return text.decode().splitlines()
+def _receiving(servers: list[RedisServer]) -> bool:
+    """Whether a server has a client with a half-received command (query buffer or arguments
+    holding more than 1 MB)."""
+    for server in servers:
+        text = server.call("CLIENT", "LIST")
+        assert isinstance(text, bytes)
+        for line in text.decode().splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if int(fields.get("qbuf", 0)) + int(fields.get("argv-mem", 0)) > MB:
+                return True
+    return False
 
 
 def test_a_big_value_for_a_server_that_is_down_gets_one_error_and_the_client_goes_on() -> None:
@@ -234,3 +238,52 @@ def test_twemproxys_mget_binary_value_with_a_400_ms_timeout(
             assert client.delete(*values) == 10
     finally:
         process.cleanup()
+
+
+def _connections_received(server: RedisServer) -> int:
+    info = server.call("INFO", "stats").decode()
+    return int(next(line for line in info.splitlines()
+                    if line.startswith("total_connections_received:")).split(":")[1])  # fmt: skip
+
+
+def test_streamed_requests_reuse_their_server_connection(
+    proxy: ResProxy, servers: list[RedisServer]
+) -> None:
+    """Ten big SETs in a row open one stream connection per server, not ten (a connection per
+    value would leave a TIME_WAIT socket per value on the proxy)."""
+    value = b"r" * (2 * MB)
+    with RawClient(proxy.port, timeout_s=30) as c:
+        assert c.call("SET", "reuse:warm:a", value) == b"OK"
+        before = sum(_connections_received(s) for s in servers)
+        for i in range(10):
+            assert c.call("SET", f"reuse:{i}", value) == b"OK"
+        after = sum(_connections_received(s) for s in servers)
+        assert after - before <= len(servers), after - before
+        assert c.call("STRLEN", "reuse:9") == len(value)
+
+
+def test_a_reload_during_a_streamed_set_lets_it_finish(proxy: ResProxy) -> None:
+    """SIGHUP (a changed timeout: the pool is rebuilt) while a big SET is passing: the SET
+    completes on the connection it started on, and the next one uses the new pool."""
+    value = os.urandom(1024) * (48 * 1024)  # 48 MB
+    command = encode("SET", "reload:k", value)
+    with open(proxy.config_path) as f:
+        original = f.read()
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as sock:
+            sock.sendall(command[: 16 * MB])
+            with open(proxy.config_path, "w") as f:
+                f.write(original.replace("timeout: 30000", "timeout: 29000"))
+            proxy.send_signal(signal.SIGHUP)
+            poll_until(lambda: "reload accepted" in proxy.log(), "the reload", 10)
+            sock.sendall(command[16 * MB :])
+            assert sock.recv(64) == b"+OK\r\n"
+        with RawClient(proxy.port, timeout_s=30) as c:
+            assert c.call("STRLEN", "reload:k") == len(value)
+            assert c.call("SET", "reload:k2", value) == b"OK"
+            assert c.call("GET", "reload:k2") == value
+    finally:
+        with open(proxy.config_path, "w") as f:
+            f.write(original)
+        proxy.send_signal(signal.SIGHUP)
+        poll_until(lambda: proxy.log().count("reload accepted") >= 2, "the reload back", 10)
