@@ -281,6 +281,9 @@ class ProxyServer:
                 pools[pc.name] = pool
                 fresh.append(pool)
         fronts = self._fronts(new, pools, self.fronts)
+        # The clients as they are now: a front whose address moves closes these, not the ones
+        # its new socket (same name, same set) accepts while the reload runs.
+        connected = {name: list(group) for name, group in self.clients.items()}
         # Open the new sockets first: if one cannot, nothing has changed.
         opened: list[_Front] = []
         try:
@@ -319,7 +322,7 @@ class ProxyServer:
                 if old.socket is not None:
                     old.socket.close()
                 moved_on = new_front.socket if new_front else None
-                for client in list(self.clients.get(name, ())):
+                for client in connected.get(name, ()):
                     client.begin_shutdown()
                 if moved_on is None:
                     self.clients.pop(name, None)
