@@ -237,10 +237,13 @@ class BackendConnection(asyncio.Protocol):
             return
         slot = self._pending[0]
         sink = slot.sink
-        stream_head = getattr(sink, "stream_head", None)  # a client's ReplyQueue has one
-        transport = stream_head(slot) if stream_head is not None else None
-        if transport is None:
-            return
+        if sink is None:  # its client is gone: dropped as it comes, not gathered to be dropped
+            transport = None
+        else:
+            stream_head = getattr(sink, "stream_head", None)  # a client's ReplyQueue has one
+            transport = stream_head(slot) if stream_head is not None else None
+            if transport is None:
+                return
         if self._watching:  # (the first reply after a watch(): the server answers)
             self._watching = False
             if self._on_answer is not None:
@@ -267,11 +270,15 @@ class BackendConnection(asyncio.Protocol):
     def _write_through(self, chunk: bytes) -> None:
         assert self._passing is not None
         _, queue, transport = self._passing
-        if chunk and not queue.closed and not transport.is_closing():
-            transport.write(chunk)
-            stats = queue.stats
-            if stats is not None:
-                stats.bytes_out += len(chunk)
+        if transport is None or not chunk or queue.closed or transport.is_closing():
+            return
+        transport.write(chunk)
+        stats = queue.stats
+        if stats is not None:
+            stats.bytes_out += len(chunk)
+        after = queue.on_flushed  # set while the client's writes are paused: its limits and
+        if after is not None:  # the budget are checked after each write, as for a flush
+            after()
 
     def _take_first_replies(self, replies: list[bytes]) -> list[bytes]:
         """The init replies among ``replies`` (checked and taken off); once they are all in,
@@ -339,7 +346,7 @@ class BackendConnection(asyncio.Protocol):
             # the client has part of a reply that will never end: its stream cannot go on
             _, queue, transport = self._passing
             self._passing = None
-            if not queue.closed:
+            if transport is not None and not queue.closed:
                 transport.abort()
         if self._timer is not None:
             self._timer.cancel()

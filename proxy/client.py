@@ -298,8 +298,10 @@ class ClientConnection(asyncio.Protocol):
             self._hold(held, self._held_out)
             if self._closing:  # (the budget closed it: it held the most)
                 return
-        if self._budget.over and not self._budget_paused and (held or self._held_out):
-            # (a client holding nothing is not paused: none can stall the others by not reading)
+        if self._budget.over and not self._budget_paused and self._held_out:
+            # Only a client owed replies is paused: reading it less is what lets those drain.
+            # (Not one holding part of a request: only reading it can finish that request;
+            # nor one holding nothing: none can stall the others by not reading.)
             self._budget_paused = True
             self._budget.wait(self.id, self._budget_resume)
             self._pause_reading()
@@ -649,7 +651,7 @@ class ClientConnection(asyncio.Protocol):
             self._held_in = held_in
             self._held_out = held_out
             self._budget.hold(self.id, held_in + held_out, self._evicted)
-            if self._budget_paused and not (held_in or held_out):
+            if self._budget_paused and not held_out:
                 self._budget.release(self.id)
                 self._budget_resume()
 
@@ -680,8 +682,12 @@ class ClientConnection(asyncio.Protocol):
         if self._transport is None or self._closing:
             return
         now = self._clock()
-        if len(self._queue):
-            self._active_at = now  # replies owed: waiting on the proxy is not idleness
+        streamer = self._streamer
+        sending = streamer is not None and streamer.state is StreamState.SENDING
+        if len(self._queue) and not sending:
+            # replies owed: waiting on the proxy is not idleness (a client that stops halfway
+            # through a big value is, though: it holds a server connection)
+            self._active_at = now
         elif now - self._active_at >= self._idle_s:
             self._pool.stats.closed_idle += 1
             self._start_closing()
@@ -710,6 +716,8 @@ class ClientConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _start_closing(self) -> None:
+        if self._streamer is not None:
+            self._streamer.abandon()  # a half-sent request must not wait for the rest
         self._closing = True
         self._queue.on_flushed = self._after_flush
         self._pause_reading()

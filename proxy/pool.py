@@ -70,6 +70,7 @@ ASKING = encode_command([b"ASKING"])
 READONLY = encode_command([b"READONLY"])
 PING = encode_command([b"PING"])
 STREAM_IDLE_MAX = 4  # idle stream connections kept per server (Server.open_stream)
+STREAM_OPEN_MAX = 32  # stream connections per server; past it big values are buffered
 RETRY_MIN_S = 0.01
 RETRY_MAX_S = 0.2
 
@@ -174,6 +175,7 @@ class Server:
         self._probe_deadline: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_streams: list[StreamConnection] = []  # kept for the next streamed request
+        self._streams_open = 0  # stream connections, idle or busy (bounded: STREAM_OPEN_MAX)
         self.closing = False
         # counters for metrics (read at scrape time)
         self.stats = ServerStats()
@@ -213,6 +215,11 @@ class Server:
             conn.send(ASKING, ReplySlot(None))
         conn.send(payload, slot)
 
+    def can_stream(self) -> bool:
+        """Whether a request may be streamed to this server now (else it is buffered: stalled
+        uploads must not use up the server's maxclients, which the shared lanes need too)."""
+        return self._streams_open < STREAM_OPEN_MAX or bool(self._idle_streams)
+
     def open_stream(self, resp3: bool = False) -> StreamConnection:
         """A connection of its own for one streamed request (stream.py): an idle one kept from
         an earlier stream, else a new one; closed at once, answering with the reason, if the
@@ -230,6 +237,7 @@ class Server:
             resp3, self.stats, self._redirects, self._answered,
         )  # fmt: skip
         conn.on_done = self._stream_done
+        self._streams_open += 1
         if self.closing or self._loop.time() < self._down_until:
             reason = self.down_reason or "closing"
             conn.close(reason, errors.server_unavailable(self.name, reason), failure=False)
@@ -248,6 +256,7 @@ class Server:
     def _stream_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
         # A stream connection's failure is its request's error reply; the server's health is
         # judged by its shared connections (an idle one closed by the server is no failure).
+        self._streams_open -= 1
         if conn in self._idle_streams:
             self._idle_streams.remove(conn)
 

@@ -30,6 +30,7 @@ CRLF = b"\r\n"
 MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
 MAX_ARGS = 1024 * 1024
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
+ARG_OVERHEAD = 48  # what a framed argument costs beyond its bytes (object header, list slot)
 STREAM_MIN_BYTES = 1024 * 1024  # a bulk at least this big may be streamed (PyRequestParser.offer)
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,9 @@ class ProtocolError(Exception):
 
 def _length(head: bytes | bytearray) -> int | None:
     """A length header's value as Redis's string2ll reads it (digits, an optional '-', no
-    leading zeros, no '+'); None if it is not one."""
+    leading zeros, no '+'); None if it is not one (or longer than any 64-bit number)."""
+    if len(head) > 20:  # (and int() refuses strings of over 4300 digits with ValueError)
+        return None
     if head.isdigit():
         return int(head) if head[:1] != b"0" or len(head) == 1 else None
     if head[:1] == b"-" and head[1:].isdigit() and head[1:2] != b"0":
@@ -144,7 +147,7 @@ class PyRequestParser:
 
     __slots__ = ("_buf", "_pos", "_count", "_bulk", "_args", "_scanned", "limits",
                  "authenticated", "offer", "_declined", "_streaming", "_body_left", "_crlf_left",
-                 "_args_left", "_head", "held")  # fmt: skip
+                 "_args_left", "_head", "held", "_args_bytes")  # fmt: skip
 
     def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
         self._buf: bytes | bytearray = b""  # unframed bytes, from the current command's start
@@ -164,11 +167,13 @@ class PyRequestParser:
         self._crlf_left = 0  # ... and of the CRLF after it
         self._args_left = 0  # ... and arguments after that one
         self._head = b""  # ... and an argument header cut by the end of a read
-        self.held = 0  # bytes received and not framed yet (an attribute: read once per read)
+        self.held = 0  # bytes held for unframed requests (an attribute: read once per read)
+        self._args_bytes = 0  # what the arguments framed so far of a partial command take
 
     def buffered(self) -> int:
-        """Bytes received but not yet framed into a command."""
-        return self.held
+        """Bytes received but not yet framed into a command (``held``: what they take, with
+        the arguments of a partial command framed so far)."""
+        return len(self._buf) + len(self._head)
 
     # --- streaming a big argument ------------------------------------------------------------
     #
@@ -190,24 +195,33 @@ class PyRequestParser:
         assert self.offer is not None
         args, count, size = self.offer
         head = self._buf
-        have = len(head) - self._pos  # the big bulk's body bytes already here
+        have = len(head) - self._pos  # the big bulk's body bytes already here (and its CR?)
+        if have > size and head[-1] != 13:
+            raise ProtocolError("bulk string not terminated by CRLF")
         self.offer = None
         self._streaming = True
-        self._body_left = size - have
-        self._crlf_left = 2
+        self._body_left = max(size - have, 0)
+        self._crlf_left = 2 - max(have - size, 0)
         self._args_left = count - len(args) - 1
         self._buf = b""
         self._pos = 0
         self._count = self._bulk = -1
         self._args = []
+        self._args_bytes = 0
         self.held = len(self._head)
         return head if type(head) is bytes else bytes(head)
 
     def stream(self, data: bytes) -> tuple[bytes, bool]:
         """The part of ``data`` that belongs to the streamed command, and whether it ended
-        there (the rest of ``data`` is kept for ``commands()``). ProtocolError as framing does."""
+        there (the rest of ``data`` is kept for ``commands()``). ProtocolError as framing does.
+
+        Only checked bytes are handed out: an argument header cut by the end of a read is held
+        back until its CRLF is in and its length checked (Redis ends a line at a CR followed by
+        any byte: passing an unchecked header on would let a client slip a command past the
+        proxy's framing)."""
         n = len(data)
         i = 0
+        held = b""  # a header held back from the last read, handed out once it is checked
         limits = self.limits
         while True:
             if self._body_left:
@@ -229,7 +243,8 @@ class PyRequestParser:
                 rest = data[i:]
                 if rest:
                     self.feed(rest)
-                return data[:i] if i < n else data, True
+                part = data[:i] if i < n else data
+                return held + part if held else part, True
             # the next argument's header, perhaps cut by the end of a read
             head = self._head + data[i : i + limits.max_inline_bytes]
             if head[:1] and head[:1] != b"$":
@@ -238,20 +253,21 @@ class PyRequestParser:
             if nl < 0:
                 if len(head) > limits.max_inline_bytes:
                     raise ProtocolError("too big bulk count string")
-                self._head = head
+                self._head = head  # held back: not handed out before it is checked
                 self.held = len(head)
-                i = n
-                break
+                return data[:i], False
             size = _length(head[1:nl])
             if size is None or size < 0 or size > limits.max_bulk_bytes:
                 raise ProtocolError("invalid bulk length")
+            if self._head:  # (only ever at the start of a read)
+                held = self._head
             i += nl + 2 - len(self._head)
             self._head = b""
             self.held = 0
             self._body_left = size
             self._crlf_left = 2
             self._args_left -= 1
-        return data, False
+        return held + data if held else data, False
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the client (copied once, into the partial command's buffer)."""
@@ -264,7 +280,7 @@ class PyRequestParser:
             grown = bytearray(buf)
             grown += data
             self._buf = grown
-        self.held = len(self._buf) + len(self._head)
+        self.held = len(self._buf) + len(self._head) + self._args_bytes
 
     def commands(self) -> Iterator[Request]:
         """Yield every complete command buffered so far, in order.
@@ -341,6 +357,7 @@ class PyRequestParser:
                     if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
                         raise ProtocolError("bulk string not terminated by CRLF")
                     args.append(bytes(view[pos : pos + size]))
+                    self._args_bytes += size + ARG_OVERHEAD
                     pos += size + 2
                     self._bulk = -1
                 if len(args) < self._count:
@@ -348,6 +365,7 @@ class PyRequestParser:
                 raw = buf if start == 0 and pos == end and type(buf) is bytes else bytes(
                     view[start:pos])
                 self._declined = False
+                self._args_bytes = 0
                 self._count = -1
                 self._args = []
                 start = pos
@@ -360,7 +378,7 @@ class PyRequestParser:
                     self._scanned -= start
             view.release()  # (a bytearray cannot grow while a view of it exists)
             self._pos = pos
-            self.held = len(self._buf) + len(self._head)
+            self.held = len(self._buf) + len(self._head) + self._args_bytes
 
 
 class RequestParser:

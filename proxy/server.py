@@ -405,4 +405,9 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     await server.shutdown()
+    # Stopped cleanly: a second SIGTERM/SIGINT from here on (a supervisor repeating itself) must
+    # not kill the process by the default action while the loop closes (exit code -15, not 0).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     log.info("resproxy stopped")

@@ -35,7 +35,7 @@ from typing import Protocol
 
 from proxy.backend import StreamConnection
 from proxy.commands import FAST_SINGLE_KEY, Kind, lookup
-from proxy.inflight import ReplyQueue
+from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
 from proxy.pool import Pool, RingPool, Server
 from proxy.resp import ProtocolError, RequestParser
@@ -68,12 +68,13 @@ class StreamHost(Protocol):
 class Streamer:
     """One client's streamed request, if any (see the module docstring)."""
 
-    __slots__ = ("_host", "state", "_conn", "_later", "streams")
+    __slots__ = ("_host", "state", "_conn", "_slot", "_later", "streams")
 
     def __init__(self, host: StreamHost, later: Callable[[Callable[[], None]], object]) -> None:
         self._host = host
         self.state = StreamState.IDLE
         self._conn: StreamConnection | None = None
+        self._slot: ReplySlot | None = None  # the streamed request's, while SENDING
         self._later = later  # loop.call_soon: framing resumes outside the flush that woke it
         self.streams = 0  # requests streamed (tests and metrics read it)
 
@@ -117,6 +118,8 @@ class Streamer:
         server = host._pool.route(args[1])
         if not isinstance(server, Server) or not isinstance(server.pool, RingPool):
             return None
+        if not server.can_stream():  # (as many streams as it may have are running)
+            return None
         return server
 
     def _start(self) -> None:
@@ -133,7 +136,7 @@ class Streamer:
         name = offer[0][0].upper()
         spec = lookup([name, *offer[0][1:]])
         label = spec.fullname if not isinstance(spec, str) else "unknown"
-        slot = host._queue.push(host._row(label))
+        slot = self._slot = host._queue.push(host._row(label))
         conn = self._conn = server.open_stream(host._resp3)
         conn.on_writable = self._writable
         self.state = StreamState.SENDING
@@ -149,14 +152,16 @@ class Streamer:
         try:
             part, done = host._parser.stream(data)
         except ProtocolError:
-            conn.close("client protocol error mid-request", failure=False)
-            self._conn = None
-            self.state = StreamState.IDLE
+            # As Redis: the half request gets no reply of its own, only the protocol error
+            # that follows it (so its slot is completed empty before its connection closes).
+            if self._slot is not None:
+                self._slot.complete(b"")
+            self.abandon()
             raise
         conn.write_more(part)
         if done:
             conn.end_stream()
-            self._conn = None
+            self._conn = self._slot = None
             if len(host._queue):
                 self.state = StreamState.ANSWERING
                 host._pause_reading()  # what follows waits for the reply (flushed())
@@ -186,7 +191,14 @@ class Streamer:
 
     def lost(self) -> None:
         """The client left: a half-sent command must never run, so its connection closes."""
+        self.abandon()
+
+    def abandon(self) -> None:
+        """No more of the request will be read (the client left, or is closing): close its
+        connection, so Redis drops the half command and its slot gets an error reply."""
+        if self.state is StreamState.ANSWERING:
+            return  # all sent: its reply is on its way
         if self._conn is not None:
             self._conn.close("client left mid-request", failure=False)
-            self._conn = None
+            self._conn = self._slot = None
         self.state = StreamState.IDLE

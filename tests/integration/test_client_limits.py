@@ -485,3 +485,27 @@ def test_max_buffered_bytes_pauses_reading_then_closes_the_biggest_holder_and_se
         assert not steady.wrong, steady.wrong[:3]
         assert p.stats()["max_buffered_bytes_disconnections"] == str(
             int(p.closed("max_buffered_bytes")))
+
+
+def test_a_client_holding_half_a_request_is_never_paused_by_the_budget(
+    backend: RedisServer,
+) -> None:
+    """Past three quarters of the budget only clients owed replies are paused: one holding part
+    of a request can only shrink by being read (found in review: a 7 MB MSET under an 8 MB
+    budget waited forever, and so did every later client's split request)."""
+    with _proxy(backend, {"half": {}}, top="max_buffered_bytes: 8mb\n") as p:
+        value = b"h" * (7 * MB)
+        command = encode("MSET", "half:a", value, "half:b", "x")  # MSET: buffered, not streamed
+        with RawClient(p.port, timeout_s=20) as c:
+            for i in range(0, len(command), 512 * 1024):  # in pieces: the budget sees it grow
+                c.send(command[i : i + 512 * 1024])
+            assert c.read() == b"OK"
+        poll_until(lambda: p.metric("resproxy_buffer_pauses_total") >= 1, "the budget over", 10)
+        with RawClient(p.port, timeout_s=20) as c:
+            split = encode("SET", "half:c", b"c" * 100_000)
+            c.send(split[:50_000])
+            c.send(split[50_000:])
+            assert c.read() == b"OK"
+            assert c.call("STRLEN", "half:a") == len(value)
+        assert p.closed("max_buffered_bytes") == 0
+        backend.call("DEL", "half:a", "half:b", "half:c")

@@ -287,3 +287,106 @@ def test_a_reload_during_a_streamed_set_lets_it_finish(proxy: ResProxy) -> None:
             f.write(original)
         proxy.send_signal(signal.SIGHUP)
         poll_until(lambda: proxy.log().count("reload accepted") >= 2, "the reload back", 10)
+
+
+# --- found in review: each fails on the first streaming code ----------------------------------
+
+
+def test_no_command_slips_past_the_framing_after_a_streamed_value(
+    proxy: ResProxy, servers: list[RedisServer]
+) -> None:
+    """Redis ends a line at CR + any byte; a header the proxy has not checked must never reach
+    it, or FLUSHALL (refused by the proxy) could ride in after a big SET."""
+    for s in servers:
+        s.call("SET", "marker", "kept")
+    flushes = sum(s.cmdstat("flushall") for s in servers)
+    head = encode("SET", "smuggle:k", b"s" * MB)[:-2]  # *3 SET k $1048576 <1 MB>, no CRLF
+    smuggled = b"\r\n$2\rXab\rX*1\rX$8\rXFLUSHALL\rX"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(head.replace(b"*3\r\n", b"*4\r\n", 1) + smuggled)
+        # a negative check needs a bounded wait: had the header been passed on, Redis would
+        # have run FLUSHALL within this second (the first streaming code did)
+        with pytest.raises(TimeoutError):
+            poll_until(lambda: sum(s.cmdstat("flushall") for s in servers) > flushes,
+                       "FLUSHALL smuggled to a server", 1.0)  # fmt: skip
+        sock.sendall(b"\r\n")  # now the header is checked: not a length
+        reply = sock.recv(4096)
+    assert b"Protocol error" in reply, reply
+    assert sum(s.cmdstat("flushall") for s in servers) == flushes
+    assert all(s.call("GET", "marker") == b"kept" for s in servers)
+    assert sum(s.call("EXISTS", "smuggle:k") for s in servers) == 0
+
+
+def test_a_streamed_reply_obeys_the_output_limit_and_a_gone_client_costs_nothing(
+    servers: list[RedisServer],
+) -> None:
+    listen = free_port()
+    text = native_config(pool_yaml(
+        "lim", listen, [f"127.0.0.1:{servers[0].port}:1 s0"], timeout=30000,
+        client_output_buffer_limit="16mb 0 0",
+    ))  # fmt: skip
+    size = 128 * MB
+    proxy = ResProxy(text).start()
+    try:
+        with RawClient(listen, timeout_s=60) as c:
+            assert c.call("SET", "lim:big", os.urandom(1024) * (size // 1024)) == b"OK"
+        pid = proxy.pid
+        # a client that asks and never reads: closed near 16 MB owed, not at the value's size
+        reset_peak_rss(pid)
+        base = proc_status(pid, "VmRSS")
+        with socket.create_connection(("127.0.0.1", listen), timeout=30) as sock:
+            sock.sendall(encode("GET", "lim:big"))
+            poll_until(lambda: "output_buffer_limit reached" in proxy.log(),
+                       "the client closed at its output limit", 20)  # fmt: skip
+        owed = int(proxy.log().split("output_buffer_limit reached (")[1].split(" ")[0])
+        assert owed < 32 * MB, owed
+        # a client that asks and leaves at once: its reply is dropped as it comes
+        reset_peak_rss(pid)
+        base = proc_status(pid, "VmRSS")
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", listen), timeout=30) as sock:
+                sock.sendall(encode("GET", "lim:big"))
+            with RawClient(listen, timeout_s=60) as c:
+                assert c.call("PING") == b"PONG"  # after the 128 MB passed through
+                assert c.call("STRLEN", "lim:big") == size
+        grown = proc_status(pid, "VmHWM") - base
+        assert grown < 48 * MB, grown // MB
+    finally:
+        proxy.cleanup()
+
+
+def test_a_client_closed_or_idle_mid_stream_gets_one_error_and_frees_its_connection(
+    servers: list[RedisServer],
+) -> None:
+    def config(port: int) -> str:
+        return native_config(pool_yaml("mid", port, [f"127.0.0.1:{servers[0].port}:1 s0"],
+                                       timeout=30000, client_timeout=1000))  # fmt: skip
+
+    listen = free_port()
+    proxy = ResProxy(config(listen)).start()
+    try:
+        # idle halfway through a big value: closed by client_timeout, the half command dropped
+        with socket.create_connection(("127.0.0.1", listen), timeout=10) as sock:
+            sock.sendall(encode("SET", "mid:idle", b"i" * (4 * MB))[: 2 * MB])
+            poll_until(lambda: _receiving(servers[:1]), "the streamed SET passing", 10)
+            data = b""
+            while chunk := sock.recv(65536):  # (the proxy closes it: EOF within the timeout)
+                data += chunk
+        assert data.startswith(b"-ERR") or data == b"", data
+        poll_until(lambda: not _receiving(servers[:1]), "the half command dropped", 10)
+        assert servers[0].call("EXISTS", "mid:idle") == 0
+        # closing (its listener moved by a reload) halfway through: one error, then closed
+        with socket.create_connection(("127.0.0.1", listen), timeout=10) as sock:
+            sock.sendall(encode("SET", "mid:reload", b"r" * (4 * MB))[: 2 * MB])
+            poll_until(lambda: _receiving(servers[:1]), "the streamed SET passing", 10)
+            with open(proxy.config_path, "w") as f:
+                f.write(config(free_port()))
+            proxy.send_signal(signal.SIGHUP)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.count(b"\r\n") == 1 and data.startswith(b"-ERR"), data
+        poll_until(lambda: not _receiving(servers[:1]), "the half command dropped", 10)
+        assert servers[0].call("EXISTS", "mid:reload") == 0
+    finally:
+        proxy.cleanup()

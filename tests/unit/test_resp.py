@@ -326,3 +326,59 @@ def test_a_streamed_command_is_checked_as_it_passes(bad: bytes, message: str) ->
     assert (part, done) == (b"z" * 1500, False)
     with pytest.raises(ProtocolError, match=re.escape(message)):
         p.stream(bad)
+
+
+def test_a_streamed_header_is_held_back_until_it_is_checked() -> None:
+    """Redis ends a line at CR + any byte; an unchecked header passed on would let a client
+    slip commands past the framing (found in review: FLUSHALL smuggled after a big SET)."""
+    head = b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1500\r\n"
+    p = RequestParser(STREAM_LIMITS)
+    assert list(p.commands(head + b"v" * 1000)) == [] and p.offer is not None
+    p.accept()
+    part, done = p.stream(b"v" * 500 + b"\r\n")
+    assert (part, done) == (b"v" * 500 + b"\r\n", False)
+    smuggled = b"$2\rXab\rX*1\rX$8\rXFLUSHALL\rX"
+    part, done = p.stream(smuggled)
+    assert (part, done) == (b"", False)  # nothing of it handed out
+    with pytest.raises(ProtocolError, match="invalid bulk length"):
+        p.stream(b"\r\n")
+
+
+def test_a_header_cut_by_a_read_is_handed_out_whole_once_checked() -> None:
+    big = b"w" * 1500
+    command = encode_command([b"SET", b"k", big, b"EX", b"100"])
+    p = RequestParser(STREAM_LIMITS)
+    cut = command.index(b"$2\r\nEX") + 1  # "$" in one read, "2\r\nEX..." in the next
+    assert list(p.commands(command[:1200])) == []
+    out = p.accept()
+    part, done = p.stream(command[1200:cut])
+    out += part
+    part, done = p.stream(command[cut:])
+    out += part
+    assert done and out == command
+
+
+@pytest.mark.parametrize("data", [b"*" + b"1" * 5000 + b"\r\n",
+                                  b"*1\r\n$" + b"9" * 5000 + b"\r\n", b"*" + b"1" * 21 + b"\r\n"])
+def test_overlong_length_headers_are_protocol_errors(data: bytes) -> None:
+    for parser in (RequestParser(), PyRequestParser()):
+        parser.feed(data)
+        with pytest.raises(ProtocolError, match="invalid (multi)?bulk length"):
+            list(parser.commands())
+
+
+def test_an_offer_with_the_bulks_cr_already_in_streams_on() -> None:
+    command = encode_command([b"SET", b"k", b"c" * 1500])
+    p = RequestParser(STREAM_LIMITS)
+    assert list(p.commands(command[:-1])) == [] and p.offer is not None  # all but the LF
+    out = p.accept()
+    part, done = p.stream(command[-1:])
+    assert done and out + part == command
+
+
+def test_held_counts_the_arguments_of_a_partial_command() -> None:
+    p = PyRequestParser()
+    p.feed(b"*100001\r\n" + b"$0\r\n\r\n" * 100000)
+    assert list(p.commands()) == []
+    assert p.buffered() == len(b"*100001\r\n") + 600000
+    assert p.held >= p.buffered() + 100000 * 40  # each framed argument is an object
