@@ -255,7 +255,7 @@ class PyRequestParser:
                     raise ProtocolError("too big bulk count string")
                 self._head = head  # held back: not handed out before it is checked
                 self.held = len(head)
-                return data[:i], False
+                return held + data[:i] if held else data[:i], False
             size = _length(head[1:nl])
             if size is None or size < 0 or size > limits.max_bulk_bytes:
                 raise ProtocolError("invalid bulk length")

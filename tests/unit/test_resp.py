@@ -382,3 +382,44 @@ def test_held_counts_the_arguments_of_a_partial_command() -> None:
     assert list(p.commands()) == []
     assert p.buffered() == len(b"*100001\r\n") + 600000
     assert p.held >= p.buffered() + 100000 * 40  # each framed argument is an object
+
+
+def test_streaming_random_commands_in_random_reads_hands_out_exactly_their_bytes() -> None:
+    """A seeded check of the streaming state machine: random commands with big and small
+    arguments, cut into random reads; every offer accepted. The streamed parts must be exactly
+    the streamed commands' bytes, and everything else framed as the plain framer frames it."""
+    import random
+
+    rng = random.Random(20261202)
+    limits = RequestLimits(stream_min_bytes=300)
+    for _ in range(300):
+        commands = []
+        for _ in range(rng.randrange(1, 6)):
+            args = [b"SET", b"k%d" % rng.randrange(100)]
+            for _ in range(rng.randrange(1, 5)):
+                size = rng.choice([0, 3, 50, 299, 300, 301, 1000, 2500])
+                args.append(bytes(rng.randrange(256) for _ in range(size)))
+            commands.append(args)
+        stream = b"".join(encode_command(c) for c in commands)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(1, 40))))
+        reads = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        p = RequestParser(limits)
+        out: list[bytes] = []  # each command's bytes, streamed or framed
+        streaming = b""
+        in_stream = False
+        for data in reads:
+            if in_stream:
+                part, done = p.stream(data)
+                streaming += part
+                if not done:
+                    continue
+                out.append(streaming)
+                streaming, in_stream = b"", False
+                data = b""
+            for _, raw in p.commands(data):
+                out.append(raw)
+            if p.offer is not None:
+                streaming = p.accept()
+                in_stream = True
+        assert not in_stream and p.buffered() == 0
+        assert out == [encode_command(c) for c in commands]
