@@ -11,7 +11,7 @@ from tests.integration.harness import (
     RedisCluster,
     RedisServer,
     ResProxy,
-    start_redis_servers,
+    running_redis_servers,
     start_ring_proxy,
 )
 
@@ -19,12 +19,8 @@ from tests.integration.harness import (
 @pytest.fixture(scope="module")
 def servers() -> Iterator[list[RedisServer]]:
     """Four redis-servers started in parallel: three backends and one reference."""
-    started = start_redis_servers(4)
-    try:
+    with running_redis_servers(4) as started:
         yield started
-    finally:
-        for s in started:
-            s.cleanup()
 
 
 @pytest.fixture(scope="module")

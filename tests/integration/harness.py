@@ -21,7 +21,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any
 
 import hiredis
@@ -231,6 +232,18 @@ def reset_peak_rss(pid: int) -> None:
     """Reset VmHWM (the peak resident size) to the current resident size."""
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
+
+
+@contextmanager
+def running_redis_servers(count: int, extra: Sequence[str] = ()) -> Iterator[list[RedisServer]]:
+    """``count`` redis-servers started in parallel for a block (a module fixture's body),
+    stopped by PID at its end, whatever happened."""
+    started = start_redis_servers(count, extra)
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.cleanup()
 
 
 def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServer]:

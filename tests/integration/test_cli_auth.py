@@ -17,7 +17,7 @@ from tests.integration.harness import (
     native_config,
     pool_yaml,
     run_proxy_check,
-    start_redis_servers,
+    running_redis_servers,
 )
 
 VALID = native_config(pool_yaml("p1", 22999, ["127.0.0.1:7001:1 a", "127.0.0.1:7002:1 b"]))
@@ -84,12 +84,8 @@ def test_sigterm_answers_what_is_owed_then_exits_zero(backends: list[RedisServer
 
 @pytest.fixture(scope="module")
 def auth_servers() -> Iterator[list[RedisServer]]:
-    started = start_redis_servers(2, extra=["--requirepass", "s3cret"])
-    try:
+    with running_redis_servers(2, extra=["--requirepass", "s3cret"]) as started:
         yield started
-    finally:
-        for s in started:
-            s.cleanup()
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

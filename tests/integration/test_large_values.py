@@ -31,7 +31,7 @@ from tests.integration.harness import (
     pool_yaml,
     proc_status,
     reset_peak_rss,
-    start_redis_servers,
+    running_redis_servers,
     start_ring_proxy,
 )
 
@@ -40,12 +40,8 @@ MB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[list[RedisServer]]:
-    started = start_redis_servers(2, extra=["--proto-max-bulk-len", "1gb"])
-    try:
+    with running_redis_servers(2, extra=["--proto-max-bulk-len", "1gb"]) as started:
         yield started
-    finally:
-        for s in started:
-            s.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from tests.integration.harness import (
     free_port,
     http_get,
     poll_until,
-    start_redis_servers,
+    running_redis_servers,
 )
 
 RELOAD_TIMEOUT_S = 30.0  # generous: other test runs share this machine
@@ -47,12 +47,8 @@ RELOAD_TIMEOUT_S = 30.0  # generous: other test runs share this machine
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[list[RedisServer]]:
     """Five redis-servers: four the ring pool's servers come from, one for the side pool."""
-    started = start_redis_servers(5)
-    try:
+    with running_redis_servers(5) as started:
         yield started
-    finally:
-        for s in started:
-            s.cleanup()
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,7 @@ def _drive(step: Callable[[bytes], None], buffered: Callable[[], int],
     return out
 
 
-def run_py(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
-    p = PyRequestParser()
+def _run_fed(p: PyRequestParser | RequestParser, chunks: Sequence[bytes]) -> Outcome:
     got: list[Request] = []
 
     def step(chunk: bytes) -> None:
@@ -92,22 +91,15 @@ def run_py(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
     out.commands = got
     out.parser = p
     return out
+
+
+def run_py(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
+    return _run_fed(PyRequestParser(), chunks)
 
 
 def run_fed(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
     """RequestParser through feed() + commands()."""
-    p = RequestParser()
-    got: list[Request] = []
-
-    def step(chunk: bytes) -> None:
-        p.feed(chunk)
-        for command in p.commands():
-            got.append(command)
-
-    out = _drive(step, p.buffered, chunks)
-    out.commands = got
-    out.parser = p
-    return out
+    return _run_fed(RequestParser(), chunks)
 
 
 def run_client(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
