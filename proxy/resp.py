@@ -547,6 +547,7 @@ class ReplyParser:
 
     def replies(self, data: bytes = b"") -> list[bytes]:
         """Add ``data``, then return every complete reply buffered so far (raw bytes each)."""
+        self.big = 0  # (about the reply at the front after this call only: never left stale)
         if data:
             if self._buf:
                 self.feed(data)

@@ -76,3 +76,66 @@ def test_a_reply_without_a_request_closes_the_connection(loop: asyncio.AbstractE
     conn.send(b"*1\r\n$4\r\nPING\r\n", ReplySlot(got))
     conn.data_received(b"+PONG\r\n+PONG\r\n")
     assert lost == ["reply without a request"]
+
+
+from proxy.resp import STREAM_MIN_BYTES  # noqa: E402
+
+
+def test_a_big_reply_framed_whole_leaves_no_stream_for_the_replies_after_it() -> None:
+    """A big bulk reply that could not stream (its client owed an earlier reply) and was then
+    completed by a later read must not make the next read stream other clients' replies to
+    whoever is first (found in review: client C got D's reply, then the connection desynced)."""
+    import asyncio
+
+    from proxy.backend import BackendConnection
+    from proxy.inflight import Flusher, ReplyQueue
+
+    class Sink:
+        def __init__(self) -> None:
+            self.out = bytearray()
+
+        def write(self, data: bytes) -> None:
+            self.out += data
+
+        def writelines(self, data: list[bytes]) -> None:
+            self.out += b"".join(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str) -> None:
+            return None
+
+        def abort(self) -> None:
+            pass
+
+    async def run() -> dict[str, bytes]:
+        loop = asyncio.get_running_loop()
+        flusher = Flusher()  # run by hand, as the loop runs it after a poll phase's reads
+        queues = {}
+        for name in "ACD":
+            queue, sink = ReplyQueue(flusher), Sink()
+            queue.attach(sink, None)
+            queues[name] = (queue, sink)
+        lost: list[str] = []
+        conn = BackendConnection("s1", "p", loop, 2000, [], lambda c, r, f: lost.append(r),
+                                 lambda: None)  # fmt: skip
+        slots = [queues["A"][0].push(), queues["A"][0].push(), queues["C"][0].push(),
+                 queues["D"][0].push()]  # fmt: skip
+        for slot in slots:
+            conn.send(b"x", slot)
+        conn.connection_made(Sink())  # type: ignore[arg-type]
+        big = STREAM_MIN_BYTES + 10
+        reply = b"$%d\r\n" % big + b"B" * big + b"\r\n"
+        conn.data_received(b"$1\r\ns\r\n" + reply[:1000])  # A owes its first reply: no stream
+        conn.data_received(reply[1000:])  # the big reply, framed whole
+        conn.data_received(b"$6\r\nfor-C!\r\n$8\r\nSECRET-D\r\n")
+        flusher.run()
+        assert not lost, lost
+        return {name: bytes(sink.out) for name, (_, sink) in queues.items()}
+
+    out = asyncio.run(run())
+    assert out["C"] == b"$6\r\nfor-C!\r\n"
+    assert out["D"] == b"$8\r\nSECRET-D\r\n"
+    big = STREAM_MIN_BYTES + 10
+    assert out["A"] == b"$1\r\ns\r\n" + b"$%d\r\n" % big + b"B" * big + b"\r\n"
