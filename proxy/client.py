@@ -292,8 +292,9 @@ class ClientConnection(asyncio.Protocol):
             self._pause_reading()
         held = rest.held
         if held != self._held_in:
-            if held > self._pool.config.client_limits.query_buffer_bytes:
-                self._close_for_limit("query_buffer_limit", held)
+            unframed = rest.buffered()  # (the limit is on the bytes, as Redis's query buffer)
+            if unframed > self._pool.config.client_limits.query_buffer_bytes:
+                self._close_for_limit("query_buffer_limit", unframed)
                 return
             self._hold(held, self._held_out)
             if self._closing:  # (the budget closed it: it held the most)
@@ -683,7 +684,10 @@ class ClientConnection(asyncio.Protocol):
             return
         now = self._clock()
         streamer = self._streamer
-        sending = streamer is not None and streamer.state is StreamState.SENDING
+        # (sending, and the proxy reading it: a client the proxy itself stopped reading, its
+        # server connection backlogged, is not idle)
+        sending = (streamer is not None and streamer.state is StreamState.SENDING
+                   and not streamer.holds_reading)  # fmt: skip
         if len(self._queue) and not sending:
             # replies owed: waiting on the proxy is not idleness (a client that stops halfway
             # through a big value is, though: it holds a server connection)

@@ -147,7 +147,7 @@ class PyRequestParser:
 
     __slots__ = ("_buf", "_pos", "_count", "_bulk", "_args", "_scanned", "limits",
                  "authenticated", "offer", "_declined", "_streaming", "_body_left", "_crlf_left",
-                 "_args_left", "_head", "held", "_args_bytes")  # fmt: skip
+                 "_args_left", "_head", "held", "_args_bytes", "_carry")  # fmt: skip
 
     def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
         self._buf: bytes | bytearray = b""  # unframed bytes, from the current command's start
@@ -169,6 +169,7 @@ class PyRequestParser:
         self._head = b""  # ... and an argument header cut by the end of a read
         self.held = 0  # bytes held for unframed requests (an attribute: read once per read)
         self._args_bytes = 0  # what the arguments framed so far of a partial command take
+        self._carry = b""  # streaming: bytes accept() kept back for stream() to check
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command (``held``: what they take, with
@@ -196,12 +197,14 @@ class PyRequestParser:
         args, count, size = self.offer
         head = self._buf
         have = len(head) - self._pos  # the big bulk's body bytes already here (and its CR?)
-        if have > size and head[-1] != 13:
-            raise ProtocolError("bulk string not terminated by CRLF")
+        if have > size:  # the byte after the body is checked by stream(), like the rest
+            self._carry = bytes(head[self._pos + size :])
+            head = head[: self._pos + size]
+            have = size
         self.offer = None
         self._streaming = True
-        self._body_left = max(size - have, 0)
-        self._crlf_left = 2 - max(have - size, 0)
+        self._body_left = size - have
+        self._crlf_left = 2
         self._args_left = count - len(args) - 1
         self._buf = b""
         self._pos = 0
@@ -219,6 +222,8 @@ class PyRequestParser:
         back until its CRLF is in and its length checked (Redis ends a line at a CR followed by
         any byte: passing an unchecked header on would let a client slip a command past the
         proxy's framing)."""
+        if self._carry:  # (a byte accept() left for checking)
+            data, self._carry = self._carry + data, b""
         n = len(data)
         i = 0
         held = b""  # a header held back from the last read, handed out once it is checked

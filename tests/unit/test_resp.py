@@ -374,6 +374,13 @@ def test_an_offer_with_the_bulks_cr_already_in_streams_on() -> None:
     out = p.accept()
     part, done = p.stream(command[-1:])
     assert done and out + part == command
+    # a wrong byte there is refused by stream(), never by accept() (whose caller is not the
+    # framing loop that turns ProtocolError into the client's error reply)
+    p = RequestParser(STREAM_LIMITS)
+    assert list(p.commands(command[:-2] + b"X")) == [] and p.offer is not None
+    p.accept()
+    with pytest.raises(ProtocolError, match="not terminated by CRLF"):
+        p.stream(b"\n")
 
 
 def test_held_counts_the_arguments_of_a_partial_command() -> None:
