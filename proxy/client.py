@@ -508,7 +508,7 @@ class ClientConnection(asyncio.Protocol):
         _log_limited("auth", self._peer, "pool %s: failed AUTH from %s (%d on this connection)",
                      self._pool.name, self._peer, self._auth_failures)  # fmt: skip
         if limit and self._auth_failures >= limit:
-            self._pool.stats.closed_auth += 1
+            self._pool.stats.closed["auth_failure_limit"] += 1
             self._failed = True
             self._start_closing()
 
@@ -666,13 +666,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close_for_limit(self, reason: str, held: int) -> None:
         """Close at once for a client limit (owed or buffered bytes are dropped, as Redis does)."""
-        stats = self._pool.stats
-        if reason == "output_buffer_limit":
-            stats.closed_output_limit += 1
-        elif reason == "query_buffer_limit":
-            stats.closed_query_limit += 1
-        else:
-            stats.closed_budget += 1
+        self._pool.stats.closed[reason] += 1
         _log_limited(reason, self._peer, "pool %s: closing client %d from %s: %s reached (%d bytes)",
                      self._pool.name, self.id, self._peer, reason, held)  # fmt: skip
         self._failed = self._closing = True
@@ -693,7 +687,7 @@ class ClientConnection(asyncio.Protocol):
             # through a big value is, though: it holds a server connection)
             self._active_at = now
         elif now - self._active_at >= self._idle_s:
-            self._pool.stats.closed_idle += 1
+            self._pool.stats.closed["idle_timeout"] += 1
             self._start_closing()
             self._close_now()
             return

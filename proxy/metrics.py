@@ -62,14 +62,23 @@ class CommandStats:
         self.latency_sum += seconds
 
 
+# Why a client limit closed a client (the metric's reason label) -> its INFO field.
+CLOSE_REASONS = {
+    "output_buffer_limit": "client_output_buffer_limit_disconnections",
+    "query_buffer_limit": "client_query_buffer_limit_disconnections",
+    "idle_timeout": "client_idle_timeout_disconnections",
+    "auth_failure_limit": "auth_failure_limit_disconnections",
+    "max_buffered_bytes": "max_buffered_bytes_disconnections",  # held the most, proxy over
+}
+
+
 class PoolStats:
     """A pool's client-side counters."""
 
     __slots__ = (
         "commands", "connections_total", "connections_rejected", "client_eof", "client_err",
         "fanouts", "fragments", "bytes_in", "bytes_out", "mirror_sent", "mirror_errors",
-        "mirror_dropped", "auth_failures", "closed_output_limit", "closed_query_limit",
-        "closed_idle", "closed_auth", "closed_budget",
+        "mirror_dropped", "auth_failures", "closed",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -86,12 +95,8 @@ class PoolStats:
         self.mirror_errors = 0  # error replies to those copies
         self.mirror_dropped = 0  # copies not sent: the mirror lagged or had no server
         self.auth_failures = 0  # AUTH / HELLO AUTH with a wrong password
-        # clients closed by a client limit (config.ClientLimitsConfig)
-        self.closed_output_limit = 0  # client_output_buffer_limit
-        self.closed_query_limit = 0  # client_query_buffer_limit
-        self.closed_idle = 0  # client_timeout
-        self.closed_auth = 0  # auth_failure_limit
-        self.closed_budget = 0  # max_buffered_bytes: held the most when the proxy held too much
+        # clients closed by a client limit (config.ClientLimitsConfig), by CLOSE_REASONS
+        self.closed = dict.fromkeys(CLOSE_REASONS, 0)
 
     def command(self, name: str) -> CommandStats:
         """The row for ``name`` (a command table name, so the label set is bounded)."""
@@ -189,13 +194,6 @@ class Snapshot:
     buffered_bytes: int = 0  # what clients make the proxy hold (budget.Budget.used)
     max_buffered_bytes: int = 0
     buffer_pauses: int = 0
-
-
-def _closed_by_reason(stats: PoolStats) -> list[tuple[str, int]]:
-    return [("output_buffer_limit", stats.closed_output_limit),
-            ("query_buffer_limit", stats.closed_query_limit),
-            ("idle_timeout", stats.closed_idle), ("auth_failure_limit", stats.closed_auth),
-            ("max_buffered_bytes", stats.closed_budget)]  # fmt: skip
 
 
 def _families(snap: Snapshot) -> Iterator[Metric]:
@@ -297,7 +295,7 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         pool_g["serve"].add_metric(labels, 1 if pool.can_serve else 0)
         for key, fam in pool_c.items():
             fam.add_metric(labels, getattr(pool.stats, key))
-        for reason, count in _closed_by_reason(pool.stats):
+        for reason, count in pool.stats.closed.items():
             closed.add_metric([pool.name, reason], count)
         for command, row in sorted(pool.stats.commands.items()):
             pc = [pool.name, command]
@@ -471,14 +469,11 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
         f"server_timeouts:{sum(s.timeouts for s in servers)}",
         f"server_errors:{sum(s.errors + s.eof for s in servers)}",
         f"server_ejections:{sum(s.ejections for p in snap.pools for s in p.servers)}",
-        f"client_output_buffer_limit_disconnections:{sum(p.stats.closed_output_limit for p in snap.pools)}",
-        f"client_query_buffer_limit_disconnections:{sum(p.stats.closed_query_limit for p in snap.pools)}",
-        f"client_idle_timeout_disconnections:{sum(p.stats.closed_idle for p in snap.pools)}",
+        *(f"{field}:{sum(p.stats.closed[reason] for p in snap.pools)}"
+          for reason, field in CLOSE_REASONS.items()),
         f"auth_failures:{sum(p.stats.auth_failures for p in snap.pools)}",
-        f"auth_failure_limit_disconnections:{sum(p.stats.closed_auth for p in snap.pools)}",
         f"buffered_bytes:{snap.buffered_bytes}",
         f"buffer_pauses:{snap.buffer_pauses}",
-        f"max_buffered_bytes_disconnections:{sum(p.stats.closed_budget for p in snap.pools)}",
         f"config_reloads:{snap.reloads}",
         f"config_reload_failures:{snap.reload_failures}",
     ])  # fmt: skip

@@ -73,6 +73,16 @@ def _length(head: bytes | bytearray) -> int | None:
     return None
 
 
+def _bulk_length(head: bytes | bytearray, limits: RequestLimits, authenticated: bool) -> int:
+    """A request's bulk length header, checked against the limits (Redis's texts)."""
+    size = _length(head)
+    if size is None or size < 0 or size > limits.max_bulk_bytes:
+        raise ProtocolError("invalid bulk length")
+    if not authenticated and size > limits.unauth_max_bulk:
+        raise ProtocolError("unauthenticated bulk length")
+    return size
+
+
 _SPACE = frozenset(b" \t\n\v\f\r")  # C's isspace()
 _TOKEN_END = frozenset(b" \n\r\t")  # what ends an unquoted argument in sdssplitargs
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -261,9 +271,7 @@ class PyRequestParser:
                 self._head = head  # held back: not handed out before it is checked
                 self.held = len(head)
                 return held + data[:i] if held else data[:i], False
-            size = _length(head[1:nl])
-            if size is None or size < 0 or size > limits.max_bulk_bytes:
-                raise ProtocolError("invalid bulk length")
+            size = _bulk_length(head[1:nl], limits, self.authenticated)
             if self._head:  # (only ever at the start of a read)
                 held = self._head
             i += nl + 2 - len(self._head)
@@ -346,12 +354,8 @@ class PyRequestParser:
                             if end - pos > limits.max_inline_bytes:
                                 raise ProtocolError("too big bulk count string")
                             break
-                        found = _length(buf[pos + 1 : nl])
-                        if found is None or found < 0 or found > limits.max_bulk_bytes:
-                            raise ProtocolError("invalid bulk length")
-                        if not self.authenticated and found > limits.unauth_max_bulk:
-                            raise ProtocolError("unauthenticated bulk length")
-                        size = self._bulk = found
+                        size = self._bulk = _bulk_length(buf[pos + 1 : nl], limits,
+                                                         self.authenticated)  # fmt: skip
                         pos = nl + 2
                         if (size >= limits.stream_min_bytes > 0 and not self._declined
                                 and end - pos < size + 2):  # fmt: skip
