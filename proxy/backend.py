@@ -377,15 +377,18 @@ class BackendConnection(asyncio.Protocol):
             self._arm_timer()
 
 
-class StreamConnection(BackendConnection):
-    """A connection of its own for one streamed request (stream.py).
+class DedicatedConnection(BackendConnection):
+    """A connection held by one client at a time, never shared (pool.Server.take_dedicated).
 
-    The request's first bytes go with ``send`` (and its slot), the rest with ``write_more`` as
-    the client's reads bring them; ``end_stream`` says it is all written, and once the reply is
-    in the connection goes to ``on_done`` (its server keeps it for the next stream) or closes. ``backlogged`` tells the client to stop reading while the
-    connection cannot take more (connecting, or the socket buffer is full); ``on_writable`` is
-    called when it can again (or is closed: then it takes, and drops, everything). The op timer
-    waits for the reply, not for a client that is still uploading.
+    Two uses: a streamed request (stream.py), whose first bytes go with ``send`` (and its
+    slot) and the rest with ``write_more`` as the client's reads bring them; and a transaction
+    (transaction.py), whose WATCH and MULTI...EXEC go with ``send``. ``release`` says the holder
+    is done: once every reply is in, the connection goes to ``on_done`` (its server keeps it
+    for the next holder) or closes. ``backlogged`` tells a streaming client to stop reading
+    while the connection cannot take more (connecting, or the socket buffer is full);
+    ``on_writable`` is called when it can again (or is closed: then it takes, and drops,
+    everything). While ``uploading``, the op timer waits for the reply, not for a client that
+    is still sending the request.
     """
 
     HIGH_WATER = 4 * 1024 * 1024  # socket buffer bytes past which the client stops being read
@@ -393,10 +396,11 @@ class StreamConnection(BackendConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_writable: Callable[[], None] | None = None
-        # called once the reply is in, to keep the connection for the next stream (else closed)
-        self.on_done: Callable[[StreamConnection], None] | None = None
+        # called once released and answered, to keep the connection for the next holder
+        self.on_done: Callable[[DedicatedConnection], None] | None = None
+        self.uploading = False
         self._write_paused = False
-        self._ended = False
+        self._released = False
 
     @property
     def backlogged(self) -> bool:
@@ -417,14 +421,16 @@ class StreamConnection(BackendConnection):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def end_stream(self) -> None:
-        self._ended = True
+    def release(self) -> None:
+        """The holder is done with it: given back (or closed) once every reply is in."""
+        self._released = True
+        self.uploading = False
         self._last_progress = self._loop.time()
         self._done_if_answered()
 
     def _done_if_answered(self) -> None:
-        if self._ended and not self._pending and not self.closed:
-            self._ended = False
+        if self._released and not self._pending and not self.closed:
+            self._released = False
             if self.on_done is not None:
                 self.on_done(self)
             else:
@@ -457,7 +463,7 @@ class StreamConnection(BackendConnection):
             self.on_writable()
 
     def _on_timer(self) -> None:
-        if not self._ended and not self._write_paused and not self.closed:
+        if self.uploading and not self._write_paused and not self.closed:
             # the client is still sending the request: nothing to time yet
             self._last_progress = self._loop.time()
             self._arm_timer()

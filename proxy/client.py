@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from proxy import __version__, errors
+from proxy import __version__, errors, keyspace
 from proxy.budget import Budget
 from proxy.commands import (
     FAST_FANOUT,
@@ -35,17 +35,21 @@ from proxy.commands import (
     CommandSpec,
     Kind,
     UnroutableKeys,
+    command_docs,
     command_names,
     command_rows,
     is_blocking_call,
+    is_denied,
     key_positions,
     keys_of,
     lookup,
+    without,
 )
 from proxy.fanout import merge, split
-from proxy.inflight import Flusher, Gather, ReplyQueue
+from proxy.inflight import Flusher, Gather, ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
 from proxy.pool import Parts, Pool, Target
+from proxy.scripts import CACHE, NoScriptRetry
 from proxy.resp import (
     OK,
     PONG,
@@ -57,10 +61,15 @@ from proxy.resp import (
     encode_value,
 )
 from proxy.stream import Streamer, StreamState
+from proxy.transaction import Transaction, TxnState
 
 
 log = logging.getLogger(__name__)
 
+# commands that act at once inside MULTI (the rest are queued)
+IMMEDIATE_IN_MULTI = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET"})
+SCRIPT_BODIES = frozenset({b"EVAL", b"EVAL_RO"})
+SCRIPT_CALLS = frozenset({b"EVALSHA", b"EVALSHA_RO"})
 LATENCY_SAMPLE_EVERY = 4  # client reads per latency observation (see data_received)
 LOG_EVERY_S = 60.0  # per peer address and kind: how often a closed or failing client is logged
 _last_logged: dict[tuple[str, str], float] = {}
@@ -104,6 +113,7 @@ class ClientConnection(asyncio.Protocol):
         on_close: Callable[[ClientConnection], None],
         info: Callable[[str | None], bytes] | None = None,
         budget: Budget | None = None,
+        peers: Callable[[], Collection[ClientConnection]] | None = None,
     ) -> None:
         ClientConnection._next_id += 1
         self.id = ClientConnection._next_id
@@ -113,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self._on_open = on_open
         self._on_close = on_close
         self._info = info  # INFO's text, from the composition root
+        self._peers = peers  # the clients of the same listen address (CLIENT LIST, KILL)
         self._budget = budget if budget is not None else Budget(1 << 62)
         self._loop = loop = asyncio.get_running_loop()
         self._clock = loop.time
@@ -144,6 +155,13 @@ class ClientConnection(asyncio.Protocol):
         self._rejected = False  # refused at connect (client_connections, shutdown)
         self.name = b""
         self._reads = 0
+        self._txn: Transaction | None = None  # MULTI / WATCH state, once the client uses them
+        self._exec_waiting = False  # an EXEC is in flight: what follows it waits (_stash)
+        self._stash: Iterator[tuple[list[bytes], bytes]] | None = None
+        self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
+        self.created = self.last_read = self._clock()
+        self.last_command = ""  # CLIENT LIST's cmd=
+        self.addr = self.laddr = "-"
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -158,6 +176,9 @@ class ClientConnection(asyncio.Protocol):
         self._queue.attach(transport, self._pool.stats)  # replies are written by the queue
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        local = transport.get_extra_info("sockname")
+        self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         if not self._on_open(self):
             self._rejected = True  # counted as rejected, not as a client that closed
             transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
@@ -173,6 +194,7 @@ class ClientConnection(asyncio.Protocol):
         self._pool = pool
         self._rows = pool.stats.commands
         self._queue.stats = pool.stats
+        self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats = self._pool.stats
@@ -190,6 +212,8 @@ class ClientConnection(asyncio.Protocol):
         self._held_in = self._held_out = 0
         if self._streamer is not None:
             self._streamer.lost()
+        if self._txn is not None:
+            self._txn.lost()
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -207,8 +231,9 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             return
         self._reads += 1
+        self.last_read = now = self._clock()
         if self._idle_s:
-            self._active_at = self._clock()
+            self._active_at = now
         pool = self._pool
         pool.stats.bytes_in += len(data)
         streamer = self._streamer
@@ -217,11 +242,20 @@ class ClientConnection(asyncio.Protocol):
             return
         # Latency is observed for one read in LATENCY_SAMPLE_EVERY (the first, then every 4th):
         # a clock read and a histogram update per request cost ~5% of an unpipelined GET.
-        t0 = self._clock() if self._reads % LATENCY_SAMPLE_EVERY == 1 else 0.0
+        t0 = now if self._reads % LATENCY_SAMPLE_EVERY == 1 else 0.0
+        parser = self._parser
+        framed = parser.frame(data)
+        self._serve(iter(framed if framed is not None else parser.commands(data)), t0)
+
+    def _serve(self, commands: Iterator[tuple[list[bytes], bytes]], t0: float) -> None:
+        """Dispatch framed commands; stops early (keeping the rest in ``_stash``) for an EXEC
+        in flight: what follows it runs after it, as on one Redis connection."""
+        pool = self._pool
         # The single-key fast path is inlined here, with its lookups bound once per read:
         # a 16-command pipeline pays them once, not 16 times (py-spy: ~10% of proxy CPU).
-        authed = self._authed
-        fast = FAST_SINGLE_KEY.get if authed else _no_fast_path
+        plain = self._plain()
+        fast = self._fast_keys.get if plain else _no_fast_path
+        fanout = self._fast_fanout
         push = self._queue.push
         route = pool.route
         route_read = pool.route_read  # replica reads (cluster pools), else None
@@ -231,16 +265,16 @@ class ClientConnection(asyncio.Protocol):
         count = 0
         slow = False  # something was answered in place (it needs a flush)
         parser = self._parser
-        framed = parser.frame(data)
         try:
-            for args, raw in framed if framed is not None else parser.commands(data):
+            for args, raw in commands:
                 count += 1
                 spec = fast(args[0])
                 if spec is not None:
                     a = spec.arity
                     n = len(args)
                     if n == a if a > 0 else n >= -a:
-                        slot = push(rows.get(spec.fullname) or self._row(spec.fullname))
+                        self.last_command = label = spec.fullname
+                        slot = push(rows.get(label) or self._row(label))
                         if route_read is None or not spec.readonly:
                             server = route(args[1])
                         else:
@@ -256,7 +290,7 @@ class ClientConnection(asyncio.Protocol):
                             else:
                                 server.send(raw, slot, resp3, self.id)
                         continue
-                elif authed and (spec := FAST_FANOUT.get(args[0])) is not None and len(args) > 1:
+                elif plain and (spec := fanout.get(args[0])) is not None and len(args) > 1:
                     args[0] = spec.name
                     slow = True  # (an MSET with a missing value is answered in place)
                     self._fanout(spec, args, raw)
@@ -265,9 +299,12 @@ class ClientConnection(asyncio.Protocol):
                 self._dispatch_slow(args, raw)
                 if self._closing:
                     break
-                # local commands may have changed these (AUTH, HELLO 3, RESET)
-                authed = self._authed
-                fast = FAST_SINGLE_KEY.get if authed else _no_fast_path
+                if self._exec_waiting:
+                    self._stash = commands  # the rest runs once EXEC is answered
+                    break
+                # local commands may have changed these (AUTH, HELLO 3, RESET, MULTI, WATCH)
+                plain = self._plain()
+                fast = self._fast_keys.get if plain else _no_fast_path
                 resp3 = self._resp3
         except ProtocolError as exc:
             self._queue.push_error(errors.protocol(str(exc)))
@@ -288,7 +325,7 @@ class ClientConnection(asyncio.Protocol):
         if slow:
             self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         pending = len(self._queue)
-        if pending >= self._limits.max_pending:
+        if pending >= self._limits.max_pending or self._exec_waiting:
             self._pause_reading()
         held = rest.held
         if held != self._held_in:
@@ -328,6 +365,11 @@ class ClientConnection(asyncio.Protocol):
     def _row(self, label: str) -> CommandStats:
         return self._pool.stats.command(label)
 
+    def _plain(self) -> bool:
+        """Whether the fast path may serve this client (authenticated, not in a transaction)."""
+        txn = self._txn
+        return self._authed and (txn is None or txn.state is TxnState.IDLE)
+
     def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
         """Answer or send one command off the fast path, counted under its metrics label (a
         table name, or "unknown"): every reply it queues takes that row."""
@@ -338,6 +380,7 @@ class ClientConnection(asyncio.Protocol):
             name.decode("ascii", "replace").lower()
             if found.startswith("ERR wrong number") else "unknown"
         )  # fmt: skip
+        self.last_command = label
         queue = self._queue
         queue.label = self._rows.get(label) or self._row(label)
         try:
@@ -352,19 +395,80 @@ class ClientConnection(asyncio.Protocol):
         if not self._authed and name not in (b"AUTH", b"QUIT", b"HELLO"):
             queue.push_error(errors.NOAUTH)
             return
+        deny = self._pool.config.deny_commands
+        txn = self._txn
+        if txn is not None and txn.state is TxnState.QUEUING and name not in IMMEDIATE_IN_MULTI:
+            if deny and not isinstance(found, str) and is_denied(found, deny):
+                txn.abort(errors.denied(found.fullname, self._pool.name))
+            else:
+                txn.queue(found, args, raw)
+            return
         if isinstance(found, str):
             queue.push_error(found)
             return
         spec = found
+        if deny and is_denied(spec, deny):
+            queue.push_error(errors.denied(spec.fullname, self._pool.name))
+            return
         kind = spec.kind
         if kind is Kind.LOCAL:
             self._local(spec, args)
+        elif kind is Kind.TRANSACTION:
+            self._transaction(spec, args, raw)
+        elif kind is Kind.KEYSPACE:
+            keyspace.serve(self, spec, args, raw)
         elif kind is Kind.REFUSED or is_blocking_call(spec, args):
-            queue.push_error(errors.unsupported(spec.fullname))
-        elif kind is Kind.FANOUT:
+            queue.push_error(errors.refused(spec.fullname, spec.flags))
+        elif kind is Kind.FANOUT and (txn is None or txn.state is TxnState.IDLE):
             self._fanout(spec, args, raw)
         else:
             self._keyed(spec, args, raw)
+
+    def _transaction(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
+        txn = self._txn
+        if txn is None:
+            txn = self._txn = Transaction(self)
+        name = spec.name
+        if name == b"MULTI":
+            txn.multi()
+        elif name == b"EXEC":
+            txn.exec()
+        elif name == b"DISCARD":
+            txn.discard()
+        elif name == b"WATCH":
+            txn.watch(args[1:], self._payload(spec, args, raw))
+        else:
+            txn.unwatch(raw)
+
+    def _exec_sent(self) -> None:
+        """An EXEC went to its server on its own connection: the commands after it wait for
+        its reply, or one on a shared connection could run before it."""
+        self._exec_waiting = True
+
+    def _exec_answered(self) -> None:
+        self._loop.call_soon(self._after_exec)  # (not inside the backend's read)
+
+    def _after_exec(self) -> None:
+        self._exec_waiting = False
+        stash, self._stash = self._stash, None
+        if self._closing or self._transport is None:
+            return
+        if stash is not None:
+            self._serve(stash, 0.0)
+        self._maybe_resume_reading()
+        self._frame_buffered()
+
+    def _payload(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> bytes:
+        """The command as its pool must see it (keys without a stripped route prefix)."""
+        if not self._pool.strips:
+            return raw
+        try:
+            return self._stripped(args, key_positions(spec, args))
+        except UnroutableKeys:
+            return raw
+
+    def _query_limit(self) -> int:
+        return self._pool.config.client_limits.query_buffer_bytes
 
     def _keyed(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         try:
@@ -375,12 +479,28 @@ class ClientConnection(asyncio.Protocol):
         if not keys:
             self._queue.push_error(errors.no_keys(spec.fullname))
             return
+        if self._pool.strips:
+            raw = self._stripped(args, key_positions(spec, args))
+        txn = self._txn
+        if txn is not None and txn.send_watched(keys, raw):
+            return  # while watching: on the WATCH connection, in order with the WATCH
+        if spec.kind is Kind.FANOUT:
+            self._fanout(spec, args, raw)
+            return
         server = self._pool.route_many(keys, spec.readonly)
         if isinstance(server, str):
             self._queue.push_error(server)
             return
-        if self._pool.strips:
-            raw = self._stripped(args, key_positions(spec, args))
+        name = spec.name
+        if name in SCRIPT_BODIES:
+            CACHE.remember(args[1])
+        elif name in SCRIPT_CALLS and server is not None:
+            body = CACHE.get(args[1])
+            if body is not None:  # a NOSCRIPT from a server that lost it: loaded, sent again
+                target = self._queue.push()
+                sink = NoScriptRetry(target, server, raw, body, self._resp3, self.id)
+                server.send(raw, ReplySlot(sink), self._resp3, self.id)
+                return
         self._send(server, raw)
 
     def _stripped(self, args: list[bytes], positions: list[int]) -> bytes:
@@ -460,15 +580,19 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"CLIENT":
             self._client(spec, args)
         elif name == b"INFO":
-            text = self._info(args[1].decode("utf-8", "replace") if len(args) > 1 else None) \
-                if self._info is not None else b""
-            queue.push_reply(encode_bulk(text))
+            sections = [a.decode("utf-8", "replace").lower() for a in args[1:]]
+            info = self._info
+            wanted: list[str | None] = list(sections) or [None]
+            local = b"".join(info(s) for s in wanted) if info is not None else b""
+            keyspace.info(self, sections, local)
         elif name == b"RESET":
             self.name = b""
             self._resp3 = False
+            if self._txn is not None:
+                self._txn.reset()
             queue.push_reply(b"+RESET\r\n")
         else:
-            queue.push_error(errors.unsupported(spec.fullname))
+            queue.push_error(errors.refused(spec.fullname, spec.flags))
 
     def _select(self, arg: bytes) -> None:
         try:
@@ -570,7 +694,11 @@ class ClientConnection(asyncio.Protocol):
         elif sub == b"LIST":
             queue.push_reply(encode_value([name.lower() for name in command_names()]))
         elif sub == b"DOCS":
-            queue.push_reply(b"*0\r\n")
+            resp3 = self._resp3
+            docs = [(name, encode_map(fields, resp3)) for name, fields in command_docs(args[1:])]
+            items = b"".join(encode_bulk(name) + body for name, body in docs)
+            queue.push_reply(b"%c%d\r\n" % (b"%" if resp3 else b"*", len(docs) * (1 if resp3 else 2))
+                             + items)  # fmt: skip
         elif sub == b"GETKEYS":
             target = [args[1].upper(), *args[2:]] if len(args) > 1 else []
             found = lookup(target) if target else errors.wrong_arity("command|getkeys")
@@ -582,7 +710,7 @@ class ClientConnection(asyncio.Protocol):
             except UnroutableKeys as exc:
                 queue.push_error(str(exc))
         else:
-            queue.push_error(errors.unsupported(f"command|{sub.decode(errors='replace').lower()}"))
+            queue.push_error(errors.refused(f"command|{sub.decode(errors='replace').lower()}"))
 
     def _client(self, spec: CommandSpec, args: Sequence[bytes]) -> None:
         queue = self._queue
@@ -597,10 +725,66 @@ class ClientConnection(asyncio.Protocol):
         elif sub == b"ID":
             queue.push_reply(b":%d\r\n" % self.id)
         elif sub == b"INFO":
-            line = b"id=%d name=%b pool=%b\n" % (self.id, self.name, self._pool.name.encode())
-            queue.push_reply(encode_bulk(line))
+            queue.push_reply(encode_bulk(self.describe() + b"\n"))
+        elif sub == b"LIST":
+            peers = self._peers() if self._peers is not None else [self]
+            text = b"".join(c.describe() + b"\n" for c in sorted(peers, key=lambda c: c.id))
+            queue.push_reply(encode_bulk(text))
+        elif sub == b"KILL":
+            self._kill(args[2:])
         else:
-            queue.push_error(errors.unsupported(spec.fullname))
+            queue.push_error(errors.refused(spec.fullname, spec.flags))
+
+    def describe(self) -> bytes:
+        """This client as CLIENT LIST shows it (Redis's field names, the ones a proxy knows)."""
+        now = self._clock()
+        return (
+            f"id={self.id} addr={self.addr} laddr={self.laddr} name=".encode() + self.name
+            + f" age={int(now - self.created)} idle={int(now - self.last_read)} "
+              f"cmd={self.last_command or 'NULL'} pool={self._pool.name}".encode()
+        )  # fmt: skip
+
+    def _kill(self, args: Sequence[bytes]) -> None:
+        """CLIENT KILL addr (old form: +OK) or CLIENT KILL ID id | ADDR addr | LADDR addr |
+        SKIPME yes/no ... (new form: the number killed), over this listen address's clients."""
+        queue = self._queue
+        peers = list(self._peers()) if self._peers is not None else [self]
+        if len(args) == 1:
+            found = [c for c in peers if c.addr == args[0].decode("utf-8", "replace")]
+            if not found:
+                queue.push_error("ERR No such client")
+                return
+            queue.push_reply(OK)
+            found[0].begin_shutdown() if found[0] is self else found[0].abort()
+            return
+        if len(args) % 2:
+            queue.push_error(errors.SYNTAX)
+            return
+        skipme = True
+        for option, value in zip(args[::2], args[1::2]):
+            text = value.decode("utf-8", "replace")
+            option = option.upper()
+            if option == b"ID":
+                if not value.isdigit():
+                    queue.push_error("ERR client-id should be greater than 0")
+                    return
+                peers = [c for c in peers if c.id == int(value)]
+            elif option == b"ADDR":
+                peers = [c for c in peers if c.addr == text]
+            elif option == b"LADDR":
+                peers = [c for c in peers if c.laddr == text]
+            elif option == b"SKIPME" and value.lower() in (b"yes", b"no"):
+                skipme = value.lower() == b"yes"
+            else:
+                queue.push_error(errors.SYNTAX)
+                return
+        killed = [c for c in peers if not (skipme and c is self)]
+        queue.push_reply(b":%d\r\n" % len(killed))
+        for client in killed:
+            if client is self:
+                self.begin_shutdown()  # (after this reply)
+            else:
+                client.abort()
 
     # --- writing, backpressure, closing --------------------------------------------------
 
@@ -705,6 +889,7 @@ class ClientConnection(asyncio.Protocol):
             and not self._write_paused
             and not self._budget_paused
             and not (self._streamer is not None and self._streamer.holds_reading)
+            and not self._exec_waiting
             and not self._closing
             and len(self._queue) < self._limits.max_pending // 2
             and self._transport is not None

@@ -41,14 +41,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from proxy import errors
 from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
-from proxy.pool import PoolBase, Redirected, Refresher, Route, Server, ServerState
+from proxy.pool import (
+    Placement, PoolBase, Redirected, Refresher, Route, Server, ServerState, shown_key,
+)
 from proxy.resp import ProtocolError, decode_reply, encode_command, is_error
 from proxy.slotmap import SLOTS, Node, SlotMapError, SlotRange, parse_redirect, parse_slots
 
@@ -139,6 +141,41 @@ class ClusterPool(PoolBase):
 
     def split_command(self, args: list[bytes]) -> None:
         return None  # split per slot by the client with group_keys
+
+    def place(self, keys: Sequence[bytes]) -> Placement | str:
+        """The slot (and its master) of ``keys``, any master for no key; else an error naming
+        two slots (Redis Cluster runs a transaction only within one slot)."""
+        if not keys:
+            owner = next((s for s in self._owners if s is not None), None)
+            return self.unrouted if owner is None else Placement(self, owner, owner, owner.name)
+        slot = key_slot(keys[0])
+        for key in keys[1:]:
+            other = key_slot(key)
+            if other != slot:
+                return errors.cross_place(
+                    shown_key(keys[0]), self._slot_where(slot), shown_key(key),
+                    self._slot_where(other), "slot",
+                )  # fmt: skip
+        owner = self._owners[slot]
+        if owner is None:
+            return self.unrouted
+        return Placement(self, owner, slot, self._slot_where(slot))
+
+    def _slot_where(self, slot: int) -> str:
+        owner = self._owners[slot]
+        return f"slot {slot} ({owner.name if owner is not None else 'no master'})"
+
+    def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
+        """The masters (and, with ``replicas``, the replicas reads go to), by address."""
+        servers = {s for s in self._owners if s is not None}
+        if replicas:
+            servers |= {s for s in self._readers if s is not None}
+        if not servers:
+            return self.unrouted
+        return sorted(servers, key=lambda s: s.node)
+
+    def map_changed(self) -> None:
+        self.request_refresh()
 
     def group_keys(
         self, keys: list[bytes], read: bool = False

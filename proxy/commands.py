@@ -7,8 +7,11 @@ Redis's own. This module adds the proxy's policy on top:
 * ``LOCAL``: answered by the proxy (PING, ECHO, QUIT, SELECT, COMMAND, AUTH, HELLO, CLIENT ...);
 * ``FANOUT``: MGET, MSET, DEL, UNLINK, EXISTS, TOUCH, split per server and merged (fanout.py);
 * ``KEYED``: routed by its keys; with several keys they must share a server;
-* ``REFUSED``: what a sharding proxy cannot serve (no key to route by, transactions, pub/sub,
-  blocking, admin); answered ``-ERR`` and the connection stays open;
+* ``TRANSACTION``: MULTI, EXEC, DISCARD, WATCH, UNWATCH (transaction.py);
+* ``KEYSPACE``: about every key, so about every server: SCAN, KEYS, DBSIZE, RANDOMKEY, FLUSHDB,
+  FLUSHALL, LASTSAVE, TIME, SCRIPT and FUNCTION (keyspace.py);
+* ``REFUSED``: what a sharding proxy cannot serve (no key to route by, pub/sub, blocking,
+  admin); answered ``-ERR`` with why and what to do instead, and the connection stays open;
 * ``CONTAINER``: CONFIG, OBJECT, XINFO... the subcommand (args[1]) decides.
 
 ``keys_of`` reads key positions by interpreting Redis 7 key specs (begin_search index/keyword,
@@ -28,6 +31,8 @@ class Kind(enum.Enum):
     LOCAL = "local"
     FANOUT = "fanout"
     KEYED = "keyed"
+    TRANSACTION = "transaction"
+    KEYSPACE = "keyspace"
     REFUSED = "refused"
     CONTAINER = "container"
 
@@ -61,20 +66,27 @@ LOCAL_COMMANDS = frozenset(
      b"INFO"}
 )
 FANOUT_COMMANDS = frozenset({b"MGET", b"MSET", b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"})
+TRANSACTION_COMMANDS = frozenset({b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"})
+KEYSPACE_COMMANDS = frozenset(
+    {b"SCAN", b"KEYS", b"DBSIZE", b"RANDOMKEY", b"FLUSHDB", b"FLUSHALL", b"LASTSAVE", b"TIME",
+     b"SCRIPT", b"FUNCTION"}
+)  # fmt: skip
+# Subcommands of SCRIPT and FUNCTION the proxy does not serve (the rest are KEYSPACE).
+REFUSED_SUBCOMMANDS = frozenset({(b"SCRIPT", b"DEBUG")})
 # Keyed, but not something a proxy can do safely on one server's behalf.
 REFUSED_COMMANDS = frozenset(
     {
-        b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH",  # transactions span servers
-        b"MIGRATE", b"MOVE", b"SWAPDB", b"SCRIPT", b"FUNCTION", b"SHUTDOWN", b"MONITOR",
-        b"SYNC", b"PSYNC", b"REPLCONF", b"WAIT", b"FAILOVER", b"READONLY", b"READWRITE",
-        b"ASKING", b"CLUSTER",
+        b"MIGRATE", b"MOVE", b"SWAPDB", b"SHUTDOWN", b"MONITOR", b"SYNC", b"PSYNC", b"REPLCONF",
+        b"WAIT", b"WAITAOF", b"FAILOVER", b"READONLY", b"READWRITE", b"ASKING", b"CLUSTER",
     }
 )  # fmt: skip
 REFUSED_FLAGS = frozenset({"admin", "pubsub", "blocking"})
 # Blocking only with a BLOCK argument; without it these are ordinary keyed reads.
 BLOCK_OPTIONAL = frozenset({b"XREAD", b"XREADGROUP"})
 # Local subcommands of CLIENT; the rest of CLIENT is refused.
-LOCAL_CLIENT_SUBCOMMANDS = frozenset({b"SETNAME", b"GETNAME", b"SETINFO", b"ID", b"INFO"})
+LOCAL_CLIENT_SUBCOMMANDS = frozenset(
+    {b"SETNAME", b"GETNAME", b"SETINFO", b"ID", b"INFO", b"LIST", b"KILL"}
+)
 
 
 def _single_key_index(specs: Sequence[KeySpec]) -> int:
@@ -95,6 +107,10 @@ def _kind(name: bytes, flags: frozenset[str], specs: Sequence[KeySpec], containe
         return Kind.LOCAL
     if name in FANOUT_COMMANDS:
         return Kind.FANOUT
+    if name in TRANSACTION_COMMANDS:
+        return Kind.TRANSACTION
+    if name in KEYSPACE_COMMANDS:
+        return Kind.KEYSPACE
     if name in REFUSED_COMMANDS:
         return Kind.REFUSED
     if flags & REFUSED_FLAGS and name not in BLOCK_OPTIONAL:
@@ -134,8 +150,10 @@ def build_table() -> dict[bytes, CommandSpec]:
                 if name == b"CLIENT":
                     kind = Kind.LOCAL if sub in LOCAL_CLIENT_SUBCOMMANDS else Kind.REFUSED
                     child = _replace_kind(child, kind)
-                elif name in REFUSED_COMMANDS:
+                elif name in REFUSED_COMMANDS or (name, sub) in REFUSED_SUBCOMMANDS:
                     child = _replace_kind(child, Kind.REFUSED)
+                elif name in KEYSPACE_COMMANDS:
+                    child = _replace_kind(child, Kind.KEYSPACE)
                 elif name == b"COMMAND":
                     child = _replace_kind(child, Kind.LOCAL)
                 children[sub] = child
@@ -175,6 +193,46 @@ FAST_SINGLE_KEY: dict[bytes, CommandSpec] = {
 FAST_FANOUT: dict[bytes, CommandSpec] = {
     alias: TABLE[name] for name in FANOUT_COMMANDS for alias in (name, name.lower())
 }
+
+
+_WITHOUT: dict[frozenset[bytes], tuple[dict[bytes, CommandSpec], dict[bytes, CommandSpec]]] = {}
+
+
+def without(
+    deny: frozenset[bytes],
+) -> tuple[dict[bytes, CommandSpec], dict[bytes, CommandSpec]]:
+    """FAST_SINGLE_KEY and FAST_FANOUT minus a pool's ``deny_commands`` (those then take the
+    slow path, which refuses them)."""
+    if not deny:
+        return FAST_SINGLE_KEY, FAST_FANOUT
+    found = _WITHOUT.get(deny)
+    if found is None:
+        found = _WITHOUT[deny] = (
+            {a: spec for a, spec in FAST_SINGLE_KEY.items() if spec.name not in deny},
+            {a: spec for a, spec in FAST_FANOUT.items() if spec.name not in deny},
+        )
+    return found
+
+
+def is_denied(spec: CommandSpec, deny: frozenset[bytes]) -> bool:
+    """Whether ``deny_commands`` names the command, or its container (``script`` for all)."""
+    full = spec.fullname.upper().encode()
+    return full in deny or full.partition(b"|")[0] in deny
+
+
+def command_docs(names: Sequence[bytes]) -> list[tuple[bytes, list[tuple[bytes, bytes]]]]:
+    """COMMAND DOCS: (name, [(field, value)...]) for each known name (every command if none)."""
+    docs = command_data.DOCS
+    wanted = [n.decode("utf-8", "replace").lower() for n in names] or [
+        n for n in sorted(docs) if "|" not in n
+    ]
+    out = []
+    for name in wanted:
+        row = docs.get(name)
+        if row is not None:
+            fields = zip((b"summary", b"since", b"group", b"complexity"), row)
+            out.append((name.encode(), [(k, v.encode()) for k, v in fields if v]))
+    return out
 
 
 def command_names() -> list[bytes]:
@@ -253,7 +311,7 @@ def key_positions(spec: CommandSpec, args: Sequence[bytes]) -> list[int]:
             # STORE destination; only the destination is a key to route by (COMMAND GETKEYS
             # says the same). Nothing else with such a spec can be routed safely.
             if spec.name != b"SORT":
-                raise UnroutableKeys(errors.unsupported(spec.fullname))
+                raise UnroutableKeys(errors.refused(spec.fullname, spec.flags))
             continue
         start = _begin(begin, args)
         if start is None:
@@ -284,7 +342,7 @@ def key_positions(spec: CommandSpec, args: Sequence[bytes]) -> list[int]:
             if last >= argc:
                 raise UnroutableKeys("ERR Number of keys can't be greater than number of args")
         else:
-            raise UnroutableKeys(errors.unsupported(spec.fullname))
+            raise UnroutableKeys(errors.refused(spec.fullname, spec.flags))
         if step <= 0:
             step = 1
         keys.extend(range(start, min(last, argc - 1) + 1, step))

@@ -19,10 +19,13 @@ from typing import Any
 
 import yaml
 
+from proxy import command_data
+
 HASHES = (
     "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
     "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins",
 )  # fmt: skip
+DEFAULT_DEDICATED_CONNECTIONS = 64
 DISTRIBUTIONS = ("ketama", "modula", "random", "cluster", "sentinel")
 READ_FROM = ("master", "replica", "prefer_replica")
 # Ring-only keys: a cluster pool places keys by Redis Cluster's own slots (CRC16, "{}" tags) and
@@ -185,6 +188,10 @@ class PoolConfig:
     master_name: str = ""
     sentinel_auth: str | None = None
     client_limits: ClientLimitsConfig = DEFAULT_CLIENT_LIMITS
+    # commands clients may not run (upper case; "SCRIPT|FLUSH" for one subcommand)
+    deny_commands: frozenset[bytes] = frozenset()
+    # per server: connections held by one client (transactions' WATCH and EXEC, streamed values)
+    dedicated_connections: int = DEFAULT_DEDICATED_CONNECTIONS
 
     @property
     def cluster(self) -> bool:
@@ -218,6 +225,7 @@ class ListenerConfig:
     backlog: int = 512
     client_connections: int = 0
     client_limits: ClientLimitsConfig = DEFAULT_CLIENT_LIMITS
+    deny_commands: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,10 +244,11 @@ _POOL_KEYS = {
     "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
     "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
     "tcpkeepalive", "read_from", *CLUSTER_ONLY_KEYS, *SENTINEL_ONLY_KEYS, *CLIENT_LIMIT_KEYS,
+    "deny_commands", "dedicated_connections",
 }  # fmt: skip
 _NATIVE_TOP_KEYS = {"pools", "metrics", "listeners", "max_buffered_bytes"}
 _LISTENER_KEYS = {"listen", "routes", "default_pool", "redis_auth", "backlog", "client_connections",
-                  *CLIENT_LIMIT_KEYS}  # fmt: skip
+                  "deny_commands", *CLIENT_LIMIT_KEYS}  # fmt: skip
 _ROUTE_KEYS = {"prefix", "pool", "strip_prefix", "mirror", "mirror_mode"}
 
 
@@ -372,6 +381,7 @@ def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfi
         name=name, listen=listen, routes=tuple(routes), default_pool=default,
         redis_auth=None if auth is None else str(auth), backlog=backlog or 512,
         client_connections=limit, client_limits=_client_limits(where, body),
+        deny_commands=_deny_commands(where, body),
     )  # fmt: skip
 
 
@@ -521,7 +531,30 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
         master_name=master_name,
         sentinel_auth=None if sentinel_auth is None else str(sentinel_auth),
         client_limits=_client_limits(where, body),
+        deny_commands=_deny_commands(where, body),
+        dedicated_connections=integer("dedicated_connections", DEFAULT_DEDICATED_CONNECTIONS, 1),
     )
+
+
+def _deny_commands(where: str, body: dict[Any, Any]) -> frozenset[bytes]:
+    """``deny_commands: [flushall, keys, script|flush]``: names checked against Redis's table."""
+    raw = body.get("deny_commands", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: key 'deny_commands': expected a list of command names")
+    names = set()
+    for item in raw:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{where}: key 'deny_commands': expected command names, got {item!r}")
+        name = item.strip().upper().encode()
+        container, bar, sub = name.partition(b"|")
+        known = (
+            sub in command_data.SUBCOMMANDS.get(container, {})
+            if bar else name in command_data.COMMANDS
+        )  # fmt: skip
+        if not known:
+            raise ConfigError(f"{where}: key 'deny_commands': unknown command {item!r}")
+        names.add(name)
+    return frozenset(names)
 
 
 def _port(text: str) -> int:

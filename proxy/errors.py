@@ -45,9 +45,72 @@ def wrong_arity(fullname: str) -> str:
     return f"ERR wrong number of arguments for '{fullname}' command"
 
 
-def unsupported(fullname: str) -> str:
-    """A command a sharding proxy cannot serve (KEYS, MULTI, SUBSCRIBE, CONFIG, ...)."""
-    return f"ERR command '{fullname}' is not supported by the proxy"
+_ON_A_SERVER = "run it on a server directly (INFO proxy lists their addresses)"
+_PUBSUB = (
+    "pub/sub needs a server connection of its own, which the proxy does not give yet; "
+    "use a direct connection to a server"
+)
+_BLOCKING = (
+    "it would block a server connection the proxy shares among clients; use its non-blocking "
+    "form (LPOP, RPOP, LMOVE, ZPOPMIN, XREAD without BLOCK...) and poll, or a direct connection"
+)
+_ADMIN = f"it administers one server, not the proxy's keyspace: {_ON_A_SERVER}"
+_ONE_CONNECTION = (
+    "it acts on one server connection, and the proxy shares its connections among clients"
+)
+# Why each refused command is refused, and what to do instead (README: "Commands").
+REFUSALS: dict[str, str] = {
+    "monitor": _ON_A_SERVER,
+    "wait": "it waits for the replicas of the one server a connection wrote to, and the "
+            f"proxy spreads writes over servers: {_ON_A_SERVER}",
+    "waitaof": "it waits for the AOF of the one server a connection wrote to, and the "
+               f"proxy spreads writes over servers: {_ON_A_SERVER}",
+    "move": "only database 0 exists through the proxy",
+    "swapdb": "only database 0 exists through the proxy",
+    "migrate": f"moving keys between servers is an operator's task: {_ON_A_SERVER}",
+    "cluster": "the proxy hides the cluster from its clients: run it on a cluster node directly",
+    "readonly": "the proxy keeps its cluster connections' state itself (read_from sets "
+                "replica reads)",
+    "readwrite": "the proxy keeps its cluster connections' state itself (read_from sets "
+                 "replica reads)",
+    "asking": "the proxy follows -ASK redirections itself",
+    "sync": "replication runs between servers, not through the proxy",
+    "psync": "replication runs between servers, not through the proxy",
+    "replconf": "replication runs between servers, not through the proxy",
+    "script|debug": f"the Lua debugger needs a server connection of its own: {_ON_A_SERVER}",
+    "failover": _ADMIN,
+    "shutdown": _ADMIN,
+}
+
+
+def refused(fullname: str, flags: frozenset[str] = frozenset()) -> str:
+    """A command the proxy does not serve: why, and what to do instead (README lists them)."""
+    why = REFUSALS.get(fullname)
+    if why is None:
+        if "pubsub" in flags:
+            why = _PUBSUB
+        elif "blocking" in flags:
+            why = _BLOCKING
+        elif "admin" in flags or "dangerous" in flags:
+            why = _ADMIN
+        elif fullname.startswith("client|"):
+            why = _ONE_CONNECTION
+        else:
+            why = f"it has no key to route by: {_ON_A_SERVER}"
+    return f"ERR '{fullname}' is not served by the proxy: {why}"
+
+
+def denied(fullname: str, pool: str) -> str:
+    """A command listed in the pool's (or listener's) ``deny_commands``."""
+    return f"ERR command '{fullname}' is denied by this proxy (deny_commands of pool '{pool}')"
+
+
+def in_multi(fullname: str) -> str:
+    """A command that cannot be part of a transaction through the proxy."""
+    return (
+        f"ERR '{fullname}' cannot be queued in a transaction through the proxy: "
+        "send it before MULTI or after EXEC"
+    )
 
 
 def server_unavailable(server: str, reason: str) -> str:
@@ -95,3 +158,72 @@ def too_many_redirects(last: str) -> str:
 def failover_in_progress(master_name: str, timeout_ms: int) -> str:
     """A sentinel pool held the request for a failover that did not finish within timeout."""
     return f"ERR failover in progress for '{master_name}': no new master within {timeout_ms} ms"
+
+
+def dedicated_limit(server: str, limit: int) -> str:
+    """A transaction (or a blocking command) found every dedicated connection to its server held."""
+    return (
+        f"ERR server {server}: all {limit} dedicated connections are in use (transactions, "
+        "WATCH, big values); raise the pool's dedicated_connections or retry later"
+    )
+
+
+def cross_place(key: str, where: str, other_key: str, other_where: str, unit: str) -> str:
+    """A transaction's key on another server (slot, route) than its first key."""
+    hint = (
+        "keep a transaction within one route (or route its keys to one pool)"
+        if unit == "route" else
+        "give the keys a common hash tag, such as {user1}:a and {user1}:b, so they hash together"
+    )  # fmt: skip
+    return (
+        f"CROSSSLOT Keys in a transaction must be on one {unit}: '{other_key}' is on "
+        f"{other_where}, but '{key}' is on {where}; {hint}"
+    )
+
+
+def keyspace_strip_prefix(listener: str, prefix: str) -> str:
+    """SCAN/KEYS/... through a listener whose route hides its prefix from its pool."""
+    return (
+        f"ERR keyspace-wide commands are not served by listener '{listener}': its route "
+        f"'{prefix}' uses strip_prefix, so its pool's keys are not the keys clients know; "
+        "run it on that pool's own listen address"
+    )
+
+
+def transaction_too_large(queued: int) -> str:
+    """A transaction queued more than the client's query buffer limit."""
+    return (
+        f"ERR transaction too large: {queued} bytes queued, past client_query_buffer_limit; "
+        "split it"
+    )
+
+
+def transaction_moved(detail: str) -> str:
+    """A queued command met a moved slot or master: the server discarded the transaction."""
+    return (
+        f"EXECABORT Transaction discarded: its keys moved while it was sent ({detail}); "
+        "nothing ran, retry it"
+    )
+
+
+def watch_lost(server: str, closed: bool) -> str:
+    """EXEC after the WATCH connection broke, or after a reload or failover moved the keys."""
+    why = (f"the connection holding its WATCH to server {server} was lost" if closed
+           else "its keys moved to another server (a reload or a failover) while watched")  # fmt: skip
+    return f"EXECABORT Transaction discarded: {why}; nothing ran, retry it"
+
+
+SCAN_SERVERS_CHANGED = (
+    "ERR invalid cursor: the pool's servers changed since this SCAN started (a reload); "
+    "start the scan again from 0"
+)
+SCAN_CURSOR_OVERFLOW = "ERR a server's SCAN cursor is too large for the proxy's cursor"
+
+
+def scan_too_many_servers(count: int, limit: int) -> str:
+    return f"ERR SCAN through the proxy covers at most {limit} servers; this pool has {count}"
+
+
+def watched_moved(detail: str) -> str:
+    """A command on a WATCH connection met a moved slot or master."""
+    return f"ERR the key moved while watched ({detail}): DISCARD or UNWATCH, then retry"

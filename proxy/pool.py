@@ -42,11 +42,13 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy import errors
-from proxy.backend import REDIRECTS, BackendConnection, RedirectCallback, StreamConnection
+from proxy.backend import REDIRECTS, BackendConnection, DedicatedConnection, RedirectCallback
 from proxy.config import PoolConfig, ServerConfig
 from proxy.hashing import hash_function, hash_tag_key
 from proxy.inflight import ReplySlot
@@ -69,8 +71,7 @@ class ServerState(enum.Enum):
 ASKING = encode_command([b"ASKING"])
 READONLY = encode_command([b"READONLY"])
 PING = encode_command([b"PING"])
-STREAM_IDLE_MAX = 4  # idle stream connections kept per server (Server.open_stream)
-STREAM_OPEN_MAX = 32  # stream connections per server; past it big values are buffered
+DEDICATED_IDLE_MAX = 4  # idle dedicated connections kept per server (Server.take_dedicated)
 RETRY_MIN_S = 0.01
 RETRY_MAX_S = 0.2
 
@@ -174,8 +175,10 @@ class Server:
         self._probing: BackendConnection | None = None  # that probe's connection, while it runs
         self._probe_deadline: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._idle_streams: list[StreamConnection] = []  # kept for the next streamed request
-        self._streams_open = 0  # stream connections, idle or busy (bounded: STREAM_OPEN_MAX)
+        # connections held by one client at a time (transactions, streamed values): idle ones
+        # kept for the next holder; open ones, idle or held, bounded by dedicated_connections
+        self._idle_dedicated: list[DedicatedConnection] = []
+        self.dedicated_open = 0
         self.closing = False
         # counters for metrics (read at scrape time)
         self.stats = ServerStats()
@@ -215,29 +218,34 @@ class Server:
             conn.send(ASKING, ReplySlot(None))
         conn.send(payload, slot)
 
-    def can_stream(self) -> bool:
-        """Whether a request may be streamed to this server now (else it is buffered: stalled
-        uploads must not use up the server's maxclients, which the shared lanes need too)."""
-        return self._streams_open < STREAM_OPEN_MAX or bool(self._idle_streams)
+    def can_dedicate(self) -> bool:
+        """Whether a dedicated connection can be had now (``dedicated_connections`` per server:
+        stalled uploads or idle WATCHes must not use up the server's maxclients)."""
+        return self.dedicated_open < self.pool.config.dedicated_connections or bool(
+            self._idle_dedicated
+        )
 
-    def open_stream(self, resp3: bool = False) -> StreamConnection:
-        """A connection of its own for one streamed request (stream.py): an idle one kept from
-        an earlier stream, else a new one; closed at once, answering with the reason, if the
-        server is down. Kept for the next stream after its reply (up to STREAM_IDLE_MAX): a
-        connection per big value would leave a TIME_WAIT socket per value on the proxy."""
-        idle = self._idle_streams
+    def take_dedicated(self, resp3: bool = False) -> DedicatedConnection | str:
+        """A connection for one client alone (a streamed request, a transaction): an idle one
+        kept from an earlier holder, else a new one (closed at once, answering with the reason,
+        if the server is down); or, past ``dedicated_connections``, the error text. Kept for
+        the next holder after ``release`` (up to DEDICATED_IDLE_MAX): a connection per big value
+        or transaction would leave a TIME_WAIT socket per use on the proxy."""
+        idle = self._idle_dedicated
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.resp3 == resp3:
                 return conn
             conn.close("not needed", failure=False)
-        conn = StreamConnection(
+        if not self.can_dedicate():
+            return errors.dedicated_limit(self.name, self.pool.config.dedicated_connections)
+        conn = DedicatedConnection(
             self.name, self.pool.name, self._loop, self._timeout_ms,
-            self._init3 if resp3 else self._init, self._stream_lost, self._mark_up, None, 0,
-            resp3, self.stats, self._redirects, self._answered,
+            self._init3 if resp3 else self._init, self._dedicated_lost, self._mark_up, None, 0,
+            resp3, self.stats, (), self._answered,
         )  # fmt: skip
-        conn.on_done = self._stream_done
-        self._streams_open += 1
+        conn.on_done = self._dedicated_done
+        self.dedicated_open += 1
         if self.closing or self._loop.time() < self._down_until:
             reason = self.down_reason or "closing"
             conn.close(reason, errors.server_unavailable(self.name, reason), failure=False)
@@ -245,20 +253,20 @@ class Server:
             self._start_open(conn)
         return conn
 
-    def _stream_done(self, conn: StreamConnection) -> None:
-        """A stream's reply is in: keep its connection for the next one, or close it."""
-        if self.closing or conn.closed or len(self._idle_streams) >= STREAM_IDLE_MAX:
-            conn.close("stream done", failure=False)
+    def _dedicated_done(self, conn: DedicatedConnection) -> None:
+        """Released and answered: keep it for the next holder, or close it."""
+        if self.closing or conn.closed or len(self._idle_dedicated) >= DEDICATED_IDLE_MAX:
+            conn.close("released", failure=False)
         else:
             conn.on_writable = None
-            self._idle_streams.append(conn)
+            self._idle_dedicated.append(conn)
 
-    def _stream_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
-        # A stream connection's failure is its request's error reply; the server's health is
+    def _dedicated_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
+        # A dedicated connection's failure is its holder's error reply; the server's health is
         # judged by its shared connections (an idle one closed by the server is no failure).
-        self._streams_open -= 1
-        if conn in self._idle_streams:
-            self._idle_streams.remove(conn)
+        self.dedicated_open -= 1
+        if conn in self._idle_dedicated:
+            self._idle_dedicated.remove(conn)
 
     def connect_all(self) -> None:
         """Open every lane now (``preconnect``)."""
@@ -497,7 +505,7 @@ class Server:
         for conn in self._lanes + self._lanes3:
             if conn is not None:
                 conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
-        for idle in list(self._idle_streams):
+        for idle in list(self._idle_dedicated):
             idle.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
 
 
@@ -520,6 +528,48 @@ class Target(Protocol):
 Route = Callable[[bytes], "Target | None"]
 Parts = Sequence[tuple["Target | None", bytes, list[int]]]
 """A multi-key command split per server: (server, encoded sub-command, key positions)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where some keys live, for a command that must run on one server connection (a
+    transaction): the pool that owns them (a router resolves to its route's pool), the server,
+    a token equal for keys that may share a transaction (the server for a ring, the slot for a
+    cluster), and how to name that place in an error."""
+
+    pool: PlacedPool
+    server: Server
+    token: Hashable
+    where: str
+
+
+class PlacedPool(Protocol):
+    """What a transaction needs of the pool its keys live in."""
+
+    name: str
+
+    def settle(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once requests may be sent (at once, or after a failover hold)."""
+
+    def map_changed(self) -> None:
+        """A server said the keys moved (MOVED inside a transaction): learn the map again."""
+
+
+def describe(server: Server) -> str:
+    """A server as errors name it: ``alpha (127.0.0.1:7001)``."""
+    return server.name if server.name == str(server.address) else f"{server.name} ({server.address})"
+
+
+def shown_key(key: bytes) -> str:
+    """A key as errors quote it: decoded, cut at 64 characters."""
+    text = key[:64].decode("utf-8", "replace")
+    return text + ("..." if len(key) > 64 else "")
+
+
+def fingerprint(servers: Sequence[Server]) -> int:
+    """A number that changes when the list of servers does (SCAN cursors carry it)."""
+    text = "\n".join(f"{s.name}@{s.address}" for s in servers)
+    return zlib.crc32(text.encode())
 
 
 class Pool(Protocol):
@@ -551,6 +601,18 @@ class Pool(Protocol):
     def group_keys(
         self, keys: list[bytes], read: bool
     ) -> Sequence[tuple[Target | None, list[int]]]: ...
+
+    def place(self, keys: Sequence[bytes]) -> Placement | str:
+        """The server a transaction on ``keys`` runs on, or an error text."""
+        ...
+
+    def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
+        """The servers that hold the keyspace (SCAN, KEYS, SCRIPT LOAD...), or an error text."""
+        ...
+
+    def settle(self, then: Callable[[], None]) -> None: ...
+
+    def map_changed(self) -> None: ...
 
     def start(self) -> None: ...
 
@@ -656,6 +718,12 @@ class PoolBase:
 
     def server_lost(self, server: Server) -> None:
         pass
+
+    def settle(self, then: Callable[[], None]) -> None:
+        then()  # only a sentinel pool holds requests (during a failover)
+
+    def map_changed(self) -> None:
+        pass  # only cluster and sentinel pools learn where keys live
 
 
 class RingPool(PoolBase):
@@ -768,6 +836,30 @@ class RingPool(PoolBase):
             return servers[continuum.dispatch(hash_key(key) if key else 0)]
 
         return route_modula
+
+    def place(self, keys: Sequence[bytes]) -> Placement | str:
+        """The one server of ``keys`` (any live one for no key), or an error naming two."""
+        if not keys:
+            live = [s for s in self.servers if not s.ejected]
+            if not live:
+                return self.unrouted
+            return Placement(self, live[0], live[0], describe(live[0]))
+        route = self.route
+        first = route(keys[0])
+        if not isinstance(first, Server):
+            return self.unrouted
+        for key in keys[1:]:
+            other = route(key)
+            if other is not first:
+                if not isinstance(other, Server):
+                    return self.unrouted
+                return errors.cross_place(shown_key(keys[0]), describe(first), shown_key(key),
+                                          describe(other), "server")  # fmt: skip
+        return Placement(self, first, first, describe(first))
+
+    def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
+        """Every server holding part of the keyspace, in the pool's order (SCAN, KEYS...)."""
+        return list(self.servers)
 
     def route_many(self, keys: list[bytes], read: bool = False) -> Target | None | str:
         route = self.route

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from proxy.config import ListenerConfig, PoolConfig
 from proxy.inflight import ReplySlot
 from proxy.metrics import PoolStats
-from proxy.pool import Pool, Route, Server, Target
+from proxy import errors
+from proxy.pool import Placement, Pool, Route, Server, Target, shown_key
 
 MIRROR_MAX_IN_FLIGHT = 10_000
 CROSS_ROUTE = "CROSSSLOT Keys in request don't hash to the same route"
@@ -98,6 +99,7 @@ class Router:
             timeout_ms=max(pools[str(n)].config.timeout_ms for n in used),
             backlog=config.backlog, client_connections=config.client_connections,
             redis_auth=config.redis_auth, client_limits=config.client_limits,
+            deny_commands=config.deny_commands,
         )  # fmt: skip
         self.stats = PoolStats()
         self.servers: list[Server] = []  # each pool reports its own servers
@@ -180,6 +182,50 @@ class Router:
 
     def split_command(self, args: list[bytes]) -> None:
         return None  # grouped by route, then by each pool (group_keys)
+
+    def place(self, keys: Sequence[bytes]) -> Placement | str:
+        """Where a transaction's keys live: one route, then its pool's own rule."""
+        if not keys:
+            return self._targets[0].place([]) if self._default is None else self._default.pool.place([])
+        r = self._match(keys[0])
+        for key in keys[1:]:
+            other = self._match(key)
+            if other is not r:
+                return errors.cross_place(shown_key(keys[0]), self._where(r), shown_key(key),
+                                          self._where(other), "route")  # fmt: skip
+        if r is None:
+            return self.unrouted
+        found = r.pool.place([k[len(r.prefix) :] for k in keys] if r.strip else keys)
+        if isinstance(found, str):
+            return found
+        return Placement(found.pool, found.server, (r.prefix, found.token), found.where)
+
+    def _where(self, r: _Route | None) -> str:
+        if r is None:
+            return "no route"
+        if not r.prefix:
+            return f"the default pool '{r.pool.name}'"
+        return f"route '{r.prefix.decode('utf-8', 'replace')}' (pool '{r.pool.name}')"
+
+    def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
+        """The servers of every pool the routes use, each pool once; refused when a route
+        strips its prefix (its keys could not be shown as the client knows them)."""
+        stripping = [r for r in self._routes if r.strip]
+        if stripping:
+            return errors.keyspace_strip_prefix(self.name, stripping[0].prefix.decode("utf-8", "replace"))
+        servers: list[Server] = []
+        for pool in dict.fromkeys(self._targets):
+            found = pool.keyspace_servers(replicas)
+            if isinstance(found, str):
+                return found
+            servers.extend(found)
+        return servers
+
+    def settle(self, then: Callable[[], None]) -> None:
+        then()  # (a transaction settles with its route's pool: Placement.pool)
+
+    def map_changed(self) -> None:
+        pass
 
     def group_keys(
         self, keys: list[bytes], read: bool = False

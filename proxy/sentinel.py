@@ -37,7 +37,9 @@ from proxy import errors
 from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
-from proxy.pool import PoolBase, Redirected, Refresher, Route, Server, ServerState, Target
+from proxy.pool import (
+    Placement, PoolBase, Redirected, Refresher, Route, Server, ServerState, Target, describe,
+)
 from proxy.resp import encode_command
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ class SentinelPool(PoolBase):
         self.master: Server | None = None
         self.replicas: list[Server] = []
         self.held: list[tuple[bytes, ReplySlot, bool, int]] | None = None  # during a failover
+        self._settling: list[Callable[[], None]] = []  # transactions waiting for the hold's end
         self._hold = _Hold(self)
         self._hold_timer: asyncio.TimerHandle | None = None
         self.servers: list[Server] = []
@@ -151,6 +154,28 @@ class SentinelPool(PoolBase):
 
     def split_command(self, args: list[bytes]) -> None:
         return None  # one master: group_keys puts every key on it, so nothing is split
+
+    def place(self, keys: Sequence[bytes]) -> Placement | str:
+        """The master, for any keys (a transaction waits out a failover hold: ``settle``)."""
+        master = self.master
+        if master is None:
+            return self.unrouted
+        return Placement(self, master, self, describe(master))
+
+    def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
+        if self.master is None:
+            return self.unrouted
+        return [self.master, *(self.replicas if replicas else ())]
+
+    def settle(self, then: Callable[[], None]) -> None:
+        """Call ``then`` now, or when a failover hold ends (new master, or its timeout)."""
+        if self.held is None:
+            then()
+        else:
+            self._settling.append(then)
+
+    def map_changed(self) -> None:
+        self.request_discovery()
 
     def group_keys(
         self, keys: list[bytes], read: bool = False
@@ -347,6 +372,12 @@ class SentinelPool(PoolBase):
         text = errors.failover_in_progress(self.config.master_name, self.config.timeout_ms)
         for _, slot, _, _ in held:
             slot.fail(text)
+        self._settled()
+
+    def _settled(self) -> None:
+        settling, self._settling = self._settling, []
+        for then in settling:
+            then()
 
     def _release(self) -> None:
         """Send the held requests to the (new) master, in the order they came."""
@@ -358,6 +389,7 @@ class SentinelPool(PoolBase):
             self._hold_timer = None
         for payload, slot, resp3, client in held:
             self.send_to_master(payload, slot, resp3, client)
+        self._settled()
 
     def send_to_master(self, payload: bytes, slot: ReplySlot, resp3: bool, client: int) -> None:
         master = self.master

@@ -164,7 +164,7 @@ class ProxyServer:
         def factory() -> ClientConnection:  # the front's target as it is now (reloads swap it)
             return ClientConnection(
                 front.target, self._flusher, self._limits, on_open, on_close, self.info,
-                self.budget,
+                self.budget, lambda: clients,
             )
 
         addr = front.listen

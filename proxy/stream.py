@@ -12,7 +12,7 @@ command has its one key before that bulk, the command is *streamed*:
                                                                          ▼
     IDLE <──its reply written, what followed it is framed again── ANSWERING
 
-The command runs on a server connection of its own (``Server.open_stream``: kept idle after
+The command runs on a server connection of its own (``Server.take_dedicated``: kept idle after
 its reply for the server's next stream, a few per server), never on the shared pipelined ones: a client that uploads slowly, or leaves halfway, must not hold up
 other clients' requests or leave half a command on a shared connection. Order is kept by
 waiting: the client's earlier requests are all answered before the first byte is sent, and
@@ -33,7 +33,7 @@ import enum
 from collections.abc import Callable
 from typing import Protocol
 
-from proxy.backend import StreamConnection
+from proxy.backend import DedicatedConnection
 from proxy.commands import FAST_SINGLE_KEY, Kind, lookup
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
@@ -73,7 +73,7 @@ class Streamer:
     def __init__(self, host: StreamHost, later: Callable[[Callable[[], None]], object]) -> None:
         self._host = host
         self.state = StreamState.IDLE
-        self._conn: StreamConnection | None = None
+        self._conn: DedicatedConnection | None = None
         self._slot: ReplySlot | None = None  # the streamed request's, while SENDING
         self._later = later  # loop.call_soon: framing resumes outside the flush that woke it
         self.streams = 0  # requests streamed (tests and metrics read it)
@@ -118,7 +118,7 @@ class Streamer:
         server = host._pool.route(args[1])
         if not isinstance(server, Server) or not isinstance(server.pool, RingPool):
             return None
-        if not server.can_stream():  # (as many streams as it may have are running)
+        if not server.can_dedicate():  # (as many as it may have are held)
             return None
         return server
 
@@ -137,7 +137,10 @@ class Streamer:
         spec = lookup([name, *offer[0][1:]])
         label = spec.fullname if not isinstance(spec, str) else "unknown"
         slot = self._slot = host._queue.push(host._row(label))
-        conn = self._conn = server.open_stream(host._resp3)
+        conn = server.take_dedicated(host._resp3)
+        assert not isinstance(conn, str)  # (can_dedicate said yes, and nothing ran since)
+        self._conn = conn
+        conn.uploading = True
         conn.on_writable = self._writable
         self.state = StreamState.SENDING
         self.streams += 1
@@ -160,7 +163,7 @@ class Streamer:
             raise
         conn.write_more(part)
         if done:
-            conn.end_stream()
+            conn.release()
             self._conn = self._slot = None
             if len(host._queue):
                 self.state = StreamState.ANSWERING

@@ -27,6 +27,7 @@ Source: redis-server {version} ``COMMAND``. Layout:
 
     COMMANDS[name] = (arity, flags, first_key, last_key, step, key_specs, acl_categories)
     SUBCOMMANDS[container][subcommand] = the same tuple, for CONFIG GET, OBJECT ENCODING...
+    DOCS[name] = (summary, since, group, complexity), from ``COMMAND DOCS`` ("get", "config|get")
 
 A key spec is (begin_search, find_keys, flags):
     begin_search: ("index", pos) | ("keyword", b"KEYWORD", startfrom) | ("unknown",)
@@ -129,6 +130,7 @@ def generate(redis_server: str, output: str) -> str:
             if line.startswith("redis_version:")
         )
         entries = _call(sock, b"COMMAND")
+        docs_reply = _call(sock, b"COMMAND", b"DOCS")
         sock.close()
     finally:
         proc.terminate()
@@ -145,6 +147,19 @@ def generate(redis_server: str, output: str) -> str:
                 sub[0].split(b"|", 1)[1].upper(): _row(sub) for sub in entry[9]
             }
 
+    docs: dict[str, tuple[str, str, str, str]] = {}
+
+    def collect(name: bytes, body: list[Any]) -> None:
+        fields = _pairs(body)
+        docs[name.decode().lower()] = tuple(  # type: ignore[assignment]
+            fields.get(k, b"").decode() for k in (b"summary", b"since", b"group", b"complexity")
+        )
+        for sub, sub_body in _pairs(fields.get(b"subcommands") or []).items():
+            collect(sub, sub_body)
+
+    for name, body in _pairs(docs_reply).items():
+        collect(name, body)
+
     lines = [HEADER.format(version=version), "COMMANDS: dict[bytes, Row] = {"]
     for name in sorted(commands):
         lines.append(f"    {name!r}: {commands[name]!r},")
@@ -156,6 +171,11 @@ def generate(redis_server: str, output: str) -> str:
         for sub in sorted(subcommands[name]):
             lines.append(f"        {sub!r}: {subcommands[name][sub]!r},")
         lines.append("    },")
+    lines.append("}")
+    lines.append("")
+    lines.append("DOCS: dict[str, tuple[str, str, str, str]] = {")
+    for name in sorted(docs):
+        lines.append(f"    {name!r}: {docs[name]!r},")
     lines.append("}")
     with open(output, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy import errors
 from proxy.commands import (
     FAST_SINGLE_KEY,
     TABLE,
@@ -65,17 +66,43 @@ def test_unknown_and_wrong_arity_use_redis_texts(args: list[bytes], text: str) -
     assert lookup(args) == text
 
 
-@pytest.mark.parametrize("name", [b"KEYS", b"SCAN", b"FLUSHALL", b"MULTI", b"EXEC", b"WATCH",
-                                  b"SUBSCRIBE", b"PUBLISH", b"BLPOP", b"BRPOPLPUSH", b"WAIT",
-                                  b"MIGRATE", b"DBSIZE", b"RANDOMKEY", b"MONITOR"])
+@pytest.mark.parametrize("name", [b"SUBSCRIBE", b"PUBLISH", b"BLPOP", b"BRPOPLPUSH", b"WAIT",
+                                  b"MIGRATE", b"MONITOR", b"MOVE"])
 def test_commands_a_sharding_proxy_cannot_serve_are_refused(name: bytes) -> None:
     assert TABLE[name].kind is Kind.REFUSED
+
+
+@pytest.mark.parametrize("name", [b"KEYS", b"SCAN", b"FLUSHALL", b"FLUSHDB", b"DBSIZE",
+                                  b"RANDOMKEY", b"LASTSAVE", b"TIME"])
+def test_keyspace_wide_commands_ask_every_server(name: bytes) -> None:
+    assert TABLE[name].kind is Kind.KEYSPACE
+
+
+@pytest.mark.parametrize("name", [b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"])
+def test_transaction_commands_have_their_kind(name: bytes) -> None:
+    assert TABLE[name].kind is Kind.TRANSACTION
+
+
+def test_script_and_function_subcommands_are_keyspace_wide_except_the_debugger() -> None:
+    assert _spec(b"SCRIPT", b"LOAD", b"x").kind is Kind.KEYSPACE
+    assert _spec(b"FUNCTION", b"LIST").kind is Kind.KEYSPACE
+    assert _spec(b"SCRIPT", b"DEBUG", b"yes").kind is Kind.REFUSED
+
+
+def test_every_refusal_says_why_and_what_to_do() -> None:
+    for spec in [s for s in TABLE.values() if s.kind is Kind.REFUSED] + [
+        c for s in TABLE.values() for c in s.subcommands.values() if c.kind is Kind.REFUSED
+    ]:
+        text = errors.refused(spec.fullname, spec.flags)
+        assert text.startswith(f"ERR '{spec.fullname}' is not served by the proxy: "), text
+        assert len(text.split(": ", 1)[1]) > 20, text
 
 
 def test_config_subcommands_are_refused_and_client_setname_is_local() -> None:
     assert _spec(b"CONFIG", b"GET", b"x").kind is Kind.REFUSED
     assert _spec(b"CLIENT", b"SETNAME", b"x").kind is Kind.LOCAL
-    assert _spec(b"CLIENT", b"KILL", b"x").kind is Kind.REFUSED
+    assert _spec(b"CLIENT", b"KILL", b"x").kind is Kind.LOCAL
+    assert _spec(b"CLIENT", b"PAUSE", b"1").kind is Kind.REFUSED
 
 
 def test_kinds_of_everyday_commands() -> None:

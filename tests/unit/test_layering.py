@@ -17,7 +17,10 @@ ALLOWED: dict[str, set[str]] = {
     "sentinel": {"pool", "backend", "resp", "inflight", "errors", "config", "metrics"},
     "router": {"pool", "inflight", "errors", "config", "metrics"},
     "client": {"resp", "commands", "fanout", "pool", "inflight", "budget", "stream", "errors",
-               "metrics", "__init__"},
+               "metrics", "transaction", "keyspace", "scripts", "__init__"},
+    "transaction": {"backend", "commands", "errors", "inflight", "pool", "resp", "scripts"},
+    "keyspace": {"commands", "errors", "inflight", "pool", "resp", "scripts", "__init__"},
+    "scripts": {"inflight", "resp"},
     "stream": {"backend", "commands", "pool", "resp", "inflight", "metrics"},
     "budget": set(),
     "fanout": {"commands", "resp", "inflight", "errors"},
@@ -33,11 +36,11 @@ ALLOWED: dict[str, set[str]] = {
     "ring": {"hashing", "_speedups"},  # C grouping of key lists
     "hashing": {"_speedups"},  # its own C accelerator
     "resp": {"_speedups"},  # its C reply scanner
-    "config": set(),
+    "config": {"command_data"},
     "errors": set(),
     "__init__": set(),
 }
-PURE = {"resp", "hashing", "ring", "commands", "command_data", "fanout", "inflight", "config",
+PURE = {"resp", "hashing", "ring", "commands", "command_data", "fanout", "inflight", "config", "scripts",
         "errors", "slotmap", "budget"}
 
 
