@@ -142,6 +142,8 @@ class ServerView:
     in_flight: int  # requests sent, reply not yet in
     out_queue: int  # requests queued, not yet written
     stats: ServerStats
+    dedicated: int = 0  # connections held for one client each (transactions, streams), open
+    dedicated_idle: int = 0  # of those, kept idle for the next holder
 
 
 @dataclass
@@ -268,6 +270,8 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         "connections": GaugeMetricFamily("resproxy_server_connections", "Open connections to the server", labels=PS),
         "in_flight": GaugeMetricFamily("resproxy_server_in_flight", "Requests awaiting the server's reply (in_queue)", labels=PS),
         "out_queue": GaugeMetricFamily("resproxy_server_out_queue", "Requests queued, not yet written (out_queue)", labels=PS),
+        "dedicated": GaugeMetricFamily("resproxy_server_dedicated_connections", "Open connections held for one client each (transactions, streamed values)", labels=PS),
+        "dedicated_idle": GaugeMetricFamily("resproxy_server_dedicated_idle_connections", "Dedicated connections kept idle for the next holder", labels=PS),
         "up": GaugeMetricFamily("resproxy_server_up", "1 if the server is not marked down", labels=PS),
         "ejected": GaugeMetricFamily("resproxy_server_ejected", "1 if the server is ejected from the ring", labels=PS),
         "ejected_at": GaugeMetricFamily("resproxy_server_ejected_at_timestamp_seconds", "Unix time of the last ejection (0: never)", labels=PS),
@@ -314,6 +318,8 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
             srv_g["connections"].add_metric(ps, s.connections)
             srv_g["in_flight"].add_metric(ps, s.in_flight)
             srv_g["out_queue"].add_metric(ps, s.out_queue)
+            srv_g["dedicated"].add_metric(ps, s.dedicated)
+            srv_g["dedicated_idle"].add_metric(ps, s.dedicated_idle)
             srv_g["up"].add_metric(ps, 0 if s.state == "down" else 1)
             srv_g["ejected"].add_metric(ps, 1 if s.ejected else 0)
             srv_g["ejected_at"].add_metric(ps, s.ejected_at)

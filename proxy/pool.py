@@ -253,6 +253,9 @@ class Server:
             self._start_open(conn)
         return conn
 
+    def dedicated_idle(self) -> int:
+        return len(self._idle_dedicated)
+
     def _dedicated_done(self, conn: DedicatedConnection) -> None:
         """Released and answered: keep it for the next holder, or close it."""
         if self.closing or conn.closed or len(self._idle_dedicated) >= DEDICATED_IDLE_MAX:

@@ -194,7 +194,8 @@ class ProxyServer:
                     name=s.name, address=str(s.address), state=s.state.value, ejected=s.ejected,
                     ejected_at=s.ejected_at, ejections=s.ejections,
                     connections=s.open_connections(), in_flight=s.in_flight(),
-                    out_queue=s.out_queue(), stats=s.stats,
+                    out_queue=s.out_queue(), stats=s.stats, dedicated=s.dedicated_open,
+                    dedicated_idle=s.dedicated_idle(),
                 )  # fmt: skip
                 for s in pool.servers
             ]
