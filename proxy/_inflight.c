@@ -621,6 +621,12 @@ static PyObject *Queue_get_closed(QueueObject *q, void *c) {
     return PyBool_FromLong(q->closed);
 }
 
+/* pushed: how many slots were ever pushed (the newest slot's arrival number) */
+static PyObject *Queue_get_pushed(QueueObject *q, void *c) {
+    (void)c;
+    return PyLong_FromLongLong(q->pushed);
+}
+
 OPTIONAL_FIELD(QueueObject, Queue, on_flushed)
 OPTIONAL_FIELD(QueueObject, Queue, stats)
 OPTIONAL_FIELD(QueueObject, Queue, label)
@@ -628,6 +634,7 @@ OPTIONAL_FIELD(QueueObject, Queue, label)
 static PyGetSetDef Queue_getset[] = {
     {"label", (getter)Queue_get_label, (setter)Queue_set_label, NULL, NULL},
     {"closed", (getter)Queue_get_closed, NULL, NULL, NULL},
+    {"pushed", (getter)Queue_get_pushed, NULL, NULL, NULL},
     {"on_flushed", (getter)Queue_get_on_flushed, (setter)Queue_set_on_flushed, NULL, NULL},
     {"stats", (getter)Queue_get_stats, (setter)Queue_set_stats, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},

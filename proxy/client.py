@@ -156,8 +156,13 @@ class ClientConnection(asyncio.Protocol):
         self.name = b""
         self._reads = 0
         self._txn: Transaction | None = None  # MULTI / WATCH state, once the client uses them
-        self._exec_waiting = False  # an EXEC is in flight: what follows it waits (_stash)
+        # Dispatch held: the commands after one that went on a dedicated connection (EXEC,
+        # UNWATCH...) wait for its reply, and one that must go there after the replies owed
+        # before it (WATCH, EXEC: _barrier) waits for those; the rest of the read in _stash
+        self._held = False
         self._stash: Iterator[tuple[list[bytes], bytes]] | None = None
+        self._deferred: tuple[list[bytes], bytes] | None = None  # the command at a barrier
+        self._arrived: list[bytes] = []  # bytes read while held (framed after the stash)
         self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
         self.created = self.last_read = self._clock()
         self.last_command = ""  # CLIENT LIST's cmd=
@@ -230,6 +235,10 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._held:  # (reading is paused; bytes a read already had wait for the stash)
+            if data:
+                self._arrived.append(data)
+            return
         self._reads += 1
         self.last_read = now = self._clock()
         if self._idle_s:
@@ -299,8 +308,8 @@ class ClientConnection(asyncio.Protocol):
                 self._dispatch_slow(args, raw)
                 if self._closing:
                     break
-                if self._exec_waiting:
-                    self._stash = commands  # the rest runs once EXEC is answered
+                if self._held:
+                    self._stash = commands  # the rest runs once the hold ends
                     break
                 # local commands may have changed these (AUTH, HELLO 3, RESET, MULTI, WATCH)
                 plain = self._plain()
@@ -325,9 +334,12 @@ class ClientConnection(asyncio.Protocol):
         if slow:
             self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         pending = len(self._queue)
-        if pending >= self._limits.max_pending or self._exec_waiting:
+        if pending >= self._limits.max_pending or self._held:
             self._pause_reading()
         held = rest.held
+        txn = self._txn
+        if txn is not None:
+            held += txn.queued_bytes  # (a transaction's commands are kept until EXEC)
         if held != self._held_in:
             unframed = rest.buffered()  # (the limit is on the bytes, as Redis's query buffer)
             if unframed > self._pool.config.client_limits.query_buffer_bytes:
@@ -356,8 +368,13 @@ class ClientConnection(asyncio.Protocol):
             self._queue.flush()
 
     def _frame_buffered(self) -> None:
-        """Frame what a read left in the parser (after a streamed request's reply)."""
-        if self._parser.buffered() and not self._closing and self._transport is not None:
+        """Frame what a read left in the parser (after a streamed request's reply, a hold)."""
+        if self._held or self._stash is not None or self._closing or self._transport is None:
+            return
+        if self._arrived:
+            data, self._arrived = b"".join(self._arrived), []
+            self.data_received(data)
+        elif self._parser.buffered():
             self.data_received(b"")
 
     # --- dispatch ------------------------------------------------------------------------
@@ -397,12 +414,16 @@ class ClientConnection(asyncio.Protocol):
             return
         deny = self._pool.config.deny_commands
         txn = self._txn
-        if txn is not None and txn.state is TxnState.QUEUING and name not in IMMEDIATE_IN_MULTI:
-            if deny and not isinstance(found, str) and is_denied(found, deny):
-                txn.abort(errors.denied(found.fullname, self._pool.name))
-            else:
-                txn.queue(found, args, raw)
-            return
+        if txn is not None and txn.state is TxnState.QUEUING:
+            if name not in IMMEDIATE_IN_MULTI:
+                if deny and not isinstance(found, str) and is_denied(found, deny):
+                    txn.abort(errors.denied(found.fullname, self._pool.name))
+                else:
+                    txn.queue(found, args, raw)
+                return
+            if isinstance(found, str) and name != b"QUIT":  # (e.g. EXEC x: wrong arity)
+                txn.rejected(name, found)
+                return
         if isinstance(found, str):
             queue.push_error(found)
             return
@@ -429,6 +450,8 @@ class ClientConnection(asyncio.Protocol):
         if txn is None:
             txn = self._txn = Transaction(self)
         name = spec.name
+        if name in (b"EXEC", b"WATCH") and self._barrier(args, raw):
+            return
         if name == b"MULTI":
             txn.multi()
         elif name == b"EXEC":
@@ -440,21 +463,44 @@ class ClientConnection(asyncio.Protocol):
         else:
             txn.unwatch(raw)
 
-    def _exec_sent(self) -> None:
-        """An EXEC went to its server on its own connection: the commands after it wait for
-        its reply, or one on a shared connection could run before it."""
-        self._exec_waiting = True
+    def _hold_dispatch(self) -> None:
+        """A command went on a dedicated connection (EXEC, UNWATCH...): the commands after it
+        wait for its reply, or one on a shared connection could run before it."""
+        self._held = True
 
-    def _exec_answered(self) -> None:
-        self._loop.call_soon(self._after_exec)  # (not inside the backend's read)
+    def _release_dispatch(self) -> None:
+        self._loop.call_soon(self._resume_dispatch)  # (not inside the backend's read)
 
-    def _after_exec(self) -> None:
-        self._exec_waiting = False
+    def _barrier(self, args: list[bytes], raw: bytes) -> bool:
+        """Whether a command that goes on a dedicated connection must first wait for the
+        replies owed before it (their requests, on shared connections, could run after it);
+        if so it is kept, and dispatched once they are all written (_after_flush)."""
+        if not len(self._queue):
+            return False
+        self._deferred = (args, raw)
+        self._held = True
+        self._pause_reading()  # (its on_flushed brings us back)
+        return True
+
+    def _run_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is None or self._closing or self._transport is None:
+            return
+        self._held = False
+        self._dispatch_slow(*deferred)
+        self._queue.flush()
+        if not self._held:
+            self._resume_dispatch()
+
+    def _resume_dispatch(self) -> None:
+        self._held = False
         stash, self._stash = self._stash, None
         if self._closing or self._transport is None:
             return
         if stash is not None:
             self._serve(stash, 0.0)
+            if self._held:
+                return  # another hold in what followed
         self._maybe_resume_reading()
         self._frame_buffered()
 
@@ -481,6 +527,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._pool.strips:
             raw = self._stripped(args, key_positions(spec, args))
+        name = spec.name
+        if name in SCRIPT_BODIES:
+            CACHE.remember(args[1])
         txn = self._txn
         if txn is not None and txn.send_watched(keys, raw):
             return  # while watching: on the WATCH connection, in order with the WATCH
@@ -491,14 +540,12 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(server, str):
             self._queue.push_error(server)
             return
-        name = spec.name
-        if name in SCRIPT_BODIES:
-            CACHE.remember(args[1])
-        elif name in SCRIPT_CALLS and server is not None:
+        if name in SCRIPT_CALLS and server is not None:
             body = CACHE.get(args[1])
             if body is not None:  # a NOSCRIPT from a server that lost it: loaded, sent again
-                target = self._queue.push()
-                sink = NoScriptRetry(target, server, raw, body, self._resp3, self.id)
+                queue = self._queue
+                target = queue.push()
+                sink = NoScriptRetry(target, server, raw, body, self._resp3, self.id, queue)
                 server.send(raw, ReplySlot(sink), self._resp3, self.id)
                 return
         self._send(server, raw)
@@ -580,9 +627,10 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"CLIENT":
             self._client(spec, args)
         elif name == b"INFO":
-            sections = [a.decode("utf-8", "replace").lower() for a in args[1:]]
+            sections = list(dict.fromkeys(a.decode("utf-8", "replace").lower() for a in args[1:]))
             info = self._info
-            wanted: list[str | None] = list(sections) or [None]
+            every = not sections or any(s in keyspace.EVERY_SECTION for s in sections)
+            wanted: list[str | None] = [None] if every else list(sections)
             local = b"".join(info(s) for s in wanted) if info is not None else b""
             keyspace.info(self, sections, local)
         elif name == b"RESET":
@@ -716,6 +764,9 @@ class ClientConnection(asyncio.Protocol):
         queue = self._queue
         sub = spec.name
         if sub == b"SETNAME":
+            if any(c < 0x21 or c > 0x7E for c in args[2]):
+                queue.push_error(errors.CLIENT_NAME)
+                return
             self.name = args[2]
             queue.push_reply(OK)
         elif sub == b"GETNAME":
@@ -765,10 +816,17 @@ class ClientConnection(asyncio.Protocol):
             text = value.decode("utf-8", "replace")
             option = option.upper()
             if option == b"ID":
-                if not value.isdigit():
+                if not value.isdigit() or int(value) <= 0:
                     queue.push_error("ERR client-id should be greater than 0")
                     return
                 peers = [c for c in peers if c.id == int(value)]
+            elif option == b"TYPE":
+                kind = value.lower()
+                if kind not in (b"normal", b"master", b"replica", b"slave", b"pubsub"):
+                    queue.push_error(f"ERR Unknown client type '{text}'")
+                    return
+                if kind != b"normal":  # (every client of the proxy is a normal one)
+                    peers = []
             elif option == b"ADDR":
                 peers = [c for c in peers if c.addr == text]
             elif option == b"LADDR":
@@ -796,6 +854,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._streamer is not None:
             self._streamer.flushed()
+        if self._deferred is not None and not len(self._queue):
+            self._loop.call_soon(self._run_deferred)
         if self._write_paused and self._check_output():
             return
         if self._read_paused:
@@ -889,7 +949,7 @@ class ClientConnection(asyncio.Protocol):
             and not self._write_paused
             and not self._budget_paused
             and not (self._streamer is not None and self._streamer.holds_reading)
-            and not self._exec_waiting
+            and not self._held
             and not self._closing
             and len(self._queue) < self._limits.max_pending // 2
             and self._transport is not None

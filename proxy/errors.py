@@ -143,6 +143,7 @@ def _text(raw: bytes) -> str:
 
 
 MAX_CLIENTS = "ERR max number of clients reached"
+CLIENT_NAME = "ERR Client names cannot contain spaces, newlines or special characters."
 
 
 def no_keys(fullname: str) -> str:

@@ -149,6 +149,11 @@ class PyReplyQueue:
         self.stats: ByteCounter | None = None
         self.label: Stat | None = None
 
+    @property
+    def pushed(self) -> int:
+        """How many slots were ever pushed: a later request makes it grow."""
+        return self._pushed
+
     def __len__(self) -> int:
         return len(self._slots)
 

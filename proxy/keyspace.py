@@ -80,7 +80,7 @@ def serve(host: KeyspaceHost, spec: CommandSpec, args: list[bytes], raw: bytes) 
         servers[0].send(raw, queue.push(), host._resp3, host.id)
         return
     if full == "script|load":
-        CACHE.remember(args[2])
+        CACHE.remember(args[2], preload=True)
     elif full == "script|flush":
         CACHE.clear()
     merge = MERGES.get(full, merge_same)

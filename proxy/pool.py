@@ -55,6 +55,7 @@ from proxy.inflight import ReplySlot
 from proxy.metrics import PoolStats, ServerStats
 from proxy.resp import encode_command
 from proxy.ring import Continuum, RingServer, build
+from proxy.scripts import CACHE
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ class Server:
         )  # fmt: skip
         conn.on_done = self._dedicated_done
         self.dedicated_open += 1
+        _preload(conn)
         if self.closing or self._loop.time() < self._down_until:
             reason = self.down_reason or "closing"
             conn.close(reason, errors.server_unavailable(self.name, reason), failure=False)
@@ -282,6 +284,7 @@ class Server:
     def _connect(self, lane: int, resp3: bool = False) -> BackendConnection:
         init = self._init3 if resp3 else self._init
         conn = self._new_connection(init, self._mark_up, lane, resp3)
+        _preload(conn)
         (self._lanes3 if resp3 else self._lanes)[lane] = conn
         if not resp3 and self._single_lane:
             self.direct = conn.send
@@ -912,6 +915,13 @@ def _ordered(config: PoolConfig) -> list[ServerConfig]:
     # bytewise) and indexes them in that order; modula and random placement, and ketama ties,
     # depend on it.
     return sorted(config.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
+
+
+def _preload(conn: BackendConnection) -> None:
+    """The scripts clients call by SHA1 (scripts.py), first on a new connection: a restarted
+    server has them before the client's next EVALSHA. Their replies are not waited for."""
+    for load in CACHE.preload():
+        conn.send(load, ReplySlot(None))
 
 
 def _describe(exc: BaseException) -> str:

@@ -439,6 +439,7 @@ class SentinelPool(PoolBase):
         for _, slot, _, _ in self.held or []:
             slot.fail(errors.SHUTTING_DOWN)
         self.held = None
+        self._settled()  # (waiting transactions go on: to the pool that replaced this one)
         for task in list(self._tasks):
             task.cancel()
         for server in self.servers:

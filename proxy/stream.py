@@ -64,6 +64,8 @@ class StreamHost(Protocol):
 
     def _frame_buffered(self) -> None: ...
 
+    def _plain(self) -> bool: ...
+
 
 class Streamer:
     """One client's streamed request, if any (see the module docstring)."""
@@ -115,6 +117,8 @@ class Streamer:
             spec = found
         if len(args) < 2 or not spec.arity_ok(count):
             return None
+        if not host._plain():
+            return None  # in a transaction (queued, or on its WATCH connection)
         server = host._pool.route(args[1])
         if not isinstance(server, Server) or not isinstance(server.pool, RingPool):
             return None

@@ -45,6 +45,8 @@ from proxy.scripts import CACHE
 MULTI = encode_command([b"MULTI"])
 EXEC = encode_command([b"EXEC"])
 UNWATCH = encode_command([b"UNWATCH"])
+HELLO2 = encode_command([b"HELLO", b"2"])
+HELLO3 = encode_command([b"HELLO", b"3"])
 QUEUED = b"+QUEUED\r\n"
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 # commands without a key that may be queued (they run on the transaction's server)
@@ -70,10 +72,10 @@ class TxnHost(Protocol):
 
     def _query_limit(self) -> int: ...
 
-    def _exec_sent(self) -> None:
-        """What the client sends after this EXEC waits for its reply."""
+    def _hold_dispatch(self) -> None:
+        """What the client sent after this command waits for its reply."""
 
-    def _exec_answered(self) -> None: ...
+    def _release_dispatch(self) -> None: ...
 
 
 class Transaction:
@@ -93,6 +95,11 @@ class Transaction:
         self._conn: DedicatedConnection | None = None  # WATCH's connection, while watching
         self._server: Server | None = None  # its server
         self._placed: PlacedPool | None = None  # and its pool
+
+    @property
+    def queued_bytes(self) -> int:
+        """What the queued commands hold (counted against the proxy's buffer budget)."""
+        return self._bytes
 
     # --- the five commands -------------------------------------------------------------------
 
@@ -130,11 +137,10 @@ class Transaction:
         """UNWATCH outside MULTI (inside, it is queued like any keyless command)."""
         conn = self._conn
         self._end()
-        if conn is None:
+        if conn is None or conn.closed:  # (a lost connection watches nothing: OK, as Redis)
             self._host._queue.push_reply(OK)
             return
-        conn.send(payload, self._host._queue.push())
-        conn.release()
+        _give_back(conn, self._host, self._host._queue.push())
 
     def discard(self) -> None:
         queue = self._host._queue
@@ -145,7 +151,7 @@ class Transaction:
         self._end()
         queue.push_reply(OK)
         if conn is not None:
-            _give_back(conn)
+            _give_back(conn, self._host)
 
     def exec(self) -> None:
         host = self._host
@@ -159,10 +165,10 @@ class Transaction:
         if aborted:
             queue.push_error(EXECABORT)
             if conn is not None:
-                _give_back(conn)
+                _give_back(conn, host)
             return
         slot = ReplySlot(_Answered(queue.push(), host))
-        host._exec_sent()
+        host._hold_dispatch()
         placement = host._pool.place(anchor)
         if isinstance(placement, str):
             slot.fail(placement)
@@ -208,6 +214,9 @@ class Transaction:
                 return
             if not self._anchor:
                 self._anchor = [keys[0]]
+        if self._aborted:  # (answered as Redis does, but nothing more is kept)
+            self._host._queue.push_reply(QUEUED)
+            return
         payload = self._host._payload(spec, args, raw)
         self._bytes += len(payload)
         if self._bytes > self._host._query_limit():
@@ -225,6 +234,7 @@ class Transaction:
         self._aborted = True
         self._commands = []
         self._preload = []
+        self._bytes = 0
         self._host._queue.push_error(text)
 
     # --- while watching ----------------------------------------------------------------------
@@ -245,6 +255,7 @@ class Transaction:
         """On the WATCH connection; a redirect in reply (the slot or master moved) becomes an
         error the client can act on, and the pool learns its map again."""
         assert self._conn is not None and self._placed is not None
+        _same_protocol(self._conn, self._host._resp3)
         self._conn.send(payload, ReplySlot(_Unmoved(self._host._queue.push(), self._placed)))
 
     # --- ends --------------------------------------------------------------------------------
@@ -254,7 +265,21 @@ class Transaction:
         conn = self._conn
         self._end()
         if conn is not None:
-            _give_back(conn)
+            _give_back(conn, self._host)
+
+    def rejected(self, name: bytes, text: str) -> None:
+        """EXEC, DISCARD, MULTI or WATCH refused inside MULTI (wrong arity): as Redis, the
+        transaction is flagged; a refused EXEC discards it at once."""
+        if name != b"EXEC":
+            self.abort(text)
+            return
+        conn = self._conn
+        self._end()
+        self._host._queue.push_error(
+            "EXECABORT Transaction discarded because of: " + text.removeprefix("ERR ")
+        )
+        if conn is not None:
+            _give_back(conn, self._host)
 
     def lost(self) -> None:
         """The client left: its WATCH connection is closed (nothing was queued on a server)."""
@@ -309,13 +334,27 @@ class _Answered:
 
     def slot_done(self, slot: ReplySlot) -> None:
         self.target.complete(slot.data or b"")
-        self.host._exec_answered()
+        self.host._release_dispatch()
 
 
-def _give_back(conn: DedicatedConnection) -> None:
-    """Forget what the connection watched, then return it to its server."""
-    conn.send(UNWATCH, ReplySlot(None))
+def _give_back(
+    conn: DedicatedConnection, host: TxnHost | None = None, slot: ReplySlot | None = None
+) -> None:
+    """Forget what the connection watched, then return it to its server. With ``host``, what
+    the client sent next waits for the UNWATCH's reply (``slot``'s, if the client's): commands
+    still pending on this connection must run before the client's next ones."""
+    if host is not None:
+        host._hold_dispatch()
+        slot = ReplySlot(_Answered(slot if slot is not None else ReplySlot(None), host))
+    conn.send(UNWATCH, slot if slot is not None else ReplySlot(None))
     conn.release()
+
+
+def _same_protocol(conn: DedicatedConnection, resp3: bool) -> None:
+    """The client switched protocols (HELLO) since it took ``conn``: switch it too."""
+    if conn.resp3 != resp3:
+        conn.send(HELLO3 if resp3 else HELLO2, ReplySlot(None))
+        conn.resp3 = resp3
 
 
 def _run(
@@ -344,6 +383,7 @@ def _run(
             slot.fail(taken)
             return
         conn = taken
+    _same_protocol(conn, resp3)
     for load in preload:
         conn.send(load, ReplySlot(None))
     sink = _ExecReplies(slot, placement.pool, len(commands) + 2)

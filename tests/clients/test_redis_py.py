@@ -269,7 +269,7 @@ def test_evalsha_survives_a_server_restart(clean: Target) -> None:
         assert incr(keys=[key], args=[1]) == 2
         owner = clean.locate(key)
         restart_server(clean, owner, key)
-        assert owner.call("SCRIPT", "EXISTS", incr.sha) == [0]  # its script cache is gone
+        # (its script cache is gone; the proxy may have preloaded the script on reconnecting)
         # plain EVALSHA (no client-side fallback): the proxy loads the body it kept and retries
         assert r.evalsha(incr.sha, 1, key, 5) == 5
         assert owner.call("SCRIPT", "EXISTS", incr.sha) == [1]

@@ -91,3 +91,16 @@ def test_script_cache_names_bodies_as_redis_does_and_stays_bounded() -> None:
     assert cache.used <= 100 and cache.get(sha) is None  # the oldest went first
     cache.clear()
     assert len(cache) == 0 and cache.used == 0
+
+
+def test_scripts_called_by_sha_are_preloaded_within_their_bound() -> None:
+    cache = ScriptCache()
+    evaluated = b"return 1"
+    loaded = b"return 2"
+    cache.remember(evaluated)  # EVAL: kept, not preloaded
+    cache.remember(loaded, preload=True)  # SCRIPT LOAD: preloaded
+    assert cache.preload() == [b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n$8\r\nreturn 2\r\n"]
+    cache.get(hashlib.sha1(evaluated).hexdigest().encode())  # EVALSHA found it: preloaded too
+    assert len(cache.preload()) == 2
+    cache.clear()
+    assert cache.preload() == []
