@@ -399,8 +399,20 @@ class DedicatedConnection(BackendConnection):
         # called once released and answered, to keep the connection for the next holder
         self.on_done: Callable[[DedicatedConnection], None] | None = None
         self.uploading = False
+        # a blocking command's own timeout (s) while it waits: the deadline is that plus the
+        # pool's timeout; 0: none (it blocks until answered, as Redis lets it)
+        self.block_s: float | None = None
+        # a subscription connection: every reply is a push (pubsub.py), matched to no request
+        self.on_push: Callable[[DedicatedConnection, bytes], None] | None = None
+        # told once when the connection is gone (its holder's subscriptions are lost)
+        self.on_lost: Callable[[DedicatedConnection, str], None] | None = None
         self._write_paused = False
         self._released = False
+
+    def rebind(self, on_lost: LostCallback, on_done: Callable[[DedicatedConnection], None]) -> None:
+        """Another server object owns it now (Server.adopt)."""
+        self._on_lost = on_lost
+        self.on_done = on_done
 
     @property
     def backlogged(self) -> bool:
@@ -431,6 +443,7 @@ class DedicatedConnection(BackendConnection):
     def _done_if_answered(self) -> None:
         if self._released and not self._pending and not self.closed:
             self._released = False
+            self.block_s = None
             if self.on_done is not None:
                 self.on_done(self)
             else:
@@ -451,18 +464,60 @@ class DedicatedConnection(BackendConnection):
         self._writable()
 
     def data_received(self, data: bytes) -> None:
+        if self.on_push is not None:
+            self._pushes(data, self.on_push)
+            return
         super().data_received(data)
         self._done_if_answered()
+
+    def _pushes(self, data: bytes, push: Callable[[DedicatedConnection, bytes], None]) -> None:
+        self._stats.response_bytes += len(data)
+        try:
+            replies = self._parser.replies(data)
+        except ProtocolError as exc:
+            self.close(f"unparsable reply: {exc}")
+            return
+        if self._watching:
+            replies = self._take_first_replies(replies)
+            if self.closed:
+                return
+        self._last_progress = self._loop.time()
+        for raw in replies:
+            push(self, raw)
 
     def _shutdown(self, error_text: str) -> None:
         super()._shutdown(error_text)
         self._writable()
+        lost, self.on_lost = self.on_lost, None
+        if lost is not None:
+            lost(self, error_text)
 
     def _writable(self) -> None:
         if self.on_writable is not None:
             self.on_writable()
 
+    def _arm_timer(self) -> None:
+        block_s = self.block_s
+        if block_s is None:
+            super()._arm_timer()
+        elif block_s:
+            deadline = self._last_progress + self._timeout_s + block_s
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
     def _on_timer(self) -> None:
+        block_s = self.block_s
+        if block_s is not None and not self.closed:
+            self._timer = None
+            if not self._pending:
+                return
+            if self._loop.time() - self._last_progress < self._timeout_s + block_s:
+                self._arm_timer()
+                return
+            log.warning("pool %s: server %s: a blocking command got no reply within its "
+                        "timeout plus %d ms, closing its connection", self.pool_name,
+                        self.server_name, self._timeout_ms)  # fmt: skip
+            self.close("timeout", errors.server_timeout(self.server_name, self._timeout_ms))
+            return
         if self.uploading and not self._write_paused and not self.closed:
             # the client is still sending the request: nothing to time yet
             self._last_progress = self._loop.time()

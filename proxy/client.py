@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from proxy import __version__, errors, keyspace
+from proxy import __version__, blocking, errors, keyspace
 from proxy.budget import Budget
 from proxy.commands import (
     FAST_FANOUT,
@@ -60,6 +60,9 @@ from proxy.resp import (
     encode_map,
     encode_value,
 )
+from proxy.backend import DedicatedConnection
+from proxy.monitor import Monitor
+from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
 from proxy.stream import Streamer, StreamState
 from proxy.transaction import Transaction, TxnState
 
@@ -70,6 +73,7 @@ log = logging.getLogger(__name__)
 IMMEDIATE_IN_MULTI = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET"})
 SCRIPT_BODIES = frozenset({b"EVAL", b"EVAL_RO"})
 SCRIPT_CALLS = frozenset({b"EVALSHA", b"EVALSHA_RO"})
+HELD_READ_BYTES = 64 * 1024  # read while dispatch is held, before reading pauses
 LATENCY_SAMPLE_EVERY = 4  # client reads per latency observation (see data_received)
 LOG_EVERY_S = 60.0  # per peer address and kind: how often a closed or failing client is logged
 _last_logged: dict[tuple[str, str], float] = {}
@@ -163,6 +167,10 @@ class ClientConnection(asyncio.Protocol):
         self._stash: Iterator[tuple[list[bytes], bytes]] | None = None
         self._deferred: tuple[list[bytes], bytes] | None = None  # the command at a barrier
         self._arrived: list[bytes] = []  # bytes read while held (framed after the stash)
+        self._arrived_bytes = 0
+        self._blocked: DedicatedConnection | None = None  # a blocking command's, while it waits
+        self._subscriber: Subscriber | None = None  # its subscriptions, once it subscribes
+        self._monitor: Monitor | None = None  # MONITOR's server connections, while it lasts
         self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
         self.created = self.last_read = self._clock()
         self.last_command = ""  # CLIENT LIST's cmd=
@@ -194,12 +202,18 @@ class ClientConnection(asyncio.Protocol):
             self._active_at = self._clock()
             self._idle_timer = self._loop.call_at(self._active_at + self._idle_s, self._on_idle)
 
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
     def set_pool(self, pool: Pool) -> None:
         """A reload replaced this client's pool: its next requests go to the new one."""
         self._pool = pool
         self._rows = pool.stats.commands
         self._queue.stats = pool.stats
         self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
+        if self._subscriber is not None:
+            self._subscriber.repin()  # channels the reload moved follow it
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats = self._pool.stats
@@ -219,6 +233,13 @@ class ClientConnection(asyncio.Protocol):
             self._streamer.lost()
         if self._txn is not None:
             self._txn.lost()
+        if self._subscriber is not None:
+            self._subscriber.close()
+        if self._monitor is not None:
+            self._monitor.stop()
+        if self._blocked is not None:  # Redis must not pop an element for a client gone
+            self._blocked.close("client left while blocked", failure=False)
+            self._blocked = None
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -235,9 +256,14 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._held:  # (reading is paused; bytes a read already had wait for the stash)
+        if self._held:
+            # Still read (a client that leaves while blocked must be seen leaving), but kept
+            # for after the hold; past HELD_READ_BYTES, reading pauses.
             if data:
                 self._arrived.append(data)
+                self._arrived_bytes += len(data)
+                if self._arrived_bytes > HELD_READ_BYTES:
+                    self._pause_reading()
             return
         self._reads += 1
         self.last_read = now = self._clock()
@@ -334,7 +360,7 @@ class ClientConnection(asyncio.Protocol):
         if slow:
             self._queue.flush()  # what was answered in place; the rest leaves via the flusher
         pending = len(self._queue)
-        if pending >= self._limits.max_pending or self._held:
+        if pending >= self._limits.max_pending:
             self._pause_reading()
         held = rest.held
         txn = self._txn
@@ -373,6 +399,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._arrived:
             data, self._arrived = b"".join(self._arrived), []
+            self._arrived_bytes = 0
             self.data_received(data)
         elif self._parser.buffered():
             self.data_received(b"")
@@ -385,7 +412,12 @@ class ClientConnection(asyncio.Protocol):
     def _plain(self) -> bool:
         """Whether the fast path may serve this client (authenticated, not in a transaction)."""
         txn = self._txn
-        return self._authed and (txn is None or txn.state is TxnState.IDLE)
+        sub = self._subscriber
+        return (
+            self._authed
+            and (txn is None or txn.state is TxnState.IDLE)
+            and (sub is None or not sub.active or self._resp3)
+        )
 
     def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
         """Answer or send one command off the fast path, counted under its metrics label (a
@@ -431,6 +463,14 @@ class ClientConnection(asyncio.Protocol):
         if deny and is_denied(spec, deny):
             queue.push_error(errors.denied(spec.fullname, self._pool.name))
             return
+        sub = self._subscriber
+        if sub is not None and sub.active and not self._resp3:
+            if name not in ALLOWED_WHILE_SUBSCRIBED:
+                queue.push_error(not_allowed(spec.fullname))
+                return
+            if name == b"PING":
+                sub.ping(args[1:])
+                return
         kind = spec.kind
         if kind is Kind.LOCAL:
             self._local(spec, args)
@@ -438,8 +478,12 @@ class ClientConnection(asyncio.Protocol):
             self._transaction(spec, args, raw)
         elif kind is Kind.KEYSPACE:
             keyspace.serve(self, spec, args, raw)
-        elif kind is Kind.REFUSED or is_blocking_call(spec, args):
+        elif kind is Kind.REFUSED:
             queue.push_error(errors.refused(spec.fullname, spec.flags))
+        elif kind is Kind.BLOCKING or is_blocking_call(spec, args):
+            self._blocking(spec, args, raw)
+        elif kind is Kind.PUBSUB:
+            self._pubsub(spec, args)
         elif kind is Kind.FANOUT and (txn is None or txn.state is TxnState.IDLE):
             self._fanout(spec, args, raw)
         else:
@@ -479,7 +523,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         self._deferred = (args, raw)
         self._held = True
-        self._pause_reading()  # (its on_flushed brings us back)
+        self._queue.on_flushed = self._after_flush  # (brings us back once they are written)
         return True
 
     def _run_deferred(self) -> None:
@@ -487,6 +531,8 @@ class ClientConnection(asyncio.Protocol):
         if deferred is None or self._closing or self._transport is None:
             return
         self._held = False
+        if not self._read_paused:
+            self._queue.on_flushed = None
         self._dispatch_slow(*deferred)
         self._queue.flush()
         if not self._held:
@@ -503,6 +549,52 @@ class ClientConnection(asyncio.Protocol):
                 return  # another hold in what followed
         self._maybe_resume_reading()
         self._frame_buffered()
+
+    def _blocking(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
+        if self._barrier(args, raw):
+            return
+        payload = self._payload(spec, args, raw)
+        txn = self._txn
+        if txn is not None and txn.state is TxnState.WATCHING:
+            try:
+                keys = keys_of(spec, args)
+            except UnroutableKeys:
+                keys = []
+            if keys and txn.send_watched(keys, payload):
+                return  # (on the WATCH connection, which it then blocks, as in Redis)
+        blocking.serve(self, spec, args, payload)
+
+    def _pubsub(self, spec: CommandSpec, args: list[bytes]) -> None:
+        sub = self._subscriber
+        if sub is None:
+            sub = self._subscriber = Subscriber(self)
+        if self._monitor is not None and self._monitor.active:
+            self._queue.push_error(errors.refused(spec.fullname, spec.flags))
+            return
+        if spec.name.endswith(b"UNSUBSCRIBE"):
+            sub.unsubscribe(spec.name, args[1:])
+        else:
+            sub.subscribe(spec.name, args[1:])
+
+    def _subscriptions_lost(self, reason: str) -> None:
+        """A subscription connection was lost: closed, as a Redis restart would close it (the
+        client reconnects and subscribes again)."""
+        _log_limited("pubsub", self._peer, "pool %s: client %d's subscriptions lost (%s): closing it",
+                     self._pool.name, self.id, reason)  # fmt: skip
+        self._failed = True
+        self.begin_shutdown()
+
+    @property
+    def subscriptions(self) -> int:
+        sub = self._subscriber
+        return 0 if sub is None else sub.count + len(sub.shards.names)
+
+    def _blocked_on(self, conn: DedicatedConnection | None) -> None:
+        self._blocked = conn
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocked is not None
 
     def _payload(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> bytes:
         """The command as its pool must see it (keys without a stripped route prefix)."""
@@ -633,9 +725,17 @@ class ClientConnection(asyncio.Protocol):
             wanted: list[str | None] = [None] if every else list(sections)
             local = b"".join(info(s) for s in wanted) if info is not None else b""
             keyspace.info(self, sections, local)
+        elif name == b"MONITOR":
+            if self._monitor is None:
+                self._monitor = Monitor(self)
+            self._monitor.start()
         elif name == b"RESET":
             self.name = b""
             self._resp3 = False
+            if self._subscriber is not None:
+                self._subscriber.close()
+            if self._monitor is not None:
+                self._monitor.stop()
             if self._txn is not None:
                 self._txn.reset()
             queue.push_reply(b"+RESET\r\n")

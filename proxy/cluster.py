@@ -177,6 +177,11 @@ class ClusterPool(PoolBase):
     def map_changed(self) -> None:
         self.request_refresh()
 
+    def pattern_servers(self) -> list[Server] | str:
+        """One node: the cluster bus brings every PUBLISH to every node."""
+        servers = self.keyspace_servers()
+        return servers if isinstance(servers, str) else servers[:1]
+
     def group_keys(
         self, keys: list[bytes], read: bool = False
     ) -> list[tuple[Server | None, list[int]]]:

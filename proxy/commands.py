@@ -10,6 +10,8 @@ Redis's own. This module adds the proxy's policy on top:
 * ``TRANSACTION``: MULTI, EXEC, DISCARD, WATCH, UNWATCH (transaction.py);
 * ``KEYSPACE``: about every key, so about every server: SCAN, KEYS, DBSIZE, RANDOMKEY, FLUSHDB,
   FLUSHALL, LASTSAVE, TIME, SCRIPT and FUNCTION (keyspace.py);
+* ``BLOCKING``: BLPOP, BLMOVE, BZPOPMIN... (and XREAD/XREADGROUP with BLOCK, ``is_blocking_call``)
+  on a connection of their own (blocking.py);
 * ``REFUSED``: what a sharding proxy cannot serve (no key to route by, pub/sub, blocking,
   admin); answered ``-ERR`` with why and what to do instead, and the connection stays open;
 * ``CONTAINER``: CONFIG, OBJECT, XINFO... the subcommand (args[1]) decides.
@@ -33,6 +35,8 @@ class Kind(enum.Enum):
     KEYED = "keyed"
     TRANSACTION = "transaction"
     KEYSPACE = "keyspace"
+    BLOCKING = "blocking"
+    PUBSUB = "pubsub"
     REFUSED = "refused"
     CONTAINER = "container"
 
@@ -63,30 +67,38 @@ class CommandSpec:
 
 LOCAL_COMMANDS = frozenset(
     {b"PING", b"ECHO", b"QUIT", b"SELECT", b"COMMAND", b"AUTH", b"HELLO", b"CLIENT", b"RESET",
-     b"INFO"}
+     b"INFO", b"MONITOR"}
 )
 FANOUT_COMMANDS = frozenset({b"MGET", b"MSET", b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"})
 TRANSACTION_COMMANDS = frozenset({b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"})
+SUBSCRIBE_COMMANDS = frozenset(
+    {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"}
+)
+# published to the server a key of the channel's name would live on (pubsub.py)
+PUBLISH_COMMANDS = frozenset({b"PUBLISH", b"SPUBLISH"})
 KEYSPACE_COMMANDS = frozenset(
     {b"SCAN", b"KEYS", b"DBSIZE", b"RANDOMKEY", b"FLUSHDB", b"FLUSHALL", b"LASTSAVE", b"TIME",
-     b"SCRIPT", b"FUNCTION"}
+     b"SCRIPT", b"FUNCTION", b"PUBSUB"}
 )  # fmt: skip
 # Subcommands of SCRIPT and FUNCTION the proxy does not serve (the rest are KEYSPACE).
 REFUSED_SUBCOMMANDS = frozenset({(b"SCRIPT", b"DEBUG")})
 # Keyed, but not something a proxy can do safely on one server's behalf.
 REFUSED_COMMANDS = frozenset(
     {
-        b"MIGRATE", b"MOVE", b"SWAPDB", b"SHUTDOWN", b"MONITOR", b"SYNC", b"PSYNC", b"REPLCONF",
+        b"MIGRATE", b"MOVE", b"SWAPDB", b"SHUTDOWN", b"SYNC", b"PSYNC", b"REPLCONF",
         b"WAIT", b"WAITAOF", b"FAILOVER", b"READONLY", b"READWRITE", b"ASKING", b"CLUSTER",
     }
 )  # fmt: skip
-REFUSED_FLAGS = frozenset({"admin", "pubsub", "blocking"})
+REFUSED_FLAGS = frozenset({"admin", "pubsub"})
 # Blocking only with a BLOCK argument; without it these are ordinary keyed reads.
 BLOCK_OPTIONAL = frozenset({b"XREAD", b"XREADGROUP"})
 # Local subcommands of CLIENT; the rest of CLIENT is refused.
 LOCAL_CLIENT_SUBCOMMANDS = frozenset(
     {b"SETNAME", b"GETNAME", b"SETINFO", b"ID", b"INFO", b"LIST", b"KILL"}
 )
+
+
+PUBLISH_SPEC: KeySpec = (("index", 1), ("range", 0, 1, 0), ("not_key",))
 
 
 def _single_key_index(specs: Sequence[KeySpec]) -> int:
@@ -109,12 +121,18 @@ def _kind(name: bytes, flags: frozenset[str], specs: Sequence[KeySpec], containe
         return Kind.FANOUT
     if name in TRANSACTION_COMMANDS:
         return Kind.TRANSACTION
+    if name in SUBSCRIBE_COMMANDS:
+        return Kind.PUBSUB
+    if name in PUBLISH_COMMANDS:
+        return Kind.KEYED
     if name in KEYSPACE_COMMANDS:
         return Kind.KEYSPACE
     if name in REFUSED_COMMANDS:
         return Kind.REFUSED
-    if flags & REFUSED_FLAGS and name not in BLOCK_OPTIONAL:
+    if flags & REFUSED_FLAGS:
         return Kind.REFUSED
+    if "blocking" in flags and name not in BLOCK_OPTIONAL:
+        return Kind.BLOCKING
     if not specs:
         return Kind.REFUSED  # nothing to route by
     return Kind.KEYED
@@ -124,6 +142,8 @@ def _spec(name: bytes, fullname: str, row: tuple[object, ...], container: bool) 
     arity, flags, _first, _last, _step, specs = row[0], row[1], row[2], row[3], row[4], row[5]
     assert isinstance(arity, int) and isinstance(flags, tuple) and isinstance(specs, tuple)
     fl = frozenset(str(f) for f in flags)
+    if name in PUBLISH_COMMANDS and not container:
+        specs = (PUBLISH_SPEC,)  # routed by the channel, as a key of that name
     return CommandSpec(
         name=name,
         fullname=fullname,
@@ -285,7 +305,7 @@ def lookup(args: Sequence[bytes], sent_name: bytes | None = None) -> CommandSpec
 
 
 def is_blocking_call(spec: CommandSpec, args: Sequence[bytes]) -> bool:
-    """XREAD/XREADGROUP with BLOCK would hold a shared server connection: refuse those."""
+    """XREAD/XREADGROUP with BLOCK hold their server connection, like BLPOP (blocking.py)."""
     if spec.name in BLOCK_OPTIONAL:
         return any(a.upper() == b"BLOCK" for a in args[1:])
     return False

@@ -192,6 +192,7 @@ class PoolConfig:
     deny_commands: frozenset[bytes] = frozenset()
     # per server: connections held by one client (transactions' WATCH and EXEC, streamed values)
     dedicated_connections: int = DEFAULT_DEDICATED_CONNECTIONS
+    allow_monitor: bool = True  # MONITOR through the proxy (every server's stream)
 
     @property
     def cluster(self) -> bool:
@@ -226,6 +227,7 @@ class ListenerConfig:
     client_connections: int = 0
     client_limits: ClientLimitsConfig = DEFAULT_CLIENT_LIMITS
     deny_commands: frozenset[bytes] = frozenset()
+    allow_monitor: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,11 +246,11 @@ _POOL_KEYS = {
     "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
     "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
     "tcpkeepalive", "read_from", *CLUSTER_ONLY_KEYS, *SENTINEL_ONLY_KEYS, *CLIENT_LIMIT_KEYS,
-    "deny_commands", "dedicated_connections",
+    "deny_commands", "dedicated_connections", "allow_monitor",
 }  # fmt: skip
 _NATIVE_TOP_KEYS = {"pools", "metrics", "listeners", "max_buffered_bytes"}
 _LISTENER_KEYS = {"listen", "routes", "default_pool", "redis_auth", "backlog", "client_connections",
-                  "deny_commands", *CLIENT_LIMIT_KEYS}  # fmt: skip
+                  "deny_commands", "allow_monitor", *CLIENT_LIMIT_KEYS}  # fmt: skip
 _ROUTE_KEYS = {"prefix", "pool", "strip_prefix", "mirror", "mirror_mode"}
 
 
@@ -382,6 +384,7 @@ def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfi
         redis_auth=None if auth is None else str(auth), backlog=backlog or 512,
         client_connections=limit, client_limits=_client_limits(where, body),
         deny_commands=_deny_commands(where, body),
+        allow_monitor=_allow_monitor(where, body),
     )  # fmt: skip
 
 
@@ -533,7 +536,15 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
         client_limits=_client_limits(where, body),
         deny_commands=_deny_commands(where, body),
         dedicated_connections=integer("dedicated_connections", DEFAULT_DEDICATED_CONNECTIONS, 1),
+        allow_monitor=boolean("allow_monitor", True),
     )
+
+
+def _allow_monitor(where: str, body: dict[Any, Any]) -> bool:
+    value = body.get("allow_monitor", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: key 'allow_monitor': expected true or false, got {value!r}")
+    return value
 
 
 def _deny_commands(where: str, body: dict[Any, Any]) -> frozenset[bytes]:

@@ -46,21 +46,12 @@ def wrong_arity(fullname: str) -> str:
 
 
 _ON_A_SERVER = "run it on a server directly (INFO proxy lists their addresses)"
-_PUBSUB = (
-    "pub/sub needs a server connection of its own, which the proxy does not give yet; "
-    "use a direct connection to a server"
-)
-_BLOCKING = (
-    "it would block a server connection the proxy shares among clients; use its non-blocking "
-    "form (LPOP, RPOP, LMOVE, ZPOPMIN, XREAD without BLOCK...) and poll, or a direct connection"
-)
 _ADMIN = f"it administers one server, not the proxy's keyspace: {_ON_A_SERVER}"
 _ONE_CONNECTION = (
     "it acts on one server connection, and the proxy shares its connections among clients"
 )
 # Why each refused command is refused, and what to do instead (README: "Commands").
 REFUSALS: dict[str, str] = {
-    "monitor": _ON_A_SERVER,
     "wait": "it waits for the replicas of the one server a connection wrote to, and the "
             f"proxy spreads writes over servers: {_ON_A_SERVER}",
     "waitaof": "it waits for the AOF of the one server a connection wrote to, and the "
@@ -87,11 +78,7 @@ def refused(fullname: str, flags: frozenset[str] = frozenset()) -> str:
     """A command the proxy does not serve: why, and what to do instead (README lists them)."""
     why = REFUSALS.get(fullname)
     if why is None:
-        if "pubsub" in flags:
-            why = _PUBSUB
-        elif "blocking" in flags:
-            why = _BLOCKING
-        elif "admin" in flags or "dangerous" in flags:
+        if "admin" in flags or "dangerous" in flags:
             why = _ADMIN
         elif fullname.startswith("client|"):
             why = _ONE_CONNECTION
@@ -143,6 +130,11 @@ def _text(raw: bytes) -> str:
 
 
 MAX_CLIENTS = "ERR max number of clients reached"
+MONITOR_NOT_ALLOWED = (
+    "ERR 'monitor' is not allowed by this proxy's configuration (allow_monitor: false): "
+    "run it on a server directly"
+)
+SUBSCRIPTION_LOST = "ERR subscription lost: its server connection closed; subscribe again"
 CLIENT_NAME = "ERR Client names cannot contain spaces, newlines or special characters."
 
 
@@ -228,3 +220,12 @@ def scan_too_many_servers(count: int, limit: int) -> str:
 def watched_moved(detail: str) -> str:
     """A command on a WATCH connection met a moved slot or master."""
     return f"ERR the key moved while watched ({detail}): DISCARD or UNWATCH, then retry"
+
+
+def pubsub_strip_prefix(listener: str) -> str:
+    """SUBSCRIBE through a listener whose routes strip prefixes."""
+    return (
+        f"ERR pub/sub is not served by listener '{listener}': a route uses strip_prefix, so "
+        "a channel's name would differ between publishers and subscribers; use a listener "
+        "without strip_prefix"
+    )

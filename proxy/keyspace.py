@@ -37,7 +37,16 @@ from proxy import __version__, errors
 from proxy.commands import CommandSpec
 from proxy.inflight import Gather, Merge, ReplyQueue, ReplySlot
 from proxy.pool import Pool, Server, fingerprint
-from proxy.resp import ERROR_TYPES, OK, encode_bulk, encode_command, encode_error, encode_int
+from proxy.resp import (
+    ERROR_TYPES,
+    OK,
+    decode_reply,
+    encode_bulk,
+    encode_command,
+    encode_error,
+    encode_int,
+    encode_value,
+)
 from proxy.scripts import CACHE
 
 INDEX_BITS = 10
@@ -176,6 +185,46 @@ def merge_any_ok(name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, data
     return OK if OK in datas else datas[0]
 
 
+def merge_union(name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, datas: list[bytes]) -> bytes:
+    """PUBSUB CHANNELS: every server's channels, each once."""
+    error = _first_error(datas)
+    if error is not None:
+        return error
+    seen: dict[bytes, None] = {}
+    for raw in datas:
+        values = decode_reply(raw)
+        if not isinstance(values, list):
+            return encode_error(errors.MERGE_MISMATCH)
+        seen.update(dict.fromkeys(v for v in values if isinstance(v, bytes)))
+    return encode_value(list(seen))
+
+
+def merge_numsub(name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, datas: list[bytes]) -> bytes:
+    """PUBSUB NUMSUB: each channel's subscribers, summed over the servers (in the asked order)."""
+    error = _first_error(datas)
+    if error is not None:
+        return error
+    totals: dict[bytes, int] = {}
+    for raw in datas:
+        values = decode_reply(raw)
+        if isinstance(values, dict):
+            values = [x for pair in values.items() for x in pair]
+        if not isinstance(values, list):
+            return encode_error(errors.MERGE_MISMATCH)
+        for channel, count in zip(values[::2], values[1::2]):
+            totals[channel] = totals.get(channel, 0) + int(count)
+    return encode_value([x for pair in totals.items() for x in pair])
+
+
+def merge_max(name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, datas: list[bytes]) -> bytes:
+    """PUBSUB NUMPAT: a pattern is subscribed on every server a channel could be on, so each
+    server counts it: the largest count, not the sum."""
+    error = _first_error(datas)
+    if error is not None:
+        return error
+    return encode_int(max(int(raw[1:-2]) for raw in datas))
+
+
 MERGES: dict[str, Merge] = {
     "keys": merge_concat,
     "dbsize": merge_sum,
@@ -183,6 +232,11 @@ MERGES: dict[str, Merge] = {
     "script|exists": merge_all,
     "script|kill": merge_any_ok,
     "function|kill": merge_any_ok,
+    "pubsub|channels": merge_union,
+    "pubsub|shardchannels": merge_union,
+    "pubsub|numsub": merge_numsub,
+    "pubsub|shardnumsub": merge_numsub,
+    "pubsub|numpat": merge_max,
 }
 
 

@@ -78,7 +78,7 @@ class PoolStats:
     __slots__ = (
         "commands", "connections_total", "connections_rejected", "client_eof", "client_err",
         "fanouts", "fragments", "bytes_in", "bytes_out", "mirror_sent", "mirror_errors",
-        "mirror_dropped", "auth_failures", "closed",
+        "mirror_dropped", "auth_failures", "closed", "pubsub_messages",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -95,6 +95,7 @@ class PoolStats:
         self.mirror_errors = 0  # error replies to those copies
         self.mirror_dropped = 0  # copies not sent: the mirror lagged or had no server
         self.auth_failures = 0  # AUTH / HELLO AUTH with a wrong password
+        self.pubsub_messages = 0  # pub/sub messages delivered to subscribers
         # clients closed by a client limit (config.ClientLimitsConfig), by CLOSE_REASONS
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
 
@@ -181,6 +182,9 @@ class PoolView:
     why_not: str = ""
     cluster: ClusterView | None = None
     sentinel: SentinelView | None = None
+    blocked: int = 0  # clients waiting on a blocking command (BLPOP...)
+    subscribers: int = 0  # clients with subscriptions
+    subscriptions: int = 0  # their channels, patterns and shard channels
 
 
 @dataclass
@@ -227,6 +231,9 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     P = ["pool"]
     pool_g = {
         "clients": GaugeMetricFamily("resproxy_client_connections", "Open client connections", labels=P),
+        "blocked": GaugeMetricFamily("resproxy_blocked_clients", "Clients waiting on a blocking command (BLPOP...)", labels=P),
+        "subscribers": GaugeMetricFamily("resproxy_pubsub_subscribers", "Clients with pub/sub subscriptions", labels=P),
+        "subscriptions": GaugeMetricFamily("resproxy_pubsub_subscriptions", "Channels, patterns and shard channels subscribed, over the clients", labels=P),
         "serve": GaugeMetricFamily("resproxy_pool_can_serve", "1 if every key of the pool has a live server", labels=P),
     }  # fmt: skip
     pool_c = {
@@ -235,6 +242,7 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         "client_eof": CounterMetricFamily("resproxy_client_eof", "Client connections closed by the client", labels=P),
         "client_err": CounterMetricFamily("resproxy_client_errors", "Client connections lost to an error", labels=P),
         "fanouts": CounterMetricFamily("resproxy_fanout_requests", "Multi-key commands split over several servers", labels=P),
+        "pubsub_messages": CounterMetricFamily("resproxy_pubsub_messages", "Pub/sub messages delivered to subscribers", labels=P),
         "fragments": CounterMetricFamily("resproxy_fanout_fragments", "Sub-commands those were split into", labels=P),
         "bytes_in": CounterMetricFamily("resproxy_client_read_bytes", "Bytes read from clients", labels=P),
         "bytes_out": CounterMetricFamily("resproxy_client_written_bytes", "Bytes written to clients", labels=P),
@@ -296,6 +304,9 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     for pool in snap.pools:
         labels = [pool.name]
         pool_g["clients"].add_metric(labels, pool.clients)
+        pool_g["blocked"].add_metric(labels, pool.blocked)
+        pool_g["subscribers"].add_metric(labels, pool.subscribers)
+        pool_g["subscriptions"].add_metric(labels, pool.subscriptions)
         pool_g["serve"].add_metric(labels, 1 if pool.can_serve else 0)
         for key, fam in pool_c.items():
             fam.add_metric(labels, getattr(pool.stats, key))
@@ -459,7 +470,9 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
                 f"ejected={int(s.ejected)},connections={s.connections},in_flight={s.in_flight}"
             )
     block("Proxy", proxy)
-    block("Clients", [f"connected_clients:{sum(p.clients for p in snap.pools)}"])
+    block("Clients", [f"connected_clients:{sum(p.clients for p in snap.pools)}",
+                      f"blocked_clients:{sum(p.blocked for p in snap.pools)}",
+                      f"pubsub_clients:{sum(p.subscribers for p in snap.pools)}"])  # fmt: skip
     rows = [r for p in snap.pools for r in p.stats.commands.values()]
     servers = [s.stats for p in snap.pools for s in p.servers]
     block("Stats", [
@@ -470,6 +483,8 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
         f"client_eof:{sum(p.stats.client_eof for p in snap.pools)}",
         f"client_err:{sum(p.stats.client_err for p in snap.pools)}",
         f"fanout_requests:{sum(p.stats.fanouts for p in snap.pools)}",
+        f"pubsub_messages:{sum(p.stats.pubsub_messages for p in snap.pools)}",
+        f"pubsub_channels:{sum(p.subscriptions for p in snap.pools)}",
         f"fanout_fragments:{sum(p.stats.fragments for p in snap.pools)}",
         f"server_requests:{sum(s.requests for s in servers)}",
         f"server_timeouts:{sum(s.timeouts for s in servers)}",

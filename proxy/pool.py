@@ -179,6 +179,7 @@ class Server:
         # connections held by one client at a time (transactions, streamed values): idle ones
         # kept for the next holder; open ones, idle or held, bounded by dedicated_connections
         self._idle_dedicated: list[DedicatedConnection] = []
+        self._held_dedicated: set[DedicatedConnection] = set()
         self.dedicated_open = 0
         self.closing = False
         # counters for metrics (read at scrape time)
@@ -226,7 +227,7 @@ class Server:
             self._idle_dedicated
         )
 
-    def take_dedicated(self, resp3: bool = False) -> DedicatedConnection | str:
+    def take_dedicated(self, resp3: bool = False, preload: bool = True) -> DedicatedConnection | str:
         """A connection for one client alone (a streamed request, a transaction): an idle one
         kept from an earlier holder, else a new one (closed at once, answering with the reason,
         if the server is down); or, past ``dedicated_connections``, the error text. Kept for
@@ -236,6 +237,7 @@ class Server:
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.resp3 == resp3:
+                self._held_dedicated.add(conn)
                 return conn
             conn.close("not needed", failure=False)
         if not self.can_dedicate():
@@ -247,7 +249,9 @@ class Server:
         )  # fmt: skip
         conn.on_done = self._dedicated_done
         self.dedicated_open += 1
-        _preload(conn)
+        self._held_dedicated.add(conn)
+        if preload:
+            _preload(conn)
         if self.closing or self._loop.time() < self._down_until:
             reason = self.down_reason or "closing"
             conn.close(reason, errors.server_unavailable(self.name, reason), failure=False)
@@ -255,11 +259,23 @@ class Server:
             self._start_open(conn)
         return conn
 
+    def adopt(self, conn: DedicatedConnection, previous: Server) -> None:
+        """A held connection of ``previous`` (the same address, in the pool a reload replaced)
+        is this server's from now on: counted here, and not closed when ``previous`` is."""
+        if conn not in previous._held_dedicated:
+            return
+        previous._held_dedicated.discard(conn)
+        previous.dedicated_open -= 1
+        self._held_dedicated.add(conn)
+        self.dedicated_open += 1
+        conn.rebind(self._dedicated_lost, self._dedicated_done)
+
     def dedicated_idle(self) -> int:
         return len(self._idle_dedicated)
 
     def _dedicated_done(self, conn: DedicatedConnection) -> None:
         """Released and answered: keep it for the next holder, or close it."""
+        self._held_dedicated.discard(conn)
         if self.closing or conn.closed or len(self._idle_dedicated) >= DEDICATED_IDLE_MAX:
             conn.close("released", failure=False)
         else:
@@ -270,6 +286,7 @@ class Server:
         # A dedicated connection's failure is its holder's error reply; the server's health is
         # judged by its shared connections (an idle one closed by the server is no failure).
         self.dedicated_open -= 1
+        self._held_dedicated.discard(conn)
         if conn in self._idle_dedicated:
             self._idle_dedicated.remove(conn)
 
@@ -513,6 +530,12 @@ class Server:
                 conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
         for idle in list(self._idle_dedicated):
             idle.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+        # Held ones that wait on the server without end (a blocked pop, subscriptions): their
+        # server left the pool (a reload, a failover) or the proxy stops; their clients get an
+        # error and retry. (A streamed value or a transaction finishes: it is answered soon.)
+        for held in list(self._held_dedicated):
+            if held.block_s is not None or held.on_push is not None:
+                held.close("server left the pool", failure=False)
 
 
 
@@ -614,6 +637,10 @@ class Pool(Protocol):
 
     def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
         """The servers that hold the keyspace (SCAN, KEYS, SCRIPT LOAD...), or an error text."""
+        ...
+
+    def pattern_servers(self) -> list[Server] | str:
+        """Where a PSUBSCRIBE goes (each message must come once), or an error text."""
         ...
 
     def settle(self, then: Callable[[], None]) -> None: ...
@@ -865,6 +892,10 @@ class RingPool(PoolBase):
 
     def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
         """Every server holding part of the keyspace, in the pool's order (SCAN, KEYS...)."""
+        return list(self.servers)
+
+    def pattern_servers(self) -> list[Server] | str:
+        """Where a PSUBSCRIBE goes: every server a matching channel could live on."""
         return list(self.servers)
 
     def route_many(self, keys: list[bytes], read: bool = False) -> Target | None | str:

@@ -99,7 +99,7 @@ class Router:
             timeout_ms=max(pools[str(n)].config.timeout_ms for n in used),
             backlog=config.backlog, client_connections=config.client_connections,
             redis_auth=config.redis_auth, client_limits=config.client_limits,
-            deny_commands=config.deny_commands,
+            deny_commands=config.deny_commands, allow_monitor=config.allow_monitor,
         )  # fmt: skip
         self.stats = PoolStats()
         self.servers: list[Server] = []  # each pool reports its own servers
@@ -219,6 +219,16 @@ class Router:
             if isinstance(found, str):
                 return found
             servers.extend(found)
+        return servers
+
+    def pattern_servers(self) -> list[Server] | str:
+        """Every pool a pattern could match a channel of: each of them, once."""
+        servers: list[Server] = []
+        for pool in dict.fromkeys(self._targets):
+            found = pool.pattern_servers()
+            if isinstance(found, str):
+                return found
+            servers.extend(s for s in found if s not in servers)
         return servers
 
     def settle(self, then: Callable[[], None]) -> None:

@@ -177,6 +177,9 @@ class SentinelPool(PoolBase):
     def map_changed(self) -> None:
         self.request_discovery()
 
+    def pattern_servers(self) -> list[Server] | str:
+        return self.keyspace_servers()
+
     def group_keys(
         self, keys: list[bytes], read: bool = False
     ) -> list[tuple[Target | None, list[int]]]:

@@ -148,6 +148,10 @@ class ProxyServer:
 
         def on_open(client: ClientConnection) -> bool:
             target = front.target
+            if client.pool is not target:
+                # made for the target before a reload swapped it, and not yet in ``clients``
+                # when the reload moved those: it starts on the current one
+                client.set_pool(target)
             limit = target.config.client_connections
             if self.stopping or (limit and len(clients) >= limit):
                 target.stats.connections_rejected += 1
@@ -223,6 +227,9 @@ class ProxyServer:
                 name=pool.name, listen=str(front.listen) if front else "-",
                 distribution=pool.config.distribution,
                 clients=len(self.clients.get(pool.name, ())), stats=pool.stats,
+                blocked=sum(1 for c in self.clients.get(pool.name, ()) if c.blocked),
+                subscribers=sum(1 for c in self.clients.get(pool.name, ()) if c.subscriptions),
+                subscriptions=sum(c.subscriptions for c in self.clients.get(pool.name, ())),
                 servers=servers, can_serve=ok, why_not=why, cluster=cluster, sentinel=sentinel,
             ))  # fmt: skip
         return Snapshot(

@@ -195,8 +195,7 @@ class Transaction:
         kind = spec.kind
         name = spec.name
         keys: list[bytes] = []
-        if kind in (Kind.KEYED, Kind.FANOUT) or (kind is Kind.REFUSED and "blocking" in spec.flags
-                                                 and spec.key_specs):  # fmt: skip
+        if kind in (Kind.KEYED, Kind.FANOUT, Kind.BLOCKING):
             # (a blocking command inside MULTI does not block: Redis runs its plain form)
             try:
                 keys = keys_of(spec, args)

@@ -75,7 +75,7 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
                 assert c.call("GET", k) == b"v"
             assert c.call("MGET", *spread) == [b"v", b"v", b"v"]  # one fan-out, 3 fragments
             assert isinstance(c.call("NOSUCH"), hiredis.ReplyError)
-            assert isinstance(c.call("MONITOR"), hiredis.ReplyError)  # refused in place
+            assert isinstance(c.call("SWAPDB", 0, 1), hiredis.ReplyError)  # refused in place
             assert isinstance(c.call("MSET", "a", "1", "b"), hiredis.ReplyError)  # a pair short
             assert c.call("ECHO", "hi") == b"hi"  # answered in place (slow path), still counted
             victim.kill()
@@ -92,7 +92,7 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         assert samples.value("resproxy_request_errors_total", command="set", **p) == 0
         assert samples.value("resproxy_requests_total", command="mget", **p) == 1
         assert samples.value("resproxy_request_errors_total", command="unknown", **p) == 1
-        assert samples.value("resproxy_request_errors_total", command="monitor", **p) == 1
+        assert samples.value("resproxy_request_errors_total", command="swapdb", **p) == 1
         assert samples.value("resproxy_request_errors_total", command="mset", **p) == 1
         assert samples.value("resproxy_requests_total", command="echo", **p) == 1
         assert samples.value("resproxy_fanout_requests_total", **p) == 1
@@ -104,7 +104,7 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         assert samples.value("resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p) == sampled
         assert samples.value("resproxy_client_connections", **p) == 1
         sent_bytes = sum(len(encode("SET", k, "v")) + len(encode("GET", k)) for k in keys) + len(
-            encode("MGET", *spread)) + len(encode("NOSUCH")) + len(encode("MONITOR")) + len(
+            encode("MGET", *spread)) + len(encode("NOSUCH")) + len(encode("SWAPDB", 0, 1)) + len(
             encode("MSET", "a", "1", "b")) + len(encode("ECHO", "hi")) + sum(
             len(encode("GET", k)) for k in on_victim)  # fmt: skip
         assert samples.value("resproxy_client_read_bytes_total", **p) == sent_bytes

@@ -66,8 +66,7 @@ def test_unknown_and_wrong_arity_use_redis_texts(args: list[bytes], text: str) -
     assert lookup(args) == text
 
 
-@pytest.mark.parametrize("name", [b"SUBSCRIBE", b"PUBLISH", b"BLPOP", b"BRPOPLPUSH", b"WAIT",
-                                  b"MIGRATE", b"MONITOR", b"MOVE"])
+@pytest.mark.parametrize("name", [b"WAIT", b"MIGRATE", b"MOVE", b"SHUTDOWN"])
 def test_commands_a_sharding_proxy_cannot_serve_are_refused(name: bytes) -> None:
     assert TABLE[name].kind is Kind.REFUSED
 
@@ -76,6 +75,12 @@ def test_commands_a_sharding_proxy_cannot_serve_are_refused(name: bytes) -> None
                                   b"RANDOMKEY", b"LASTSAVE", b"TIME"])
 def test_keyspace_wide_commands_ask_every_server(name: bytes) -> None:
     assert TABLE[name].kind is Kind.KEYSPACE
+
+
+@pytest.mark.parametrize("name", [b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP",
+                                  b"BZPOPMIN", b"BZPOPMAX", b"BZMPOP"])
+def test_blocking_commands_go_on_connections_of_their_own(name: bytes) -> None:
+    assert TABLE[name].kind is Kind.BLOCKING
 
 
 @pytest.mark.parametrize("name", [b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"])

@@ -1,0 +1,112 @@
+"""MONITOR through the proxy: the merged MONITOR streams of every server of the client's pool.
+
+``MONITOR`` takes a dedicated connection to each server of the pool (its keyspace servers: a
+ring's servers, a cluster's masters, a sentinel pool's master, each pool of a listener) and
+sends ``MONITOR`` there; once every server said ``+OK`` the client gets ``+OK``, then every
+line any server writes, as Redis writes it, with `` [server NAME]`` after it so the origin is
+clear (clients that parse MONITOR lines read the quoted arguments and ignore what follows).
+Each server's lines keep their order; lines of different servers interleave as they come.
+It lasts until the client sends RESET or leaves; a server connection lost ends it (the client
+is closed, as a Redis restart would close it). The pool key ``allow_monitor: false`` refuses it
+(MONITOR costs every server some throughput for every command it runs).
+
+Imports: backend, errors, inflight, pool.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from proxy import errors
+from proxy.backend import DedicatedConnection
+from proxy.inflight import ReplyQueue, ReplySlot
+from proxy.pool import Pool
+
+MONITOR = b"*1\r\n$7\r\nMONITOR\r\n"
+OK = b"+OK\r\n"
+
+
+class MonitorHost(Protocol):
+    _queue: ReplyQueue
+    _pool: Pool
+    _resp3: bool
+
+    def _subscriptions_lost(self, reason: str) -> None: ...
+
+
+class Monitor:
+    """One MONITOR client's server connections (see the module docstring)."""
+
+    def __init__(self, host: MonitorHost) -> None:
+        self._host = host
+        self._conns: dict[DedicatedConnection, bytes] = {}  # connection -> b" [server NAME]"
+        self._owed: ReplySlot | None = None  # the client's +OK, until every server said it
+        self._left = 0
+        self.lines = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._conns)
+
+    def start(self) -> None:
+        host = self._host
+        queue = host._queue
+        if self._conns:
+            queue.push_reply(OK)  # (monitoring already)
+            return
+        if not host._pool.config.allow_monitor:
+            queue.push_error(errors.MONITOR_NOT_ALLOWED)
+            return
+        servers = host._pool.keyspace_servers()
+        if isinstance(servers, str):
+            queue.push_error(servers)
+            return
+        taken: list[tuple[DedicatedConnection, bytes]] = []
+        for server in servers:
+            conn = server.take_dedicated(host._resp3, preload=False)
+            if isinstance(conn, str):
+                for held, _ in taken:
+                    held.close("monitor refused", failure=False)
+                queue.push_error(conn)
+                return
+            taken.append((conn, f" [server {server.name}]".encode()))
+        self._owed = queue.push()
+        self._left = len(taken)
+        for conn, suffix in taken:
+            self._conns[conn] = suffix
+            conn.on_push = self._pushed
+            conn.on_lost = self._lost
+            conn.write_more(MONITOR)
+
+    def _pushed(self, conn: DedicatedConnection, raw: bytes) -> None:
+        owed = self._owed
+        if owed is not None:  # each server's first reply is MONITOR's +OK (or an error)
+            if raw != OK:
+                owed.complete(raw)
+            self._left -= 1
+            if self._left <= 0:
+                self._owed = None
+                owed.complete(OK)
+            return
+        suffix = self._conns.get(conn)
+        if suffix is None or raw[:1] != b"+":
+            return
+        self.lines += 1
+        queue = self._host._queue
+        queue.push_reply(raw[:-2] + suffix + b"\r\n")
+        queue.flush()
+
+    def _lost(self, conn: DedicatedConnection, reason: str) -> None:
+        if conn in self._conns:
+            self.stop()
+            self._host._subscriptions_lost(reason)
+
+    def stop(self) -> None:
+        """RESET, or the client left: every server connection is closed."""
+        conns, self._conns = self._conns, {}
+        if self._owed is not None:
+            self._owed.fail(errors.SUBSCRIPTION_LOST)
+            self._owed = None
+        for conn in conns:
+            conn.on_lost = None
+            conn.close("monitor ended", failure=False)

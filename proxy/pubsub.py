@@ -1,0 +1,326 @@
+"""Pub/sub through the proxy: one client's subscriptions (SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE and
+their UNSUBSCRIBEs).
+
+A subscription holds a server connection that then only receives messages, so it never goes
+on the shared pipelined connections: a subscribed client gets a *dedicated* connection per
+server it subscribes on (``Server.take_dedicated``), whose every reply is a push
+(``DedicatedConnection.on_push``):
+
+* **Where.** A channel lives where a key of the same name would (``Pool.place``): a ring's
+  channel on the server its name hashes to (hash tags and all), so ``PUBLISH ch`` — routed like a
+  key — and ``SUBSCRIBE ch`` meet; a cluster's on its slot's master (the cluster bus spreads
+  PUBLISH anyway); a listener's by the same prefixes as keys. A pattern goes to every server a
+  matching channel could live on (``Pool.pattern_servers``: every ring server, one cluster
+  node, since the bus delivers every message to every node), so each message comes once.
+  SSUBSCRIBE (sharded) goes to the channel's slot owner.
+* **Replies.** The proxy writes the (un)subscribe confirmations itself, with the *client's*
+  own counts, as one Redis would count them; a subscribe confirmation waits for every server it
+  went to to confirm (so a PUBLISH sent after it reaches the client, as with one Redis).
+  Messages (``message``, ``pmessage``, ``smessage``) for names still subscribed are forwarded as
+  the server sent them (RESP2 arrays, or RESP3 pushes on the connections of a HELLO 3 client);
+  one that crosses an UNSUBSCRIBE is dropped, as Redis would not send it after the reply.
+* **Mode.** While a RESP2 client has subscriptions it may only (P|S)(UN)SUBSCRIBE, PING, QUIT
+  and RESET (Redis's own error otherwise); its PING is answered ``pong`` as Redis does there.
+  With none left, its connections are closed and it is an ordinary client again.
+* **Failures.** A subscription connection that is lost (server restarted, failover, reload that
+  moved its server) closes the client, as a Redis restart would: it reconnects and
+  resubscribes. A slow subscriber is bounded like any client (its output limit), and only its
+  own connections wait on it.
+
+Imports: backend, errors, inflight, pool, resp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from proxy import errors
+from proxy.backend import DedicatedConnection
+from proxy.config import Address
+from collections import deque
+
+from proxy.inflight import ReplyQueue, ReplySlot
+from proxy.pool import Pool, Server
+from proxy.resp import encode_bulk, encode_command
+
+CONFIRMATIONS = frozenset({b"subscribe", b"psubscribe", b"ssubscribe"})
+ALLOWED_WHILE_SUBSCRIBED = frozenset(
+    {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE",
+     b"PING", b"QUIT", b"RESET"}
+)  # fmt: skip
+
+
+class PubSubHost(Protocol):
+    """What a subscriber needs of its client connection."""
+
+    _queue: ReplyQueue
+    _pool: Pool
+    _resp3: bool
+
+    def _subscriptions_lost(self, reason: str) -> None: ...
+
+
+def _head(raw: bytes, count: int) -> list[bytes]:
+    """The first ``count`` bulk-string elements of an array or push reply (fewer if it has
+    fewer, or other types first): ``[b"message", b"ch"]``."""
+    out: list[bytes] = []
+    if raw[:1] not in (b"*", b">"):
+        return out
+    at = raw.find(b"\r\n") + 2
+    while len(out) < count and raw[at : at + 1] == b"$":
+        end = raw.find(b"\r\n", at)
+        size = int(raw[at + 1 : end])
+        out.append(raw[end + 2 : end + 2 + size])
+        at = end + 2 + size + 2
+    return out
+
+
+class _Awaited:
+    """A (P|S)SUBSCRIBE confirmation owed to the client: written once every server it went
+    to confirmed it (then a PUBLISH after it is sure to reach the client, as with Redis)."""
+
+    __slots__ = ("slot", "reply", "left")
+
+    def __init__(self, slot: ReplySlot, reply: bytes, left: int) -> None:
+        self.slot = slot
+        self.reply = reply
+        self.left = left
+
+
+class _Kind:
+    """One kind of subscription: channels, patterns or shard channels."""
+
+    __slots__ = ("verb", "undo", "ack", "unack", "names")
+
+    def __init__(self, verb: bytes, undo: bytes, ack: bytes, unack: bytes) -> None:
+        self.verb = verb  # b"SUBSCRIBE"
+        self.undo = undo  # b"UNSUBSCRIBE"
+        self.ack = ack  # b"subscribe"
+        self.unack = unack  # b"unsubscribe"
+        self.names: dict[bytes, list[DedicatedConnection]] = {}  # name -> where it is held
+
+
+class Subscriber:
+    """One client's subscriptions (see the module docstring)."""
+
+    def __init__(self, host: PubSubHost) -> None:
+        self._host = host
+        self.channels = _Kind(b"SUBSCRIBE", b"UNSUBSCRIBE", b"subscribe", b"unsubscribe")
+        self.patterns = _Kind(b"PSUBSCRIBE", b"PUNSUBSCRIBE", b"psubscribe", b"punsubscribe")
+        self.shards = _Kind(b"SSUBSCRIBE", b"SUNSUBSCRIBE", b"ssubscribe", b"sunsubscribe")
+        # one connection per server address (a reload may build new Server objects for it)
+        self._conns: dict[Address, DedicatedConnection] = {}
+        self._address: dict[DedicatedConnection, Address] = {}
+        self._server: dict[DedicatedConnection, Server] = {}  # whose it is (Server.adopt)
+        # per connection, the confirmations owed to the client, in the order sent
+        self._awaited: dict[DedicatedConnection, deque[_Awaited]] = {}
+        self.delivered = 0  # messages passed to the client
+
+    @property
+    def count(self) -> int:
+        """Channels and patterns: the count Redis puts in (un)subscribe replies."""
+        return len(self.channels.names) + len(self.patterns.names)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.count or self.shards.names)
+
+    def kind(self, name: bytes) -> _Kind:
+        if name in (b"PSUBSCRIBE", b"PUNSUBSCRIBE"):
+            return self.patterns
+        if name in (b"SSUBSCRIBE", b"SUNSUBSCRIBE"):
+            return self.shards
+        return self.channels
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def subscribe(self, name: bytes, names: Sequence[bytes]) -> None:
+        """SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE name...: one confirmation per name."""
+        kind = self.kind(name)
+        host = self._host
+        queue = host._queue
+        pool = host._pool
+        if pool.strips:  # (a channel's prefix would be stripped on one side only)
+            queue.push_error(errors.pubsub_strip_prefix(pool.name))
+            queue.flush()
+            return
+        for item in names:
+            if item not in kind.names:
+                if kind is self.patterns:
+                    found = pool.pattern_servers()
+                    servers = found if isinstance(found, str) else list(found)
+                else:
+                    placed = pool.place([item])
+                    servers = placed if isinstance(placed, str) else [placed.server]
+                if isinstance(servers, str):
+                    queue.push_error(servers)
+                    continue
+                conns = []
+                for server in servers:
+                    conn = self._conn(server)
+                    if isinstance(conn, str):
+                        queue.push_error(conn)
+                        break
+                    conns.append(conn)
+                else:
+                    kind.names[item] = conns
+                    count = len(kind.names) if kind is self.shards else self.count
+                    owed = _Awaited(queue.push(), self._confirm(kind.ack, item, count), len(conns))
+                    for conn in conns:
+                        conn.write_more(encode_command([kind.verb, item]))
+                        self._awaited.setdefault(conn, deque()).append(owed)
+                continue
+            count = len(kind.names) if kind is self.shards else self.count
+            queue.push_reply(self._confirm(kind.ack, item, count))  # (already: at once)
+        queue.flush()
+
+    def unsubscribe(self, name: bytes, names: Sequence[bytes]) -> None:
+        """(P|S)UNSUBSCRIBE [name...]: every one of the kind when none is named."""
+        kind = self.kind(name)
+        queue = self._host._queue
+        targets = list(names) if names else list(kind.names)
+        if not targets:  # nothing to unsubscribe from: one reply with a nil name, as Redis
+            count = len(kind.names) if kind is self.shards else self.count
+            queue.push_reply(self._confirm(kind.unack, None, count))
+        for item in targets:
+            for conn in kind.names.pop(item, []):
+                conn.write_more(encode_command([kind.undo, item]))
+            count = len(kind.names) if kind is self.shards else self.count
+            queue.push_reply(self._confirm(kind.unack, item, count))
+        if not self.active:
+            self.close()
+        queue.flush()
+
+    def repin(self) -> None:
+        """A reload gave the client a new pool: each name goes where the new pool puts it
+        (kept where it is when that is the same server: same address), quietly (no reply to
+        the client); connections left with nothing are closed."""
+        pool = self._host._pool
+        if not self.active:
+            return
+        for kind in (self.channels, self.shards, self.patterns):
+            for item, conns in list(kind.names.items()):
+                if kind is self.patterns:
+                    found = pool.pattern_servers()
+                    targets = [] if isinstance(found, str) else list(found)
+                else:
+                    placed = pool.place([item])
+                    targets = [] if isinstance(placed, str) else [placed.server]
+                if not targets:
+                    continue  # (nowhere to go now: stays where it is)
+                here = {self._address[c]: c for c in conns if c in self._address}
+                moved: list[DedicatedConnection] = []
+                for server in targets:
+                    conn = here.pop(server.address, None)
+                    if conn is not None and self._server.get(conn) is not server:
+                        server.adopt(conn, self._server[conn])  # (a new pool, same server)
+                        self._server[conn] = server
+                    if conn is None:
+                        new = self._conn(server)
+                        if isinstance(new, str):
+                            continue
+                        new.write_more(encode_command([kind.verb, item]))
+                        conn = new
+                    moved.append(conn)
+                for old in here.values():
+                    old.write_more(encode_command([kind.undo, item]))
+                kind.names[item] = moved
+        used = {id(c) for kind in (self.channels, self.patterns, self.shards)
+                for conns in kind.names.values() for c in conns}  # fmt: skip
+        for address, conn in list(self._conns.items()):
+            if id(conn) not in used:
+                del self._conns[address]
+                del self._address[conn]
+                self._server.pop(conn, None)
+                conn.on_lost = None
+                conn.close("resubscribed elsewhere", failure=False)
+
+    def ping(self, args: Sequence[bytes]) -> None:
+        """PING while subscribed (RESP2): Redis answers ``pong`` and the message as an array."""
+        message = args[0] if args else b""
+        self._host._queue.push_reply(b"*2\r\n$4\r\npong\r\n" + encode_bulk(message))
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _conn(self, server: Server) -> DedicatedConnection | str:
+        conn = self._conns.get(server.address)
+        if conn is not None and not conn.closed:
+            return conn
+        taken = server.take_dedicated(self._host._resp3, preload=False)
+        if isinstance(taken, str):
+            return taken
+        taken.on_push = self._pushed
+        taken.on_lost = self._lost
+        self._conns[server.address] = taken
+        self._address[taken] = server.address
+        self._server[taken] = server
+        return taken
+
+    def _pushed(self, conn: DedicatedConnection, raw: bytes) -> None:
+        """A reply on a subscription connection: a message for a name still subscribed goes to
+        the client; a server's confirmation (or error) completes the one owed to the client;
+        its unsubscribe confirmations were answered already."""
+        head = _head(raw, 3)
+        kind = head[0] if head else b""
+        if kind == b"message" or kind == b"smessage":
+            names = (self.channels if kind == b"message" else self.shards).names
+            if len(head) > 1 and head[1] in names:
+                self._deliver(raw)
+        elif kind == b"pmessage":
+            if len(head) > 1 and head[1] in self.patterns.names:
+                self._deliver(raw)
+        elif kind in CONFIRMATIONS or raw[:1] in (b"-", b"!"):
+            owed = self._awaited.get(conn)
+            if owed:
+                awaited = owed.popleft()
+                if raw[:1] in (b"-", b"!"):
+                    awaited.slot.complete(raw)  # (the first error is the reply)
+                awaited.left -= 1
+                if not awaited.left:
+                    awaited.slot.complete(awaited.reply)
+
+    def _deliver(self, raw: bytes) -> None:
+        self.delivered += 1
+        self._host._pool.stats.pubsub_messages += 1
+        queue = self._host._queue
+        queue.push_reply(raw)
+        queue.flush()
+
+    def _lost(self, conn: DedicatedConnection, reason: str) -> None:
+        if any(c is conn for c in self._conns.values()):
+            self.close()
+            self._host._subscriptions_lost(reason)
+
+    def close(self) -> None:
+        """No subscription left (or the client left): their connections are closed."""
+        conns, self._conns = self._conns, {}
+        self._address.clear()
+        self._server.clear()
+        for kind in (self.channels, self.patterns, self.shards):
+            kind.names.clear()
+        for owed in self._awaited.values():
+            for awaited in owed:
+                awaited.slot.fail(errors.SUBSCRIPTION_LOST)
+        self._awaited.clear()
+        for conn in conns.values():
+            conn.on_lost = None
+            conn.close("unsubscribed", failure=False)
+
+    def _confirm(self, verb: bytes, name: bytes | None, count: int) -> bytes:
+        head = b">3\r\n" if self._host._resp3 else b"*3\r\n"
+        if name is None:
+            named = b"_\r\n" if self._host._resp3 else b"$-1\r\n"
+        else:
+            named = encode_bulk(name)
+        return head + encode_bulk(verb) + named + b":%d\r\n" % count
+
+
+def not_allowed(fullname: str) -> str:
+    """Redis's text for another command while a RESP2 client is subscribed."""
+    return (
+        f"ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT "
+        "/ RESET are allowed in this context"
+    )
+
+
