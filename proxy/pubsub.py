@@ -32,6 +32,7 @@ Imports: backend, errors, inflight, pool, resp.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -45,6 +46,8 @@ from proxy.pool import Pool, Server
 from proxy.resp import encode_bulk, encode_command
 
 CONFIRMATIONS = frozenset({b"subscribe", b"psubscribe", b"ssubscribe"})
+RESUBSCRIBE_S = 0.05  # first wait before a moved shard channel is subscribed again
+RESUBSCRIBE_TRIES = 6  # doubling: about 3 s in all
 ALLOWED_WHILE_SUBSCRIBED = frozenset(
     {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE",
      b"PING", b"QUIT", b"RESET"}
@@ -54,6 +57,7 @@ ALLOWED_WHILE_SUBSCRIBED = frozenset(
 class PubSubHost(Protocol):
     """What a subscriber needs of its client connection."""
 
+    _loop: asyncio.AbstractEventLoop
     _queue: ReplyQueue
     _pool: Pool
     _resp3: bool
@@ -270,6 +274,11 @@ class Subscriber:
         elif kind == b"pmessage":
             if len(head) > 1 and head[1] in self.patterns.names:
                 self._deliver(raw)
+        elif kind == b"sunsubscribe" and len(head) > 1 and head[1] in self.shards.names:
+            # Not asked for (an asked one leaves ``names`` first): the node gave the channel's
+            # slot away. Subscribed again where the pool's refreshed map puts it.
+            self._host._pool.map_changed()
+            self._host._loop.call_later(RESUBSCRIBE_S, self._resubscribe, head[1], conn, 1)
         elif kind in CONFIRMATIONS or raw[:1] in (b"-", b"!"):
             owed = self._awaited.get(conn)
             if owed:
@@ -279,6 +288,23 @@ class Subscriber:
                 awaited.left -= 1
                 if not awaited.left:
                     awaited.slot.complete(awaited.reply)
+
+    def _resubscribe(self, channel: bytes, old: DedicatedConnection, tries: int) -> None:
+        """A shard channel whose slot moved: SSUBSCRIBE on the slot's new owner, once the
+        pool knows it (tried again, up to RESUBSCRIBE_TRIES, while it still names the old)."""
+        if self.shards.names.get(channel) != [old]:
+            return  # unsubscribed meanwhile, or moved already
+        placed = self._host._pool.place([channel])
+        if isinstance(placed, str) or self._address.get(old) == placed.server.address:
+            if tries < RESUBSCRIBE_TRIES:
+                self._host._loop.call_later(RESUBSCRIBE_S * 2**tries, self._resubscribe,
+                                            channel, old, tries + 1)  # fmt: skip
+            return
+        conn = self._conn(placed.server)
+        if isinstance(conn, str):
+            return
+        conn.write_more(encode_command([b"SSUBSCRIBE", channel]))
+        self.shards.names[channel] = [conn]
 
     def _deliver(self, raw: bytes) -> None:
         self.delivered += 1

@@ -340,3 +340,36 @@ def test_subscriptions_follow_reloads(fronts: Fronts) -> None:
         finally:
             sub.close()
             proxy.cleanup()
+
+
+def test_a_sharded_subscription_follows_its_slot_through_a_migration(
+    fronts: Fronts, cluster: RedisCluster
+) -> None:
+    from proxy.hashing import key_slot
+
+    channel = "{shard-move}news"
+    slot = key_slot(channel.encode())
+    source = cluster.slot_owner(slot)
+    target = next(m for m in cluster.masters() if m is not source)
+
+    def move_to(owner: RedisServer) -> None:
+        owner_id = cluster.node_id(owner)
+        for node in [owner, *(n for n in cluster.alive_nodes() if n is not owner)]:
+            node.call("CLUSTER", "SETSLOT", str(slot), "NODE", owner_id)
+
+    sub = Sub(fronts.ports["cluster"])
+    try:
+        sub.send("SSUBSCRIBE", channel)
+        assert sub.read() == [b"ssubscribe", channel.encode(), 1]
+        with RawClient(fronts.ports["cluster"]) as pub:
+            assert pub.call("SPUBLISH", channel, "before") == 1
+            assert sub.read() == [b"smessage", channel.encode(), b"before"]
+            move_to(target)
+            # the proxy learns the map (the node's sunsubscribe, a MOVED) and subscribes there
+            poll_until(lambda: target.call("PUBSUB", "SHARDNUMSUB", channel)[1] == 1,
+                       "subscribed again on the slot's new owner", 10)  # fmt: skip
+            assert pub.call("SPUBLISH", channel, "after") == 1
+            assert sub.read() == [b"smessage", channel.encode(), b"after"]
+    finally:
+        sub.close()
+        move_to(source)
