@@ -399,6 +399,7 @@ class DedicatedConnection(BackendConnection):
         # called once released and answered, to keep the connection for the next holder
         self.on_done: Callable[[DedicatedConnection], None] | None = None
         self.uploading = False
+        self.uses = 1  # holders so far (an idle one is closed if not taken again: pool.py)
         # a blocking command's own timeout (s) while it waits: the deadline is that plus the
         # pool's timeout; 0: none (it blocks until answered, as Redis lets it)
         self.block_s: float | None = None

@@ -192,6 +192,7 @@ class PoolConfig:
     deny_commands: frozenset[bytes] = frozenset()
     # per server: connections held by one client (transactions' WATCH and EXEC, streamed values)
     dedicated_connections: int = DEFAULT_DEDICATED_CONNECTIONS
+    dedicated_idle_timeout_ms: int = 60000  # an idle one (kept for reuse) is closed after it
     allow_monitor: bool = True  # MONITOR through the proxy (every server's stream)
 
     @property
@@ -246,7 +247,7 @@ _POOL_KEYS = {
     "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
     "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
     "tcpkeepalive", "read_from", *CLUSTER_ONLY_KEYS, *SENTINEL_ONLY_KEYS, *CLIENT_LIMIT_KEYS,
-    "deny_commands", "dedicated_connections", "allow_monitor",
+    "deny_commands", "dedicated_connections", "dedicated_idle_timeout", "allow_monitor",
 }  # fmt: skip
 _NATIVE_TOP_KEYS = {"pools", "metrics", "listeners", "max_buffered_bytes"}
 _LISTENER_KEYS = {"listen", "routes", "default_pool", "redis_auth", "backlog", "client_connections",
@@ -536,6 +537,7 @@ def _pool(path: str, name: str, body: Any) -> PoolConfig:
         client_limits=_client_limits(where, body),
         deny_commands=_deny_commands(where, body),
         dedicated_connections=integer("dedicated_connections", DEFAULT_DEDICATED_CONNECTIONS, 1),
+        dedicated_idle_timeout_ms=integer("dedicated_idle_timeout", 60000, 1),
         allow_monitor=boolean("allow_monitor", True),
     )
 

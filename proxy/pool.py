@@ -238,6 +238,7 @@ class Server:
             conn = idle.pop()
             if not conn.closed and conn.resp3 == resp3:
                 self._held_dedicated.add(conn)
+                conn.uses += 1
                 return conn
             conn.close("not needed", failure=False)
         if not self.can_dedicate():
@@ -281,6 +282,13 @@ class Server:
         else:
             conn.on_writable = None
             self._idle_dedicated.append(conn)
+            idle_s = self.pool.config.dedicated_idle_timeout_ms / 1000.0
+            self._loop.call_later(idle_s, self._expire_idle, conn, conn.uses)
+
+    def _expire_idle(self, conn: DedicatedConnection, uses: int) -> None:
+        """Still idle since it was kept (not taken again in between): closed."""
+        if conn.uses == uses and conn in self._idle_dedicated:
+            conn.close("idle", failure=False)
 
     def _dedicated_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
         # A dedicated connection's failure is its holder's error reply; the server's health is

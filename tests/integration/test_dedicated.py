@@ -21,6 +21,7 @@ from tests.integration.harness import (
 )
 
 LIMIT = 2
+IDLE_MS = 1500
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def server() -> Iterator[RedisServer]:
 def proxy(server: RedisServer) -> Iterator[ResProxy]:
     port, mport = free_port(), free_port()
     text = native_config(pool_yaml("solo", port, [f"127.0.0.1:{server.port}:1 solo"],
-                                   dedicated_connections=LIMIT))  # fmt: skip
+                                   dedicated_connections=LIMIT, dedicated_idle_timeout=IDLE_MS))  # fmt: skip
     text += f"metrics:\n  listen: 127.0.0.1:{mport}\n"
     proxy = ResProxy(text).start()
     proxy.port, proxy.mport = port, mport
@@ -95,3 +96,14 @@ def test_many_transactions_in_a_row_reuse_the_same_few_connections(
     assert opened <= LIMIT, opened  # 100 holds, not 100 connections
     held, idle = _gauges(proxy)
     assert held == idle <= LIMIT
+
+
+def test_idle_dedicated_connections_are_closed(proxy: ResProxy, server: RedisServer) -> None:
+    with RawClient(proxy.port) as c:
+        assert c.call("WATCH", "idle") == b"OK"
+        assert c.call("UNWATCH") == b"OK"
+    poll_until(lambda: _gauges(proxy)[1] >= 1, "kept idle for reuse", 10)
+    # not taken again within dedicated_idle_timeout: closed (on the server too)
+    poll_until(lambda: _gauges(proxy) == (0, 0), "idle ones closed", 10)
+    listing = server.call("CLIENT", "LIST")
+    assert b"cmd=unwatch" not in listing

@@ -9,14 +9,18 @@ import threading
 import time
 from collections.abc import Iterator
 
+import hiredis
 import pytest
 import redis
 
 from tests.integration.harness import (
     Metrics,
+    RawClient,
+    RedisServer,
     ResProxy,
     SentinelGroup,
     Writer,
+    encode,
     free_port,
     native_config,
     poll_until,
@@ -131,6 +135,51 @@ def test_manual_failover_under_load_loses_no_acknowledged_write(
     assert samples.total("resproxy_sentinel_master_known") == 1
     for w in writers:  # every acknowledged write is on the new master
         assert w.missing_on(new) == []
+    group.wait_settled()
+
+
+def _blocked_clients(node: RedisServer) -> int:
+    for line in node.call("INFO", "clients").decode().splitlines():
+        if line.startswith("blocked_clients:"):
+            return int(line.split(":")[1])
+    raise LookupError("blocked_clients")
+
+
+def test_blocked_pop_on_the_old_master_gets_an_error_at_failover(
+    proxy: ResProxy, group: SentinelGroup
+) -> None:
+    # before the kill test, which leaves one data node dead; ends settled, as the manual one
+    group.wait_settled()
+    old = group.by_port(group.current_master_port())
+    key, item = "session:blocked", "after-failover"
+    assert old.call("DEL", key) is not None
+    with RawClient(proxy.port, timeout_s=CLIENT_TIMEOUT_S) as client:
+        client.send(encode("BLPOP", key, 0))
+        poll_until(lambda: _blocked_clients(old) == 1, "BLPOP blocked on the master", 30)
+        assert group.sentinels[0].call("SENTINEL", "FAILOVER", group.name) == b"OK"
+        client.sock.settimeout(30.0)  # the bound: an error, not a hang
+        try:
+            reply = client.read()
+        except TimeoutError:
+            raise AssertionError(f"blocked BLPOP not answered at failover:\n{proxy.log()}")
+        assert isinstance(reply, hiredis.ReplyError), reply
+        poll_until(lambda: group.current_master_port() != old.port, "sentinels switched", 60, 0.1)
+        new = group.by_port(group.current_master_port())
+        assert new is not old
+
+        def proxy_writes_to_new_master() -> bool:
+            reply = client.call("SET", "probe:blocked", "1")
+            return bool(reply == b"OK" and new.call("GET", "probe:blocked") == b"1")
+
+        client.sock.settimeout(CLIENT_TIMEOUT_S)
+        poll_until(proxy_writes_to_new_master, "resproxy writes to the new master", 30, 0.1)
+        # the client retries on the same connection: now blocked on the new master
+        client.send(encode("BLPOP", key, 0))
+        poll_until(lambda: _blocked_clients(new) == 1, "BLPOP blocked on the new master", 30)
+        with RawClient(proxy.port, timeout_s=CLIENT_TIMEOUT_S) as pusher:
+            assert pusher.call("RPUSH", key, item) == 1
+        assert client.read() == [key.encode(), item.encode()]
+        assert _blocked_clients(new) == 0
     group.wait_settled()
 
 
