@@ -74,6 +74,7 @@ class BackendConnection(asyncio.Protocol):
         on_answer: AnswerCallback | None = None,
     ) -> None:
         self.server_name = server_name
+        self.server_address: object = None  # (set by its Server: where it connects)
         self.pool_name = pool_name
         self._loop = loop
         self._timeout_ms = timeout_ms
@@ -410,6 +411,11 @@ class DedicatedConnection(BackendConnection):
         self._write_paused = False
         self._released = False
 
+    @property
+    def closed_text(self) -> str:
+        """What requests sent on it would be answered, once closed (why it closed)."""
+        return self._closed_text
+
     def rebind(self, on_lost: LostCallback, on_done: Callable[[DedicatedConnection], None]) -> None:
         """Another server object owns it now (Server.adopt)."""
         self._on_lost = on_lost
@@ -509,7 +515,7 @@ class DedicatedConnection(BackendConnection):
         block_s = self.block_s
         if block_s is not None and not self.closed:
             self._timer = None
-            if not self._pending:
+            if not self._pending or not block_s:  # (0: it blocks until answered)
                 return
             if self._loop.time() - self._last_progress < self._timeout_s + block_s:
                 self._arm_timer()

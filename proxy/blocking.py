@@ -53,7 +53,7 @@ class BlockingHost(Protocol):
 
     def _release_dispatch(self) -> None: ...
 
-    def _blocked_on(self, conn: DedicatedConnection | None) -> None: ...
+    def _blocked_on(self, waiter: Blocked | None) -> None: ...
 
 
 def timeout_of(name: bytes, args: list[bytes]) -> float | None:
@@ -86,15 +86,16 @@ def serve(host: BlockingHost, spec: CommandSpec, args: list[bytes], payload: byt
     if isinstance(crossing, str):  # (CROSSSLOT: Redis's words)
         queue.push_error(crossing)
         return
-    waiter = _Blocked(queue.push(), host, keys, payload, timeout_of(spec.name, args))
+    waiter = Blocked(queue.push(), host, keys, payload, timeout_of(spec.name, args))
     host._hold_dispatch()
     waiter.send()
 
 
-class _Blocked:
+class Blocked:
     """One blocked command: its connection, and its reply on the way back."""
 
-    __slots__ = ("target", "host", "keys", "payload", "timeout_s", "conn", "tries")
+    __slots__ = ("target", "host", "keys", "payload", "timeout_s", "conn", "tries", "gone",
+                 "moving")  # fmt: skip
 
     def __init__(self, target: ReplySlot, host: BlockingHost, keys: list[bytes], payload: bytes,
                  timeout_s: float | None) -> None:  # fmt: skip
@@ -105,8 +106,12 @@ class _Blocked:
         self.timeout_s = timeout_s
         self.conn: DedicatedConnection | None = None
         self.tries = 0
+        self.gone = False  # the client left: never sent again
+        self.moving = False  # its keys' server changed (a reload, an ejection): sent again
 
     def send(self) -> None:
+        if self.gone:
+            return
         host = self.host
         placement = host._pool.place(self.keys)
         if isinstance(placement, str):
@@ -118,13 +123,35 @@ class _Blocked:
             return
         self.conn = conn
         conn.block_s = self.timeout_s
-        host._blocked_on(conn)
+        host._blocked_on(self)
         conn.send(self.payload, ReplySlot(self))
         conn.release()
 
+    def cancel(self) -> None:
+        """The client left: its connection closes now, so Redis pops nothing for it."""
+        self.gone = True
+        if self.conn is not None:
+            self.conn.close("client left while blocked", failure=False)
+
+    def repin(self) -> None:
+        """The pool changed (a reload): blocked on the server its keys are on now."""
+        conn = self.conn
+        placement = self.host._pool.place(self.keys)
+        if conn is None or conn.closed or isinstance(placement, str):
+            return
+        if placement.server.address != conn.server_address:
+            self.moving = True
+            conn.close("its keys moved to another server", failure=False)
+
     def slot_done(self, slot: ReplySlot) -> None:
         raw = slot.data or b""
-        self.host._blocked_on(None)
+        self.conn = None
+        if self.gone:
+            return
+        if self.moving:  # (its connection was closed to block elsewhere: nothing popped)
+            self.moving = False
+            self.send()
+            return
         if raw[:1] == b"-" and raw.startswith(REDIRECTS) and self.tries < MAX_RETRIES:
             # The slot or the master moved: sent again once the pool knows where (its map is
             # learned again in the background; the waits add up to about 1.5 s).
@@ -134,9 +161,11 @@ class _Blocked:
                 placement.pool.map_changed()
             self.host._loop.call_later(RETRY_S * 2 ** (self.tries - 1), self.send)
             return
+        self.host._blocked_on(None)
         self.target.complete(raw)
         self.host._release_dispatch()
 
     def _fail(self, text: str) -> None:
+        self.host._blocked_on(None)
         self.target.fail(text)
         self.host._release_dispatch()

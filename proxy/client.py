@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 IMMEDIATE_IN_MULTI = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET"})
 SCRIPT_BODIES = frozenset({b"EVAL", b"EVAL_RO"})
 SCRIPT_CALLS = frozenset({b"EVALSHA", b"EVALSHA_RO"})
-HELD_READ_BYTES = 64 * 1024  # read while dispatch is held, before reading pauses
 LATENCY_SAMPLE_EVERY = 4  # client reads per latency observation (see data_received)
 LOG_EVERY_S = 60.0  # per peer address and kind: how often a closed or failing client is logged
 _last_logged: dict[tuple[str, str], float] = {}
@@ -168,7 +167,7 @@ class ClientConnection(asyncio.Protocol):
         self._deferred: tuple[list[bytes], bytes] | None = None  # the command at a barrier
         self._arrived: list[bytes] = []  # bytes read while held (framed after the stash)
         self._arrived_bytes = 0
-        self._blocked: DedicatedConnection | None = None  # a blocking command's, while it waits
+        self._blocked: blocking.Blocked | None = None  # a blocking command, while it waits
         self._subscriber: Subscriber | None = None  # its subscriptions, once it subscribes
         self._monitor: Monitor | None = None  # MONITOR's server connections, while it lasts
         self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
@@ -214,6 +213,8 @@ class ClientConnection(asyncio.Protocol):
         self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
         if self._subscriber is not None:
             self._subscriber.repin()  # channels the reload moved follow it
+        if self._blocked is not None:
+            self._blocked.repin()  # and a blocked pop whose keys moved
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats = self._pool.stats
@@ -238,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
         if self._monitor is not None:
             self._monitor.stop()
         if self._blocked is not None:  # Redis must not pop an element for a client gone
-            self._blocked.close("client left while blocked", failure=False)
+            self._blocked.cancel()
             self._blocked = None
         self._on_close(self)
 
@@ -262,8 +263,8 @@ class ClientConnection(asyncio.Protocol):
             if data:
                 self._arrived.append(data)
                 self._arrived_bytes += len(data)
-                if self._arrived_bytes > HELD_READ_BYTES:
-                    self._pause_reading()
+                if self._arrived_bytes > self._pool.config.client_limits.query_buffer_bytes:
+                    self._close_for_limit("query_buffer_limit", self._arrived_bytes)
             return
         self._reads += 1
         self.last_read = now = self._clock()
@@ -469,7 +470,10 @@ class ClientConnection(asyncio.Protocol):
                 queue.push_error(not_allowed(spec.fullname))
                 return
             if name == b"PING":
-                sub.ping(args[1:])
+                if len(args) > 2:
+                    queue.push_error(errors.wrong_arity("ping"))
+                else:
+                    sub.ping(args[1:])
                 return
         kind = spec.kind
         if kind is Kind.LOCAL:
@@ -553,16 +557,12 @@ class ClientConnection(asyncio.Protocol):
     def _blocking(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         if self._barrier(args, raw):
             return
-        payload = self._payload(spec, args, raw)
-        txn = self._txn
-        if txn is not None and txn.state is TxnState.WATCHING:
-            try:
-                keys = keys_of(spec, args)
-            except UnroutableKeys:
-                keys = []
-            if keys and txn.send_watched(keys, payload):
-                return  # (on the WATCH connection, which it then blocks, as in Redis)
-        blocking.serve(self, spec, args, payload)
+        sub, monitor = self._subscriber, self._monitor
+        if (sub is not None and sub.active) or (monitor is not None and monitor.active):
+            # (its reply would hold back every message behind it, unbounded)
+            self._queue.push_error(errors.blocking_while_pushed(spec.fullname))
+            return
+        blocking.serve(self, spec, args, self._payload(spec, args, raw))
 
     def _pubsub(self, spec: CommandSpec, args: list[bytes]) -> None:
         sub = self._subscriber
@@ -589,8 +589,8 @@ class ClientConnection(asyncio.Protocol):
         sub = self._subscriber
         return 0 if sub is None else sub.count + len(sub.shards.names)
 
-    def _blocked_on(self, conn: DedicatedConnection | None) -> None:
-        self._blocked = conn
+    def _blocked_on(self, waiter: blocking.Blocked | None) -> None:
+        self._blocked = waiter
 
     @property
     def blocked(self) -> bool:
@@ -733,9 +733,9 @@ class ClientConnection(asyncio.Protocol):
             self.name = b""
             self._resp3 = False
             if self._subscriber is not None:
-                self._subscriber.close()
+                self._subscriber.close(lost=False)
             if self._monitor is not None:
-                self._monitor.stop()
+                self._monitor.stop(lost=False)
             if self._txn is not None:
                 self._txn.reset()
             queue.push_reply(b"+RESET\r\n")
@@ -1026,7 +1026,10 @@ class ClientConnection(asyncio.Protocol):
         # server connection backlogged, is not idle)
         sending = (streamer is not None and streamer.state is StreamState.SENDING
                    and not streamer.holds_reading)  # fmt: skip
-        if len(self._queue) and not sending:
+        sub, monitor = self._subscriber, self._monitor
+        if (sub is not None and sub.active) or (monitor is not None and monitor.active):
+            self._active_at = now  # (Redis exempts pub/sub and MONITOR clients too)
+        elif len(self._queue) and not sending:
             # replies owed: waiting on the proxy is not idleness (a client that stops halfway
             # through a big value is, though: it holds a server connection)
             self._active_at = now

@@ -229,3 +229,11 @@ def pubsub_strip_prefix(listener: str) -> str:
         "a channel's name would differ between publishers and subscribers; use a listener "
         "without strip_prefix"
     )
+
+
+def blocking_while_pushed(fullname: str) -> str:
+    """A blocking command from a client with subscriptions or MONITOR running."""
+    return (
+        f"ERR '{fullname}' is not served while this connection has subscriptions or MONITOR "
+        "running (its reply would hold back their messages): use another connection"
+    )

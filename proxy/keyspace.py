@@ -204,16 +204,19 @@ def merge_numsub(name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, data
     error = _first_error(datas)
     if error is not None:
         return error
-    totals: dict[bytes, int] = {}
+    merged: list[Any] = []
     for raw in datas:
         values = decode_reply(raw)
         if isinstance(values, dict):
             values = [x for pair in values.items() for x in pair]
-        if not isinstance(values, list):
+        if not isinstance(values, list) or (merged and len(values) != len(merged)):
             return encode_error(errors.MERGE_MISMATCH)
-        for channel, count in zip(values[::2], values[1::2]):
-            totals[channel] = totals.get(channel, 0) + int(count)
-    return encode_value([x for pair in totals.items() for x in pair])
+        if not merged:
+            merged = list(values)
+            continue
+        for i in range(1, len(values), 2):  # (by position: a channel asked twice counts twice)
+            merged[i] = int(merged[i]) + int(values[i])
+    return encode_value(merged)
 
 
 def merge_max(name: bytes, parts: Sequence[tuple[Any, ...]], nkeys: int, datas: list[bytes]) -> bytes:

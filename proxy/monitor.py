@@ -41,7 +41,7 @@ class Monitor:
         self._host = host
         self._conns: dict[DedicatedConnection, bytes] = {}  # connection -> b" [server NAME]"
         self._owed: ReplySlot | None = None  # the client's +OK, until every server said it
-        self._left = 0
+        self._owing: set[DedicatedConnection] = set()  # the servers yet to say it
         self.lines = 0
 
     @property
@@ -64,14 +64,14 @@ class Monitor:
         taken: list[tuple[DedicatedConnection, bytes]] = []
         for server in servers:
             conn = server.take_dedicated(host._resp3, preload=False)
-            if isinstance(conn, str):
+            if isinstance(conn, str) or conn.closed:  # (the limit, or the server is down)
                 for held, _ in taken:
                     held.close("monitor refused", failure=False)
-                queue.push_error(conn)
+                queue.push_error(conn if isinstance(conn, str) else conn.closed_text)
                 return
             taken.append((conn, f" [server {server.name}]".encode()))
         self._owed = queue.push()
-        self._left = len(taken)
+        self._owing = {conn for conn, _ in taken}
         for conn, suffix in taken:
             self._conns[conn] = suffix
             conn.on_push = self._pushed
@@ -80,13 +80,16 @@ class Monitor:
 
     def _pushed(self, conn: DedicatedConnection, raw: bytes) -> None:
         owed = self._owed
-        if owed is not None:  # each server's first reply is MONITOR's +OK (or an error)
-            if raw != OK:
-                owed.complete(raw)
-            self._left -= 1
-            if self._left <= 0:
-                self._owed = None
-                owed.complete(OK)
+        if conn in self._owing:  # each server's first reply is MONITOR's +OK (or an error)
+            self._owing.discard(conn)
+            if owed is not None:
+                if raw != OK:  # refused there: the client gets that, and no monitoring
+                    self._owed = None
+                    owed.complete(raw)
+                    self.stop()
+                elif not self._owing:
+                    self._owed = None
+                    owed.complete(OK)
             return
         suffix = self._conns.get(conn)
         if suffix is None or raw[:1] != b"+":
@@ -101,11 +104,16 @@ class Monitor:
             self.stop()
             self._host._subscriptions_lost(reason)
 
-    def stop(self) -> None:
-        """RESET, or the client left: every server connection is closed."""
+    def stop(self, lost: bool = True) -> None:
+        """RESET (``lost`` False: a +OK still owed is written), the client left, or a server
+        connection was lost: every server connection is closed."""
         conns, self._conns = self._conns, {}
+        self._owing = set()
         if self._owed is not None:
-            self._owed.fail(errors.SUBSCRIPTION_LOST)
+            if lost:
+                self._owed.fail(errors.SUBSCRIPTION_LOST)
+            else:
+                self._owed.complete(OK)
             self._owed = None
         for conn in conns:
             conn.on_lost = None

@@ -249,6 +249,7 @@ class Server:
             resp3, self.stats, (), self._answered,
         )  # fmt: skip
         conn.on_done = self._dedicated_done
+        conn.server_address = self.address
         self.dedicated_open += 1
         self._held_dedicated.add(conn)
         if preload:

@@ -33,7 +33,7 @@ Imports: backend, errors, inflight, pool, resp.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from proxy import errors
@@ -56,6 +56,10 @@ ALLOWED_WHILE_SUBSCRIBED = frozenset(
 
 class PubSubHost(Protocol):
     """What a subscriber needs of its client connection."""
+
+    def _hold_dispatch(self) -> None: ...
+
+    def _release_dispatch(self) -> None: ...
 
     _loop: asyncio.AbstractEventLoop
     _queue: ReplyQueue
@@ -82,14 +86,25 @@ def _head(raw: bytes, count: int) -> list[bytes]:
 
 class _Awaited:
     """A (P|S)SUBSCRIBE confirmation owed to the client: written once every server it went
-    to confirmed it (then a PUBLISH after it is sure to reach the client, as with Redis)."""
+    to confirmed it (then a PUBLISH after it is sure to reach the client, as with Redis).
+    Without a slot: the proxy's own re-subscription (after a reload, a moved slot)."""
 
-    __slots__ = ("slot", "reply", "left")
+    __slots__ = ("slot", "reply", "left", "done")
 
-    def __init__(self, slot: ReplySlot, reply: bytes, left: int) -> None:
+    def __init__(self, slot: ReplySlot | None, reply: bytes, left: int,
+                 done: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.slot = slot
         self.reply = reply
         self.left = left
+        self.done = done  # called once answered (the client's dispatch goes on)
+
+    def answer(self, raw: bytes) -> None:
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.complete(raw)
+        done, self.done = self.done, None
+        if done is not None:
+            done()
 
 
 class _Kind:
@@ -149,6 +164,7 @@ class Subscriber:
             queue.push_error(errors.pubsub_strip_prefix(pool.name))
             queue.flush()
             return
+        owed: list[_Awaited] = []
         for item in names:
             if item not in kind.names:
                 if kind is self.patterns:
@@ -165,19 +181,38 @@ class Subscriber:
                     conn = self._conn(server)
                     if isinstance(conn, str):
                         queue.push_error(conn)
+                        self._drop_unused()  # (those just taken for it)
                         break
                     conns.append(conn)
                 else:
                     kind.names[item] = conns
                     count = len(kind.names) if kind is self.shards else self.count
-                    owed = _Awaited(queue.push(), self._confirm(kind.ack, item, count), len(conns))
+                    awaited = _Awaited(queue.push(), self._confirm(kind.ack, item, count),
+                                       len(conns))  # fmt: skip
+                    owed.append(awaited)
                     for conn in conns:
-                        conn.write_more(encode_command([kind.verb, item]))
-                        self._awaited.setdefault(conn, deque()).append(owed)
+                        self._ask(conn, kind.verb, item, awaited)
                 continue
             count = len(kind.names) if kind is self.shards else self.count
             queue.push_reply(self._confirm(kind.ack, item, count))  # (already: at once)
+        if owed:
+            # What the client sent next waits for the servers' confirmations: a PUBLISH right
+            # after a SUBSCRIBE must find the subscription in place, as on one Redis.
+            left = [len(owed)]
+
+            def one_done() -> None:
+                left[0] -= 1
+                if not left[0]:
+                    host._release_dispatch()
+
+            for awaited in owed:
+                awaited.done = one_done
+            host._hold_dispatch()
         queue.flush()
+
+    def _ask(self, conn: DedicatedConnection, verb: bytes, item: bytes, awaited: _Awaited) -> None:
+        conn.write_more(encode_command([verb, item]))
+        self._awaited.setdefault(conn, deque()).append(awaited)
 
     def unsubscribe(self, name: bytes, names: Sequence[bytes]) -> None:
         """(P|S)UNSUBSCRIBE [name...]: every one of the kind when none is named."""
@@ -193,7 +228,7 @@ class Subscriber:
             count = len(kind.names) if kind is self.shards else self.count
             queue.push_reply(self._confirm(kind.unack, item, count))
         if not self.active:
-            self.close()
+            self.close(lost=False)
         queue.flush()
 
     def repin(self) -> None:
@@ -224,16 +259,20 @@ class Subscriber:
                         new = self._conn(server)
                         if isinstance(new, str):
                             continue
-                        new.write_more(encode_command([kind.verb, item]))
+                        self._ask(new, kind.verb, item, _Awaited(None, b"", 1))
                         conn = new
                     moved.append(conn)
                 for old in here.values():
                     old.write_more(encode_command([kind.undo, item]))
                 kind.names[item] = moved
+        self._drop_unused()
+
+    def _drop_unused(self) -> None:
+        """Close the connections no name is subscribed on any more."""
         used = {id(c) for kind in (self.channels, self.patterns, self.shards)
                 for conns in kind.names.values() for c in conns}  # fmt: skip
         for address, conn in list(self._conns.items()):
-            if id(conn) not in used:
+            if id(conn) not in used and not self._awaited.get(conn):
                 del self._conns[address]
                 del self._address[conn]
                 self._server.pop(conn, None)
@@ -250,10 +289,16 @@ class Subscriber:
     def _conn(self, server: Server) -> DedicatedConnection | str:
         conn = self._conns.get(server.address)
         if conn is not None and not conn.closed:
+            held_by = self._server.get(conn)
+            if held_by is not None and held_by is not server:
+                server.adopt(conn, held_by)  # (the same server, in the pool a reload built)
+                self._server[conn] = server
             return conn
         taken = server.take_dedicated(self._host._resp3, preload=False)
         if isinstance(taken, str):
             return taken
+        if taken.closed:  # (the server is down: closed at once, with the reason)
+            return taken.closed_text
         taken.on_push = self._pushed
         taken.on_lost = self._lost
         self._conns[server.address] = taken
@@ -281,13 +326,39 @@ class Subscriber:
             self._host._loop.call_later(RESUBSCRIBE_S, self._resubscribe, head[1], conn, 1)
         elif kind in CONFIRMATIONS or raw[:1] in (b"-", b"!"):
             owed = self._awaited.get(conn)
-            if owed:
-                awaited = owed.popleft()
-                if raw[:1] in (b"-", b"!"):
-                    awaited.slot.complete(raw)  # (the first error is the reply)
-                awaited.left -= 1
-                if not awaited.left:
-                    awaited.slot.complete(awaited.reply)
+            if not owed:
+                return
+            awaited = owed.popleft()
+            named = _head(awaited.reply, 2)
+            if raw.startswith(b"-MOVED ") and named[:1] == [b"ssubscribe"] and awaited.slot:
+                # a shard channel asked of a node that no longer owns its slot: asked again
+                # where the refreshed map puts it (the client's confirmation waits)
+                self._host._pool.map_changed()
+                self._host._loop.call_later(RESUBSCRIBE_S, self._follow, named[1], conn,
+                                            awaited, 1)  # fmt: skip
+                return
+            if raw[:1] in (b"-", b"!"):
+                # refused (a moved shard slot, ACL...): not subscribed there; the first error
+                # is the client's reply
+                self._forget_on(conn, _head(awaited.reply, 3)[1:2])
+                awaited.answer(raw)
+                return
+            awaited.left -= 1
+            if not awaited.left:
+                awaited.answer(awaited.reply)
+
+    def _forget_on(self, conn: DedicatedConnection, names: list[bytes]) -> None:
+        for kind in (self.channels, self.patterns, self.shards):
+            for item in names:
+                held = kind.names.get(item)
+                if held is not None and conn in held:
+                    held.remove(conn)
+                    if not held:
+                        del kind.names[item]
+        if not self.active:
+            self.close(lost=False)
+        else:
+            self._drop_unused()
 
     def _resubscribe(self, channel: bytes, old: DedicatedConnection, tries: int) -> None:
         """A shard channel whose slot moved: SSUBSCRIBE on the slot's new owner, once the
@@ -303,8 +374,33 @@ class Subscriber:
         conn = self._conn(placed.server)
         if isinstance(conn, str):
             return
-        conn.write_more(encode_command([b"SSUBSCRIBE", channel]))
+        self._ask(conn, b"SSUBSCRIBE", channel, _Awaited(None, b"", 1))
         self.shards.names[channel] = [conn]
+
+    def _follow(self, channel: bytes, old: DedicatedConnection, awaited: _Awaited,
+                tries: int) -> None:  # fmt: skip
+        """SSUBSCRIBE again on the slot's owner once the pool's map has moved on from ``old``."""
+        if self.shards.names.get(channel) != [old]:
+            awaited.answer(awaited.reply)  # (unsubscribed meanwhile)
+            return
+        placed = self._host._pool.place([channel])
+        if isinstance(placed, str) or self._address.get(old) == placed.server.address:
+            if tries < RESUBSCRIBE_TRIES:
+                self._host._loop.call_later(RESUBSCRIBE_S * 2**tries, self._follow, channel,
+                                            old, awaited, tries + 1)  # fmt: skip
+            else:
+                self._forget_on(old, [channel])
+                awaited.answer(b"-" + errors.SLOT_UNSERVED.encode() + b"\r\n")
+            return
+        conn = self._conn(placed.server)
+        if isinstance(conn, str):
+            self._forget_on(old, [channel])
+            awaited.answer(b"-" + conn.encode() + b"\r\n")
+            return
+        self.shards.names[channel] = [conn]
+        awaited.left = 1
+        self._ask(conn, b"SSUBSCRIBE", channel, awaited)
+        self._drop_unused()
 
     def _deliver(self, raw: bytes) -> None:
         self.delivered += 1
@@ -318,17 +414,19 @@ class Subscriber:
             self.close()
             self._host._subscriptions_lost(reason)
 
-    def close(self) -> None:
-        """No subscription left (or the client left): their connections are closed."""
+    def close(self, lost: bool = True) -> None:
+        """No subscription left (``lost`` False: its confirmations still owed are written as
+        they are), or the client left, or a connection was lost: every connection closed."""
         conns, self._conns = self._conns, {}
         self._address.clear()
         self._server.clear()
         for kind in (self.channels, self.patterns, self.shards):
             kind.names.clear()
-        for owed in self._awaited.values():
+        owed_all, self._awaited = self._awaited, {}
+        for owed in owed_all.values():
             for awaited in owed:
-                awaited.slot.fail(errors.SUBSCRIPTION_LOST)
-        self._awaited.clear()
+                awaited.answer(b"-" + errors.SUBSCRIPTION_LOST.encode() + b"\r\n" if lost
+                               else awaited.reply)  # fmt: skip
         for conn in conns.values():
             conn.on_lost = None
             conn.close("unsubscribed", failure=False)

@@ -251,3 +251,18 @@ def test_a_blocked_pop_whose_slot_moves_is_served_by_the_new_owner(fronts: Front
     source_id = cluster.node_id(source)
     for node in [source, *(n for n in cluster.alive_nodes() if n is not source)]:
         node.call("CLUSTER", "SETSLOT", str(slot), "NODE", source_id)
+
+
+def test_a_blocking_pop_while_watching_keeps_its_own_timeout(fronts: Fronts) -> None:
+    with RawClient(fronts.ports["ring"]) as c:  # the pool's timeout is 300 ms
+        assert c.call("WATCH", "{wb}:l") == b"OK"
+        assert c.call("BLPOP", "{wb}:l", 1) is None
+        assert c.call("UNWATCH") == b"OK"
+
+
+def test_a_blocking_command_while_subscribed_is_refused_with_its_reason(fronts: Fronts) -> None:
+    with RawClient(fronts.ports["ring"]) as c:
+        assert c.call("HELLO", "3")[b"proto"] == 3
+        assert c.call("SUBSCRIBE", "{bs}ch") == [b"subscribe", b"{bs}ch", 1]
+        reply = c.call("BLPOP", "{bs}l", 1)
+        assert isinstance(reply, hiredis.ReplyError) and "subscriptions" in str(reply)

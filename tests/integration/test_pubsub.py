@@ -373,3 +373,37 @@ def test_a_sharded_subscription_follows_its_slot_through_a_migration(
     finally:
         sub.close()
         move_to(source)
+
+
+@pytest.mark.parametrize("resp3", [False, True])
+def test_pipelined_subscribe_then_unsubscribe_or_publish_as_one_redis(
+    fronts: Fronts, resp3: bool
+) -> None:
+    """In one write: what follows a SUBSCRIBE waits for the servers' confirmations (a PUBLISH
+    right after finds the subscription; an UNSUBSCRIBE right after is answered in order)."""
+    sequences: list[list[tuple[Any, ...]]] = [
+        [("SUBSCRIBE", "pa", "pb"), ("UNSUBSCRIBE", "pb"), ("UNSUBSCRIBE",), ("PING",)],
+        [("PSUBSCRIBE", "px*"), ("PUNSUBSCRIBE",), ("PING", "x", "y"), ("PING",)],
+        [("SUBSCRIBE", "pa"), ("RESET",)],
+        [("PUBSUB", "NUMSUB", "pq", "pq", "zz")],
+    ]
+    counts = [5, 4, 2, 1]  # (UNSUBSCRIBE of all lists in Redis's hash order: one name left)
+    for sequence, count in zip(sequences, counts):
+        raws = []
+        for port in (fronts.ports["ring"], fronts.reference.port):
+            sub = Sub(port, resp3=resp3)
+            try:
+                sub.sock.sendall(b"".join(encode(*c) for c in sequence))
+                raws.append(sub.raw(count))
+            finally:
+                sub.close()
+        assert raws[0] == raws[1], sequence
+    # a PUBLISH right behind a SUBSCRIBE of the same client finds it
+    sub = Sub(fronts.ports["ring"], resp3=True)
+    try:
+        sub.sock.sendall(encode("SUBSCRIBE", "pp.now") + encode("PUBLISH", "pp.now", "m"))
+        replies = [sub.read() for _ in range(3)]
+        assert [b"subscribe", b"pp.now", 1] in replies and 1 in replies, replies
+        assert [b"message", b"pp.now", b"m"] in replies, replies
+    finally:
+        sub.close()
