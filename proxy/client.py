@@ -4,7 +4,15 @@
                         single key (fast path) ─> pool.route(key).send(raw, slot)
                         MGET/MSET/DEL/... across servers ─> fanout.split + Gather(fanout.merge)
                         local / refused / bad ─> a completed slot, answered in place
+                        MULTI.../WATCH ─> transaction.py; SCAN/KEYS/SCRIPT/INFO ─> keyspace.py
+                        BLPOP... ─> blocking.py; SUBSCRIBE... ─> pubsub.py; MONITOR ─> monitor.py
     ReplyQueue (inflight.py) writes the completed head run: one write per batch.
+
+Holds: a command that goes on a dedicated connection must not be overtaken by the client's
+commands on the shared ones, nor overtake them: WATCH, EXEC and blocking commands wait until the
+replies owed before them are written (``_barrier``), and what follows an EXEC, UNWATCH, DISCARD,
+a blocking command or a SUBSCRIBE waits for its reply (``_hold_dispatch``): the rest of the read
+waits in ``_stash``, later reads in ``_arrived`` (up to the query buffer limit).
 
 Limits: reading pauses while more than ``max_pending`` requests await replies, the transport
 holds more than ``max_reply_bytes`` unsent (``pause_writing``), or the proxy-wide ``Budget``
@@ -15,7 +23,8 @@ replies past ``client_output_buffer_limit`` and unframed bytes past ``client_que
 close the client at once (nothing more can be written to it), ``client_timeout`` closes an
 idle one, ``auth_failure_limit`` failed AUTHs close it after the last -WRONGPASS.
 
-Imports: resp, commands, fanout, pool, inflight, budget, errors, metrics.
+Imports: resp, commands, fanout, pool, inflight, budget, stream, transaction, keyspace, scripts,
+blocking, pubsub, monitor, errors, metrics.
 """
 
 from __future__ import annotations
@@ -30,8 +39,6 @@ from typing import Any, cast
 from proxy import __version__, blocking, errors, keyspace
 from proxy.budget import Budget
 from proxy.commands import (
-    FAST_FANOUT,
-    FAST_SINGLE_KEY,
     CommandSpec,
     Kind,
     UnroutableKeys,
@@ -60,7 +67,6 @@ from proxy.resp import (
     encode_map,
     encode_value,
 )
-from proxy.backend import DedicatedConnection
 from proxy.monitor import Monitor
 from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
 from proxy.stream import Streamer, StreamState
