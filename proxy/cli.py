@@ -13,7 +13,7 @@ import time
 import uvloop
 
 from proxy import __version__
-from proxy.config import ConfigError, load, with_metrics
+from proxy.config import ConfigError, ConfigUnreadable, load, with_metrics
 from proxy.server import serve
 
 log = logging.getLogger("proxy")
@@ -68,12 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level, args.log_format)
     try:
         config = load(args.conf_file)
-        if args.metrics:
-            config = with_metrics(config, args.metrics)
-    except ConfigError as exc:
+    except ConfigUnreadable as exc:
+        print(f"resproxy: configuration file '{args.conf_file}' cannot be read: {exc}",
+              file=sys.stderr)
+        return 1
+    except ConfigError as exc:  # (twemproxy's words, then what and where)
         print(f"resproxy: configuration file '{args.conf_file}' syntax is invalid: {exc}",
               file=sys.stderr)
         return 1
+    if args.metrics:
+        try:
+            config = with_metrics(config, args.metrics)
+        except ConfigError as exc:  # (the option's fault, not the file's)
+            print(f"resproxy: {exc}", file=sys.stderr)
+            return 1
     if args.test_conf:
         print(f"resproxy: configuration file '{args.conf_file}' syntax is ok")
         return 0

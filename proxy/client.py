@@ -814,7 +814,10 @@ class ClientConnection(asyncio.Protocol):
         while i < len(args):
             option = args[i].upper()
             if option == b"AUTH" and i + 2 < len(args):
-                if self._password is None or not self._check_password(args[i + 1 : i + 3]):
+                # (no password configured: Redis's default user has none, and HELLO's AUTH
+                # for it succeeds with any password, as with nopass)
+                if (not self._check_password(args[i + 1 : i + 3]) if self._password is not None
+                        else args[i + 1] != b"default"):  # fmt: skip
                     self._auth_failed()
                     return
                 self._authenticated()

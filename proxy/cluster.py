@@ -271,11 +271,15 @@ class ClusterPool(PoolBase):
     async def _refresh_once(self) -> None:
         self._asked = False
         started = self._loop.time()
+        answer = ""  # the last node's own refusal, for the log
         for server in self._candidates():
             if self._closing:
                 return
             raw = await self._ask(server)
-            if raw is None or is_error(raw):
+            if raw is None:
+                continue
+            if is_error(raw):  # e.g. "ERR This instance has cluster support disabled"
+                answer = f"{server.name} answered {raw[1:].strip().decode('utf-8', 'replace')}"
                 continue
             try:
                 ranges = parse_slots(decode_reply(raw), server.node)
@@ -293,8 +297,8 @@ class ClusterPool(PoolBase):
         self.refresh_failures += 1
         if self.refresh_failures == 1 or self.refresh_failures % 100 == 0:
             log.warning(
-                "pool %s: slot map refresh failed: no node answered CLUSTER SLOTS (%d failures)",
-                self.name, self.refresh_failures,
+                "pool %s: slot map refresh failed: no node answered CLUSTER SLOTS (%d failures)%s",
+                self.name, self.refresh_failures, f"; {answer}" if answer else "",
             )
 
     async def _ask(self, server: Server) -> bytes | None:

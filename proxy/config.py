@@ -13,7 +13,9 @@ forever when it is absent; resproxy never lets a request hang, so it applies
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,10 @@ KETAMA_DEFAULT_PORT = 11211  # twemproxy leaves this port out of a server's defa
 
 class ConfigError(Exception):
     """The config cannot be used; the message names file, pool and key."""
+
+
+class ConfigUnreadable(ConfigError):
+    """The config file cannot be read at all (missing, permissions)."""
 
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
@@ -261,7 +267,7 @@ def load(path: str) -> Config:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+        raise ConfigUnreadable(f"{path}: cannot read config: {exc.strerror}") from None
     return parse(text, path)
 
 
@@ -270,13 +276,16 @@ def parse(text: str, path: str = "<config>") -> Config:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        # (PyYAML names a string it was given "<unicode string>": name the file instead)
+        detail = str(exc).replace('"<unicode string>"', path).replace("<unicode string>", path)
+        raise ConfigError(f"{path}: invalid YAML: {detail}") from None
     if not isinstance(doc, dict) or not doc:
         raise ConfigError(f"{path}: expected a mapping of pools at the top level")
     if "pools" in doc:
         unknown = sorted(str(k) for k in doc if k not in _NATIVE_TOP_KEYS)
         if unknown:
-            raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'")
+            raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'"
+                              f"{_did_you_mean(unknown[0], _NATIVE_TOP_KEYS)}")
         pools_doc = doc["pools"]
         if not isinstance(pools_doc, dict) or not pools_doc:
             raise ConfigError(f"{path}: key 'pools': expected a mapping of pool names")
@@ -297,7 +306,8 @@ def parse(text: str, path: str = "<config>") -> Config:
         metrics = None
         listeners_doc = {}
         budget = default_max_buffered_bytes()
-    pools = tuple(_pool(path, str(name), body) for name, body in pools_doc.items())
+    nutcracker = "pools" not in doc
+    pools = tuple(_pool(path, str(name), body, nutcracker) for name, body in pools_doc.items())
     names = {p.name for p in pools}
     listeners = tuple(_listener(path, str(n), body, names) for n, body in listeners_doc.items())
     for lc in listeners:
@@ -324,11 +334,12 @@ def parse(text: str, path: str = "<config>") -> Config:
 
 def with_metrics(config: Config, listen: str | Address) -> Config:
     """``config`` with its metrics endpoint at ``listen`` (host:port), e.g. from the command line."""
-    address = listen if isinstance(listen, Address) else _metrics(config.path, {"listen": listen})
+    where = config.path if isinstance(listen, Address) else "--metrics"
+    address = listen if isinstance(listen, Address) else _metrics(where, {"listen": listen})
     assert address is not None
     taken = {str(p.listen) for p in config.pools} | {str(lc.listen) for lc in config.listeners}
     if str(address) in taken:
-        raise ConfigError(f"{config.path}: metrics listen {address} is also a pool's listen")
+        raise ConfigError(f"{where}: metrics listen {address} is also a pool's listen")
     return dataclasses.replace(config, metrics_listen=address)
 
 
@@ -338,7 +349,7 @@ def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfi
         raise ConfigError(f"{where}: expected a mapping of listener keys")
     for key in body:
         if key not in _LISTENER_KEYS:
-            raise ConfigError(f"{where}: unknown key '{key}'")
+            raise ConfigError(f"{where}: unknown key '{key}'{_did_you_mean(key, _LISTENER_KEYS)}")
     try:
         listen = _listen(body.get("listen"))
     except ValueError as exc:
@@ -353,7 +364,7 @@ def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfi
             raise ConfigError(f"{at}: expected a mapping with prefix and pool")
         for key in r:
             if key not in _ROUTE_KEYS:
-                raise ConfigError(f"{at}: unknown key '{key}'")
+                raise ConfigError(f"{at}: unknown key '{key}'{_did_you_mean(key, _ROUTE_KEYS)}")
         prefix, pool = r.get("prefix"), r.get("pool")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError(f"{at}: key 'prefix': expected a non-empty string")
@@ -403,13 +414,25 @@ def _metrics(path: str, body: Any) -> Address | None:
     return address
 
 
-def _pool(path: str, name: str, body: Any) -> PoolConfig:
+def _did_you_mean(key: object, known: Collection[str]) -> str:
+    """`` (did you mean 'timeout'?)`` for a key close to a known one, else nothing."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConfig:
     where = f"{path}: pool '{name}'"
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping of pool keys")
     for key in body:
         if key not in _POOL_KEYS:
-            raise ConfigError(f"{where}: unknown key '{key}'")
+            raise ConfigError(f"{where}: unknown key '{key}'{_did_you_mean(key, _POOL_KEYS)}")
+    if nutcracker and "redis" not in body:
+        raise ConfigError(
+            f"{where}: key 'redis': missing; in nutcracker.yml a pool without 'redis: true' is "
+            "a memcached pool, and resproxy speaks only Redis: add 'redis: true' (as twemproxy "
+            "needs for a Redis pool)"
+        )
 
     def err(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}: key '{key}': {msg}")

@@ -126,7 +126,12 @@ class ProxyServer:
             await self._ready(pool)
         await self._start_metrics(self.config)  # scrapable once "ready" is logged
         for front in self.fronts.values():
-            front.socket = await self._listen(front)
+            try:
+                front.socket = await self._listen(front)
+            except OSError as exc:
+                kind = "listener" if isinstance(front.target, Router) else "pool"
+                raise OSError(exc.errno, f"{kind} {front.name}: cannot listen on "
+                                         f"{front.listen}: {exc.strerror or exc}") from None
             log.info("resproxy ready: %s %s listening on %s",
                      "listener" if isinstance(front.target, Router) else "pool",
                      front.name, front.listen)  # fmt: skip
@@ -139,7 +144,11 @@ class ProxyServer:
         addr = config.metrics_listen
         if addr is None:
             return
-        self._metrics = await serve_http(addr.host, addr.port, self.snapshot)
+        try:
+            self._metrics = await serve_http(addr.host, addr.port, self.snapshot)
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics endpoint: cannot listen on {addr}: "
+                                     f"{exc.strerror or exc}") from None
         log.info("metrics on http://%s/metrics and /healthz", addr)
 
     async def _listen(self, front: _Front) -> asyncio.AbstractServer:
@@ -347,7 +356,7 @@ class ProxyServer:
         self.fronts = fronts
         self.config = new
         self.budget.max_bytes = new.max_buffered_bytes
-        log.warning("reload accepted: added %s, removed %s, pools changed %s",
+        log.info("reload accepted: added %s, removed %s, pools changed %s",
                     added or "none", removed or "none", changed or "none")  # fmt: skip
 
     def _retire(self, pool: Pool) -> None:

@@ -205,3 +205,13 @@ def test_large_values_pass_through_both_ways(clients: tuple[RawClient, RawClient
     assert proxy.call("GET", "big") == value
     assert proxy.call("MGET", "big", "nope", "big") == [value, None, value]
     assert proxy.call("DEL", "big") == 1
+
+
+def test_hello_auth_default_without_a_password_as_redis(clients: tuple[RawClient, RawClient]) -> None:
+    """No password configured: Redis's default user has none, and HELLO's AUTH for it is
+    accepted whatever the password; another user is refused."""
+    for c in clients:  # the proxy, then a redis-server
+        hello = c.call("HELLO", "2", "AUTH", "default", "anything")
+        assert isinstance(hello, list) and b"proto" in hello, hello
+        refused = c.call("HELLO", "2", "AUTH", "someone", "x")
+        assert str(refused).startswith("WRONGPASS"), refused

@@ -253,7 +253,7 @@ def test_reload_adds_a_pool_and_json_logs(servers: list[RedisServer]) -> None:
             assert held.call("GET", "k") == b"v"  # the old connection was never dropped
         lines = [json.loads(line) for line in proxy.log().splitlines() if line.strip()]
         assert all({"ts", "level", "logger", "msg"} <= set(e) for e in lines)
-        assert any("reload accepted" in e["msg"] and e["level"] == "warning" for e in lines)
+        assert any("reload accepted" in e["msg"] and e["level"] == "info" for e in lines)
     finally:
         proxy.cleanup()
 

@@ -399,3 +399,27 @@ def test_max_buffered_bytes_is_not_a_nutcracker_yml_key() -> None:
     # nutcracker.yml has pool names at the top level: this would be a pool without keys
     with pytest.raises(ConfigError):
         parse("max_buffered_bytes: 64mb\n" + NUTCRACKER_YML, "nutcracker.yml")
+
+
+def test_a_nutcracker_yml_pool_without_redis_true_is_refused_as_memcached() -> None:
+    text = "alpha:\n  listen: 127.0.0.1:22121\n  servers:\n    - 127.0.0.1:6379:1\n"
+    with pytest.raises(ConfigError) as err:
+        parse(text, "nutcracker.yml")
+    message = str(err.value)
+    assert message.startswith("nutcracker.yml: pool 'alpha': key 'redis': missing")
+    assert "memcached" in message and "redis: true" in message
+    parse(text + "  redis: true\n", "nutcracker.yml")  # as twemproxy wants it: fine
+
+
+def test_an_unknown_key_suggests_the_known_one() -> None:
+    text = "pools:\n  p:\n    listen: 127.0.0.1:22121\n    timout: 100\n    servers: ['127.0.0.1:6379:1']\n"
+    with pytest.raises(ConfigError) as err:
+        parse(text, "r.yml")
+    assert str(err.value) == "r.yml: pool 'p': unknown key 'timout' (did you mean 'timeout'?)"
+
+
+def test_yaml_errors_name_the_file() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse("pools:\n  app:\n    listen: [\n", "/etc/resproxy.yml")
+    assert "<unicode string>" not in str(err.value)
+    assert "in /etc/resproxy.yml, line" in str(err.value)
