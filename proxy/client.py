@@ -4,6 +4,7 @@
                         single key (fast path) ─> pool.route(key).send(raw, slot)
                         MGET/MSET/DEL/... across servers ─> fanout.split + Gather(fanout.merge)
                         local / refused / bad ─> a completed slot, answered in place
+                            (COMMAND and CLIENT: local.py)
                         MULTI.../WATCH ─> transaction.py; SCAN/KEYS/SCRIPT/INFO ─> keyspace.py
                         BLPOP... ─> blocking.py; SUBSCRIBE... ─> pubsub.py; MONITOR ─> monitor.py
     ReplyQueue (inflight.py) writes the completed head run: one write per batch.
@@ -24,7 +25,7 @@ close the client at once (nothing more can be written to it), ``client_timeout``
 idle one, ``auth_failure_limit`` failed AUTHs close it after the last -WRONGPASS.
 
 Imports: resp, commands, fanout, pool, inflight, budget, stream, transaction, keyspace, scripts,
-blocking, pubsub, monitor, errors, metrics.
+blocking, pubsub, monitor, local, errors, metrics.
 """
 
 from __future__ import annotations
@@ -36,15 +37,12 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from proxy import __version__, blocking, errors, keyspace
+from proxy import __version__, blocking, errors, keyspace, local
 from proxy.budget import Budget
 from proxy.commands import (
     CommandSpec,
     Kind,
     UnroutableKeys,
-    command_docs,
-    command_names,
-    command_rows,
     is_blocking_call,
     is_denied,
     key_positions,
@@ -65,7 +63,6 @@ from proxy.resp import (
     encode_bulk,
     encode_command,
     encode_map,
-    encode_value,
 )
 from proxy.monitor import Monitor
 from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
@@ -721,16 +718,16 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"HELLO":
             self._hello(args[1:])
         elif name == b"COMMAND":
-            self._command(args[1:])
+            local.command(self, args[1:])
         elif name == b"CLIENT":
-            self._client(spec, args)
+            local.client(self, spec, args)
         elif name == b"INFO":
             sections = list(dict.fromkeys(a.decode("utf-8", "replace").lower() for a in args[1:]))
             info = self._info
             every = not sections or any(s in keyspace.EVERY_SECTION for s in sections)
             wanted: list[str | None] = [None] if every else list(sections)
-            local = b"".join(info(s) for s in wanted) if info is not None else b""
-            keyspace.info(self, sections, local)
+            own = b"".join(info(s) for s in wanted) if info is not None else b""
+            keyspace.info(self, sections, own)
         elif name == b"MONITOR":
             if self._monitor is None:
                 self._monitor = Monitor(self)
@@ -839,119 +836,12 @@ class ClientConnection(asyncio.Protocol):
         ]  # fmt: skip
         queue.push_reply(encode_map(info, resp3))
 
-    def _command(self, args: Sequence[bytes]) -> None:
-        queue = self._queue
-        sub = args[0].upper() if args else b""
-        if not args:
-            queue.push_reply(encode_value(command_rows(None)))
-        elif sub == b"COUNT":
-            queue.push_reply(encode_value(len(command_rows(None))))
-        elif sub == b"INFO":
-            queue.push_reply(encode_value(command_rows([a.upper() for a in args[1:]])))
-        elif sub == b"LIST":
-            queue.push_reply(encode_value([name.lower() for name in command_names()]))
-        elif sub == b"DOCS":
-            resp3 = self._resp3
-            docs = [(name, encode_map(fields, resp3)) for name, fields in command_docs(args[1:])]
-            items = b"".join(encode_bulk(name) + body for name, body in docs)
-            queue.push_reply(b"%c%d\r\n" % (b"%" if resp3 else b"*", len(docs) * (1 if resp3 else 2))
-                             + items)  # fmt: skip
-        elif sub == b"GETKEYS":
-            target = [args[1].upper(), *args[2:]] if len(args) > 1 else []
-            found = lookup(target) if target else errors.wrong_arity("command|getkeys")
-            if isinstance(found, str):
-                queue.push_error(found)
-                return
-            try:
-                queue.push_reply(encode_value(keys_of(found, target)))
-            except UnroutableKeys as exc:
-                queue.push_error(str(exc))
-        else:
-            queue.push_error(errors.refused(f"command|{sub.decode(errors='replace').lower()}"))
+    def now(self) -> float:
+        return self._clock()
 
-    def _client(self, spec: CommandSpec, args: Sequence[bytes]) -> None:
-        queue = self._queue
-        sub = spec.name
-        if sub == b"SETNAME":
-            if any(c < 0x21 or c > 0x7E for c in args[2]):
-                queue.push_error(errors.CLIENT_NAME)
-                return
-            self.name = args[2]
-            queue.push_reply(OK)
-        elif sub == b"GETNAME":
-            queue.push_reply(encode_bulk(self.name or None))
-        elif sub == b"SETINFO":
-            queue.push_reply(OK)
-        elif sub == b"ID":
-            queue.push_reply(b":%d\r\n" % self.id)
-        elif sub == b"INFO":
-            queue.push_reply(encode_bulk(self.describe() + b"\n"))
-        elif sub == b"LIST":
-            peers = self._peers() if self._peers is not None else [self]
-            text = b"".join(c.describe() + b"\n" for c in sorted(peers, key=lambda c: c.id))
-            queue.push_reply(encode_bulk(text))
-        elif sub == b"KILL":
-            self._kill(args[2:])
-        else:
-            queue.push_error(errors.refused(spec.fullname, spec.flags))
-
-    def describe(self) -> bytes:
-        """This client as CLIENT LIST shows it (Redis's field names, the ones a proxy knows)."""
-        now = self._clock()
-        return (
-            f"id={self.id} addr={self.addr} laddr={self.laddr} name=".encode() + self.name
-            + f" age={int(now - self.created)} idle={int(now - self.last_read)} "
-              f"cmd={self.last_command or 'NULL'} pool={self._pool.name}".encode()
-        )  # fmt: skip
-
-    def _kill(self, args: Sequence[bytes]) -> None:
-        """CLIENT KILL addr (old form: +OK) or CLIENT KILL ID id | ADDR addr | LADDR addr |
-        SKIPME yes/no ... (new form: the number killed), over this listen address's clients."""
-        queue = self._queue
-        peers = list(self._peers()) if self._peers is not None else [self]
-        if len(args) == 1:
-            found = [c for c in peers if c.addr == args[0].decode("utf-8", "replace")]
-            if not found:
-                queue.push_error("ERR No such client")
-                return
-            queue.push_reply(OK)
-            found[0].begin_shutdown() if found[0] is self else found[0].abort()
-            return
-        if len(args) % 2:
-            queue.push_error(errors.SYNTAX)
-            return
-        skipme = True
-        for option, value in zip(args[::2], args[1::2]):
-            text = value.decode("utf-8", "replace")
-            option = option.upper()
-            if option == b"ID":
-                if not value.isdigit() or int(value) <= 0:
-                    queue.push_error("ERR client-id should be greater than 0")
-                    return
-                peers = [c for c in peers if c.id == int(value)]
-            elif option == b"TYPE":
-                kind = value.lower()
-                if kind not in (b"normal", b"master", b"replica", b"slave", b"pubsub"):
-                    queue.push_error(f"ERR Unknown client type '{text}'")
-                    return
-                if kind != b"normal":  # (every client of the proxy is a normal one)
-                    peers = []
-            elif option == b"ADDR":
-                peers = [c for c in peers if c.addr == text]
-            elif option == b"LADDR":
-                peers = [c for c in peers if c.laddr == text]
-            elif option == b"SKIPME" and value.lower() in (b"yes", b"no"):
-                skipme = value.lower() == b"yes"
-            else:
-                queue.push_error(errors.SYNTAX)
-                return
-        killed = [c for c in peers if not (skipme and c is self)]
-        queue.push_reply(b":%d\r\n" % len(killed))
-        for client in killed:
-            if client is self:
-                self.begin_shutdown()  # (after this reply)
-            else:
-                client.abort()
+    def peers(self) -> Collection[ClientConnection]:
+        """The clients of the same listen address (CLIENT LIST, CLIENT KILL)."""
+        return self._peers() if self._peers is not None else [self]
 
     # --- writing, backpressure, closing --------------------------------------------------
 
