@@ -302,6 +302,7 @@ class ClientConnection(asyncio.Protocol):
         rows = self._rows
         strips = pool.strips
         count = 0
+        last = ""  # the last fast-path command's name (CLIENT LIST's cmd=), stored once per read
         slow = False  # something was answered in place (it needs a flush)
         parser = self._parser
         try:
@@ -312,7 +313,7 @@ class ClientConnection(asyncio.Protocol):
                     a = spec.arity
                     n = len(args)
                     if n == a if a > 0 else n >= -a:
-                        self.last_command = label = spec.fullname
+                        last = label = spec.fullname
                         slot = push(rows.get(label) or self._row(label))
                         if route_read is None or not spec.readonly:
                             server = route(args[1])
@@ -335,6 +336,7 @@ class ClientConnection(asyncio.Protocol):
                     self._fanout(spec, args, raw)
                     continue
                 slow = True
+                last = ""  # (the slow path stores its own)
                 self._dispatch_slow(args, raw)
                 if self._closing:
                     break
@@ -359,6 +361,8 @@ class ClientConnection(asyncio.Protocol):
             if self._streamer is None:
                 self._streamer = Streamer(self, self._loop.call_soon)
             self._streamer.offered()
+        if last:
+            self.last_command = last
         if count and t0:
             self._queue.mark(t0)
         if slow:

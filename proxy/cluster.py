@@ -147,7 +147,7 @@ class ClusterPool(PoolBase):
         two slots (Redis Cluster runs a transaction only within one slot)."""
         if not keys:
             owner = next((s for s in self._owners if s is not None), None)
-            return self.unrouted if owner is None else Placement(self, owner, owner, owner.name)
+            return self.unrouted if owner is None else Placement(self, owner)
         slot = key_slot(keys[0])
         for key in keys[1:]:
             other = key_slot(key)
@@ -159,7 +159,7 @@ class ClusterPool(PoolBase):
         owner = self._owners[slot]
         if owner is None:
             return self.unrouted
-        return Placement(self, owner, slot, self._slot_where(slot))
+        return Placement(self, owner)
 
     def _slot_where(self, slot: int) -> str:
         owner = self._owners[slot]

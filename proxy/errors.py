@@ -135,6 +135,8 @@ MONITOR_NOT_ALLOWED = (
     "run it on a server directly"
 )
 SUBSCRIPTION_LOST = "ERR subscription lost: its server connection closed; subscribe again"
+NO_SUCH_CLIENT = "ERR No such client"
+CLIENT_ID = "ERR client-id should be greater than 0"
 CLIENT_NAME = "ERR Client names cannot contain spaces, newlines or special characters."
 
 
@@ -237,3 +239,7 @@ def blocking_while_pushed(fullname: str) -> str:
         f"ERR '{fullname}' is not served while this connection has subscriptions or MONITOR "
         "running (its reply would hold back their messages): use another connection"
     )
+
+
+def unknown_client_type(kind: str) -> str:
+    return f"ERR Unknown client type '{kind}'"

@@ -127,7 +127,7 @@ def kill(host: LocalHost, args: Sequence[bytes]) -> None:
     if len(args) == 1:
         found = [c for c in peers if c.addr == args[0].decode("utf-8", "replace")]
         if not found:
-            queue.push_error("ERR No such client")
+            queue.push_error(errors.NO_SUCH_CLIENT)
             return
         queue.push_reply(OK)
         found[0].begin_shutdown() if found[0] is host else found[0].abort()
@@ -141,13 +141,13 @@ def kill(host: LocalHost, args: Sequence[bytes]) -> None:
         option = option.upper()
         if option == b"ID":
             if not value.isdigit() or int(value) <= 0:
-                queue.push_error("ERR client-id should be greater than 0")
+                queue.push_error(errors.CLIENT_ID)
                 return
             peers = [c for c in peers if c.id == int(value)]
         elif option == b"TYPE":
             kind = value.lower()
             if kind not in (b"normal", b"master", b"replica", b"slave", b"pubsub"):
-                queue.push_error(f"ERR Unknown client type '{text}'")
+                queue.push_error(errors.unknown_client_type(text))
                 return
             if kind != b"normal":  # (every client of the proxy is a normal one)
                 peers = []

@@ -42,7 +42,6 @@ class Monitor:
         self._conns: dict[DedicatedConnection, bytes] = {}  # connection -> b" [server NAME]"
         self._owed: ReplySlot | None = None  # the client's +OK, until every server said it
         self._owing: set[DedicatedConnection] = set()  # the servers yet to say it
-        self.lines = 0
 
     @property
     def active(self) -> bool:
@@ -94,7 +93,6 @@ class Monitor:
         suffix = self._conns.get(conn)
         if suffix is None or raw[:1] != b"+":
             return
-        self.lines += 1
         queue = self._host._queue
         queue.push_reply(raw[:-2] + suffix + b"\r\n")
         queue.flush()

@@ -43,7 +43,7 @@ import random
 import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -571,14 +571,11 @@ Parts = Sequence[tuple["Target | None", bytes, list[int]]]
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where some keys live, for a command that must run on one server connection (a
-    transaction): the pool that owns them (a router resolves to its route's pool), the server,
-    a token equal for keys that may share a transaction (the server for a ring, the slot for a
-    cluster), and how to name that place in an error."""
+    transaction, a blocked pop, a subscription): the pool that owns them (a router resolves to
+    its route's pool) and the server. ``Pool.place`` itself refuses keys of two places."""
 
     pool: PlacedPool
     server: Server
-    token: Hashable
-    where: str
 
 
 class PlacedPool(Protocol):
@@ -885,7 +882,7 @@ class RingPool(PoolBase):
             live = [s for s in self.servers if not s.ejected]
             if not live:
                 return self.unrouted
-            return Placement(self, live[0], live[0], describe(live[0]))
+            return Placement(self, live[0])
         route = self.route
         first = route(keys[0])
         if not isinstance(first, Server):
@@ -897,7 +894,7 @@ class RingPool(PoolBase):
                     return self.unrouted
                 return errors.cross_place(shown_key(keys[0]), describe(first), shown_key(key),
                                           describe(other), "server")  # fmt: skip
-        return Placement(self, first, first, describe(first))
+        return Placement(self, first)
 
     def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
         """Every server holding part of the keyspace, in the pool's order (SCAN, KEYS...)."""

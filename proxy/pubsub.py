@@ -134,7 +134,6 @@ class Subscriber:
         self._server: dict[DedicatedConnection, Server] = {}  # whose it is (Server.adopt)
         # per connection, the confirmations owed to the client, in the order sent
         self._awaited: dict[DedicatedConnection, deque[_Awaited]] = {}
-        self.delivered = 0  # messages passed to the client
 
     @property
     def count(self) -> int:
@@ -403,7 +402,6 @@ class Subscriber:
         self._drop_unused()
 
     def _deliver(self, raw: bytes) -> None:
-        self.delivered += 1
         self._host._pool.stats.pubsub_messages += 1
         queue = self._host._queue
         queue.push_reply(raw)

@@ -198,7 +198,7 @@ class Router:
         found = r.pool.place([k[len(r.prefix) :] for k in keys] if r.strip else keys)
         if isinstance(found, str):
             return found
-        return Placement(found.pool, found.server, (r.prefix, found.token), found.where)
+        return found
 
     def _where(self, r: _Route | None) -> str:
         if r is None:

@@ -38,7 +38,7 @@ from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
 from proxy.pool import (
-    Placement, PoolBase, Redirected, Refresher, Route, Server, ServerState, Target, describe,
+    Placement, PoolBase, Redirected, Refresher, Route, Server, ServerState, Target,
 )
 from proxy.resp import encode_command
 
@@ -160,7 +160,7 @@ class SentinelPool(PoolBase):
         master = self.master
         if master is None:
             return self.unrouted
-        return Placement(self, master, self, describe(master))
+        return Placement(self, master)
 
     def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
         if self.master is None:
