@@ -266,3 +266,51 @@ def test_a_blocking_command_while_subscribed_is_refused_with_its_reason(fronts: 
         assert c.call("SUBSCRIBE", "{bs}ch") == [b"subscribe", b"{bs}ch", 1]
         reply = c.call("BLPOP", "{bs}l", 1)
         assert isinstance(reply, hiredis.ReplyError) and "subscriptions" in str(reply)
+
+
+def test_blocked_pops_follow_a_reload_that_moves_their_keys() -> None:
+    """A reload adds a server: pops blocked on keys that now live there are blocked there
+    instead (nothing popped on the old server meanwhile), so every push reaches its consumer."""
+    import signal
+
+    from tests.integration.harness import Metrics
+
+    with running_redis_servers(3) as servers:
+        port, mport = free_port(), free_port()
+
+        def config(count: int) -> str:
+            lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers[:count])]
+            return (native_config(pool_yaml("ring", port, lines, timeout=1000))
+                    + f"metrics:\n  listen: 127.0.0.1:{mport}\n")  # fmt: skip
+
+        proxy = ResProxy(config(2)).start()
+        keys = [f"follow:{i}" for i in range(40)]
+        consumers = []
+        try:
+            for key in keys:
+                s = socket.create_connection(("127.0.0.1", port))
+                s.settimeout(10)
+                s.sendall(encode("BLPOP", key, 0))
+                consumers.append(s)
+            poll_until(lambda: Metrics(mport).value("resproxy_blocked_clients", pool="ring")
+                       == len(keys), "every pop blocked", 10)  # fmt: skip
+            with open(proxy.config_path, "w") as f:
+                f.write(config(3))
+            proxy.send_signal(signal.SIGHUP)
+            poll_until(lambda: Metrics(mport).value("resproxy_config_reloads_total") == 1,
+                       "reload applied", 10)  # fmt: skip
+            poll_until(lambda: sum(_blocked_clients(s) for s in servers) == len(keys),
+                       "every pop blocked where the new ring puts its key", 10)  # fmt: skip
+            assert _blocked_clients(servers[2]) > 0  # (some keys did move)
+            with RawClient(port) as c:
+                for key in keys:
+                    assert c.call("RPUSH", key, "item") == 1
+            for key, s in zip(keys, consumers):
+                reader = hiredis.Reader()
+                while (reply := reader.gets()) is False:
+                    reader.feed(s.recv(4096))
+                assert reply == [key.encode(), b"item"]
+        finally:
+            for s in consumers:
+                s.close()
+            proxy.cleanup()
