@@ -9,7 +9,12 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension(name, [f"proxy/{name.split('.')[1]}.c"], optional=True, extra_compile_args=["-O2"])
+        Extension(
+            name,
+            [f"proxy/{name.split('.')[1]}.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+        )
         for name in ("proxy._speedups", "proxy._inflight")
     ]
 )

@@ -63,16 +63,21 @@ async def run(depth: int, requests: int, mget: bool = False) -> float:
     backends = []
     for server in pool.servers:
         conn = BackendConnection(
-            server.name, pool.name, loop, 100_000, [], server._on_lost, server._mark_up,
+            server.name,
+            pool.name,
+            loop,
+            100_000,
+            [],
+            server._on_lost,
+            server._mark_up,
             stats=server.stats,
-        )  # fmt: skip
+        )
         transport = MemoryTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         server._lanes[0] = conn
         server.direct = conn.send  # as Server._connect sets it for a one-lane server
         backends.append((conn, transport))
-    client = ClientConnection(pool, Flusher(loop.call_soon), ClientLimits(), lambda c: True,
-                              lambda c: None)  # fmt: skip
+    client = ClientConnection(pool, Flusher(loop.call_soon), ClientLimits(), lambda c: True, lambda c: None)
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     if mget:  # ten keys each, spread over the three servers

@@ -123,10 +123,13 @@ def reset_hwm(pid: int) -> None:
 def hwm_reset_works() -> bool:
     """Whether writing 5 to clear_refs resets VmHWM on this kernel (checked on a child python
     that touches 64 MB and frees it)."""
-    code = ("import sys\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
-            "del b\nprint('ready', flush=True)\nsys.stdin.read()\n")  # fmt: skip
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    code = (
+        "import sys\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+        "del b\nprint('ready', flush=True)\nsys.stdin.read()\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         assert p.stdout is not None
         if p.stdout.readline().strip() != b"ready":
@@ -267,9 +270,12 @@ class Pinger(threading.Thread):
 
 
 def timed(
-    port: int, op: Callable[[socket.socket, float], None], timeout_s: float,
-    proxy: subprocess.Popen[bytes] | None, result: Transfer,
-) -> None:  # fmt: skip
+    port: int,
+    op: Callable[[socket.socket, float], None],
+    timeout_s: float,
+    proxy: subprocess.Popen[bytes] | None,
+    result: Transfer,
+) -> None:
     """Run one transfer with a pinger alongside; fill in ``result``."""
     if proxy is not None:
         reset_hwm(proxy.pid)
@@ -299,7 +305,8 @@ def timed(
         if proxy.poll() is not None:
             result.seconds = None
             result.error = (result.error + "; " if result.error else "") + (
-                f"proxy exited (rc {proxy.returncode})")  # fmt: skip
+                f"proxy exited (rc {proxy.returncode})"
+            )
 
 
 # --- the section -------------------------------------------------------------------------------
@@ -329,14 +336,14 @@ def run(sizes: list[int], rounds: int, log: Callable[[str], None]) -> tuple[list
     section_deadline = time.monotonic() + SECTION_BUDGET_S
     per_transfer = hwm_reset_works()
     if not per_transfer:
-        log("large: writing 5 to /proc/PID/clear_refs does not reset VmHWM here; "
-            "peak RSS is since the proxy started (a fresh proxy per size)")  # fmt: skip
+        log(
+            "large: writing 5 to /proc/PID/clear_refs does not reset VmHWM here; "
+            "peak RSS is since the proxy started (a fresh proxy per size)"
+        )
     workdir = tempfile.mkdtemp(prefix="resproxy-bench-large-")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(
-        cmd: list[str], what: str, port: int, log_path: str = os.devnull
-    ) -> subprocess.Popen[bytes]:
+    def start(cmd: list[str], what: str, port: int, log_path: str = os.devnull) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as out:
             p = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=ROOT)
         procs.append(p)
@@ -349,9 +356,27 @@ def run(sizes: list[int], rounds: int, log: Callable[[str], None]) -> tuple[list
     rows: list[Row] = []
     try:
         redis_port = free_port()
-        start(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
-               "--appendonly", "no", "--dir", workdir, "--proto-max-bulk-len", "1gb",
-               "--client-query-buffer-limit", "1gb"], "redis-server", redis_port)  # fmt: skip
+        start(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(redis_port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--proto-max-bulk-len",
+                "1gb",
+                "--client-query-buffer-limit",
+                "1gb",
+            ],
+            "redis-server",
+            redis_port,
+        )
         for size_mb in sizes:
             size = size_mb * MB
             key = b"large:%d" % size_mb
@@ -417,15 +442,13 @@ def run(sizes: list[int], rounds: int, log: Callable[[str], None]) -> tuple[list
                         if sets.seconds is None:
                             gets.error = "skipped: SET failed"
                         else:
-                            timed(port, lambda s, d: do_get(s, get_cmd, get_buf, d), timeout(),
-                                  proxy, gets)  # fmt: skip
+                            timed(port, lambda s, d: do_get(s, get_cmd, get_buf, d), timeout(), proxy, gets)
                             if gets.seconds is not None and not get_buf.startswith(value):
                                 gets.seconds, gets.error = None, "value read back differs"
                         if target in logs and (sets.error or gets.error):
                             (gets if gets.error else sets).error += log_tail(logs[target])
                         delete(redis_port, key)
-                        log(f"  large {size_mb} MB round {r + 1}/{rounds} {target}: "
-                            f"{summary(sets, gets)}")  # fmt: skip
+                        log(f"  large {size_mb} MB round {r + 1}/{rounds} {target}: {summary(sets, gets)}")
             finally:
                 for proxy in proxies.values():
                     stop(proxy)
@@ -509,21 +532,40 @@ def summary(sets: Transfer, gets: Transfer) -> str:
 
 def tables(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of the results table and of the ratio table."""
-    header = ["size MB", "target", "SET MB/s", "GET MB/s", "RSS MB idle", "peak RSS MB SET/GET",
-              "PING max ms SET/GET", "PINGs SET/GET"]  # fmt: skip
+    header = [
+        "size MB",
+        "target",
+        "SET MB/s",
+        "GET MB/s",
+        "RSS MB idle",
+        "peak RSS MB SET/GET",
+        "PING max ms SET/GET",
+        "PINGs SET/GET",
+    ]
     out: list[list[str]] = []
     for r in rows:
         proxy = r.target != "redis"
-        out.append([
-            str(r.size_mb), r.target, fmt_mb_s(r.mb_s("SET")) + partial(r.sets),
-            fmt_mb_s(r.mb_s("GET")) + partial(r.gets),
-            fmt_rss(r.idle_rss_kb) if proxy else "-",
-            f"{fmt_rss(r.peak_rss_kb('SET'))}/{fmt_rss(r.peak_rss_kb('GET'))}" if proxy else "-",
-            f"{fmt_ping(r.ping_max_ms('SET'))}/{fmt_ping(r.ping_max_ms('GET'))}",
-            f"{r.pings('SET')}/{r.pings('GET')}",
-        ])  # fmt: skip
-    ratio_header = ["size MB", "SET MB/s p/n", "GET MB/s p/n", "peak RSS SET p/n",
-                    "peak RSS GET p/n", "SET MB/s p/redis", "GET MB/s p/redis"]  # fmt: skip
+        out.append(
+            [
+                str(r.size_mb),
+                r.target,
+                fmt_mb_s(r.mb_s("SET")) + partial(r.sets),
+                fmt_mb_s(r.mb_s("GET")) + partial(r.gets),
+                fmt_rss(r.idle_rss_kb) if proxy else "-",
+                f"{fmt_rss(r.peak_rss_kb('SET'))}/{fmt_rss(r.peak_rss_kb('GET'))}" if proxy else "-",
+                f"{fmt_ping(r.ping_max_ms('SET'))}/{fmt_ping(r.ping_max_ms('GET'))}",
+                f"{r.pings('SET')}/{r.pings('GET')}",
+            ]
+        )
+    ratio_header = [
+        "size MB",
+        "SET MB/s p/n",
+        "GET MB/s p/n",
+        "peak RSS SET p/n",
+        "peak RSS GET p/n",
+        "SET MB/s p/redis",
+        "GET MB/s p/redis",
+    ]
     ratios: list[list[str]] = []
     for size_mb in dict.fromkeys(r.size_mb for r in rows):
         by = {r.target: r for r in rows if r.size_mb == size_mb}
@@ -534,13 +576,17 @@ def tables(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]]]]:
         def ratio(a: float | int | None, b: float | int | None) -> str:
             return f"{a / b:.2f}" if a is not None and b else "-"
 
-        ratios.append([
-            str(size_mb),
-            ratio(p.mb_s("SET"), n.mb_s("SET")), ratio(p.mb_s("GET"), n.mb_s("GET")),
-            ratio(p.peak_rss_kb("SET"), n.peak_rss_kb("SET")),
-            ratio(p.peak_rss_kb("GET"), n.peak_rss_kb("GET")),
-            ratio(p.mb_s("SET"), d.mb_s("SET")), ratio(p.mb_s("GET"), d.mb_s("GET")),
-        ])  # fmt: skip
+        ratios.append(
+            [
+                str(size_mb),
+                ratio(p.mb_s("SET"), n.mb_s("SET")),
+                ratio(p.mb_s("GET"), n.mb_s("GET")),
+                ratio(p.peak_rss_kb("SET"), n.peak_rss_kb("SET")),
+                ratio(p.peak_rss_kb("GET"), n.peak_rss_kb("GET")),
+                ratio(p.mb_s("SET"), d.mb_s("SET")),
+                ratio(p.mb_s("GET"), d.mb_s("GET")),
+            ]
+        )
     return [("results", header, out), ("ratios", ratio_header, ratios)]
 
 
@@ -558,16 +604,23 @@ def failures(rows: list[Row]) -> list[str]:
 
 
 def to_json(rows: list[Row]) -> list[dict[str, object]]:
-    return [{"size_mb": r.size_mb, "target": r.target, "idle_rss_kb": r.idle_rss_kb,
-             "sets": [vars(t) for t in r.sets], "gets": [vars(t) for t in r.gets]}
-            for r in rows]  # fmt: skip
+    return [
+        {
+            "size_mb": r.size_mb,
+            "target": r.target,
+            "idle_rss_kb": r.idle_rss_kb,
+            "sets": [vars(t) for t in r.sets],
+            "gets": [vars(t) for t in r.gets],
+        }
+        for r in rows
+    ]
 
 
 def parse_sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise SystemExit(f"bench: --sizes takes MB as comma-separated integers, got {text!r}")
+        raise SystemExit(f"bench: --sizes takes MB as comma-separated integers, got {text!r}") from None
     if not sizes or any(not 0 < s <= MAX_SIZE_MB for s in sizes):
         raise SystemExit(f"bench: --sizes must be between 1 and {MAX_SIZE_MB} MB, got {text!r}")
     return sizes

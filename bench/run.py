@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # Free ports below the ephemeral range and the bounded port wait: the test harness's, shared.
-from tests.integration.harness import RedisCluster, free_port, wait_port  # noqa: E402
-
 import large  # noqa: E402  (bench/large.py, next to this file)
+
+from tests.integration.harness import RedisCluster, free_port, wait_port  # noqa: E402
 
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 CLIENTS = 50
@@ -85,7 +85,9 @@ class Result:
 
 @dataclass
 class Series:
-    runs: dict[str, list[Result]] = field(default_factory=lambda: {"redis": [], "nutcracker": [], "resproxy": []})
+    runs: dict[str, list[Result]] = field(
+        default_factory=lambda: {"redis": [], "nutcracker": [], "resproxy": []}
+    )
     ratios: list[float] = field(default_factory=list)
 
 
@@ -104,9 +106,24 @@ CLUSTER_CASES = CASES[:4]
 
 
 def run_benchmark(port: int, case: Case, requests: int, cluster: bool = False) -> Result:
-    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS),
-           "-n", str(requests), "-P", str(case.pipeline), "-r", str(KEYSPACE), "--csv",
-           *(["--cluster"] if cluster else []), *case.args]  # fmt: skip
+    cmd = [
+        "redis-benchmark",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-c",
+        str(CLIENTS),
+        "-n",
+        str(requests),
+        "-P",
+        str(case.pipeline),
+        "-r",
+        str(KEYSPACE),
+        "--csv",
+        *(["--cluster"] if cluster else []),
+        *case.args,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"bench: redis-benchmark failed: {out.stderr.strip()}")
@@ -117,9 +134,7 @@ def run_benchmark(port: int, case: Case, requests: int, cluster: bool = False) -
     return Result(rps=float(row[1]), p50=float(row[4]), p99=float(row[6]))
 
 
-def measure(
-    port: int, pid: int | None, case: Case, requests: int, cluster: bool = False
-) -> Result:
+def measure(port: int, pid: int | None, case: Case, requests: int, cluster: bool = False) -> Result:
     before = cpu_seconds(pid) if pid else 0.0
     result = run_benchmark(port, case, requests, cluster)
     if pid:
@@ -141,7 +156,7 @@ def nutcracker_yml(listen: int, ports: list[int]) -> str:
     return (
         "bench:\n"
         f"  listen: 127.0.0.1:{listen}\n"
-        "  hash: fnv1a_64\n  distribution: ketama\n  hash_tag: \"{}\"\n  redis: true\n"
+        '  hash: fnv1a_64\n  distribution: ketama\n  hash_tag: "{}"\n  redis: true\n'
         "  timeout: 400\n  server_connections: 1\n  preconnect: true\n"
         "  auto_eject_hosts: false\n  servers:\n" + servers
     )
@@ -156,10 +171,17 @@ def main() -> int:
     ap.add_argument("--no-cluster", action="store_true", help="skip the cluster section")
     ap.add_argument("--no-large", action="store_true", help="skip the large-value section")
     ap.add_argument("--large-only", action="store_true", help="run only the large-value section")
-    ap.add_argument("--sizes", default=",".join(map(str, large.DEFAULT_SIZES)),
-                    help="large-value section: value sizes in MB, e.g. 1,16")  # fmt: skip
-    ap.add_argument("--large-rounds", type=int, default=None,
-                    help="large-value section: rounds per size (default 3, 1 with --quick)")
+    ap.add_argument(
+        "--sizes",
+        default=",".join(map(str, large.DEFAULT_SIZES)),
+        help="large-value section: value sizes in MB, e.g. 1,16",
+    )
+    ap.add_argument(
+        "--large-rounds",
+        type=int,
+        default=None,
+        help="large-value section: rounds per size (default 3, 1 with --quick)",
+    )
     args = ap.parse_args()
     sizes = large.parse_sizes(args.sizes)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
@@ -172,19 +194,18 @@ def main() -> int:
 
 
 def bench_large(sizes: list[int], rounds: int, markdown: bool) -> None:
-    rows, per_transfer = large.run(
-        sizes, rounds, lambda line: print(line, file=sys.stderr, flush=True)
+    rows, per_transfer = large.run(sizes, rounds, lambda line: print(line, file=sys.stderr, flush=True))
+    print(
+        f"\nLarge values: {rounds} round(s) of one SET and one GET per size, raw socket client; "
+        f"redis-server straight, and a fresh nutcracker / resproxy per size in front of it; "
+        f"MB = 2**20 bytes; MB/s medians; peak RSS = max VmHWM "
+        f"{'per transfer (clear_refs)' if per_transfer else 'since start'}; PING every "
+        f"{large.PING_INTERVAL_S * 1000:g} ms on a second connection, worst over rounds"
+        "\n"
     )
-    print(f"\nLarge values: {rounds} round(s) of one SET and one GET per size, raw socket client; "
-          f"redis-server straight, and a fresh nutcracker / resproxy per size in front of it; "
-          f"MB = 2**20 bytes; MB/s medians; peak RSS = max VmHWM "
-          f"{'per transfer (clear_refs)' if per_transfer else 'since start'}; PING every "
-          f"{large.PING_INTERVAL_S * 1000:g} ms on a second connection, worst over rounds"
-          "\n")  # fmt: skip
     for title, header, body in large.tables(rows):
         if title == "ratios":
-            print("\nresproxy/nutcracker (p/n) and resproxy/redis; RSS ratios > 1: resproxy "
-                  "holds more\n")  # fmt: skip
+            print("\nresproxy/nutcracker (p/n) and resproxy/redis; RSS ratios > 1: resproxy holds more\n")
         table(header, body, markdown)
     problems = large.failures(rows)
     if problems:
@@ -224,8 +245,21 @@ def ring_and_cluster(args: argparse.Namespace) -> None:
     try:
         redis_ports = [free_port() for _ in range(4)]
         for port in redis_ports:
-            p = start(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                       "--appendonly", "no", "--dir", workdir])  # fmt: skip
+            start(
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    workdir,
+                ]
+            )
         for port, proc in zip(redis_ports, procs):
             wait_port(port, functools.partial(_running, proc), f"redis-server {port}")
         direct_port, backend_ports = redis_ports[3], redis_ports[:3]
@@ -237,11 +271,32 @@ def ring_and_cluster(args: argparse.Namespace) -> None:
             f.write(nutcracker_yml(nut_port, backend_ports))
         with open(res_conf, "w") as f:
             f.write(nutcracker_yml(res_port, backend_ports))
-        nut = start([NUTCRACKER, "-c", nut_conf, "-s", str(free_port()), "-o",
-                     os.path.join(workdir, "nutcracker.log")])  # fmt: skip
+        nut = start(
+            [
+                NUTCRACKER,
+                "-c",
+                nut_conf,
+                "-s",
+                str(free_port()),
+                "-o",
+                os.path.join(workdir, "nutcracker.log"),
+            ]
+        )
         metrics_port = free_port()  # resproxy runs with its metrics endpoint on, scraped per case
-        res = start([sys.executable, "-m", "proxy", "-c", res_conf, "--log-level", "warning",
-                     "--metrics", f"127.0.0.1:{metrics_port}"], cwd=ROOT)  # fmt: skip
+        res = start(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "-c",
+                res_conf,
+                "--log-level",
+                "warning",
+                "--metrics",
+                f"127.0.0.1:{metrics_port}",
+            ],
+            cwd=ROOT,
+        )
         wait_port(nut_port, lambda: nut.poll() is None, "nutcracker")
         wait_port(res_port, lambda: res.poll() is None, "resproxy")
 
@@ -251,11 +306,13 @@ def ring_and_cluster(args: argparse.Namespace) -> None:
             requests = max(1000, int(case.requests * scale))
             for r in range(rounds):
                 abba_round(
-                    series, r, "nutcracker",
+                    series,
+                    r,
+                    "nutcracker",
                     lambda: measure(nut_port, nut.pid, case, requests),
                     lambda: measure(res_port, res.pid, case, requests),
                     f"{case.name} round {r + 1}/{rounds}: resproxy/nutcracker",
-                )  # fmt: skip
+                )
                 series.runs["redis"].append(measure(direct_port, None, case, requests))
             for name, proc in (("nutcracker", nut), ("resproxy", res)):
                 if proc.poll() is not None:
@@ -270,11 +327,14 @@ def ring_and_cluster(args: argparse.Namespace) -> None:
             report_cluster(cluster_results, rounds, args.markdown)
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
         with open(os.path.join(ROOT, "bench", "results", "latest.json"), "w") as f:
-            json.dump({k: {"runs": {n: [vars(x) for x in v] for n, v in s.runs.items()},
-                           "ratios": s.ratios}
-                       for k, s in [*results.items(), *(("cluster " + k, v) for k, v in
-                                                         cluster_results.items())]},
-                      f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    k: {"runs": {n: [vars(x) for x in v] for n, v in s.runs.items()}, "ratios": s.ratios}
+                    for k, s in [*results.items(), *(("cluster " + k, v) for k, v in cluster_results.items())]
+                },
+                f,
+                indent=1,
+            )
     finally:
         stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -313,12 +373,16 @@ def bench_cluster(cases: list[Case], rounds: int, scale: float, workdir: str) ->
         conf = os.path.join(workdir, "resproxy-cluster.yml")
         seeds = "".join(f"      - {s}\n" for s in cluster.seeds())
         with open(conf, "w") as f:
-            f.write(f"pools:\n  c:\n    listen: 127.0.0.1:{port}\n    distribution: cluster\n"
-                    f"    timeout: 400\n    preconnect: true\n    servers:\n{seeds}")  # fmt: skip
+            f.write(
+                f"pools:\n  c:\n    listen: 127.0.0.1:{port}\n    distribution: cluster\n"
+                f"    timeout: 400\n    preconnect: true\n    servers:\n{seeds}"
+            )
         proxy = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "-c", conf, "--log-level", "warning"], cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [sys.executable, "-m", "proxy", "-c", conf, "--log-level", "warning"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(port, lambda: proxy is not None and proxy.poll() is None, "resproxy (cluster)")
         node = cluster.nodes[0].port
         results: dict[str, Series] = {}
@@ -328,11 +392,13 @@ def bench_cluster(cases: list[Case], rounds: int, scale: float, workdir: str) ->
             pid = proxy.pid
             for r in range(rounds):
                 abba_round(
-                    series, r, "cluster",
+                    series,
+                    r,
+                    "cluster",
                     lambda: measure(node, None, case, requests, cluster=True),
                     lambda: measure(port, pid, case, requests),
                     f"cluster {case.name} round {r + 1}/{rounds}: resproxy/direct",
-                )  # fmt: skip
+                )
             if proxy.poll() is not None:
                 raise SystemExit("bench: resproxy (cluster) died during the run")
         return results
@@ -345,42 +411,73 @@ def bench_cluster(cases: list[Case], rounds: int, scale: float, workdir: str) ->
 
 def report_cluster(results: dict[str, Series], rounds: int, markdown: bool) -> None:
     med = statistics.median
-    header = ["case", "cluster direct rps", "resproxy rps", "ratio (min-max)", "p50 ms d/p",
-              "p99 ms d/p", "CPU us/req p"]  # fmt: skip
+    header = [
+        "case",
+        "cluster direct rps",
+        "resproxy rps",
+        "ratio (min-max)",
+        "p50 ms d/p",
+        "p99 ms d/p",
+        "CPU us/req p",
+    ]
     rows = []
     for name, s in results.items():
         d, p = s.runs["cluster"], s.runs["resproxy"]
-        rows.append([
-            name, f"{med([x.rps for x in d]):,.0f}", f"{med([x.rps for x in p]):,.0f}",
-            f"{med(s.ratios):.2f} ({min(s.ratios):.2f}-{max(s.ratios):.2f})",
-            f"{med([x.p50 for x in d]):.2f}/{med([x.p50 for x in p]):.2f}",
-            f"{med([x.p99 for x in d]):.2f}/{med([x.p99 for x in p]):.2f}",
-            f"{med([x.cpu_us for x in p if x.cpu_us is not None]):.1f}",
-        ])  # fmt: skip
-    print(f"\nCluster (3 masters): redis-benchmark --cluster straight to the nodes (d) vs through "
-          f"resproxy (p); {rounds} round(s) of A B B A; medians\n")  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{med([x.rps for x in d]):,.0f}",
+                f"{med([x.rps for x in p]):,.0f}",
+                f"{med(s.ratios):.2f} ({min(s.ratios):.2f}-{max(s.ratios):.2f})",
+                f"{med([x.p50 for x in d]):.2f}/{med([x.p50 for x in p]):.2f}",
+                f"{med([x.p99 for x in d]):.2f}/{med([x.p99 for x in p]):.2f}",
+                f"{med([x.cpu_us for x in p if x.cpu_us is not None]):.1f}",
+            ]
+        )
+    print(
+        f"\nCluster (3 masters): redis-benchmark --cluster straight to the nodes (d) vs through "
+        f"resproxy (p); {rounds} round(s) of A B B A; medians\n"
+    )
     table(header, rows, markdown)
 
 
 def report(results: dict[str, Series], rounds: int, markdown: bool) -> None:
     med = statistics.median
-    header = ["case", "redis rps", "nutcracker rps", "resproxy rps", "ratio (min-max)",
-              "p50 ms r/n/p", "p99 ms r/n/p", "CPU us/req n", "CPU us/req p", "CPU ratio"]  # fmt: skip
+    header = [
+        "case",
+        "redis rps",
+        "nutcracker rps",
+        "resproxy rps",
+        "ratio (min-max)",
+        "p50 ms r/n/p",
+        "p99 ms r/n/p",
+        "CPU us/req n",
+        "CPU us/req p",
+        "CPU ratio",
+    ]
     rows = []
     for name, s in results.items():
         r, n, p = s.runs["redis"], s.runs["nutcracker"], s.runs["resproxy"]
         cpu_n = med([x.cpu_us for x in n if x.cpu_us is not None])
         cpu_p = med([x.cpu_us for x in p if x.cpu_us is not None])
-        rows.append([
-            name, f"{med([x.rps for x in r]):,.0f}", f"{med([x.rps for x in n]):,.0f}",
-            f"{med([x.rps for x in p]):,.0f}",
-            f"{med(s.ratios):.2f} ({min(s.ratios):.2f}-{max(s.ratios):.2f})",
-            f"{med([x.p50 for x in r]):.2f}/{med([x.p50 for x in n]):.2f}/{med([x.p50 for x in p]):.2f}",
-            f"{med([x.p99 for x in r]):.2f}/{med([x.p99 for x in n]):.2f}/{med([x.p99 for x in p]):.2f}",
-            f"{cpu_n:.1f}", f"{cpu_p:.1f}", f"{cpu_p / cpu_n:.2f}",
-        ])  # fmt: skip
-    print(f"\nredis-benchmark -c {CLIENTS} -r {KEYSPACE}, {rounds} round(s) of A B B A; "
-          "medians; r/n/p = redis/nutcracker/resproxy\n")  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{med([x.rps for x in r]):,.0f}",
+                f"{med([x.rps for x in n]):,.0f}",
+                f"{med([x.rps for x in p]):,.0f}",
+                f"{med(s.ratios):.2f} ({min(s.ratios):.2f}-{max(s.ratios):.2f})",
+                f"{med([x.p50 for x in r]):.2f}/{med([x.p50 for x in n]):.2f}/{med([x.p50 for x in p]):.2f}",
+                f"{med([x.p99 for x in r]):.2f}/{med([x.p99 for x in n]):.2f}/{med([x.p99 for x in p]):.2f}",
+                f"{cpu_n:.1f}",
+                f"{cpu_p:.1f}",
+                f"{cpu_p / cpu_n:.2f}",
+            ]
+        )
+    print(
+        f"\nredis-benchmark -c {CLIENTS} -r {KEYSPACE}, {rounds} round(s) of A B B A; "
+        "medians; r/n/p = redis/nutcracker/resproxy\n"
+    )
     table(header, rows, markdown)
 
 

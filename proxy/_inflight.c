@@ -812,8 +812,10 @@ static PyTypeObject GatherType = {
 /* --------------------------------------------------------------------------------------- */
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_inflight", "ReplySlot, ReplyQueue and Gather (proxy/inflight.py) in C.", -1,
-    NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_inflight",
+    .m_doc = "ReplySlot, ReplyQueue and Gather (proxy/inflight.py) in C.",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__inflight(void) {

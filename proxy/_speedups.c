@@ -3,7 +3,7 @@
  *
  * 1. twemproxy's key hash functions (twemproxy's results, bit for bit);
  * 2. scan_reply: where a RESP2/RESP3 reply from a server ends (resp.ReplyParser);
- * 3. the fan-out kernels: split_command (route a key list on a ketama continuum, group it by
+ * 3. the fan-out kernels: KetamaRoute.split (route a key list on a ketama continuum, group it by
  *    server, encode each server's sub-command), merge_arrays (reassemble MGET parts in key
  *    order), and encode_command. Measured with py-spy under
  *    redis-benchmark MGET of 10 keys at -P 16: split + merge were ~55% of the proxy's CPU in
@@ -631,8 +631,7 @@ static PyObject *py_encode_command(PyObject *self, PyObject *args) {
 }
 
 /*
- * split_command(args, step, tag, hash, points, owners, servers)
- *     -> [(servers[i], payload, [positions...]), ...]
+ * KetamaRoute.split(args, step) -> [(servers[i], payload, [positions...]), ...]
  *
  * The fan-out split of MGET/DEL/... (step 1) or MSET (step 2): routes every key on a ketama
  * continuum as pool.route does (twemproxy hash tag, hash, first point >= hash, wrapping),
@@ -642,7 +641,7 @@ static PyObject *py_encode_command(PyObject *self, PyObject *args) {
  * Python twin: ring.Continuum.group + fanout.split + resp.encode_command; tests agree them.
  */
 /* twemproxy's ketama dispatch of one key (hash tag applied): the owner index of the first
-   point >= hash, wrapping to the first. Shared by split_command and KetamaRoute. */
+   point >= hash, wrapping to the first. Shared by KetamaRoute.route and .split. */
 static int ketama_owner(const char *k, Py_ssize_t len, const char *t, Py_ssize_t taglen,
                         hashfn fn, const uint32_t *vals, const uint16_t *own, Py_ssize_t npoints) {
     if (taglen == 2 && len > 0) {  /* twemproxy's hash_tag: a non-empty {tag} only */
@@ -670,7 +669,7 @@ static hashfn find_hash(const char *name) {
     return NULL;
 }
 
-/* The split itself, for split_command and KetamaRoute.split: inputs as C arrays. */
+/* The split itself, for KetamaRoute.split: inputs as C arrays. */
 static PyObject *split_core(PyObject *argv, Py_ssize_t step, const char *t, Py_ssize_t taglen,
                             hashfn fn, const uint32_t *vals, const uint16_t *own,
                             Py_ssize_t npoints, PyObject *servers) {
@@ -683,12 +682,12 @@ static PyObject *split_core(PyObject *argv, Py_ssize_t step, const char *t, Py_s
     if (fn == NULL || npoints == 0 || nservers <= 0 || nservers > 65536
         || (taglen != 0 && taglen != 2)
         || (step != 1 && step != 2) || argc < 2 || (argc - 1) % step != 0) {
-        PyErr_SetString(PyExc_ValueError, "split_command: bad arguments");
+        PyErr_SetString(PyExc_ValueError, "KetamaRoute.split: bad arguments");
         goto done;
     }
     for (Py_ssize_t i = 0; i < argc; i++) {
         if (!PyBytes_Check(PyList_GET_ITEM(argv, i))) {
-            PyErr_SetString(PyExc_TypeError, "split_command: arguments must be bytes");
+            PyErr_SetString(PyExc_TypeError, "KetamaRoute.split: arguments must be bytes");
             goto done;
         }
     }
@@ -713,7 +712,7 @@ static PyObject *split_core(PyObject *argv, Py_ssize_t step, const char *t, Py_s
         int srv = ketama_owner(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), t, taglen, fn,
                                vals, own, npoints);
         if (srv >= nservers) {
-            PyErr_SetString(PyExc_ValueError, "split_command: owner out of range");
+            PyErr_SetString(PyExc_ValueError, "KetamaRoute.split: owner out of range");
             goto done;
         }
         int g = group_of[srv];
@@ -779,7 +778,7 @@ static PyObject *split_core(PyObject *argv, Py_ssize_t step, const char *t, Py_s
         }
         for (Py_ssize_t g = 0; g < ngroups; g++) {  /* every payload filled exactly */
             if (gkeys[g] != PyBytes_GET_SIZE(PyTuple_GET_ITEM(PyList_GET_ITEM(result, g), 1))) {
-                PyErr_SetString(PyExc_SystemError, "split_command: size mismatch");
+                PyErr_SetString(PyExc_SystemError, "KetamaRoute.split: size mismatch");
                 Py_CLEAR(result);
                 goto done;
             }
@@ -790,36 +789,13 @@ done:
     return result;
 }
 
-static PyObject *py_split_command(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *argv, *servers;
-    Py_ssize_t step;
-    Py_buffer tag, points, owners;
-    const char *hname;
-    if (!PyArg_ParseTuple(args, "O!ny*sy*y*O!", &PyList_Type, &argv, &step, &tag, &hname,
-                          &points, &owners, &PyList_Type, &servers))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t npoints = points.len / (Py_ssize_t)sizeof(uint32_t);
-    if (owners.len != npoints * (Py_ssize_t)sizeof(uint16_t))
-        PyErr_SetString(PyExc_ValueError, "split_command: bad arguments");
-    else
-        result = split_core(argv, step, (const char *)tag.buf, tag.len, find_hash(hname),
-                            (const uint32_t *)points.buf, (const uint16_t *)owners.buf, npoints,
-                            servers);
-    PyBuffer_Release(&tag);
-    PyBuffer_Release(&points);
-    PyBuffer_Release(&owners);
-    return result;
-}
-
 /* ---------------------------------------------------------------------------------------
  * KetamaRoute(points, owners, servers, hash, tag).route(key) -> servers[owner]
  *
  * A ring pool's route(key) for ketama with a C hash: hash tag, hash and continuum search in
  * one call, returning the server object. It replaces a Python closure whose frame, hash call
  * and bisect (Python int comparisons) cost ~700 instructions per request (callgrind).
- * Python twin: the closure in pool.RingPool._make_route (tests compare them).
+ * Python twin: ring.Continuum.ketama_route (tests compare them).
  * --------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -957,13 +933,16 @@ static PyMethodDef methods[] = {
     {"split_replies", (PyCFunction)(void (*)(void))py_split_replies, METH_FASTCALL, NULL},
     {"frame_requests", (PyCFunction)(void (*)(void))py_frame_requests, METH_FASTCALL, NULL},
     {"merge_arrays", (PyCFunction)(void (*)(void))py_merge_arrays, METH_FASTCALL, NULL},
-    {"split_command", py_split_command, METH_VARARGS, NULL},
     {"encode_command", py_encode_command, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_speedups", "twemproxy's key hashes and a RESP reply scanner in C.", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_speedups",
+    .m_doc = "twemproxy's key hashes and a RESP reply scanner in C.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {

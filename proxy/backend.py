@@ -153,7 +153,6 @@ class BackendConnection(asyncio.Protocol):
         stats.request_bytes += sum(map(len, out))
         self._transport.writelines(out)
 
-
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,8 +217,9 @@ class BackendConnection(asyncio.Protocol):
                     else:
                         slot.complete(raw)
             except Exception:
-                log.exception("pool %s: server %s: handing on a reply failed",
-                              self.pool_name, self.server_name)  # fmt: skip
+                log.exception(
+                    "pool %s: server %s: handing on a reply failed", self.pool_name, self.server_name
+                )
         self._last_progress = self._loop.time()
         if parser.big:
             self._stream_reply()
@@ -301,7 +301,9 @@ class BackendConnection(asyncio.Protocol):
                 # The pool logs the server going down with this reason, once (not per retry).
                 log.debug(
                     "pool %s: server %s rejected connection setup: %s",
-                    self.pool_name, self.server_name, text,
+                    self.pool_name,
+                    self.server_name,
+                    text,
                 )
                 self.close(f"setup rejected: {text}")
                 return []
@@ -368,7 +370,10 @@ class BackendConnection(asyncio.Protocol):
         if self._loop.time() - self._last_progress >= self._timeout_s:
             log.warning(
                 "pool %s: server %s: no reply within %d ms, closing its connection (%d pending)",
-                self.pool_name, self.server_name, self._timeout_ms, len(self._pending),
+                self.pool_name,
+                self.server_name,
+                self._timeout_ms,
+                len(self._pending),
             )
             self.close(
                 "timeout",
@@ -520,9 +525,13 @@ class DedicatedConnection(BackendConnection):
             if self._loop.time() - self._last_progress < self._timeout_s + block_s:
                 self._arm_timer()
                 return
-            log.warning("pool %s: server %s: a blocking command got no reply within its "
-                        "timeout plus %d ms, closing its connection", self.pool_name,
-                        self.server_name, self._timeout_ms)  # fmt: skip
+            log.warning(
+                "pool %s: server %s: a blocking command got no reply within its "
+                "timeout plus %d ms, closing its connection",
+                self.pool_name,
+                self.server_name,
+                self._timeout_ms,
+            )
             self.close("timeout", errors.server_timeout(self.server_name, self._timeout_ms))
             return
         if self.uploading and not self._write_paused and not self.closed:

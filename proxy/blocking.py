@@ -94,11 +94,16 @@ def serve(host: BlockingHost, spec: CommandSpec, args: list[bytes], payload: byt
 class Blocked:
     """One blocked command: its connection, and its reply on the way back."""
 
-    __slots__ = ("target", "host", "keys", "payload", "timeout_s", "conn", "tries", "gone",
-                 "moving")  # fmt: skip
+    __slots__ = ("target", "host", "keys", "payload", "timeout_s", "conn", "tries", "gone", "moving")
 
-    def __init__(self, target: ReplySlot, host: BlockingHost, keys: list[bytes], payload: bytes,
-                 timeout_s: float | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target: ReplySlot,
+        host: BlockingHost,
+        keys: list[bytes],
+        payload: bytes,
+        timeout_s: float | None,
+    ) -> None:
         self.target = target
         self.host = host
         self.keys = keys

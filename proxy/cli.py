@@ -23,17 +23,27 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="resproxy", description="A twemproxy-compatible Redis proxy (asyncio + uvloop)."
     )
-    p.add_argument("-c", "--conf-file", default="config/local.yml",
-                   help="config file: native YAML or a twemproxy nutcracker.yml")
-    p.add_argument("-t", "--test-conf", action="store_true",
-                   help="validate the config and exit (0: valid)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error", "critical"])
-    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
-                   help="serve /metrics and /healthz here (overrides the config's metrics.listen;"
-                        " the way to get them with a nutcracker.yml)")
-    p.add_argument("--log-format", default="text", choices=["text", "json"],
-                   help="json: one JSON object per line, for log shippers")
+    p.add_argument(
+        "-c",
+        "--conf-file",
+        default="config/local.yml",
+        help="config file: native YAML or a twemproxy nutcracker.yml",
+    )
+    p.add_argument("-t", "--test-conf", action="store_true", help="validate the config and exit (0: valid)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve /metrics and /healthz here (overrides the config's metrics.listen;"
+        " the way to get them with a nutcracker.yml)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line, for log shippers",
+    )
     p.add_argument("-V", "--version", action="version", version=f"resproxy {__version__}")
     return p
 
@@ -69,12 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(args.conf_file)
     except ConfigUnreadable as exc:
-        print(f"resproxy: configuration file '{args.conf_file}' cannot be read: {exc}",
-              file=sys.stderr)
+        print(f"resproxy: configuration file '{args.conf_file}' cannot be read: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:  # (twemproxy's words, then what and where)
-        print(f"resproxy: configuration file '{args.conf_file}' syntax is invalid: {exc}",
-              file=sys.stderr)
+        print(f"resproxy: configuration file '{args.conf_file}' syntax is invalid: {exc}", file=sys.stderr)
         return 1
     if args.metrics:
         try:

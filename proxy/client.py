@@ -53,8 +53,9 @@ from proxy.commands import (
 from proxy.fanout import merge, split
 from proxy.inflight import Flusher, Gather, ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
+from proxy.monitor import Monitor
 from proxy.pool import Parts, Pool, Target
-from proxy.scripts import CACHE, NoScriptRetry
+from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
 from proxy.resp import (
     OK,
     PONG,
@@ -64,11 +65,9 @@ from proxy.resp import (
     encode_command,
     encode_map,
 )
-from proxy.monitor import Monitor
-from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
+from proxy.scripts import CACHE, NoScriptRetry
 from proxy.stream import Streamer, StreamState
 from proxy.transaction import Transaction, TxnState
-
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +184,9 @@ class ClientConnection(asyncio.Protocol):
         self._transport = transport = cast(asyncio.Transport, transport)
         limits = self._pool.config.client_limits
         # pause_writing comes at the first of: the proxy's own pause point, a client output limit
-        high = min(x for x in (self._limits.max_reply_bytes, limits.output_hard_bytes,
-                               limits.output_soft_bytes) if x)  # fmt: skip
+        high = min(
+            x for x in (self._limits.max_reply_bytes, limits.output_hard_bytes, limits.output_soft_bytes) if x
+        )
         transport.set_write_buffer_limits(high=high)
         self._queue.attach(transport, self._pool.stats)  # replies are written by the queue
         peer = transport.get_extra_info("peername")
@@ -433,10 +433,13 @@ class ClientConnection(asyncio.Protocol):
         sent_name = args[0]
         args[0] = name = sent_name.upper()  # normalised once; compared as bytes from here on
         found = lookup(args, sent_name)
-        label = found.fullname if not isinstance(found, str) else (
-            name.decode("ascii", "replace").lower()
-            if found.startswith("ERR wrong number") else "unknown"
-        )  # fmt: skip
+        label = (
+            found.fullname
+            if not isinstance(found, str)
+            else (
+                name.decode("ascii", "replace").lower() if found.startswith("ERR wrong number") else "unknown"
+            )
+        )
         self.last_command = label
         queue = self._queue
         queue.label = self._rows.get(label) or self._row(label)
@@ -445,9 +448,7 @@ class ClientConnection(asyncio.Protocol):
         finally:
             queue.label = None
 
-    def _dispatch_one(
-        self, name: bytes, args: list[bytes], raw: bytes, found: CommandSpec | str
-    ) -> None:
+    def _dispatch_one(self, name: bytes, args: list[bytes], raw: bytes, found: CommandSpec | str) -> None:
         queue = self._queue
         if not self._authed and name not in (b"AUTH", b"QUIT", b"HELLO"):
             queue.push_error(errors.NOAUTH)
@@ -586,8 +587,14 @@ class ClientConnection(asyncio.Protocol):
     def _subscriptions_lost(self, reason: str) -> None:
         """A subscription connection was lost: closed, as a Redis restart would close it (the
         client reconnects and subscribes again)."""
-        _log_limited("pubsub", self._peer, "pool %s: client %d's subscriptions lost (%s): closing it",
-                     self._pool.name, self.id, reason)  # fmt: skip
+        _log_limited(
+            "pubsub",
+            self._peer,
+            "pool %s: client %d's subscriptions lost (%s): closing it",
+            self._pool.name,
+            self.id,
+            reason,
+        )
         self._failed = True
         self.begin_shutdown()
 
@@ -678,10 +685,15 @@ class ClientConnection(asyncio.Protocol):
 
             step = 2 if args[0] == b"MSET" else 1
             parts = [
-                (server, self._stripped(sub, list(range(1, len(sub), step)))
-                 if pool.strips else encode_command(sub), positions)
+                (
+                    server,
+                    self._stripped(sub, list(range(1, len(sub), step)))
+                    if pool.strips
+                    else encode_command(sub),
+                    positions,
+                )
                 for server, sub, positions in split(args, group)
-            ]  # fmt: skip
+            ]
         if len(parts) == 1:
             self._send(parts[0][0], parts[0][1] if pool.strips else raw, row)
             return
@@ -784,8 +796,14 @@ class ClientConnection(asyncio.Protocol):
         self._pool.stats.auth_failures += 1
         self._auth_failures += 1
         limit = self._pool.config.client_limits.auth_failure_limit
-        _log_limited("auth", self._peer, "pool %s: failed AUTH from %s (%d on this connection)",
-                     self._pool.name, self._peer, self._auth_failures)  # fmt: skip
+        _log_limited(
+            "auth",
+            self._peer,
+            "pool %s: failed AUTH from %s (%d on this connection)",
+            self._pool.name,
+            self._peer,
+            self._auth_failures,
+        )
         if limit and self._auth_failures >= limit:
             self._pool.stats.closed["auth_failure_limit"] += 1
             self._failed = True
@@ -817,8 +835,11 @@ class ClientConnection(asyncio.Protocol):
             if option == b"AUTH" and i + 2 < len(args):
                 # (no password configured: Redis's default user has none, and HELLO's AUTH
                 # for it succeeds with any password, as with nopass)
-                if (not self._check_password(args[i + 1 : i + 3]) if self._password is not None
-                        else args[i + 1] != b"default"):  # fmt: skip
+                if (
+                    not self._check_password(args[i + 1 : i + 3])
+                    if self._password is not None
+                    else args[i + 1] != b"default"
+                ):
                     self._auth_failed()
                     return
                 self._authenticated()
@@ -834,10 +855,14 @@ class ClientConnection(asyncio.Protocol):
             return
         self._resp3 = resp3
         info: list[tuple[bytes, Any]] = [
-            (b"server", b"resproxy"), (b"version", __version__.encode()),
-            (b"proto", 3 if resp3 else 2), (b"id", self.id), (b"mode", b"proxy"),
-            (b"role", b"master"), (b"modules", []),
-        ]  # fmt: skip
+            (b"server", b"resproxy"),
+            (b"version", __version__.encode()),
+            (b"proto", 3 if resp3 else 2),
+            (b"id", self.id),
+            (b"mode", b"proxy"),
+            (b"role", b"master"),
+            (b"modules", []),
+        ]
         queue.push_reply(encode_map(info, resp3))
 
     def now(self) -> float:
@@ -914,8 +939,16 @@ class ClientConnection(asyncio.Protocol):
     def _close_for_limit(self, reason: str, held: int) -> None:
         """Close at once for a client limit (owed or buffered bytes are dropped, as Redis does)."""
         self._pool.stats.closed[reason] += 1
-        _log_limited(reason, self._peer, "pool %s: closing client %d from %s: %s reached (%d bytes)",
-                     self._pool.name, self.id, self._peer, reason, held)  # fmt: skip
+        _log_limited(
+            reason,
+            self._peer,
+            "pool %s: closing client %d from %s: %s reached (%d bytes)",
+            self._pool.name,
+            self.id,
+            self._peer,
+            reason,
+            held,
+        )
         self._failed = self._closing = True
         self.abort()
 
@@ -927,8 +960,9 @@ class ClientConnection(asyncio.Protocol):
         streamer = self._streamer
         # (sending, and the proxy reading it: a client the proxy itself stopped reading, its
         # server connection backlogged, is not idle)
-        sending = (streamer is not None and streamer.state is StreamState.SENDING
-                   and not streamer.holds_reading)  # fmt: skip
+        sending = (
+            streamer is not None and streamer.state is StreamState.SENDING and not streamer.holds_reading
+        )
         sub, monitor = self._subscriber, self._monitor
         if (sub is not None and sub.active) or (monitor is not None and monitor.active):
             self._active_at = now  # (Redis exempts pub/sub and MONITOR clients too)
@@ -984,4 +1018,3 @@ class ClientConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-

@@ -49,7 +49,14 @@ from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
 from proxy.pool import (
-    Placement, PoolBase, Redirected, Refresher, Route, Server, ServerState, shown_key,
+    Placement,
+    PoolBase,
+    Redirected,
+    Refresher,
+    Route,
+    Server,
+    ServerState,
+    shown_key,
 )
 from proxy.resp import ProtocolError, decode_reply, encode_command, is_error
 from proxy.slotmap import SLOTS, Node, SlotMapError, SlotRange, parse_redirect, parse_slots
@@ -94,8 +101,7 @@ class ClusterPool(PoolBase):
         self.route: Route = self._make_route()
         self.route_read: Route | None = self._make_read_route() if self._replica_reads else None
         self._asked = False  # the running refresh has sent its CLUSTER SLOTS
-        self._refresher = Refresher(loop, self._refresh_once, self._refresh_interval,
-                                    MIN_REFRESH_GAP_S)  # fmt: skip
+        self._refresher = Refresher(loop, self._refresh_once, self._refresh_interval, MIN_REFRESH_GAP_S)
         self._closing = False
         # counters for metrics and INFO (read at scrape time)
         self.moved = 0
@@ -153,9 +159,12 @@ class ClusterPool(PoolBase):
             other = key_slot(key)
             if other != slot:
                 return errors.cross_place(
-                    shown_key(keys[0]), self._slot_where(slot), shown_key(key),
-                    self._slot_where(other), "slot",
-                )  # fmt: skip
+                    shown_key(keys[0]),
+                    self._slot_where(slot),
+                    shown_key(key),
+                    self._slot_where(other),
+                    "slot",
+                )
         owner = self._owners[slot]
         if owner is None:
             return self.unrouted
@@ -182,9 +191,7 @@ class ClusterPool(PoolBase):
         servers = self.keyspace_servers()
         return servers if isinstance(servers, str) else servers[:1]
 
-    def group_keys(
-        self, keys: list[bytes], read: bool = False
-    ) -> list[tuple[Server | None, list[int]]]:
+    def group_keys(self, keys: list[bytes], read: bool = False) -> list[tuple[Server | None, list[int]]]:
         """Key positions grouped by slot (first-seen order), each with the node serving it."""
         groups: dict[int, list[int]] = {}
         for pos, key in enumerate(keys):
@@ -199,9 +206,7 @@ class ClusterPool(PoolBase):
 
     # --- redirections --------------------------------------------------------------------
 
-    def _on_redirect(
-        self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes
-    ) -> None:
+    def _on_redirect(self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes) -> None:
         now = self._loop.time()
         slot, retry = Redirected.track(slot, now, self._timeout_s)
         replied = self._by_name.get(conn.server_name)
@@ -298,7 +303,9 @@ class ClusterPool(PoolBase):
         if self.refresh_failures == 1 or self.refresh_failures % 100 == 0:
             log.warning(
                 "pool %s: slot map refresh failed: no node answered CLUSTER SLOTS (%d failures)%s",
-                self.name, self.refresh_failures, f"; {answer}" if answer else "",
+                self.name,
+                self.refresh_failures,
+                f"; {answer}" if answer else "",
             )
 
     async def _ask(self, server: Server) -> bytes | None:
@@ -330,7 +337,11 @@ class ClusterPool(PoolBase):
             served = SLOTS - owners.count(None)
             log.info(
                 "pool %s: slot map %s: %d slots changed owner; %d masters serve %d slots",
-                self.name, "learned" if first else "changed", moved, masters, served,
+                self.name,
+                "learned" if first else "changed",
+                moved,
+                masters,
+                served,
             )
         self._retire(set(owners) | set(readers))
         if self.config.preconnect:
@@ -351,9 +362,7 @@ class ClusterPool(PoolBase):
         return SLOTS - self._owners.count(None)
 
     def _refresh_interval(self) -> float:
-        owners_down = any(
-            s.state is ServerState.DOWN for s in set(self._owners) if s is not None
-        )
+        owners_down = any(s.state is ServerState.DOWN for s in set(self._owners) if s is not None)
         if owners_down or not self._ready.is_set():
             return DOWN_REFRESH_S
         return self.config.cluster_refresh_interval_ms / 1000.0

@@ -66,8 +66,19 @@ class CommandSpec:
 
 
 LOCAL_COMMANDS = frozenset(
-    {b"PING", b"ECHO", b"QUIT", b"SELECT", b"COMMAND", b"AUTH", b"HELLO", b"CLIENT", b"RESET",
-     b"INFO", b"MONITOR"}
+    {
+        b"PING",
+        b"ECHO",
+        b"QUIT",
+        b"SELECT",
+        b"COMMAND",
+        b"AUTH",
+        b"HELLO",
+        b"CLIENT",
+        b"RESET",
+        b"INFO",
+        b"MONITOR",
+    }
 )
 FANOUT_COMMANDS = frozenset({b"MGET", b"MSET", b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"})
 TRANSACTION_COMMANDS = frozenset({b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"})
@@ -77,25 +88,46 @@ SUBSCRIBE_COMMANDS = frozenset(
 # published to the server a key of the channel's name would live on (pubsub.py)
 PUBLISH_COMMANDS = frozenset({b"PUBLISH", b"SPUBLISH"})
 KEYSPACE_COMMANDS = frozenset(
-    {b"SCAN", b"KEYS", b"DBSIZE", b"RANDOMKEY", b"FLUSHDB", b"FLUSHALL", b"LASTSAVE", b"TIME",
-     b"SCRIPT", b"FUNCTION", b"PUBSUB"}
-)  # fmt: skip
+    {
+        b"SCAN",
+        b"KEYS",
+        b"DBSIZE",
+        b"RANDOMKEY",
+        b"FLUSHDB",
+        b"FLUSHALL",
+        b"LASTSAVE",
+        b"TIME",
+        b"SCRIPT",
+        b"FUNCTION",
+        b"PUBSUB",
+    }
+)
 # Subcommands of SCRIPT and FUNCTION the proxy does not serve (the rest are KEYSPACE).
 REFUSED_SUBCOMMANDS = frozenset({(b"SCRIPT", b"DEBUG")})
 # Keyed, but not something a proxy can do safely on one server's behalf.
 REFUSED_COMMANDS = frozenset(
     {
-        b"MIGRATE", b"MOVE", b"SWAPDB", b"SHUTDOWN", b"SYNC", b"PSYNC", b"REPLCONF",
-        b"WAIT", b"WAITAOF", b"FAILOVER", b"READONLY", b"READWRITE", b"ASKING", b"CLUSTER",
+        b"MIGRATE",
+        b"MOVE",
+        b"SWAPDB",
+        b"SHUTDOWN",
+        b"SYNC",
+        b"PSYNC",
+        b"REPLCONF",
+        b"WAIT",
+        b"WAITAOF",
+        b"FAILOVER",
+        b"READONLY",
+        b"READWRITE",
+        b"ASKING",
+        b"CLUSTER",
     }
-)  # fmt: skip
+)
 REFUSED_FLAGS = frozenset({"admin", "pubsub"})
 # Blocking only with a BLOCK argument; without it these are ordinary keyed reads.
 BLOCK_OPTIONAL = frozenset({b"XREAD", b"XREADGROUP"})
 # Local subcommands of CLIENT; the rest of CLIENT is refused.
-LOCAL_CLIENT_SUBCOMMANDS = frozenset(
-    {b"SETNAME", b"GETNAME", b"SETINFO", b"ID", b"INFO", b"LIST", b"KILL"}
-)
+LOCAL_CLIENT_SUBCOMMANDS = frozenset({b"SETNAME", b"GETNAME", b"SETINFO", b"ID", b"INFO", b"LIST", b"KILL"})
 
 
 PUBLISH_SPEC: KeySpec = (("index", 1), ("range", 0, 1, 0), ("not_key",))
@@ -165,8 +197,9 @@ def build_table() -> dict[bytes, CommandSpec]:
         if subs:
             children: dict[bytes, CommandSpec] = {}
             for sub, sub_row in subs.items():
-                child = _spec(sub, f"{name.decode().lower()}|{sub.decode().lower()}", sub_row,
-                              container=False)
+                child = _spec(
+                    sub, f"{name.decode().lower()}|{sub.decode().lower()}", sub_row, container=False
+                )
                 if name == b"CLIENT":
                     kind = Kind.LOCAL if sub in LOCAL_CLIENT_SUBCOMMANDS else Kind.REFUSED
                     child = _replace_kind(child, kind)
@@ -178,14 +211,22 @@ def build_table() -> dict[bytes, CommandSpec]:
                     child = _replace_kind(child, Kind.LOCAL)
                 children[sub] = child
             spec = CommandSpec(
-                name=spec.name, fullname=spec.fullname, arity=spec.arity, flags=spec.flags,
-                kind=Kind.CONTAINER, subcommands=children,
+                name=spec.name,
+                fullname=spec.fullname,
+                arity=spec.arity,
+                flags=spec.flags,
+                kind=Kind.CONTAINER,
+                subcommands=children,
             )
             if name == b"COMMAND":
                 # Bare COMMAND is valid too (arity -1): treat the container as local itself.
                 spec = CommandSpec(
-                    name=spec.name, fullname=spec.fullname, arity=spec.arity, flags=spec.flags,
-                    kind=Kind.LOCAL, subcommands=children,
+                    name=spec.name,
+                    fullname=spec.fullname,
+                    arity=spec.arity,
+                    flags=spec.flags,
+                    kind=Kind.LOCAL,
+                    subcommands=children,
                 )
         table[name] = spec
     return table
@@ -193,8 +234,14 @@ def build_table() -> dict[bytes, CommandSpec]:
 
 def _replace_kind(spec: CommandSpec, kind: Kind) -> CommandSpec:
     return CommandSpec(
-        name=spec.name, fullname=spec.fullname, arity=spec.arity, flags=spec.flags, kind=kind,
-        key_index=spec.key_index, key_specs=spec.key_specs, subcommands=spec.subcommands,
+        name=spec.name,
+        fullname=spec.fullname,
+        arity=spec.arity,
+        flags=spec.flags,
+        kind=kind,
+        key_index=spec.key_index,
+        key_specs=spec.key_specs,
+        subcommands=spec.subcommands,
     )
 
 
@@ -277,8 +324,15 @@ def command_rows(names: Sequence[bytes] | None) -> list[object]:
         cats = row[6]
         assert isinstance(flags, tuple) and isinstance(cats, tuple)
         rows.append(
-            [name.lower(), row[0], [str(f).encode() for f in flags], row[2], row[3], row[4],
-             [str(c).encode() for c in cats]]
+            [
+                name.lower(),
+                row[0],
+                [str(f).encode() for f in flags],
+                row[2],
+                row[3],
+                row[4],
+                [str(c).encode() for c in cats],
+            ]
         )
     return rows
 

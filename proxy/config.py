@@ -24,16 +24,25 @@ import yaml
 from proxy import command_data
 
 HASHES = (
-    "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
-    "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins",
-)  # fmt: skip
+    "one_at_a_time",
+    "md5",
+    "crc16",
+    "crc32",
+    "crc32a",
+    "fnv1_64",
+    "fnv1a_64",
+    "fnv1_32",
+    "fnv1a_32",
+    "hsieh",
+    "murmur",
+    "jenkins",
+)
 DEFAULT_DEDICATED_CONNECTIONS = 64
 DISTRIBUTIONS = ("ketama", "modula", "random", "cluster", "sentinel")
 READ_FROM = ("master", "replica", "prefer_replica")
 # Ring-only keys: a cluster pool places keys by Redis Cluster's own slots (CRC16, "{}" tags) and
 # the cluster, not the proxy, decides when a node is out; a sentinel pool has one master.
-RING_ONLY_KEYS = ("hash", "hash_tag", "auto_eject_hosts", "server_retry_timeout",
-                  "server_failure_limit")  # fmt: skip
+RING_ONLY_KEYS = ("hash", "hash_tag", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit")
 CLUSTER_ONLY_KEYS = ("cluster_refresh_interval",)
 SENTINEL_ONLY_KEYS = ("sentinels", "master_name", "sentinel_auth")
 MIRROR_MODES = ("writes", "all")
@@ -49,8 +58,7 @@ class ConfigUnreadable(ConfigError):
     """The config file cannot be read at all (missing, permissions)."""
 
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
-          "gb": 1024**3}  # fmt: skip
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
 
 def parse_size(text: str | int) -> int:
@@ -64,7 +72,7 @@ def parse_size(text: str | int) -> int:
         return text
     t = str(text).strip().lower()
     digits = t.rstrip("kmgb")
-    unit = t[len(digits):]
+    unit = t[len(digits) :]
     if not digits.isdigit() or unit not in _UNITS:
         raise ValueError(f"expected a size such as 512mb, got {text!r}")
     return int(digits) * _UNITS[unit]
@@ -90,8 +98,12 @@ class ClientLimitsConfig:
 
 
 DEFAULT_CLIENT_LIMITS = ClientLimitsConfig()
-CLIENT_LIMIT_KEYS = ("client_output_buffer_limit", "client_query_buffer_limit", "client_timeout",
-                     "auth_failure_limit")  # fmt: skip
+CLIENT_LIMIT_KEYS = (
+    "client_output_buffer_limit",
+    "client_query_buffer_limit",
+    "client_timeout",
+    "auth_failure_limit",
+)
 
 
 def _client_limits(where: str, body: dict[Any, Any]) -> ClientLimitsConfig:
@@ -110,9 +122,10 @@ def _client_limits(where: str, body: dict[Any, Any]) -> ClientLimitsConfig:
                 raise ValueError
             hard, soft, seconds = parse_size(fields[0]), parse_size(fields[1]), int(fields[2])
         except ValueError:
-            raise err("client_output_buffer_limit",
-                      f'expected "HARD SOFT SECONDS" such as "512mb 128mb 60", got {value!r}'
-                      ) from None  # fmt: skip
+            raise err(
+                "client_output_buffer_limit",
+                f'expected "HARD SOFT SECONDS" such as "512mb 128mb 60", got {value!r}',
+            ) from None
     query = d.query_buffer_bytes
     if "client_query_buffer_limit" in body:
         try:
@@ -129,10 +142,13 @@ def _client_limits(where: str, body: dict[Any, Any]) -> ClientLimitsConfig:
         return v
 
     return ClientLimitsConfig(
-        output_hard_bytes=hard, output_soft_bytes=soft, output_soft_seconds=seconds,
-        query_buffer_bytes=query, idle_timeout_ms=count("client_timeout", d.idle_timeout_ms),
+        output_hard_bytes=hard,
+        output_soft_bytes=soft,
+        output_soft_seconds=seconds,
+        query_buffer_bytes=query,
+        idle_timeout_ms=count("client_timeout", d.idle_timeout_ms),
         auth_failure_limit=count("auth_failure_limit", d.auth_failure_limit),
-    )  # fmt: skip
+    )
 
 
 def default_max_buffered_bytes() -> int:
@@ -249,15 +265,44 @@ class Config:
 
 # key -> (dataclass field, parser)
 _POOL_KEYS = {
-    "listen", "servers", "hash", "hash_tag", "distribution", "timeout", "backlog",
-    "client_connections", "preconnect", "redis", "redis_auth", "redis_db",
-    "server_connections", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit",
-    "tcpkeepalive", "read_from", *CLUSTER_ONLY_KEYS, *SENTINEL_ONLY_KEYS, *CLIENT_LIMIT_KEYS,
-    "deny_commands", "dedicated_connections", "dedicated_idle_timeout", "allow_monitor",
-}  # fmt: skip
+    "listen",
+    "servers",
+    "hash",
+    "hash_tag",
+    "distribution",
+    "timeout",
+    "backlog",
+    "client_connections",
+    "preconnect",
+    "redis",
+    "redis_auth",
+    "redis_db",
+    "server_connections",
+    "auto_eject_hosts",
+    "server_retry_timeout",
+    "server_failure_limit",
+    "tcpkeepalive",
+    "read_from",
+    *CLUSTER_ONLY_KEYS,
+    *SENTINEL_ONLY_KEYS,
+    *CLIENT_LIMIT_KEYS,
+    "deny_commands",
+    "dedicated_connections",
+    "dedicated_idle_timeout",
+    "allow_monitor",
+}
 _NATIVE_TOP_KEYS = {"pools", "metrics", "listeners", "max_buffered_bytes"}
-_LISTENER_KEYS = {"listen", "routes", "default_pool", "redis_auth", "backlog", "client_connections",
-                  "deny_commands", "allow_monitor", *CLIENT_LIMIT_KEYS}  # fmt: skip
+_LISTENER_KEYS = {
+    "listen",
+    "routes",
+    "default_pool",
+    "redis_auth",
+    "backlog",
+    "client_connections",
+    "deny_commands",
+    "allow_monitor",
+    *CLIENT_LIMIT_KEYS,
+}
 _ROUTE_KEYS = {"prefix", "pool", "strip_prefix", "mirror", "mirror_mode"}
 
 
@@ -284,8 +329,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     if "pools" in doc:
         unknown = sorted(str(k) for k in doc if k not in _NATIVE_TOP_KEYS)
         if unknown:
-            raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'"
-                              f"{_did_you_mean(unknown[0], _NATIVE_TOP_KEYS)}")
+            raise ConfigError(
+                f"{path}: unknown top-level key '{unknown[0]}'{_did_you_mean(unknown[0], _NATIVE_TOP_KEYS)}"
+            )
         pools_doc = doc["pools"]
         if not isinstance(pools_doc, dict) or not pools_doc:
             raise ConfigError(f"{path}: key 'pools': expected a mapping of pool names")
@@ -313,9 +359,11 @@ def parse(text: str, path: str = "<config>") -> Config:
     for lc in listeners:
         if lc.name in names:
             raise ConfigError(f"{path}: listener '{lc.name}': a pool has the same name")
-    routed = {r.pool for lc in listeners for r in lc.routes} | {
-        lc.default_pool for lc in listeners if lc.default_pool
-    } | {r.mirror for lc in listeners for r in lc.routes if r.mirror}
+    routed = (
+        {r.pool for lc in listeners for r in lc.routes}
+        | {lc.default_pool for lc in listeners if lc.default_pool}
+        | {r.mirror for lc in listeners for r in lc.routes if r.mirror}
+    )
     for p in pools:
         if p.listen is None and p.name not in routed:
             raise ConfigError(
@@ -392,12 +440,17 @@ def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfi
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{where}: key '{key}': expected an integer >= 0")
     return ListenerConfig(
-        name=name, listen=listen, routes=tuple(routes), default_pool=default,
-        redis_auth=None if auth is None else str(auth), backlog=backlog or 512,
-        client_connections=limit, client_limits=_client_limits(where, body),
+        name=name,
+        listen=listen,
+        routes=tuple(routes),
+        default_pool=default,
+        redis_auth=None if auth is None else str(auth),
+        backlog=backlog or 512,
+        client_connections=limit,
+        client_limits=_client_limits(where, body),
         deny_commands=_deny_commands(where, body),
         allow_monitor=_allow_monitor(where, body),
-    )  # fmt: skip
+    )
 
 
 def _metrics(path: str, body: Any) -> Address | None:
@@ -488,7 +541,7 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
 
     hash_tag = body.get("hash_tag", "")
     if not isinstance(hash_tag, str) or len(hash_tag) not in (0, 2):
-        raise err("hash_tag", f"expected two characters such as \"{{}}\", got {hash_tag!r}")
+        raise err("hash_tag", f'expected two characters such as "{{}}", got {hash_tag!r}')
 
     auth = body.get("redis_auth")
     if auth is not None and not isinstance(auth, (str, int)):
@@ -583,10 +636,7 @@ def _deny_commands(where: str, body: dict[Any, Any]) -> frozenset[bytes]:
             raise ConfigError(f"{where}: key 'deny_commands': expected command names, got {item!r}")
         name = item.strip().upper().encode()
         container, bar, sub = name.partition(b"|")
-        known = (
-            sub in command_data.SUBCOMMANDS.get(container, {})
-            if bar else name in command_data.COMMANDS
-        )  # fmt: skip
+        known = sub in command_data.SUBCOMMANDS.get(container, {}) if bar else name in command_data.COMMANDS
         if not known:
             raise ConfigError(f"{where}: key 'deny_commands': unknown command {item!r}")
         names.add(name)

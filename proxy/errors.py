@@ -34,10 +34,7 @@ def unknown_command(name: bytes, args: list[bytes]) -> str:
 
 def unknown_subcommand(container: bytes, sub: bytes) -> str:
     """Redis 7's text for an unknown subcommand (CONFIG FOO, CLIENT BAR...)."""
-    return (
-        f"ERR unknown subcommand '{_text(sub)[:128]}'. "
-        f"Try {_text(container).upper()} HELP."
-    )
+    return f"ERR unknown subcommand '{_text(sub)[:128]}'. Try {_text(container).upper()} HELP."
 
 
 def wrong_arity(fullname: str) -> str:
@@ -47,23 +44,19 @@ def wrong_arity(fullname: str) -> str:
 
 _ON_A_SERVER = "run it on a server directly (INFO proxy lists their addresses)"
 _ADMIN = f"it administers one server, not the proxy's keyspace: {_ON_A_SERVER}"
-_ONE_CONNECTION = (
-    "it acts on one server connection, and the proxy shares its connections among clients"
-)
+_ONE_CONNECTION = "it acts on one server connection, and the proxy shares its connections among clients"
 # Why each refused command is refused, and what to do instead (README: "Commands").
 REFUSALS: dict[str, str] = {
     "wait": "it waits for the replicas of the one server a connection wrote to, and the "
-            f"proxy spreads writes over servers: {_ON_A_SERVER}",
+    f"proxy spreads writes over servers: {_ON_A_SERVER}",
     "waitaof": "it waits for the AOF of the one server a connection wrote to, and the "
-               f"proxy spreads writes over servers: {_ON_A_SERVER}",
+    f"proxy spreads writes over servers: {_ON_A_SERVER}",
     "move": "only database 0 exists through the proxy",
     "swapdb": "only database 0 exists through the proxy",
     "migrate": f"moving keys between servers is an operator's task: {_ON_A_SERVER}",
     "cluster": "the proxy hides the cluster from its clients: run it on a cluster node directly",
-    "readonly": "the proxy keeps its cluster connections' state itself (read_from sets "
-                "replica reads)",
-    "readwrite": "the proxy keeps its cluster connections' state itself (read_from sets "
-                 "replica reads)",
+    "readonly": "the proxy keeps its cluster connections' state itself (read_from sets replica reads)",
+    "readwrite": "the proxy keeps its cluster connections' state itself (read_from sets replica reads)",
     "asking": "the proxy follows -ASK redirections itself",
     "sync": "replication runs between servers, not through the proxy",
     "psync": "replication runs between servers, not through the proxy",
@@ -167,9 +160,9 @@ def cross_place(key: str, where: str, other_key: str, other_where: str, unit: st
     """A transaction's key on another server (slot, route) than its first key."""
     hint = (
         "keep a transaction within one route (or route its keys to one pool)"
-        if unit == "route" else
-        "give the keys a common hash tag, such as {user1}:a and {user1}:b, so they hash together"
-    )  # fmt: skip
+        if unit == "route"
+        else "give the keys a common hash tag, such as {user1}:a and {user1}:b, so they hash together"
+    )
     return (
         f"CROSSSLOT Keys in a transaction must be on one {unit}: '{other_key}' is on "
         f"{other_where}, but '{key}' is on {where}; {hint}"
@@ -187,24 +180,23 @@ def keyspace_strip_prefix(listener: str, prefix: str) -> str:
 
 def transaction_too_large(queued: int) -> str:
     """A transaction queued more than the client's query buffer limit."""
-    return (
-        f"ERR transaction too large: {queued} bytes queued, past client_query_buffer_limit; "
-        "split it"
-    )
+    return f"ERR transaction too large: {queued} bytes queued, past client_query_buffer_limit; split it"
 
 
 def transaction_moved(detail: str) -> str:
     """A queued command met a moved slot or master: the server discarded the transaction."""
     return (
-        f"EXECABORT Transaction discarded: its keys moved while it was sent ({detail}); "
-        "nothing ran, retry it"
+        f"EXECABORT Transaction discarded: its keys moved while it was sent ({detail}); nothing ran, retry it"
     )
 
 
 def watch_lost(server: str, closed: bool) -> str:
     """EXEC after the WATCH connection broke, or after a reload or failover moved the keys."""
-    why = (f"the connection holding its WATCH to server {server} was lost" if closed
-           else "its keys moved to another server (a reload or a failover) while watched")  # fmt: skip
+    why = (
+        f"the connection holding its WATCH to server {server} was lost"
+        if closed
+        else "its keys moved to another server (a reload or a failover) while watched"
+    )
     return f"EXECABORT Transaction discarded: {why}; nothing ran, retry it"
 
 

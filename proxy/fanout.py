@@ -30,9 +30,7 @@ Part = tuple[T, list[bytes], list[int]]
 SUM_COMMANDS = frozenset({b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"})
 
 
-def split(
-    args: Sequence[bytes], group: Callable[[list[bytes]], list[tuple[T, list[int]]]]
-) -> list[Part[T]]:
+def split(args: Sequence[bytes], group: Callable[[list[bytes]], list[tuple[T, list[int]]]]) -> list[Part[T]]:
     """Group a MGET/MSET/DEL-like command's keys by target, in first-seen order.
 
     ``group(keys)`` gives each target with the positions of its keys (the pool routes the whole

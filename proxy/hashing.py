@@ -24,6 +24,8 @@ import zlib
 from binascii import crc_hqx
 from collections.abc import Callable
 
+from proxy import accel
+
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
 
@@ -185,12 +187,24 @@ def jenkins(key: bytes) -> int:
         b = (b + int.from_bytes(key[i + 4 : i + 8], "little")) & M32
         c = (c + int.from_bytes(key[i + 8 : i + 12], "little")) & M32
         # mix(a, b, c)
-        a = (a - c) & M32; a ^= _rot(c, 4); c = (c + b) & M32  # noqa: E702
-        b = (b - a) & M32; b ^= _rot(a, 6); a = (a + c) & M32  # noqa: E702
-        c = (c - b) & M32; c ^= _rot(b, 8); b = (b + a) & M32  # noqa: E702
-        a = (a - c) & M32; a ^= _rot(c, 16); c = (c + b) & M32  # noqa: E702
-        b = (b - a) & M32; b ^= _rot(a, 19); a = (a + c) & M32  # noqa: E702
-        c = (c - b) & M32; c ^= _rot(b, 4); b = (b + a) & M32  # noqa: E702
+        a = (a - c) & M32
+        a ^= _rot(c, 4)
+        c = (c + b) & M32  # noqa: E702
+        b = (b - a) & M32
+        b ^= _rot(a, 6)
+        a = (a + c) & M32  # noqa: E702
+        c = (c - b) & M32
+        c ^= _rot(b, 8)
+        b = (b + a) & M32  # noqa: E702
+        a = (a - c) & M32
+        a ^= _rot(c, 16)
+        c = (c + b) & M32  # noqa: E702
+        b = (b - a) & M32
+        b ^= _rot(a, 19)
+        a = (a + c) & M32  # noqa: E702
+        c = (c - b) & M32
+        c ^= _rot(b, 4)
+        b = (b + a) & M32  # noqa: E702
         i += 12
     rem = n - i
     if rem == 0:
@@ -200,13 +214,20 @@ def jenkins(key: bytes) -> int:
     b = (b + int.from_bytes(tail[4:8], "little")) & M32
     c = (c + int.from_bytes(tail[8:12], "little")) & M32
     # final(a, b, c)
-    c ^= b; c = (c - _rot(b, 14)) & M32  # noqa: E702
-    a ^= c; a = (a - _rot(c, 11)) & M32  # noqa: E702
-    b ^= a; b = (b - _rot(a, 25)) & M32  # noqa: E702
-    c ^= b; c = (c - _rot(b, 16)) & M32  # noqa: E702
-    a ^= c; a = (a - _rot(c, 4)) & M32  # noqa: E702
-    b ^= a; b = (b - _rot(a, 14)) & M32  # noqa: E702
-    c ^= b; c = (c - _rot(b, 24)) & M32  # noqa: E702
+    c ^= b
+    c = (c - _rot(b, 14)) & M32  # noqa: E702
+    a ^= c
+    a = (a - _rot(c, 11)) & M32  # noqa: E702
+    b ^= a
+    b = (b - _rot(a, 25)) & M32  # noqa: E702
+    c ^= b
+    c = (c - _rot(b, 16)) & M32  # noqa: E702
+    a ^= c
+    a = (a - _rot(c, 4)) & M32  # noqa: E702
+    b ^= a
+    b = (b - _rot(a, 14)) & M32  # noqa: E702
+    c ^= b
+    c = (c - _rot(b, 24)) & M32  # noqa: E702
     return c
 
 
@@ -229,11 +250,8 @@ _FUNCTIONS: dict[str, HashFunction] = {
 HASH_NAMES: tuple[str, ...] = tuple(_FUNCTIONS)
 PY_FUNCTIONS: dict[str, HashFunction] = dict(_FUNCTIONS)  # the reference implementations
 
-try:  # the C versions of the byte loops (proxy/_speedups.c), when the build could compile them
-    from proxy import _speedups
-except ImportError:  # pragma: no cover - depends on the build
-    _speedups = None  # type: ignore[assignment]
-else:
+_speedups = accel.c_module("_speedups")  # the C byte loops, unless RESPROXY_PURE=1 or not built
+if _speedups is not None:
     for _name in HASH_NAMES:
         if hasattr(_speedups, _name):
             _FUNCTIONS[_name] = getattr(_speedups, _name)

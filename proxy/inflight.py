@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from proxy import accel
+
 
 class Stat(Protocol):
     """A (pool, command) counter row (metrics.CommandStats): counted as replies are written."""
@@ -131,8 +133,21 @@ class PyReplyQueue:
     observed as the read's latency (one observation per client read, not per request).
     """
 
-    __slots__ = ("_slots", "_flusher", "_listed", "closed", "on_flushed", "_marks", "_clock",
-                 "_waiting", "_pushed", "_popped", "_transport", "stats", "label")  # fmt: skip
+    __slots__ = (
+        "_slots",
+        "_flusher",
+        "_listed",
+        "closed",
+        "on_flushed",
+        "_marks",
+        "_clock",
+        "_waiting",
+        "_pushed",
+        "_popped",
+        "_transport",
+        "stats",
+        "label",
+    )
 
     def __init__(self, flusher: Flusher, clock: Callable[[], float] | None = None) -> None:
         self._slots: deque[PyReplySlot] = deque()
@@ -296,13 +311,15 @@ class PyGather:
 
 
 # The C twins (proxy/_inflight.c) when built: the same objects, a third of the Python work of
-# an unpipelined GET and most of a fan-out's bookkeeping. Both implementations pass tests/unit/test_inflight_fanout.py.
+# an unpipelined GET and most of a fan-out's bookkeeping. Both implementations pass
+# tests/unit/test_inflight_fanout.py.
 if TYPE_CHECKING:
     ReplySlot = PyReplySlot
     ReplyQueue = PyReplyQueue
     Gather = PyGather
 else:
-    try:
-        from proxy._inflight import Gather, ReplyQueue, ReplySlot
-    except ImportError:  # built without a C compiler
+    _inflight = accel.c_module("_inflight")  # unless RESPROXY_PURE=1 or not built
+    if _inflight is not None:
+        ReplySlot, ReplyQueue, Gather = _inflight.ReplySlot, _inflight.ReplyQueue, _inflight.Gather
+    else:
         ReplySlot, ReplyQueue, Gather = PyReplySlot, PyReplyQueue, PyGather

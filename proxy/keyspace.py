@@ -33,7 +33,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from proxy import __version__, errors
+from proxy import __version__, accel, errors
 from proxy.commands import CommandSpec
 from proxy.inflight import Gather, Merge, ReplyQueue, ReplySlot
 from proxy.pool import Pool, Server, fingerprint
@@ -57,9 +57,8 @@ SERVER_CURSOR_LIMIT = 1 << (64 - CURSOR_SHIFT)
 INVALID_CURSOR = "ERR invalid cursor"
 # FUNCTION and SCRIPT subcommands answered by the first server alone
 ONE_SERVER = frozenset(
-    {"lastsave", "time", "function|list", "function|dump", "function|stats", "function|help",
-     "script|help"}
-)  # fmt: skip
+    {"lastsave", "time", "function|list", "function|dump", "function|stats", "function|help", "script|help"}
+)
 _last_version = ""  # the lowest redis_version seen, for INFO while no server answers
 
 
@@ -70,8 +69,6 @@ class KeyspaceHost(Protocol):
     _queue: ReplyQueue
     _pool: Pool
     _resp3: bool
-
-
 
 
 def serve(host: KeyspaceHost, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
@@ -96,8 +93,9 @@ def serve(host: KeyspaceHost, spec: CommandSpec, args: list[bytes], raw: bytes) 
     broadcast(host, servers, raw, merge, queue.push())
 
 
-def broadcast(host: KeyspaceHost, servers: Sequence[Server], payload: bytes, merge: Merge,
-              slot: ReplySlot) -> None:  # fmt: skip
+def broadcast(
+    host: KeyspaceHost, servers: Sequence[Server], payload: bytes, merge: Merge, slot: ReplySlot
+) -> None:
     """Send ``payload`` to every server; ``slot`` gets ``merge`` of their replies."""
     parts: list[tuple[Server, bytes, list[int]]] = [(server, payload, []) for server in servers]
     gather = Gather(slot, merge, b"", 0, parts)
@@ -390,14 +388,13 @@ def info_text(texts: list[bytes], local: bytes, server: bool, keyspace: bool) ->
     if server:
         blocks.append(
             f"# Server\r\nredis_version:{_last_version or '0.0.0'}\r\nredis_mode:proxy\r\n"
-            f"resproxy_version:{__version__}\r\n".encode()
+            f"resproxy_version:{__version__}\r\nresproxy_implementation:{accel.implementation()}\r\n".encode()
         )
     if local.strip():
         blocks.append(local.rstrip(b"\r\n") + b"\r\n")
     if keyspace:
         lines = [
-            f"{db}:keys={keys},expires={expires},avg_ttl=0\r\n"
-            for db, (keys, expires) in sorted(dbs.items())
+            f"{db}:keys={keys},expires={expires},avg_ttl=0\r\n" for db, (keys, expires) in sorted(dbs.items())
         ]
         blocks.append(("# Keyspace\r\n" + "".join(lines)).encode())
     return b"\r\n".join(blocks)

@@ -68,8 +68,7 @@ def command(host: LocalHost, args: Sequence[bytes]) -> None:
         resp3 = host._resp3
         docs = [(name, encode_map(fields, resp3)) for name, fields in command_docs(args[1:])]
         items = b"".join(encode_bulk(name) + body for name, body in docs)
-        queue.push_reply(b"%c%d\r\n" % (b"%" if resp3 else b"*", len(docs) * (1 if resp3 else 2))
-                         + items)  # fmt: skip
+        queue.push_reply(b"%c%d\r\n" % (b"%" if resp3 else b"*", len(docs) * (1 if resp3 else 2)) + items)
     elif sub == b"GETKEYS":
         target = [args[1].upper(), *args[2:]] if len(args) > 1 else []
         found = lookup(target) if target else errors.wrong_arity("command|getkeys")
@@ -82,6 +81,7 @@ def command(host: LocalHost, args: Sequence[bytes]) -> None:
             queue.push_error(str(exc))
     else:
         queue.push_error(errors.refused(f"command|{sub.decode(errors='replace').lower()}"))
+
 
 def client(host: LocalHost, spec: CommandSpec, args: Sequence[bytes]) -> None:
     """CLIENT SETNAME|GETNAME|SETINFO|ID|INFO|LIST|KILL (the rest is refused)."""
@@ -110,14 +110,17 @@ def client(host: LocalHost, spec: CommandSpec, args: Sequence[bytes]) -> None:
     else:
         queue.push_error(errors.refused(spec.fullname, spec.flags))
 
+
 def describe(host: LocalHost) -> bytes:
     """A client as CLIENT LIST shows it (Redis's field names, the ones a proxy knows)."""
     now = host.now()
     return (
-        f"id={host.id} addr={host.addr} laddr={host.laddr} name=".encode() + host.name
+        f"id={host.id} addr={host.addr} laddr={host.laddr} name=".encode()
+        + host.name
         + f" age={int(now - host.created)} idle={int(now - host.last_read)} "
-          f"cmd={host.last_command or 'NULL'} pool={host.pool.name}".encode()
-    )  # fmt: skip
+        f"cmd={host.last_command or 'NULL'} pool={host.pool.name}".encode()
+    )
+
 
 def kill(host: LocalHost, args: Sequence[bytes]) -> None:
     """CLIENT KILL addr (old form: +OK) or CLIENT KILL ID id | ADDR addr | LADDR addr |

@@ -41,9 +41,23 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 LATENCY_BOUNDS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class CommandStats:
@@ -76,10 +90,22 @@ class PoolStats:
     """A pool's client-side counters."""
 
     __slots__ = (
-        "commands", "connections_total", "connections_rejected", "client_eof", "client_err",
-        "fanouts", "fragments", "bytes_in", "bytes_out", "mirror_sent", "mirror_errors",
-        "mirror_dropped", "auth_failures", "closed", "pubsub_messages",
-    )  # fmt: skip
+        "commands",
+        "connections_total",
+        "connections_rejected",
+        "client_eof",
+        "client_err",
+        "fanouts",
+        "fragments",
+        "bytes_in",
+        "bytes_out",
+        "mirror_sent",
+        "mirror_errors",
+        "mirror_dropped",
+        "auth_failures",
+        "closed",
+        "pubsub_messages",
+    )
 
     def __init__(self) -> None:
         self.commands: dict[str, CommandStats] = {}
@@ -111,9 +137,17 @@ class ServerStats:
     """One backend server's counters, kept across its connections."""
 
     __slots__ = (
-        "requests", "request_bytes", "responses", "response_bytes", "timeouts", "eof", "errors",
-        "connects", "connect_failures", "forward_errors",
-    )  # fmt: skip
+        "requests",
+        "request_bytes",
+        "responses",
+        "response_bytes",
+        "timeouts",
+        "eof",
+        "errors",
+        "connects",
+        "connect_failures",
+        "forward_errors",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -207,52 +241,101 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     info.add_metric([snap.version], 1)
     yield info
     yield GaugeMetricFamily("resproxy_uptime_seconds", "Seconds since start", value=snap.uptime_seconds)
-    yield CounterMetricFamily("resproxy_config_reloads", "Accepted config reloads (SIGHUP)",
-                              value=snap.reloads)  # fmt: skip
-    yield CounterMetricFamily("resproxy_config_reload_failures",
-                              "Rejected config reloads (the old config kept serving)",
-                              value=snap.reload_failures)  # fmt: skip
-    yield GaugeMetricFamily("resproxy_config_last_reload_successful",
-                            "1 if the last reload was accepted (or none was tried)",
-                            value=1 if snap.last_reload_ok else 0)  # fmt: skip
-    yield GaugeMetricFamily("resproxy_config_loaded_timestamp_seconds",
-                            "Unix time the running config was loaded",
-                            value=snap.config_loaded_at)  # fmt: skip
-    yield GaugeMetricFamily("resproxy_buffered_bytes",
-                            "Bytes held for clients (unframed requests, owed replies past the "
-                            "pause point), against max_buffered_bytes",
-                            value=snap.buffered_bytes)  # fmt: skip
-    yield GaugeMetricFamily("resproxy_max_buffered_bytes", "The max_buffered_bytes budget",
-                            value=snap.max_buffered_bytes)  # fmt: skip
-    yield CounterMetricFamily("resproxy_buffer_pauses",
-                              "Times max_buffered_bytes was reached (reading from clients stopped)",
-                              value=snap.buffer_pauses)  # fmt: skip
+    yield CounterMetricFamily(
+        "resproxy_config_reloads", "Accepted config reloads (SIGHUP)", value=snap.reloads
+    )
+    yield CounterMetricFamily(
+        "resproxy_config_reload_failures",
+        "Rejected config reloads (the old config kept serving)",
+        value=snap.reload_failures,
+    )
+    yield GaugeMetricFamily(
+        "resproxy_config_last_reload_successful",
+        "1 if the last reload was accepted (or none was tried)",
+        value=1 if snap.last_reload_ok else 0,
+    )
+    yield GaugeMetricFamily(
+        "resproxy_config_loaded_timestamp_seconds",
+        "Unix time the running config was loaded",
+        value=snap.config_loaded_at,
+    )
+    yield GaugeMetricFamily(
+        "resproxy_buffered_bytes",
+        "Bytes held for clients (unframed requests, owed replies past the "
+        "pause point), against max_buffered_bytes",
+        value=snap.buffered_bytes,
+    )
+    yield GaugeMetricFamily(
+        "resproxy_max_buffered_bytes", "The max_buffered_bytes budget", value=snap.max_buffered_bytes
+    )
+    yield CounterMetricFamily(
+        "resproxy_buffer_pauses",
+        "Times max_buffered_bytes was reached (reading from clients stopped)",
+        value=snap.buffer_pauses,
+    )
 
     P = ["pool"]
     pool_g = {
         "clients": GaugeMetricFamily("resproxy_client_connections", "Open client connections", labels=P),
-        "blocked": GaugeMetricFamily("resproxy_blocked_clients", "Clients waiting on a blocking command (BLPOP...)", labels=P),
-        "subscribers": GaugeMetricFamily("resproxy_pubsub_subscribers", "Clients with pub/sub subscriptions", labels=P),
-        "subscriptions": GaugeMetricFamily("resproxy_pubsub_subscriptions", "Channels, patterns and shard channels subscribed, over the clients", labels=P),
-        "serve": GaugeMetricFamily("resproxy_pool_can_serve", "1 if every key of the pool has a live server", labels=P),
-    }  # fmt: skip
+        "blocked": GaugeMetricFamily(
+            "resproxy_blocked_clients", "Clients waiting on a blocking command (BLPOP...)", labels=P
+        ),
+        "subscribers": GaugeMetricFamily(
+            "resproxy_pubsub_subscribers", "Clients with pub/sub subscriptions", labels=P
+        ),
+        "subscriptions": GaugeMetricFamily(
+            "resproxy_pubsub_subscriptions",
+            "Channels, patterns and shard channels subscribed, over the clients",
+            labels=P,
+        ),
+        "serve": GaugeMetricFamily(
+            "resproxy_pool_can_serve", "1 if every key of the pool has a live server", labels=P
+        ),
+    }
     pool_c = {
-        "connections_total": CounterMetricFamily("resproxy_client_connections_accepted", "Client connections accepted", labels=P),
-        "connections_rejected": CounterMetricFamily("resproxy_client_connections_rejected", "Client connections refused (client_connections limit, shutdown)", labels=P),
-        "client_eof": CounterMetricFamily("resproxy_client_eof", "Client connections closed by the client", labels=P),
-        "client_err": CounterMetricFamily("resproxy_client_errors", "Client connections lost to an error", labels=P),
-        "fanouts": CounterMetricFamily("resproxy_fanout_requests", "Multi-key commands split over several servers", labels=P),
-        "pubsub_messages": CounterMetricFamily("resproxy_pubsub_messages", "Pub/sub messages delivered to subscribers", labels=P),
-        "fragments": CounterMetricFamily("resproxy_fanout_fragments", "Sub-commands those were split into", labels=P),
+        "connections_total": CounterMetricFamily(
+            "resproxy_client_connections_accepted", "Client connections accepted", labels=P
+        ),
+        "connections_rejected": CounterMetricFamily(
+            "resproxy_client_connections_rejected",
+            "Client connections refused (client_connections limit, shutdown)",
+            labels=P,
+        ),
+        "client_eof": CounterMetricFamily(
+            "resproxy_client_eof", "Client connections closed by the client", labels=P
+        ),
+        "client_err": CounterMetricFamily(
+            "resproxy_client_errors", "Client connections lost to an error", labels=P
+        ),
+        "fanouts": CounterMetricFamily(
+            "resproxy_fanout_requests", "Multi-key commands split over several servers", labels=P
+        ),
+        "pubsub_messages": CounterMetricFamily(
+            "resproxy_pubsub_messages", "Pub/sub messages delivered to subscribers", labels=P
+        ),
+        "fragments": CounterMetricFamily(
+            "resproxy_fanout_fragments", "Sub-commands those were split into", labels=P
+        ),
         "bytes_in": CounterMetricFamily("resproxy_client_read_bytes", "Bytes read from clients", labels=P),
-        "bytes_out": CounterMetricFamily("resproxy_client_written_bytes", "Bytes written to clients", labels=P),
-        "mirror_sent": CounterMetricFamily("resproxy_mirror_sent", "Copies sent to mirror pools (listeners)", labels=P),
-        "mirror_errors": CounterMetricFamily("resproxy_mirror_errors", "Error replies to mirrored copies", labels=P),
-        "mirror_dropped": CounterMetricFamily("resproxy_mirror_dropped", "Copies dropped: mirror lagging or without a server", labels=P),
-        "auth_failures": CounterMetricFamily("resproxy_auth_failures", "AUTH (or HELLO AUTH) with a wrong password", labels=P),
-    }  # fmt: skip
-    closed = CounterMetricFamily("resproxy_client_closed", "Clients closed by a client limit",
-                                 labels=["pool", "reason"])  # fmt: skip
+        "bytes_out": CounterMetricFamily(
+            "resproxy_client_written_bytes", "Bytes written to clients", labels=P
+        ),
+        "mirror_sent": CounterMetricFamily(
+            "resproxy_mirror_sent", "Copies sent to mirror pools (listeners)", labels=P
+        ),
+        "mirror_errors": CounterMetricFamily(
+            "resproxy_mirror_errors", "Error replies to mirrored copies", labels=P
+        ),
+        "mirror_dropped": CounterMetricFamily(
+            "resproxy_mirror_dropped", "Copies dropped: mirror lagging or without a server", labels=P
+        ),
+        "auth_failures": CounterMetricFamily(
+            "resproxy_auth_failures", "AUTH (or HELLO AUTH) with a wrong password", labels=P
+        ),
+    }
+    closed = CounterMetricFamily(
+        "resproxy_client_closed", "Clients closed by a client limit", labels=["pool", "reason"]
+    )
     PC = ["pool", "command"]
     requests = CounterMetricFamily("resproxy_requests", "Requests answered, by command", labels=PC)
     errors = CounterMetricFamily("resproxy_request_errors", "Error replies, by command", labels=PC)
@@ -263,43 +346,98 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     )
     PS = ["pool", "server"]
     srv_c = {
-        "requests": CounterMetricFamily("resproxy_server_requests", "Requests written to the server", labels=PS),
-        "request_bytes": CounterMetricFamily("resproxy_server_request_bytes", "Bytes written to the server", labels=PS),
-        "responses": CounterMetricFamily("resproxy_server_responses", "Replies read from the server", labels=PS),
-        "response_bytes": CounterMetricFamily("resproxy_server_response_bytes", "Bytes read from the server", labels=PS),
-        "timeouts": CounterMetricFamily("resproxy_server_timeouts", "Connections closed for a reply later than timeout", labels=PS),
+        "requests": CounterMetricFamily(
+            "resproxy_server_requests", "Requests written to the server", labels=PS
+        ),
+        "request_bytes": CounterMetricFamily(
+            "resproxy_server_request_bytes", "Bytes written to the server", labels=PS
+        ),
+        "responses": CounterMetricFamily(
+            "resproxy_server_responses", "Replies read from the server", labels=PS
+        ),
+        "response_bytes": CounterMetricFamily(
+            "resproxy_server_response_bytes", "Bytes read from the server", labels=PS
+        ),
+        "timeouts": CounterMetricFamily(
+            "resproxy_server_timeouts", "Connections closed for a reply later than timeout", labels=PS
+        ),
         "eof": CounterMetricFamily("resproxy_server_eof", "Connections closed by the server", labels=PS),
-        "errors": CounterMetricFamily("resproxy_server_errors", "Connections lost to an error (reset, refused, bad reply)", labels=PS),
-        "connects": CounterMetricFamily("resproxy_server_connects", "Connections opened (reconnects included)", labels=PS),
-        "connect_failures": CounterMetricFamily("resproxy_server_connect_failures", "Connection attempts that failed", labels=PS),
-        "forward_errors": CounterMetricFamily("resproxy_server_forward_errors", "Requests failed at once because the server was down", labels=PS),
-    }  # fmt: skip
+        "errors": CounterMetricFamily(
+            "resproxy_server_errors", "Connections lost to an error (reset, refused, bad reply)", labels=PS
+        ),
+        "connects": CounterMetricFamily(
+            "resproxy_server_connects", "Connections opened (reconnects included)", labels=PS
+        ),
+        "connect_failures": CounterMetricFamily(
+            "resproxy_server_connect_failures", "Connection attempts that failed", labels=PS
+        ),
+        "forward_errors": CounterMetricFamily(
+            "resproxy_server_forward_errors", "Requests failed at once because the server was down", labels=PS
+        ),
+    }
     srv_g = {
-        "connections": GaugeMetricFamily("resproxy_server_connections", "Open connections to the server", labels=PS),
-        "in_flight": GaugeMetricFamily("resproxy_server_in_flight", "Requests awaiting the server's reply (in_queue)", labels=PS),
-        "out_queue": GaugeMetricFamily("resproxy_server_out_queue", "Requests queued, not yet written (out_queue)", labels=PS),
-        "dedicated": GaugeMetricFamily("resproxy_server_dedicated_connections", "Open connections held for one client each (transactions, streamed values)", labels=PS),
-        "dedicated_idle": GaugeMetricFamily("resproxy_server_dedicated_idle_connections", "Dedicated connections kept idle for the next holder", labels=PS),
+        "connections": GaugeMetricFamily(
+            "resproxy_server_connections", "Open connections to the server", labels=PS
+        ),
+        "in_flight": GaugeMetricFamily(
+            "resproxy_server_in_flight", "Requests awaiting the server's reply (in_queue)", labels=PS
+        ),
+        "out_queue": GaugeMetricFamily(
+            "resproxy_server_out_queue", "Requests queued, not yet written (out_queue)", labels=PS
+        ),
+        "dedicated": GaugeMetricFamily(
+            "resproxy_server_dedicated_connections",
+            "Open connections held for one client each (transactions, streamed values)",
+            labels=PS,
+        ),
+        "dedicated_idle": GaugeMetricFamily(
+            "resproxy_server_dedicated_idle_connections",
+            "Dedicated connections kept idle for the next holder",
+            labels=PS,
+        ),
         "up": GaugeMetricFamily("resproxy_server_up", "1 if the server is not marked down", labels=PS),
-        "ejected": GaugeMetricFamily("resproxy_server_ejected", "1 if the server is ejected from the ring", labels=PS),
-        "ejected_at": GaugeMetricFamily("resproxy_server_ejected_at_timestamp_seconds", "Unix time of the last ejection (0: never)", labels=PS),
-    }  # fmt: skip
-    state = GaugeMetricFamily("resproxy_server_state", "Connection state (1 for the current one)",
-                              labels=["pool", "server", "state"])  # fmt: skip
+        "ejected": GaugeMetricFamily(
+            "resproxy_server_ejected", "1 if the server is ejected from the ring", labels=PS
+        ),
+        "ejected_at": GaugeMetricFamily(
+            "resproxy_server_ejected_at_timestamp_seconds",
+            "Unix time of the last ejection (0: never)",
+            labels=PS,
+        ),
+    }
+    state = GaugeMetricFamily(
+        "resproxy_server_state",
+        "Connection state (1 for the current one)",
+        labels=["pool", "server", "state"],
+    )
     ejections = CounterMetricFamily("resproxy_server_ejections", "Times the server was ejected", labels=PS)
     cl_c = {
         "moved": CounterMetricFamily("resproxy_cluster_moved", "MOVED redirections followed", labels=P),
         "asks": CounterMetricFamily("resproxy_cluster_ask", "ASK redirections followed", labels=P),
         "tryagain": CounterMetricFamily("resproxy_cluster_tryagain", "TRYAGAIN replies retried", labels=P),
-        "clusterdown": CounterMetricFamily("resproxy_cluster_clusterdown", "CLUSTERDOWN replies retried", labels=P),
-        "refreshes": CounterMetricFamily("resproxy_cluster_slot_map_refreshes", "Slot map refreshes", labels=P),
-        "refresh_failures": CounterMetricFamily("resproxy_cluster_slot_map_refresh_failures", "Slot map refreshes no node answered", labels=P),
-        "refresh_seconds_total": CounterMetricFamily("resproxy_cluster_slot_map_refresh_seconds", "Time spent refreshing the slot map", labels=P),
-    }  # fmt: skip
+        "clusterdown": CounterMetricFamily(
+            "resproxy_cluster_clusterdown", "CLUSTERDOWN replies retried", labels=P
+        ),
+        "refreshes": CounterMetricFamily(
+            "resproxy_cluster_slot_map_refreshes", "Slot map refreshes", labels=P
+        ),
+        "refresh_failures": CounterMetricFamily(
+            "resproxy_cluster_slot_map_refresh_failures", "Slot map refreshes no node answered", labels=P
+        ),
+        "refresh_seconds_total": CounterMetricFamily(
+            "resproxy_cluster_slot_map_refresh_seconds", "Time spent refreshing the slot map", labels=P
+        ),
+    }
     cl_g = {
-        "map_age_seconds": GaugeMetricFamily("resproxy_cluster_slot_map_age_seconds", "Seconds since the slot map was last learned (-1: never)", labels=P),
-        "slots_served": GaugeMetricFamily("resproxy_cluster_slots_served", "Slots with a known master", labels=P),
-    }  # fmt: skip
+        "map_age_seconds": GaugeMetricFamily(
+            "resproxy_cluster_slot_map_age_seconds",
+            "Seconds since the slot map was last learned (-1: never)",
+            labels=P,
+        ),
+        "slots_served": GaugeMetricFamily(
+            "resproxy_cluster_slots_served", "Slots with a known master", labels=P
+        ),
+    }
 
     for pool in snap.pools:
         labels = [pool.name]
@@ -358,11 +496,21 @@ def _sentinel_families(snap: Snapshot) -> Iterator[Metric]:
     P = ["pool"]
     counters = {
         "switches": CounterMetricFamily("resproxy_sentinel_switches", "Master changes followed", labels=P),
-        "holds": CounterMetricFamily("resproxy_sentinel_holds", "Failovers during which requests were held", labels=P),
-        "hold_timeouts": CounterMetricFamily("resproxy_sentinel_hold_timeouts", "Holds that ended without a new master (requests failed)", labels=P),
-        "readonly_retries": CounterMetricFamily("resproxy_sentinel_readonly_retries", "Writes refused by a demoted master, sent again", labels=P),
-        "discovery_failures": CounterMetricFamily("resproxy_sentinel_discovery_failures", "Times no sentinel named a live master", labels=P),
-    }  # fmt: skip
+        "holds": CounterMetricFamily(
+            "resproxy_sentinel_holds", "Failovers during which requests were held", labels=P
+        ),
+        "hold_timeouts": CounterMetricFamily(
+            "resproxy_sentinel_hold_timeouts",
+            "Holds that ended without a new master (requests failed)",
+            labels=P,
+        ),
+        "readonly_retries": CounterMetricFamily(
+            "resproxy_sentinel_readonly_retries", "Writes refused by a demoted master, sent again", labels=P
+        ),
+        "discovery_failures": CounterMetricFamily(
+            "resproxy_sentinel_discovery_failures", "Times no sentinel named a live master", labels=P
+        ),
+    }
     known = GaugeMetricFamily("resproxy_sentinel_master_known", "1 if the pool knows its master", labels=P)
     for pool in snap.pools:
         if pool.sentinel is not None:
@@ -403,9 +551,7 @@ def health(snap: Snapshot) -> tuple[bool, bytes]:
     return ok, json.dumps(body).encode() + b"\n"
 
 
-async def serve_http(
-    host: str, port: int, source: Callable[[], Snapshot]
-) -> asyncio.AbstractServer:
+async def serve_http(host: str, port: int, source: Callable[[], Snapshot]) -> asyncio.AbstractServer:
     """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 or 503), on the event loop."""
     registry = registry_for(source)
 
@@ -457,8 +603,12 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
             out.extend(lines)
             out.append("")
 
-    proxy = [f"resproxy_version:{snap.version}", f"process_id:{pid}",
-             f"uptime_in_seconds:{int(snap.uptime_seconds)}", f"pools:{len(snap.pools)}"]  # fmt: skip
+    proxy = [
+        f"resproxy_version:{snap.version}",
+        f"process_id:{pid}",
+        f"uptime_in_seconds:{int(snap.uptime_seconds)}",
+        f"pools:{len(snap.pools)}",
+    ]
     for p in snap.pools:
         proxy.append(
             f"pool_{p.name}:listen={p.listen},distribution={p.distribution},"
@@ -470,40 +620,54 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
                 f"ejected={int(s.ejected)},connections={s.connections},in_flight={s.in_flight}"
             )
     block("Proxy", proxy)
-    block("Clients", [f"connected_clients:{sum(p.clients for p in snap.pools)}",
-                      f"blocked_clients:{sum(p.blocked for p in snap.pools)}",
-                      f"pubsub_clients:{sum(p.subscribers for p in snap.pools)}"])  # fmt: skip
+    block(
+        "Clients",
+        [
+            f"connected_clients:{sum(p.clients for p in snap.pools)}",
+            f"blocked_clients:{sum(p.blocked for p in snap.pools)}",
+            f"pubsub_clients:{sum(p.subscribers for p in snap.pools)}",
+        ],
+    )
     rows = [r for p in snap.pools for r in p.stats.commands.values()]
     servers = [s.stats for p in snap.pools for s in p.servers]
-    block("Stats", [
-        f"total_connections_received:{sum(p.stats.connections_total for p in snap.pools)}",
-        f"rejected_connections:{sum(p.stats.connections_rejected for p in snap.pools)}",
-        f"total_commands_processed:{sum(r.requests for r in rows)}",
-        f"total_error_replies:{sum(r.errors for r in rows)}",
-        f"client_eof:{sum(p.stats.client_eof for p in snap.pools)}",
-        f"client_err:{sum(p.stats.client_err for p in snap.pools)}",
-        f"fanout_requests:{sum(p.stats.fanouts for p in snap.pools)}",
-        f"pubsub_messages:{sum(p.stats.pubsub_messages for p in snap.pools)}",
-        f"pubsub_channels:{sum(p.subscriptions for p in snap.pools)}",
-        f"fanout_fragments:{sum(p.stats.fragments for p in snap.pools)}",
-        f"server_requests:{sum(s.requests for s in servers)}",
-        f"server_timeouts:{sum(s.timeouts for s in servers)}",
-        f"server_errors:{sum(s.errors + s.eof for s in servers)}",
-        f"server_ejections:{sum(s.ejections for p in snap.pools for s in p.servers)}",
-        *(f"{field}:{sum(p.stats.closed[reason] for p in snap.pools)}"
-          for reason, field in CLOSE_REASONS.items()),
-        f"auth_failures:{sum(p.stats.auth_failures for p in snap.pools)}",
-        f"buffered_bytes:{snap.buffered_bytes}",
-        f"buffer_pauses:{snap.buffer_pauses}",
-        f"config_reloads:{snap.reloads}",
-        f"config_reload_failures:{snap.reload_failures}",
-    ])  # fmt: skip
+    block(
+        "Stats",
+        [
+            f"total_connections_received:{sum(p.stats.connections_total for p in snap.pools)}",
+            f"rejected_connections:{sum(p.stats.connections_rejected for p in snap.pools)}",
+            f"total_commands_processed:{sum(r.requests for r in rows)}",
+            f"total_error_replies:{sum(r.errors for r in rows)}",
+            f"client_eof:{sum(p.stats.client_eof for p in snap.pools)}",
+            f"client_err:{sum(p.stats.client_err for p in snap.pools)}",
+            f"fanout_requests:{sum(p.stats.fanouts for p in snap.pools)}",
+            f"pubsub_messages:{sum(p.stats.pubsub_messages for p in snap.pools)}",
+            f"pubsub_channels:{sum(p.subscriptions for p in snap.pools)}",
+            f"fanout_fragments:{sum(p.stats.fragments for p in snap.pools)}",
+            f"server_requests:{sum(s.requests for s in servers)}",
+            f"server_timeouts:{sum(s.timeouts for s in servers)}",
+            f"server_errors:{sum(s.errors + s.eof for s in servers)}",
+            f"server_ejections:{sum(s.ejections for p in snap.pools for s in p.servers)}",
+            *(
+                f"{field}:{sum(p.stats.closed[reason] for p in snap.pools)}"
+                for reason, field in CLOSE_REASONS.items()
+            ),
+            f"auth_failures:{sum(p.stats.auth_failures for p in snap.pools)}",
+            f"buffered_bytes:{snap.buffered_bytes}",
+            f"buffer_pauses:{snap.buffer_pauses}",
+            f"config_reloads:{snap.reloads}",
+            f"config_reload_failures:{snap.reload_failures}",
+        ],
+    )
     clusters = [p for p in snap.pools if p.cluster is not None]
     if clusters:
-        block("Cluster", [
-            f"cluster_{p.name}:slots_served={c.slots_served},moved={c.moved},ask={c.asks},"
-            f"tryagain={c.tryagain},clusterdown={c.clusterdown},refreshes={c.refreshes},"
-            f"refresh_failures={c.refresh_failures},slot_map_age_seconds={c.map_age_seconds:.1f}"
-            for p in clusters if (c := p.cluster) is not None
-        ])  # fmt: skip
+        block(
+            "Cluster",
+            [
+                f"cluster_{p.name}:slots_served={c.slots_served},moved={c.moved},ask={c.asks},"
+                f"tryagain={c.tryagain},clusterdown={c.clusterdown},refreshes={c.refreshes},"
+                f"refresh_failures={c.refresh_failures},slot_map_age_seconds={c.map_age_seconds:.1f}"
+                for p in clusters
+                if (c := p.cluster) is not None
+            ],
+        )
     return "\r\n".join(out).encode()

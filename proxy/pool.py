@@ -36,7 +36,6 @@ Imports: backend, ring, hashing, resp, inflight, errors, config.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import enum
 import logging
 import random
@@ -223,9 +222,7 @@ class Server:
     def can_dedicate(self) -> bool:
         """Whether a dedicated connection can be had now (``dedicated_connections`` per server:
         stalled uploads or idle WATCHes must not use up the server's maxclients)."""
-        return self.dedicated_open < self.pool.config.dedicated_connections or bool(
-            self._idle_dedicated
-        )
+        return self.dedicated_open < self.pool.config.dedicated_connections or bool(self._idle_dedicated)
 
     def take_dedicated(self, resp3: bool = False, preload: bool = True) -> DedicatedConnection | str:
         """A connection for one client alone (a streamed request, a transaction): an idle one
@@ -244,10 +241,20 @@ class Server:
         if not self.can_dedicate():
             return errors.dedicated_limit(self.name, self.pool.config.dedicated_connections)
         conn = DedicatedConnection(
-            self.name, self.pool.name, self._loop, self._timeout_ms,
-            self._init3 if resp3 else self._init, self._dedicated_lost, self._mark_up, None, 0,
-            resp3, self.stats, (), self._answered,
-        )  # fmt: skip
+            self.name,
+            self.pool.name,
+            self._loop,
+            self._timeout_ms,
+            self._init3 if resp3 else self._init,
+            self._dedicated_lost,
+            self._mark_up,
+            None,
+            0,
+            resp3,
+            self.stats,
+            (),
+            self._answered,
+        )
         conn.on_done = self._dedicated_done
         conn.server_address = self.address
         self.dedicated_open += 1
@@ -321,10 +328,20 @@ class Server:
         self, init: list[bytes], on_ready: Callable[[], None], lane: int = 0, resp3: bool = False
     ) -> BackendConnection:
         return BackendConnection(
-            self.name, self.pool.name, self._loop, self._timeout_ms, init, self._on_lost,
-            on_ready, self._on_redirect, lane, resp3, self.stats, self._redirects,
+            self.name,
+            self.pool.name,
+            self._loop,
+            self._timeout_ms,
+            init,
+            self._on_lost,
+            on_ready,
+            self._on_redirect,
+            lane,
+            resp3,
+            self.stats,
+            self._redirects,
             self._answered,
-        )  # fmt: skip
+        )
 
     def _start_open(self, conn: BackendConnection) -> None:
         task = self._loop.create_task(self._open(conn))
@@ -338,9 +355,7 @@ class Server:
                 if addr.unix_path:
                     await self._loop.create_unix_connection(lambda: conn, addr.unix_path)
                 else:
-                    transport, _ = await self._loop.create_connection(
-                        lambda: conn, addr.host, addr.port
-                    )
+                    transport, _ = await self._loop.create_connection(lambda: conn, addr.host, addr.port)
                     if self.pool.config.tcpkeepalive:  # twemproxy's key: keepalive to servers
                         sock = transport.get_extra_info("socket")
                         if sock is not None:
@@ -438,9 +453,14 @@ class Server:
         self.down_reason = f"ejected ({reason})"
         log.warning(
             "pool %s: server %s (%s) ejected after %d consecutive failures (last: %s); "
-            "probing it every %d ms", pool.name, self.name, self.address,
-            pool.config.server_failure_limit, reason, retry_ms,
-        )  # fmt: skip
+            "probing it every %d ms",
+            pool.name,
+            self.name,
+            self.address,
+            pool.config.server_failure_limit,
+            reason,
+            retry_ms,
+        )
         self._retry_timer = self._loop.call_later(retry_ms / 1000.0, self._retry)
         pool.rebuild()
 
@@ -455,9 +475,11 @@ class Server:
         self._probing = conn
         # One deadline for all of it (the connect alone is also bounded by _open).
         self._probe_deadline = self._loop.call_later(
-            self._timeout_ms / 1000.0, conn.close, "timeout",
+            self._timeout_ms / 1000.0,
+            conn.close,
+            "timeout",
             errors.server_timeout(self.name, self._timeout_ms),
-        )  # fmt: skip
+        )
         self._start_open(conn)
 
     def _end_probe(self) -> BackendConnection | None:
@@ -472,8 +494,7 @@ class Server:
         if self.closing:
             return
         retry_ms = self.pool.config.server_retry_timeout_ms
-        log.debug("pool %s: server %s still ejected, probe failed: %s", self.pool.name,
-                  self.name, reason)  # fmt: skip
+        log.debug("pool %s: server %s still ejected, probe failed: %s", self.pool.name, self.name, reason)
         self._retry_timer = self._loop.call_later(retry_ms / 1000.0, self._retry)
 
     def _probe_answered(self) -> None:
@@ -494,8 +515,12 @@ class Server:
                 self.direct = conn.send
         else:  # a lane that outlived the ejection (it never failed): keep it
             conn.close("probe done", failure=False)
-        log.warning("pool %s: server %s (%s) answered a probe: back in the ring",
-                    self.pool.name, self.name, self.address)  # fmt: skip
+        log.warning(
+            "pool %s: server %s (%s) answered a probe: back in the ring",
+            self.pool.name,
+            self.name,
+            self.address,
+        )
         self.pool.rebuild()
         if self.pool.config.preconnect:
             self.connect_all()
@@ -545,7 +570,6 @@ class Server:
         for held in list(self._held_dedicated):
             if held.block_s is not None or held.on_push is not None:
                 held.close("server left the pool", failure=False)
-
 
 
 class Target(Protocol):
@@ -633,9 +657,7 @@ class Pool(Protocol):
 
     def split_command(self, args: list[bytes]) -> Parts | None: ...
 
-    def group_keys(
-        self, keys: list[bytes], read: bool
-    ) -> Sequence[tuple[Target | None, list[int]]]: ...
+    def group_keys(self, keys: list[bytes], read: bool) -> Sequence[tuple[Target | None, list[int]]]: ...
 
     def place(self, keys: Sequence[bytes]) -> Placement | str:
         """The server a transaction on ``keys`` runs on, or an error text."""
@@ -769,7 +791,6 @@ class RingPool(PoolBase):
     """A twemproxy-style pool: servers on a consistent-hash (or modula/random) continuum."""
 
     unrouted = errors.no_server_for_key()
-    python_route = False  # tests set it to compare the Python route with the C one
 
     def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config, loop)
@@ -842,32 +863,12 @@ class RingPool(PoolBase):
             return lambda key: servers[continuum.dispatch(0)]
         hash_key = self._hash
         tag = self._tag
-        open_tag, close_tag = tag[:1], tag[1:2]
-        if not self.python_route:
-            self._ketama = continuum.c_router(self.config.hash, tag, servers)
+        self._ketama = continuum.c_router(self.config.hash, tag, servers)
         if self._ketama is not None:
             route: Route = self._ketama.route
             return route
         if continuum.distribution == "ketama":
-            values = [v for v, _ in continuum.points]
-            owners = [servers[i] for _, i in continuum.points]
-            first = owners[0]
-            count = len(values)
-            find = bisect.bisect_left
-
-            def route(key: bytes) -> Server | None:
-                if tag:  # twemproxy's hash_tag: hash only a non-empty {tag} (hashing.hash_tag_key)
-                    start = key.find(open_tag)
-                    if start >= 0:
-                        end = key.find(close_tag, start + 1)
-                        if end - start > 1:
-                            key = key[start + 1 : end]
-                if not key:
-                    return owners[find(values, 0)] if count else None
-                at = find(values, hash_key(key))
-                return owners[at] if at < count else first
-
-            return route
+            return continuum.ketama_route(self.config.hash, tag, servers)
 
         def route_modula(key: bytes) -> Server | None:
             if tag:
@@ -892,8 +893,9 @@ class RingPool(PoolBase):
             if other is not first:
                 if not isinstance(other, Server):
                     return self.unrouted
-                return errors.cross_place(shown_key(keys[0]), describe(first), shown_key(key),
-                                          describe(other), "server")  # fmt: skip
+                return errors.cross_place(
+                    shown_key(keys[0]), describe(first), shown_key(key), describe(other), "server"
+                )
         return Placement(self, first)
 
     def keyspace_servers(self, replicas: bool = False) -> list[Server] | str:
@@ -917,18 +919,13 @@ class RingPool(PoolBase):
 
         None when the kernel does not apply; the client then splits with ``group_keys``.
         """
-        continuum = self._continuum
-        if continuum is None or not self._many:
+        ketama = self._ketama  # None: the Python twins (or no ketama) and group_keys splits
+        if ketama is None or not self._many:
             return None
-        step = 2 if args[0] == b"MSET" else 1
-        if self._ketama is not None:  # the C router knows the continuum already
-            parts: Parts = self._ketama.split(args, step)
-            return parts
-        return continuum.split_command(args, step, self._tag, self.config.hash, self.servers)
+        parts: Parts = ketama.split(args, 2 if args[0] == b"MSET" else 1)
+        return parts
 
-    def group_keys(
-        self, keys: list[bytes], read: bool = False
-    ) -> Sequence[tuple[Target | None, list[int]]]:
+    def group_keys(self, keys: list[bytes], read: bool = False) -> Sequence[tuple[Target | None, list[int]]]:
         """Key positions grouped by owning server, first-seen order (MGET/MSET/DEL fan-out)."""
         continuum = self._continuum
         if continuum is None or not self._many or continuum.distribution == "random":
@@ -938,8 +935,7 @@ class RingPool(PoolBase):
             return list(groups.items())
         servers = self.servers
         return [
-            (servers[i], positions)
-            for i, positions in continuum.group(keys, self._tag, self.config.hash)
+            (servers[i], positions) for i, positions in continuum.group(keys, self._tag, self.config.hash)
         ]
 
     def close(self) -> None:

@@ -33,14 +33,13 @@ Imports: backend, errors, inflight, pool, resp.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from proxy import errors
 from proxy.backend import DedicatedConnection
 from proxy.config import Address
-from collections import deque
-
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.pool import Pool, Server
 from proxy.resp import encode_bulk, encode_command
@@ -49,9 +48,18 @@ CONFIRMATIONS = frozenset({b"subscribe", b"psubscribe", b"ssubscribe"})
 RESUBSCRIBE_S = 0.05  # first wait before a moved shard channel is subscribed again
 RESUBSCRIBE_TRIES = 6  # doubling: about 3 s in all
 ALLOWED_WHILE_SUBSCRIBED = frozenset(
-    {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE",
-     b"PING", b"QUIT", b"RESET"}
-)  # fmt: skip
+    {
+        b"SUBSCRIBE",
+        b"PSUBSCRIBE",
+        b"SSUBSCRIBE",
+        b"UNSUBSCRIBE",
+        b"PUNSUBSCRIBE",
+        b"SUNSUBSCRIBE",
+        b"PING",
+        b"QUIT",
+        b"RESET",
+    }
+)
 
 
 class PubSubHost(Protocol):
@@ -91,8 +99,9 @@ class _Awaited:
 
     __slots__ = ("slot", "reply", "left", "done")
 
-    def __init__(self, slot: ReplySlot | None, reply: bytes, left: int,
-                 done: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, slot: ReplySlot | None, reply: bytes, left: int, done: Callable[[], None] | None = None
+    ) -> None:
         self.slot = slot
         self.reply = reply
         self.left = left
@@ -186,8 +195,7 @@ class Subscriber:
                 else:
                     kind.names[item] = conns
                     count = len(kind.names) if kind is self.shards else self.count
-                    awaited = _Awaited(queue.push(), self._confirm(kind.ack, item, count),
-                                       len(conns))  # fmt: skip
+                    awaited = _Awaited(queue.push(), self._confirm(kind.ack, item, count), len(conns))
                     owed.append(awaited)
                     for conn in conns:
                         self._ask(conn, kind.verb, item, awaited)
@@ -268,8 +276,12 @@ class Subscriber:
 
     def _drop_unused(self) -> None:
         """Close the connections no name is subscribed on any more."""
-        used = {id(c) for kind in (self.channels, self.patterns, self.shards)
-                for conns in kind.names.values() for c in conns}  # fmt: skip
+        used = {
+            id(c)
+            for kind in (self.channels, self.patterns, self.shards)
+            for conns in kind.names.values()
+            for c in conns
+        }
         for address, conn in list(self._conns.items()):
             if id(conn) not in used and not self._awaited.get(conn):
                 del self._conns[address]
@@ -333,8 +345,7 @@ class Subscriber:
                 # a shard channel asked of a node that no longer owns its slot: asked again
                 # where the refreshed map puts it (the client's confirmation waits)
                 self._host._pool.map_changed()
-                self._host._loop.call_later(RESUBSCRIBE_S, self._follow, named[1], conn,
-                                            awaited, 1)  # fmt: skip
+                self._host._loop.call_later(RESUBSCRIBE_S, self._follow, named[1], conn, awaited, 1)
                 return
             if raw[:1] in (b"-", b"!"):
                 # refused (a moved shard slot, ACL...): not subscribed there; the first error
@@ -367,8 +378,9 @@ class Subscriber:
         placed = self._host._pool.place([channel])
         if isinstance(placed, str) or self._address.get(old) == placed.server.address:
             if tries < RESUBSCRIBE_TRIES:
-                self._host._loop.call_later(RESUBSCRIBE_S * 2**tries, self._resubscribe,
-                                            channel, old, tries + 1)  # fmt: skip
+                self._host._loop.call_later(
+                    RESUBSCRIBE_S * 2**tries, self._resubscribe, channel, old, tries + 1
+                )
             return
         conn = self._conn(placed.server)
         if isinstance(conn, str):
@@ -376,8 +388,7 @@ class Subscriber:
         self._ask(conn, b"SSUBSCRIBE", channel, _Awaited(None, b"", 1))
         self.shards.names[channel] = [conn]
 
-    def _follow(self, channel: bytes, old: DedicatedConnection, awaited: _Awaited,
-                tries: int) -> None:  # fmt: skip
+    def _follow(self, channel: bytes, old: DedicatedConnection, awaited: _Awaited, tries: int) -> None:
         """SSUBSCRIBE again on the slot's owner once the pool's map has moved on from ``old``."""
         if self.shards.names.get(channel) != [old]:
             awaited.answer(awaited.reply)  # (unsubscribed meanwhile)
@@ -385,8 +396,9 @@ class Subscriber:
         placed = self._host._pool.place([channel])
         if isinstance(placed, str) or self._address.get(old) == placed.server.address:
             if tries < RESUBSCRIBE_TRIES:
-                self._host._loop.call_later(RESUBSCRIBE_S * 2**tries, self._follow, channel,
-                                            old, awaited, tries + 1)  # fmt: skip
+                self._host._loop.call_later(
+                    RESUBSCRIBE_S * 2**tries, self._follow, channel, old, awaited, tries + 1
+                )
             else:
                 self._forget_on(old, [channel])
                 awaited.answer(b"-" + errors.SLOT_UNSERVED.encode() + b"\r\n")
@@ -423,8 +435,7 @@ class Subscriber:
         owed_all, self._awaited = self._awaited, {}
         for owed in owed_all.values():
             for awaited in owed:
-                awaited.answer(b"-" + errors.SUBSCRIPTION_LOST.encode() + b"\r\n" if lost
-                               else awaited.reply)  # fmt: skip
+                awaited.answer(b"-" + errors.SUBSCRIPTION_LOST.encode() + b"\r\n" if lost else awaited.reply)
         for conn in conns.values():
             conn.on_lost = None
             conn.close("unsubscribed", failure=False)
@@ -444,5 +455,3 @@ def not_allowed(fullname: str) -> str:
         f"ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT "
         "/ RESET are allowed in this context"
     )
-
-

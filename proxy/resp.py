@@ -26,12 +26,15 @@ from typing import Any
 
 import hiredis
 
+from proxy import accel
+
 CRLF = b"\r\n"
 MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
 MAX_ARGS = 1024 * 1024
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 ARG_OVERHEAD = 48  # what a framed argument costs beyond its bytes (object header, list slot)
 STREAM_MIN_BYTES = 1024 * 1024  # a bulk at least this big may be streamed (PyRequestParser.offer)
+
 
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
@@ -48,7 +51,6 @@ class RequestLimits:
     unauth_max_args: int = 10
     unauth_max_bulk: int = 16 * 1024
     stream_min_bytes: int = STREAM_MIN_BYTES
-
 
 
 DEFAULT_LIMITS = RequestLimits()
@@ -120,8 +122,14 @@ def split_inline(line: bytes | bytearray) -> list[bytes]:
                         raise ProtocolError("unbalanced quotes in request")
                     i += 1
                     break
-                if c == 92 and quote == 34 and i + 3 < n and line[i + 1] == 120 \
-                        and line[i + 2] in _HEX and line[i + 3] in _HEX:  # "\xHH"
+                if (
+                    c == 92
+                    and quote == 34
+                    and i + 3 < n
+                    and line[i + 1] == 120
+                    and line[i + 2] in _HEX
+                    and line[i + 3] in _HEX
+                ):  # "\xHH"
                     current.append(int(bytes(line[i + 2 : i + 4]), 16))
                     i += 3
                 elif c == 92 and quote == 34 and i + 1 < n:  # "\n", "\"", "\q" -> q
@@ -155,9 +163,26 @@ class PyRequestParser:
     framer is tested against.
     """
 
-    __slots__ = ("_buf", "_pos", "_count", "_bulk", "_args", "_scanned", "limits",
-                 "authenticated", "offer", "_declined", "_streaming", "_body_left", "_crlf_left",
-                 "_args_left", "_head", "held", "_args_bytes", "_carry")  # fmt: skip
+    __slots__ = (
+        "_buf",
+        "_pos",
+        "_count",
+        "_bulk",
+        "_args",
+        "_scanned",
+        "limits",
+        "authenticated",
+        "offer",
+        "_declined",
+        "_streaming",
+        "_body_left",
+        "_crlf_left",
+        "_args_left",
+        "_head",
+        "held",
+        "_args_bytes",
+        "_carry",
+    )
 
     def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
         self._buf: bytes | bytearray = b""  # unframed bytes, from the current command's start
@@ -354,11 +379,13 @@ class PyRequestParser:
                             if end - pos > limits.max_inline_bytes:
                                 raise ProtocolError("too big bulk count string")
                             break
-                        size = self._bulk = _bulk_length(buf[pos + 1 : nl], limits,
-                                                         self.authenticated)  # fmt: skip
+                        size = self._bulk = _bulk_length(buf[pos + 1 : nl], limits, self.authenticated)
                         pos = nl + 2
-                        if (size >= limits.stream_min_bytes > 0 and not self._declined
-                                and end - pos < size + 2):  # fmt: skip
+                        if (
+                            size >= limits.stream_min_bytes > 0
+                            and not self._declined
+                            and end - pos < size + 2
+                        ):
                             self.offer = (args, self._count, size)
                             return  # the caller accepts or declines; state is kept below
                     if end - pos < size + 2:
@@ -371,8 +398,7 @@ class PyRequestParser:
                     self._bulk = -1
                 if len(args) < self._count:
                     break
-                raw = buf if start == 0 and pos == end and type(buf) is bytes else bytes(
-                    view[start:pos])
+                raw = buf if start == 0 and pos == end and type(buf) is bytes else bytes(view[start:pos])
                 self._declined = False
                 self._args_bytes = 0
                 self._count = -1
@@ -564,9 +590,7 @@ class ReplyParser:
                 self._buf = data  # the common case, a read that starts at a reply boundary
         buf = self._buf
         try:
-            out, start, pos, left = split_replies(
-                buf, *((self._pos, self._left) if self._left else (0, 1))
-            )
+            out, start, pos, left = split_replies(buf, *((self._pos, self._left) if self._left else (0, 1)))
         except ValueError as exc:
             raise ProtocolError(f"{exc} from server") from None
         if start >= len(buf):
@@ -625,9 +649,7 @@ def _py_scan_reply(buf: bytes | bytearray, pos: int, left: int) -> tuple[int, in
     return pos, left
 
 
-def _py_merge_arrays(
-    replies: list[bytes], parts: Sequence[tuple[Any, ...]], nkeys: int
-) -> bytes | None:
+def _py_merge_arrays(replies: list[bytes], parts: Sequence[tuple[Any, ...]], nkeys: int) -> bytes | None:
     """The Python twin of _speedups.merge_arrays: array items reassembled in key order.
 
     replies[j] is an array reply whose i-th item answers key position parts[j][-1][i]; returns
@@ -655,9 +677,7 @@ def _py_merge_arrays(
     return b"*%d\r\n" % nkeys + b"".join(out)  # type: ignore[arg-type]
 
 
-def _py_split_replies(
-    buf: bytes | bytearray, pos: int, left: int
-) -> tuple[list[bytes], int, int, int]:
+def _py_split_replies(buf: bytes | bytearray, pos: int, left: int) -> tuple[list[bytes], int, int, int]:
     """The Python twin of _speedups.split_replies: every complete reply in ``buf`` as bytes.
 
     Scanning resumes from (pos, left) for the reply that starts at offset 0; returns the
@@ -685,11 +705,8 @@ merge_arrays: MergeArrays = _py_merge_arrays
 _c_encode_command: Callable[[list[bytes]], bytes] | None = None
 FrameRequests = Callable[[bytes, int, int], tuple[list[tuple[list[bytes], bytes]], int]]
 _frame_requests: FrameRequests | None = None
-try:
-    from proxy import _speedups
-except ImportError:  # pragma: no cover - depends on the build
-    pass
-else:
+_speedups = accel.c_module("_speedups")
+if _speedups is not None:
     scan_reply = _speedups.scan_reply
     split_replies = _speedups.split_replies
     merge_arrays = _speedups.merge_arrays
@@ -727,9 +744,7 @@ def _py_encode_command(args: Sequence[bytes]) -> bytes:
         return b"*2\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(a), a, len(b), b)
     if n == 3:
         a, b, c = args
-        return b"*3\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            len(a), a, len(b), b, len(c), c
-        )
+        return b"*3\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(a), a, len(b), b, len(c), c)
     # Longer commands: one %-format per argument count, cached (~40% faster than joining
     # per-argument pieces for an 11-argument MGET).
     fmt = _FORMATS.get(n)

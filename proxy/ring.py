@@ -24,23 +24,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from proxy import accel
 from proxy.hashing import hash_function, hash_tag_key
 
-SplitCommand = Callable[
-    [list[bytes], int, bytes, str, bytes, bytes, list[Any]], list[tuple[Any, bytes, list[int]]]
-]
-_split_command: SplitCommand | None = None
-_KetamaRoute: Any = None
-try:  # proxy/_speedups.c: route, group and encode a fan-out command in one call
-    from proxy import _speedups
-except ImportError:  # pragma: no cover - depends on the build
-    pass
-else:
-    _split_command = _speedups.split_command
-    _KetamaRoute = _speedups.KetamaRoute
-# The hashes _speedups.split_command knows (md5 is hashlib's, so it stays on the Python path).
-C_HASHES = frozenset({"one_at_a_time", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
-                      "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins"})  # fmt: skip
+# proxy/_speedups.c's KetamaRoute: route a key, or split a fan-out command, in one C call.
+_speedups = accel.c_module("_speedups")
+# The hashes KetamaRoute knows (md5 is hashlib's, so it stays on the Python path).
+C_HASHES = frozenset(
+    {
+        "one_at_a_time",
+        "crc16",
+        "crc32",
+        "crc32a",
+        "fnv1_64",
+        "fnv1a_64",
+        "fnv1_32",
+        "fnv1a_32",
+        "hsieh",
+        "murmur",
+        "jenkins",
+    }
+)
 
 T = TypeVar("T")
 
@@ -95,32 +99,45 @@ class Continuum:
             return self._indexes[hash_value % len(self._indexes)]
         return random.choice(self._live)
 
-
-    def split_command(
-        self, args: list[bytes], step: int, tag: bytes, hash_name: str, servers: list[T]
-    ) -> list[tuple[T, bytes, list[int]]] | None:
-        """A MGET/MSET/DEL-like command split per server, sub-commands encoded: the C kernel.
-
-        Returns (servers[index], sub-command bytes, key positions) per server in first-seen
-        order, or None where the kernel does not apply (not ketama, md5, no C build): the
-        caller then uses ``group`` and encodes in Python (same results; tests compare them).
-        """
-        if self.distribution != "ketama" or _split_command is None or hash_name not in C_HASHES:
-            return None
-        packed = self._packed_arrays()
-        return _split_command(args, step, tag, hash_name, packed[0], packed[1], servers)
-
     def c_router(self, hash_name: str, tag: bytes, servers: list[T]) -> Any:
         """A ``_speedups.KetamaRoute`` over this continuum: ``.route(key) -> servers[owner]``
-        (hash tag, hash and search in one C call) and ``.split(args, step)`` (split_command
-        without passing the continuum each time); None where it does not apply (not ketama,
-        md5, no C build): the caller keeps its Python route (same results; tests compare)."""
-        if self.distribution != "ketama" or _KetamaRoute is None or hash_name not in C_HASHES:
+        (hash tag, hash and search in one C call) and ``.split(args, step)`` (a fan-out command
+        routed, grouped by server and encoded); None where it does not apply (not ketama, md5,
+        the Python twins selected): the caller uses ``ketama_route`` and ``group`` (same
+        results; tests/unit/test_ring_route.py compares them)."""
+        if self.distribution != "ketama" or _speedups is None or hash_name not in C_HASHES:
             return None
-        values, owners = self._packed_arrays()
-        return _KetamaRoute(values, owners, servers, hash_name, tag)
+        values, owners = self.packed_arrays()
+        return _speedups.KetamaRoute(values, owners, servers, hash_name, tag)
 
-    def _packed_arrays(self) -> tuple[bytes, bytes]:
+    def ketama_route(self, hash_name: str, tag: bytes, servers: list[T]) -> Callable[[bytes], T | None]:
+        """``route(key) -> servers[owner]`` in Python: the twin of ``c_router(...).route``.
+
+        A closure over the continuum's arrays (it runs for every request): hash tag, hash, and
+        the first point >= the hash, wrapping to the first."""
+        hash_key = hash_function(hash_name)
+        open_tag, close_tag = tag[:1], tag[1:2]
+        values = self._values
+        owners = [servers[i] for i in self._indexes]
+        first = owners[0] if owners else None
+        count = len(values)
+        find = bisect.bisect_left
+
+        def route(key: bytes) -> T | None:
+            if tag:  # twemproxy's hash_tag: hash only a non-empty {tag} (hashing.hash_tag_key)
+                start = key.find(open_tag)
+                if start >= 0:
+                    end = key.find(close_tag, start + 1)
+                    if end - start > 1:
+                        key = key[start + 1 : end]
+            if not key:
+                return owners[find(values, 0)] if count else None
+            at = find(values, hash_key(key))
+            return owners[at] if at < count else first
+
+        return route
+
+    def packed_arrays(self) -> tuple[bytes, bytes]:
         """The points as C arrays: uint32 values and uint16 owner indexes."""
         packed = self._packed
         if packed is None:
@@ -130,9 +147,7 @@ class Continuum:
             )
         return packed
 
-    def group(
-        self, keys: list[bytes], tag: bytes, hash_name: str
-    ) -> list[tuple[int, list[int]]]:
+    def group(self, keys: list[bytes], tag: bytes, hash_name: str) -> list[tuple[int, list[int]]]:
         """Key positions grouped by the server index that owns each key, in first-seen order."""
         hash_key = hash_function(hash_name)
         groups: dict[int, list[int]] = {}

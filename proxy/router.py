@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from proxy import errors
 from proxy.config import ListenerConfig, PoolConfig
 from proxy.inflight import ReplySlot
 from proxy.metrics import PoolStats
-from proxy import errors
 from proxy.pool import Placement, Pool, Route, Server, Target, shown_key
 
 MIRROR_MAX_IN_FLIGHT = 10_000
@@ -95,12 +95,18 @@ class Router:
         self.name = config.name
         used = {r.pool for r in config.routes} | ({config.default_pool} - {None})
         self.config = PoolConfig(
-            name=config.name, listen=config.listen, servers=(), distribution="router",
+            name=config.name,
+            listen=config.listen,
+            servers=(),
+            distribution="router",
             timeout_ms=max(pools[str(n)].config.timeout_ms for n in used),
-            backlog=config.backlog, client_connections=config.client_connections,
-            redis_auth=config.redis_auth, client_limits=config.client_limits,
-            deny_commands=config.deny_commands, allow_monitor=config.allow_monitor,
-        )  # fmt: skip
+            backlog=config.backlog,
+            client_connections=config.client_connections,
+            redis_auth=config.redis_auth,
+            client_limits=config.client_limits,
+            deny_commands=config.deny_commands,
+            allow_monitor=config.allow_monitor,
+        )
         self.stats = PoolStats()
         self.servers: list[Server] = []  # each pool reports its own servers
         self.unrouted = (
@@ -110,19 +116,21 @@ class Router:
         # longest prefix first, so the first match is the longest
         self._routes = sorted(
             (
-                _Route(r.prefix, pools[r.pool], r.strip_prefix,
-                       pools[r.mirror] if r.mirror else None, r.mirror_mode == "all")
+                _Route(
+                    r.prefix,
+                    pools[r.pool],
+                    r.strip_prefix,
+                    pools[r.mirror] if r.mirror else None,
+                    r.mirror_mode == "all",
+                )
                 for r in config.routes
             ),
             key=lambda r: -len(r.prefix),
-        )  # fmt: skip
-        self._default = (
-            _Route(b"", pools[config.default_pool], False, None, False)
-            if config.default_pool else None
-        )  # fmt: skip
-        self._targets = [r.pool for r in self._routes] + (
-            [self._default.pool] if self._default else []
         )
+        self._default = (
+            _Route(b"", pools[config.default_pool], False, None, False) if config.default_pool else None
+        )
+        self._targets = [r.pool for r in self._routes] + ([self._default.pool] if self._default else [])
         self.strips = any(r.strip for r in self._routes)
         self._sink = _MirrorSink(self.stats)
         self.route: Route = self._route_write
@@ -191,8 +199,9 @@ class Router:
         for key in keys[1:]:
             other = self._match(key)
             if other is not r:
-                return errors.cross_place(shown_key(keys[0]), self._where(r), shown_key(key),
-                                          self._where(other), "route")  # fmt: skip
+                return errors.cross_place(
+                    shown_key(keys[0]), self._where(r), shown_key(key), self._where(other), "route"
+                )
         if r is None:
             return self.unrouted
         found = r.pool.place([k[len(r.prefix) :] for k in keys] if r.strip else keys)
@@ -237,9 +246,7 @@ class Router:
     def map_changed(self) -> None:
         pass
 
-    def group_keys(
-        self, keys: list[bytes], read: bool = False
-    ) -> Sequence[tuple[Target | None, list[int]]]:
+    def group_keys(self, keys: list[bytes], read: bool = False) -> Sequence[tuple[Target | None, list[int]]]:
         by_route: dict[_Route | None, list[int]] = {}
         for pos, key in enumerate(keys):
             by_route.setdefault(self._match(key), []).append(pos)
@@ -253,9 +260,10 @@ class Router:
                 sub = [k[len(r.prefix) :] for k in sub]
             for found, inner in r.pool.group_keys(sub, read):
                 target: Target | None = (
-                    _Unserved(r.pool.unrouted) if found is None
+                    _Unserved(r.pool.unrouted)
+                    if found is None
                     else self._mirrored(r, found, [sub[i] for i in inner], read)
-                )  # fmt: skip
+                )
                 out.append((target, [positions[i] for i in inner]))
         return out
 
@@ -269,9 +277,7 @@ class Router:
     def copy(self, mirror: Target | None, payload: bytes) -> None:
         """Send a copy to the mirror, fire-and-forget (dropped, and counted, when it lags)."""
         stats = self.stats
-        if mirror is None or (
-            isinstance(mirror, Server) and mirror.in_flight() >= MIRROR_MAX_IN_FLIGHT
-        ):
+        if mirror is None or (isinstance(mirror, Server) and mirror.in_flight() >= MIRROR_MAX_IN_FLIGHT):
             stats.mirror_dropped += 1
             return
         stats.mirror_sent += 1

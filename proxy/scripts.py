@@ -113,8 +113,16 @@ class NoScriptRetry:
 
     __slots__ = ("target", "server", "payload", "body", "resp3", "client", "queue", "mark")
 
-    def __init__(self, target: ReplySlot, server: Sender, payload: bytes, body: bytes,
-                 resp3: bool, client: int, queue: Pushed) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target: ReplySlot,
+        server: Sender,
+        payload: bytes,
+        body: bytes,
+        resp3: bool,
+        client: int,
+        queue: Pushed,
+    ) -> None:
         self.target = target
         self.server = server
         self.payload = payload

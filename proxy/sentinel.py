@@ -38,7 +38,14 @@ from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
 from proxy.pool import (
-    Placement, PoolBase, Redirected, Refresher, Route, Server, ServerState, Target,
+    Placement,
+    PoolBase,
+    Redirected,
+    Refresher,
+    Route,
+    Server,
+    ServerState,
+    Target,
 )
 from proxy.resp import encode_command
 
@@ -94,7 +101,9 @@ class _Hold:
     the master when there is no failover)."""
 
     __slots__ = ("pool",)
-    direct: Callable[[bytes, ReplySlot], None] | None = None  # a failover may be holding requests (pool.Target)
+    direct: Callable[[bytes, ReplySlot], None] | None = (
+        None  # a failover may be holding requests (pool.Target)
+    )
 
     def __init__(self, pool: SentinelPool) -> None:
         self.pool = pool
@@ -180,9 +189,7 @@ class SentinelPool(PoolBase):
     def pattern_servers(self) -> list[Server] | str:
         return self.keyspace_servers()
 
-    def group_keys(
-        self, keys: list[bytes], read: bool = False
-    ) -> list[tuple[Target | None, list[int]]]:
+    def group_keys(self, keys: list[bytes], read: bool = False) -> list[tuple[Target | None, list[int]]]:
         target = self._route_read(b"") if read and self._replica_reads else self._route(b"")
         return [(target, list(range(len(keys))))]
 
@@ -213,11 +220,13 @@ class SentinelPool(PoolBase):
             try:
                 replies = await ask(
                     sentinel,
-                    [*_auth(pc.sentinel_auth),
-                     [b"SENTINEL", b"get-master-addr-by-name", self._master_name],
-                     [b"SENTINEL", b"replicas", self._master_name]],
+                    [
+                        *_auth(pc.sentinel_auth),
+                        [b"SENTINEL", b"get-master-addr-by-name", self._master_name],
+                        [b"SENTINEL", b"replicas", self._master_name],
+                    ],
                     self._timeout_s,
-                )  # fmt: skip
+                )
             except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
                 log.debug("pool %s: sentinel %s:%d: %s", self.name, *sentinel, exc)
                 continue
@@ -238,8 +247,13 @@ class SentinelPool(PoolBase):
         self.discovery_failures += 1
         if self.discovery_failures == 1 or self.discovery_failures % 100 == 0:
             why = f"; last refusal: {self._last_refusal}" if self._last_refusal else ""
-            log.warning("pool %s: no sentinel named a live master for '%s' (%d failures%s)",
-                        self.name, pc.master_name, self.discovery_failures, why)  # fmt: skip
+            log.warning(
+                "pool %s: no sentinel named a live master for '%s' (%d failures%s)",
+                self.name,
+                pc.master_name,
+                self.discovery_failures,
+                why,
+            )
 
     async def _is_master(self, node: Node) -> bool:
         try:
@@ -265,8 +279,13 @@ class SentinelPool(PoolBase):
         self._release()
         if old is not None:
             self.switches += 1
-            log.warning("pool %s: master of '%s' is now %s:%d (was %s)",
-                        self.name, self.config.master_name, *node, old.address)  # fmt: skip
+            log.warning(
+                "pool %s: master of '%s' is now %s:%d (was %s)",
+                self.name,
+                self.config.master_name,
+                *node,
+                old.address,
+            )
             self._forget(old)
         else:
             log.info("pool %s: master of '%s' is %s:%d", self.name, self.config.master_name, *node)
@@ -308,9 +327,7 @@ class SentinelPool(PoolBase):
         while not self._closing:
             writer = None
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(*sentinel), self._timeout_s
-                )
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*sentinel), self._timeout_s)
                 cmds = [*_auth(self.config.sentinel_auth), [b"SUBSCRIBE", *CHANNELS]]
                 writer.write(b"".join(encode_command(c) for c in cmds))
                 parser = hiredis.Reader()
@@ -330,9 +347,13 @@ class SentinelPool(PoolBase):
                 if refused is not None:
                     refusals += 1
                     if refusals == 1 or refusals % 100 == 0:
-                        log.warning("pool %s: sentinel %s:%d refused to be watched: %s "
-                                    "(%d times; retrying)", self.name, *sentinel, refused,
-                                    refusals)  # fmt: skip
+                        log.warning(
+                            "pool %s: sentinel %s:%d refused to be watched: %s (%d times; retrying)",
+                            self.name,
+                            *sentinel,
+                            refused,
+                            refusals,
+                        )
             except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
                 log.debug("pool %s: sentinel %s:%d watch: %s", self.name, *sentinel, exc)
             finally:
@@ -360,8 +381,11 @@ class SentinelPool(PoolBase):
         if self.held is not None:
             return
         self.holds += 1
-        log.warning("pool %s: failover of '%s' started: holding requests until the new master",
-                    self.name, self.config.master_name)  # fmt: skip
+        log.warning(
+            "pool %s: failover of '%s' started: holding requests until the new master",
+            self.name,
+            self.config.master_name,
+        )
         self.held = []
         self._hold_timer = self._loop.call_later(self._timeout_s, self._hold_expired)
 
@@ -370,8 +394,12 @@ class SentinelPool(PoolBase):
         held, self.held = self.held or [], None
         if held:
             self.hold_timeouts += 1
-            log.warning("pool %s: no new master within %d ms: %d held request(s) failed",
-                        self.name, self.config.timeout_ms, len(held))  # fmt: skip
+            log.warning(
+                "pool %s: no new master within %d ms: %d held request(s) failed",
+                self.name,
+                self.config.timeout_ms,
+                len(held),
+            )
         text = errors.failover_in_progress(self.config.master_name, self.config.timeout_ms)
         for _, slot, _, _ in held:
             slot.fail(text)
@@ -401,9 +429,7 @@ class SentinelPool(PoolBase):
         else:
             master.send(payload, slot, resp3, client)
 
-    def _on_readonly(
-        self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes
-    ) -> None:
+    def _on_readonly(self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes) -> None:
         """The server refused a write as a replica: the master moved. Not executed: resend."""
         now = self._loop.time()
         slot, retry = Redirected.track(slot, now, self._timeout_s)

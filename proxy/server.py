@@ -30,7 +30,7 @@ import os
 import signal
 import time
 
-from proxy import __version__
+from proxy import __version__, accel
 from proxy.budget import Budget
 from proxy.client import ClientConnection, ClientLimits
 from proxy.cluster import ClusterPool
@@ -97,9 +97,7 @@ class ProxyServer:
         return RingPool(pc, self._loop)
 
     @staticmethod
-    def _fronts(
-        config: Config, pools: dict[str, Pool], old: dict[str, _Front]
-    ) -> dict[str, _Front]:
+    def _fronts(config: Config, pools: dict[str, Pool], old: dict[str, _Front]) -> dict[str, _Front]:
         """The fronts of ``config`` over ``pools`` (a router keeps its counters across reloads)."""
         fronts = {}
         for pc in config.pools:
@@ -120,6 +118,10 @@ class ProxyServer:
         ``timeout``; if they cannot by then the fronts listen anyway (their keys get an error
         until they do).
         """
+        if accel.implementation() == "mixed":
+            log.warning("%s", accel.summary())
+        else:
+            log.info("%s", accel.summary())
         for pool in self.pools.values():
             pool.start()
         for pool in self.pools.values():
@@ -130,11 +132,15 @@ class ProxyServer:
                 front.socket = await self._listen(front)
             except OSError as exc:
                 kind = "listener" if isinstance(front.target, Router) else "pool"
-                raise OSError(exc.errno, f"{kind} {front.name}: cannot listen on "
-                                         f"{front.listen}: {exc.strerror or exc}") from None
-            log.info("resproxy ready: %s %s listening on %s",
-                     "listener" if isinstance(front.target, Router) else "pool",
-                     front.name, front.listen)  # fmt: skip
+                raise OSError(
+                    exc.errno, f"{kind} {front.name}: cannot listen on {front.listen}: {exc.strerror or exc}"
+                ) from None
+            log.info(
+                "resproxy ready: %s %s listening on %s",
+                "listener" if isinstance(front.target, Router) else "pool",
+                front.name,
+                front.listen,
+            )
 
     async def _ready(self, pool: Pool) -> None:
         if not await pool.ready(pool.config.timeout_ms / 1000.0):
@@ -147,8 +153,9 @@ class ProxyServer:
         try:
             self._metrics = await serve_http(addr.host, addr.port, self.snapshot)
         except OSError as exc:
-            raise OSError(exc.errno, f"metrics endpoint: cannot listen on {addr}: "
-                                     f"{exc.strerror or exc}") from None
+            raise OSError(
+                exc.errno, f"metrics endpoint: cannot listen on {addr}: {exc.strerror or exc}"
+            ) from None
         log.info("metrics on http://%s/metrics and /healthz", addr)
 
     async def _listen(self, front: _Front) -> asyncio.AbstractServer:
@@ -176,17 +183,21 @@ class ProxyServer:
 
         def factory() -> ClientConnection:  # the front's target as it is now (reloads swap it)
             return ClientConnection(
-                front.target, self._flusher, self._limits, on_open, on_close, self.info,
-                self.budget, lambda: clients,
+                front.target,
+                self._flusher,
+                self._limits,
+                on_open,
+                on_close,
+                self.info,
+                self.budget,
+                lambda: clients,
             )
 
         addr = front.listen
         if addr.unix_path:
             if os.path.exists(addr.unix_path):
                 os.unlink(addr.unix_path)
-            server = await self._loop.create_unix_server(
-                factory, addr.unix_path, backlog=front.backlog
-            )
+            server = await self._loop.create_unix_server(factory, addr.unix_path, backlog=front.backlog)
             if addr.unix_mode is not None:
                 os.chmod(addr.unix_path, addr.unix_mode)
             return server
@@ -204,50 +215,74 @@ class ProxyServer:
             ok, why = pool.can_serve()
             servers = [
                 ServerView(
-                    name=s.name, address=str(s.address), state=s.state.value, ejected=s.ejected,
-                    ejected_at=s.ejected_at, ejections=s.ejections,
-                    connections=s.open_connections(), in_flight=s.in_flight(),
-                    out_queue=s.out_queue(), stats=s.stats, dedicated=s.dedicated_open,
+                    name=s.name,
+                    address=str(s.address),
+                    state=s.state.value,
+                    ejected=s.ejected,
+                    ejected_at=s.ejected_at,
+                    ejections=s.ejections,
+                    connections=s.open_connections(),
+                    in_flight=s.in_flight(),
+                    out_queue=s.out_queue(),
+                    stats=s.stats,
+                    dedicated=s.dedicated_open,
                     dedicated_idle=s.dedicated_idle(),
-                )  # fmt: skip
+                )
                 for s in pool.servers
             ]
             cluster = None
             if isinstance(pool, ClusterPool):
                 cluster = ClusterView(
-                    moved=pool.moved, asks=pool.asks, tryagain=pool.tryagain,
-                    clusterdown=pool.clusterdown, refreshes=pool.refreshes,
+                    moved=pool.moved,
+                    asks=pool.asks,
+                    tryagain=pool.tryagain,
+                    clusterdown=pool.clusterdown,
+                    refreshes=pool.refreshes,
                     refresh_failures=pool.refresh_failures,
                     refresh_seconds_total=pool.refresh_seconds_total,
-                    map_age_seconds=time.time() - pool.map_updated_at
-                    if pool.map_updated_at else -1.0,
+                    map_age_seconds=time.time() - pool.map_updated_at if pool.map_updated_at else -1.0,
                     slots_served=pool.slots_served(),
-                )  # fmt: skip
+                )
             sentinel = None
             if isinstance(pool, SentinelPool):
                 sentinel = SentinelView(
-                    switches=pool.switches, holds=pool.holds, hold_timeouts=pool.hold_timeouts,
+                    switches=pool.switches,
+                    holds=pool.holds,
+                    hold_timeouts=pool.hold_timeouts,
                     readonly_retries=pool.readonly_retries,
                     discovery_failures=pool.discovery_failures,
                     master_known=pool.master is not None,
-                )  # fmt: skip
+                )
             front = self.fronts.get(pool.name)
-            views.append(PoolView(
-                name=pool.name, listen=str(front.listen) if front else "-",
-                distribution=pool.config.distribution,
-                clients=len(self.clients.get(pool.name, ())), stats=pool.stats,
-                blocked=sum(1 for c in self.clients.get(pool.name, ()) if c.blocked),
-                subscribers=sum(1 for c in self.clients.get(pool.name, ()) if c.subscriptions),
-                subscriptions=sum(c.subscriptions for c in self.clients.get(pool.name, ())),
-                servers=servers, can_serve=ok, why_not=why, cluster=cluster, sentinel=sentinel,
-            ))  # fmt: skip
+            views.append(
+                PoolView(
+                    name=pool.name,
+                    listen=str(front.listen) if front else "-",
+                    distribution=pool.config.distribution,
+                    clients=len(self.clients.get(pool.name, ())),
+                    stats=pool.stats,
+                    blocked=sum(1 for c in self.clients.get(pool.name, ()) if c.blocked),
+                    subscribers=sum(1 for c in self.clients.get(pool.name, ()) if c.subscriptions),
+                    subscriptions=sum(c.subscriptions for c in self.clients.get(pool.name, ())),
+                    servers=servers,
+                    can_serve=ok,
+                    why_not=why,
+                    cluster=cluster,
+                    sentinel=sentinel,
+                )
+            )
         return Snapshot(
-            version=__version__, uptime_seconds=time.time() - self.started, pools=views,
-            reloads=self.reloads, reload_failures=self.reload_failures,
-            last_reload_ok=self.last_reload_ok, config_loaded_at=self.config_loaded_at,
-            buffered_bytes=self.budget.used, max_buffered_bytes=self.budget.max_bytes,
+            version=__version__,
+            uptime_seconds=time.time() - self.started,
+            pools=views,
+            reloads=self.reloads,
+            reload_failures=self.reload_failures,
+            last_reload_ok=self.last_reload_ok,
+            config_loaded_at=self.config_loaded_at,
+            buffered_bytes=self.budget.used,
+            max_buffered_bytes=self.budget.max_bytes,
             buffer_pauses=self.budget.pauses,
-        )  # fmt: skip
+        )
 
     def info(self, section: str | None) -> bytes:
         return info_text(self.snapshot(), section, os.getpid())
@@ -286,9 +321,12 @@ class ProxyServer:
             current, before = self.pools.get(pc.name), old_pcs.get(pc.name)
             if current is not None and before == pc:
                 pools[pc.name] = current
-            elif isinstance(current, RingPool) and before is not None and not (
-                pc.cluster or pc.sentinel
-            ) and dataclasses.replace(before, servers=pc.servers) == pc:
+            elif (
+                isinstance(current, RingPool)
+                and before is not None
+                and not (pc.cluster or pc.sentinel)
+                and dataclasses.replace(before, servers=pc.servers) == pc
+            ):
                 pools[pc.name] = current  # only its server list changed: updated in place
                 in_place.append((current, pc))
             else:
@@ -349,15 +387,20 @@ class ProxyServer:
         added = sorted(set(fronts) - set(self.fronts))
         removed = sorted(set(self.fronts) - set(fronts))
         changed = sorted(
-            n for n in set(pools) & set(self.pools) if old_pcs.get(n) != next(
-                (pc for pc in new.pools if pc.name == n), None)
-        )  # fmt: skip
+            n
+            for n in set(pools) & set(self.pools)
+            if old_pcs.get(n) != next((pc for pc in new.pools if pc.name == n), None)
+        )
         self.pools = pools
         self.fronts = fronts
         self.config = new
         self.budget.max_bytes = new.max_buffered_bytes
-        log.info("reload accepted: added %s, removed %s, pools changed %s",
-                    added or "none", removed or "none", changed or "none")  # fmt: skip
+        log.info(
+            "reload accepted: added %s, removed %s, pools changed %s",
+            added or "none",
+            removed or "none",
+            changed or "none",
+        )
 
     def _retire(self, pool: Pool) -> None:
         """Close a pool that is out of use once its pending requests are answered (bounded)."""

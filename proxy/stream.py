@@ -13,11 +13,12 @@ command has its one key before that bulk, the command is *streamed*:
     IDLE <──its reply written, what followed it is framed again── ANSWERING
 
 The command runs on a server connection of its own (``Server.take_dedicated``: kept idle after
-its reply for the server's next stream, a few per server), never on the shared pipelined ones: a client that uploads slowly, or leaves halfway, must not hold up
-other clients' requests or leave half a command on a shared connection. Order is kept by
-waiting: the client's earlier requests are all answered before the first byte is sent, and
-nothing after the streamed command is framed before its reply is in. If the client leaves
-mid-stream, the dedicated connection is closed at once, so Redis discards the partial command.
+its reply for the server's next stream, a few per server), never on the shared pipelined ones:
+a client that uploads slowly, or leaves halfway, must not hold up other clients' requests or
+leave half a command on a shared connection. Order is kept by waiting: the client's earlier
+requests are all answered before the first byte is sent, and nothing after the streamed
+command is framed before its reply is in. If the client leaves mid-stream, the dedicated
+connection is closed at once, so Redis discards the partial command.
 Reading pauses while the server connection cannot take more (backpressure), so the proxy holds
 a read's worth of the value at a time, not the value.
 

@@ -38,7 +38,7 @@ from proxy import errors
 from proxy.backend import DedicatedConnection
 from proxy.commands import CommandSpec, Kind, UnroutableKeys, keys_of
 from proxy.inflight import ReplyQueue, ReplySlot
-from proxy.pool import Placement, PlacedPool, Pool, Server
+from proxy.pool import PlacedPool, Placement, Pool, Server
 from proxy.resp import OK, encode_command
 from proxy.scripts import CACHE
 
@@ -81,8 +81,18 @@ class TxnHost(Protocol):
 class Transaction:
     """The transaction state of one client (see the module docstring)."""
 
-    __slots__ = ("_host", "state", "_aborted", "_commands", "_preload", "_bytes", "_anchor",
-                 "_conn", "_server", "_placed")  # fmt: skip
+    __slots__ = (
+        "_host",
+        "state",
+        "_aborted",
+        "_commands",
+        "_preload",
+        "_bytes",
+        "_anchor",
+        "_conn",
+        "_server",
+        "_placed",
+    )
 
     def __init__(self, host: TxnHost) -> None:
         self._host = host
@@ -203,8 +213,11 @@ class Transaction:
                 self.abort(str(exc))
                 return
         elif name not in KEYLESS_IN_MULTI:
-            self.abort(errors.refused(spec.fullname, spec.flags) if kind is Kind.REFUSED
-                       else errors.in_multi(spec.fullname))  # fmt: skip
+            self.abort(
+                errors.refused(spec.fullname, spec.flags)
+                if kind is Kind.REFUSED
+                else errors.in_multi(spec.fullname)
+            )
             return
         if keys:
             placement = self._place(keys)
@@ -336,9 +349,7 @@ class _Answered:
         self.host._release_dispatch()
 
 
-def _give_back(
-    conn: DedicatedConnection, host: TxnHost | None = None, slot: ReplySlot | None = None
-) -> None:
+def _give_back(conn: DedicatedConnection, host: TxnHost | None = None, slot: ReplySlot | None = None) -> None:
     """Forget what the connection watched, then return it to its server. With ``host``, what
     the client sent next waits for the UNWATCH's reply (``slot``'s, if the client's): commands
     still pending on this connection must run before the client's next ones."""

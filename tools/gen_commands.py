@@ -108,10 +108,22 @@ def generate(redis_server: str, output: str) -> str:
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="gen-commands-")
     proc = subprocess.Popen(
-        [redis_server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            redis_server,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         sock = None
         for _ in range(200):  # bounded wait for the server to listen
@@ -125,9 +137,7 @@ def generate(redis_server: str, output: str) -> str:
             raise RuntimeError("redis-server did not start")
         info = _call(sock, b"INFO", b"server").decode()
         version = next(
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("redis_version:")
+            line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("redis_version:")
         )
         entries = _call(sock, b"COMMAND")
         docs_reply = _call(sock, b"COMMAND", b"DOCS")
@@ -143,9 +153,7 @@ def generate(redis_server: str, output: str) -> str:
         name = entry[0].upper()
         commands[name] = _row(entry)
         if entry[9]:
-            subcommands[name] = {
-                sub[0].split(b"|", 1)[1].upper(): _row(sub) for sub in entry[9]
-            }
+            subcommands[name] = {sub[0].split(b"|", 1)[1].upper(): _row(sub) for sub in entry[9]}
 
     docs: dict[str, tuple[str, str, str, str]] = {}
 

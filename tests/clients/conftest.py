@@ -120,12 +120,11 @@ def listener_config(port: int, ring: list[RedisServer], rq_server: RedisServer) 
     return (
         "pools:\n"
         f"  jobs:\n    timeout: 2000\n    servers:\n      - 127.0.0.1:{rq_server.port}:1 rq0\n"
-        "  main:\n    hash: murmur\n    distribution: ketama\n    hash_tag: \"{}\"\n"
-        "    timeout: 2000\n    preconnect: true\n    servers:\n" + main
-        + "listeners:\n"
+        '  main:\n    hash: murmur\n    distribution: ketama\n    hash_tag: "{}"\n'
+        "    timeout: 2000\n    preconnect: true\n    servers:\n" + main + "listeners:\n"
         f"  app:\n    listen: 127.0.0.1:{port}\n    default_pool: main\n    routes:\n"
         '      - {prefix: "rq:", pool: jobs}\n'
-    )  # fmt: skip
+    )
 
 
 def _listener_target() -> Iterator[Target]:

@@ -37,9 +37,8 @@ def _fill(target: Target) -> tuple[set[str], Counter[str]]:
     finally:
         r.close()
     by_type = Counter(
-        {"string": PER_TYPE + OTHERS, "list": PER_TYPE, "hash": PER_TYPE, "set": PER_TYPE,
-         "zset": PER_TYPE}
-    )  # fmt: skip
+        {"string": PER_TYPE + OTHERS, "list": PER_TYPE, "hash": PER_TYPE, "set": PER_TYPE, "zset": PER_TYPE}
+    )
     assert sum(n.call("DBSIZE") for n in target.data_nodes) == sum(by_type.values())
     return names, by_type
 
@@ -47,8 +46,11 @@ def _fill(target: Target) -> tuple[set[str], Counter[str]]:
 def _cli(target: Target, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", str(target.port), *args],
-        capture_output=True, text=True, timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_redis_cli_scan_pattern(clean: Target) -> None:

@@ -304,9 +304,10 @@ def test_scan_iter_info_dbsize(clean: Target) -> None:
         assert len(seen) == SCAN_KEYS and set(seen) == expected
         version = r.info()["redis_version"]
         assert re.fullmatch(r"\d+\.\d+\.\d+", str(version)), version
-        assert str(version) == clean.data_nodes[0].call("INFO", "server").decode().split(
-            "redis_version:"
-        )[1].split()[0]
+        assert (
+            str(version)
+            == clean.data_nodes[0].call("INFO", "server").decode().split("redis_version:")[1].split()[0]
+        )
         assert r.dbsize() == SCAN_KEYS
     finally:
         r.close()

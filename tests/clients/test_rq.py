@@ -94,11 +94,13 @@ def start_worker(target: Target, name: str, log_path: Path) -> subprocess.Popen[
     session through the proxy, its output in ``log_path`` (a pipe nobody reads would fill)."""
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "rq.cli", "worker", "--url", target.url, "--name", name,
-             "default"],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "rq.cli", "worker", "--url", target.url, "--name", name, "default"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": ROOT},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def log_tail(log_path: Path, chars: int = 4000) -> str:
@@ -115,15 +117,19 @@ def run_worker(target: Target, timeout_s: float = WORKER_TIMEOUT_S) -> tuple[int
     session (its work horses with it) if it outlives ``timeout_s``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "rq.cli", "worker", "--burst", "--url", target.url, "default"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         kill_session(proc)
         out, _ = proc.communicate(timeout=10)
-        raise AssertionError(f"rq worker still running after {timeout_s} s:\n{out[-4000:]}")
+        raise AssertionError(f"rq worker still running after {timeout_s} s:\n{out[-4000:]}") from None
     finally:
         if proc.poll() is None or session_pids(proc.pid):
             kill_session(proc)
@@ -189,9 +195,7 @@ def test_enqueue_refused_whole_where_rq_keys_span_servers(clean: Target) -> None
 
 
 @pytest.mark.parametrize("target", ["listener"], indirect=True)
-def test_waiting_worker_runs_200_jobs_then_obeys_shutdown_over_pubsub(
-    clean: Target, tmp_path: Path
-) -> None:
+def test_waiting_worker_runs_200_jobs_then_obeys_shutdown_over_pubsub(clean: Target, tmp_path: Path) -> None:
     rq_server = clean.rq_server
     assert rq_server is not None
     name = worker_name()
@@ -243,7 +247,7 @@ def test_waiting_worker_runs_200_jobs_then_obeys_shutdown_over_pubsub(
             raise AssertionError(
                 f"worker still running {SHUTDOWN_TIMEOUT_S} s after the shutdown command:\n"
                 f"{log_tail(log_path)}"
-            )
+            ) from None
         log = log_tail(log_path, 20000)
         assert code == 0, log
         assert "Received shutdown command" in log, log
@@ -251,8 +255,10 @@ def test_waiting_worker_runs_200_jobs_then_obeys_shutdown_over_pubsub(
         # the proxy let go of the subscription's server connection
         poll_until(
             lambda: rq_server.call("PUBSUB", "NUMSUB", channel) == [channel.encode(), 0],
-            f"{channel} unsubscribed on the server", 10, 0.05,
-        )  # fmt: skip
+            f"{channel} unsubscribed on the server",
+            10,
+            0.05,
+        )
         assert all(s.call("KEYS", "rq:*") == [] for s in clean.ring)
     finally:
         r.close()

@@ -37,8 +37,9 @@ def reference(servers: list[RedisServer]) -> RedisServer:
 @pytest.fixture(scope="module")
 def proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
     """resproxy over the three backends: ketama, murmur (spreads short keys evenly), tag {}."""
-    p = start_ring_proxy(backends, hash="murmur", distribution="ketama", hash_tag="{}",
-                         timeout=1000, preconnect=True)  # fmt: skip
+    p = start_ring_proxy(
+        backends, hash="murmur", distribution="ketama", hash_tag="{}", timeout=1000, preconnect=True
+    )
     try:
         yield p
     finally:

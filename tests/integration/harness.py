@@ -27,8 +27,8 @@ from typing import IO, Any
 
 import hiredis
 import redis
-from redis.driver_info import DriverInfo
 from prometheus_client.parser import text_string_to_metric_families
+from redis.driver_info import DriverInfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
@@ -154,9 +154,21 @@ class RedisServer(Process):
 
     def launch(self) -> RedisServer:
         args = [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--dir", self.dir, *self.extra,
-        ]  # fmt: skip
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            self.dir,
+            *self.extra,
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
         self._watch = _LineWatcher(self.proc.stdout, b"Ready to accept connections")
@@ -196,9 +208,7 @@ class RedisServer(Process):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def poll_until(
-    check: Callable[[], bool], what: str, timeout_s: float = 30.0, every_s: float = 0.05
-) -> None:
+def poll_until(check: Callable[[], bool], what: str, timeout_s: float = 30.0, every_s: float = 0.05) -> None:
     """Bounded polling of another process's state, where it offers no event to wait for."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -215,8 +225,9 @@ def plain_redis(port: int, timeout_s: float = 10.0) -> redis.Redis:
     """A redis-py client that speaks as older clients do: RESP2, no CLIENT SETINFO at connect
     (redis-py 8's defaults are HELLO 3 and CLIENT SETINFO, which nutcracker refuses by closing
     the connection)."""
-    return redis.Redis(port=port, socket_timeout=timeout_s, protocol=2,
-                       driver_info=DriverInfo(name=None, lib_version=None))  # fmt: skip
+    return redis.Redis(
+        port=port, socket_timeout=timeout_s, protocol=2, driver_info=DriverInfo(name=None, lib_version=None)
+    )
 
 
 def proc_status(pid: int, field: str) -> int:
@@ -289,15 +300,16 @@ class Metrics:
 
     def total(self, name: str, **labels: str) -> float:
         """The sum of the samples whose labels include these (0 if there are none)."""
-        return float(sum(
-            value for sample, have, value in self.samples
-            if sample == name and labels.items() <= have.items()
-        ))  # fmt: skip
+        return float(
+            sum(
+                value
+                for sample, have, value in self.samples
+                if sample == name and labels.items() <= have.items()
+            )
+        )
 
 
-def wait_port(
-    port: int, alive: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S
-) -> None:
+def wait_port(port: int, alive: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Bounded wait until 127.0.0.1:``port`` accepts, for programs that print no ready line."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -323,10 +335,18 @@ class Nutcracker(Process):
 
     def start(self) -> Nutcracker:
         self.proc = subprocess.Popen(
-            [NUTCRACKER, "-c", self.config_path, "-s", str(free_port()),
-             "-o", os.path.join(self.dir, "nutcracker.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                NUTCRACKER,
+                "-c",
+                self.config_path,
+                "-s",
+                str(free_port()),
+                "-o",
+                os.path.join(self.dir, "nutcracker.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for port in self.ports:
             wait_port(port, self.alive, self.name)
         return self
@@ -354,8 +374,10 @@ class ResProxy(Process):
     def launch(self) -> ResProxy:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "-c", self.config_path, *self.args],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         assert self.proc.stderr is not None
         self._watch = _LineWatcher(self.proc.stderr, b"resproxy ready")
         return self
@@ -393,7 +415,10 @@ def run_proxy_check(config_text: str) -> subprocess.CompletedProcess[str]:
             f.write(config_text)
         return subprocess.run(
             [sys.executable, "-m", "proxy", "-t", "-c", path],
-            cwd=ROOT, capture_output=True, text=True, timeout=30,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
 
@@ -512,10 +537,19 @@ class RedisCluster:
         try:
             addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
             subprocess.run(
-                ["redis-cli", "--cluster", "create", *addrs,
-                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *addrs,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             self.wait_healthy(replicas=self.replicas)
         except BaseException:
             self.cleanup()
@@ -562,9 +596,10 @@ class RedisCluster:
 
     def replicas_of(self, master: RedisServer) -> list[RedisServer]:
         return [
-            n for n in self.alive_nodes()
+            n
+            for n in self.alive_nodes()
             if n.call("ROLE")[0] == b"slave" and n.call("ROLE")[2] == master.port
-        ]  # fmt: skip
+        ]
 
     def node_id(self, node: RedisServer) -> str:
         return str(node.call("CLUSTER", "MYID").decode())
@@ -612,9 +647,10 @@ class Sentinel(Process):
 
     def start(self) -> Sentinel:
         self.proc = subprocess.Popen(
-            ["redis-server", self.conf, "--sentinel"], stdout=subprocess.PIPE,
+            ["redis-server", self.conf, "--sentinel"],
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         assert self.proc.stdout is not None
         self._watch = _LineWatcher(self.proc.stdout, b"+monitor master")
         if not self._watch.ready.wait(READY_TIMEOUT_S):
@@ -635,9 +671,7 @@ class Writer(threading.Thread):
     """SETs unique keys (``prefix:i``) through a proxy until ``stop``; records the acknowledged
     writes and each error with when its request started and how long it took."""
 
-    def __init__(
-        self, port: int, prefix: str, stop: threading.Event, password: str | None = None
-    ) -> None:
+    def __init__(self, port: int, prefix: str, stop: threading.Event, password: str | None = None) -> None:
         super().__init__(daemon=True)
         self.client = redis.Redis(port=port, password=password, socket_timeout=10.0)
         self.prefix = prefix
@@ -709,8 +743,9 @@ class SentinelGroup:
             ).start()
             poll_until(
                 lambda: b"master_link_status:up" in replica.call("INFO", "replication", password=pw),
-                "replica in sync", 30,
-            )  # fmt: skip
+                "replica in sync",
+                30,
+            )
             self.sentinels = [self._make_sentinel(self.name, master.port) for _ in range(3)]
             for s in self.sentinels:
                 s.start()
@@ -759,8 +794,9 @@ class SentinelGroup:
             n.cleanup()
 
 
-def sentinel_pool_yaml(name: str, group: SentinelGroup, listen_port: int | None = None,
-                       **keys: object) -> str:
+def sentinel_pool_yaml(
+    name: str, group: SentinelGroup, listen_port: int | None = None, **keys: object
+) -> str:
     """A native sentinel pool's YAML (with ``listen`` when a port is given)."""
     lines = [f"  {name}:", "    distribution: sentinel", f"    master_name: {group.name}"]
     if listen_port is not None:

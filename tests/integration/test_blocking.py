@@ -21,8 +21,8 @@ from tests.integration.harness import (
     encode,
     free_port,
     native_config,
-    pool_yaml,
     poll_until,
+    pool_yaml,
     running_redis_servers,
 )
 
@@ -32,8 +32,9 @@ LIMIT = 24  # dedicated_connections per server
 
 
 class Fronts:
-    def __init__(self, proxy: ResProxy, ports: dict[str, int], ring: list[RedisServer],
-                 cluster: RedisCluster) -> None:  # fmt: skip
+    def __init__(
+        self, proxy: ResProxy, ports: dict[str, int], ring: list[RedisServer], cluster: RedisCluster
+    ) -> None:
         self.proxy = proxy
         self.ports = ports
         self.ring = ring
@@ -44,17 +45,27 @@ class Fronts:
 def fronts(cluster: RedisCluster) -> Iterator[Fronts]:
     with running_redis_servers(4) as servers:
         ring, solo = servers[:3], servers[3]
-        ports = {"ring": free_port(), "cluster": free_port(), "listener": free_port(),
-                 "small": free_port()}  # fmt: skip
+        ports = {"ring": free_port(), "cluster": free_port(), "listener": free_port(), "small": free_port()}
         seeds = [f"127.0.0.1:{m.port}" for m in cluster.masters()]
         text = native_config(
-            pool_yaml("ring", ports["ring"], [f"127.0.0.1:{s.port}:1 r{i}" for i, s in enumerate(ring)],
-                      hash_tag="{}", timeout=300, dedicated_connections=LIMIT),
-            pool_yaml("cluster", ports["cluster"], seeds, distribution="cluster", timeout=300,
-                      dedicated_connections=LIMIT),
-            pool_yaml("small", ports["small"], [f"127.0.0.1:{solo.port}:1 solo"],
-                      dedicated_connections=2),
-        )  # fmt: skip
+            pool_yaml(
+                "ring",
+                ports["ring"],
+                [f"127.0.0.1:{s.port}:1 r{i}" for i, s in enumerate(ring)],
+                hash_tag="{}",
+                timeout=300,
+                dedicated_connections=LIMIT,
+            ),
+            pool_yaml(
+                "cluster",
+                ports["cluster"],
+                seeds,
+                distribution="cluster",
+                timeout=300,
+                dedicated_connections=LIMIT,
+            ),
+            pool_yaml("small", ports["small"], [f"127.0.0.1:{solo.port}:1 solo"], dedicated_connections=2),
+        )
         text += (
             "listeners:\n  edge:\n"
             f"    listen: 127.0.0.1:{ports['listener']}\n"
@@ -140,22 +151,25 @@ def test_blocked_clients_do_not_stall_others_on_the_same_server(fronts: Fronts) 
     blocked = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONSUMERS)]
     try:
         for n, s in enumerate(blocked):
-            s.sendall(encode("BLPOP", "{stall}:q%d" % n, 0))
+            s.sendall(encode("BLPOP", f"{{stall}}:q{n}", 0))
         with RawClient(port) as c:  # the blocked pops hold no shared connection: all answered
-            poll_until(lambda: f"blocked_clients:{CONSUMERS}\r\n".encode() in c.call("INFO", "clients"),
-                       "every pop counted as blocked", 10)  # fmt: skip
+            poll_until(
+                lambda: f"blocked_clients:{CONSUMERS}\r\n".encode() in c.call("INFO", "clients"),
+                "every pop counted as blocked",
+                10,
+            )
             for i in range(200):
                 assert c.call("SET", "{stall}:k", str(i)) == b"OK"
                 assert c.call("GET", "{stall}:k") == str(i).encode()
         with RawClient(port) as c:
             for n in range(CONSUMERS):
-                assert c.call("RPUSH", "{stall}:q%d" % n, "x") == 1
+                assert c.call("RPUSH", f"{{stall}}:q{n}", "x") == 1
         for n, s in enumerate(blocked):
             s.settimeout(10)
             reader = hiredis.Reader()
             while (reply := reader.gets()) is False:
                 reader.feed(s.recv(4096))
-            assert reply == [b"{stall}:q%d" % n, b"x"]
+            assert reply == [f"{{stall}}:q{n}".encode(), b"x"]
     finally:
         for s in blocked:
             s.close()
@@ -171,8 +185,9 @@ def test_the_pool_timeout_does_not_cut_a_block_short(fronts: Fronts) -> None:
 
 def test_pipelined_push_then_pop_runs_in_order(fronts: Fronts) -> None:
     with RawClient(fronts.ports["ring"]) as c:
-        out = c.pipeline([("RPUSH", "{o}:l", "a"), ("BLPOP", "{o}:l", 0), ("RPUSH", "{o}:l", "b"),
-                          ("LLEN", "{o}:l")])  # fmt: skip
+        out = c.pipeline(
+            [("RPUSH", "{o}:l", "a"), ("BLPOP", "{o}:l", 0), ("RPUSH", "{o}:l", "b"), ("LLEN", "{o}:l")]
+        )
         assert out == [1, [b"{o}:l", b"a"], 1, 1]
 
 
@@ -193,6 +208,7 @@ def test_dedicated_connection_limit_then_served_again(fronts: Fronts) -> None:
         for s in first:
             s.sendall(encode("BLPOP", "jobs:wait", 0))
         with RawClient(port) as c:
+
             def refused() -> bool:
                 reply = c.call("BLPOP", "jobs:other", 1)
                 return isinstance(reply, hiredis.ReplyError) and "dedicated_connections" in str(reply)
@@ -280,8 +296,10 @@ def test_blocked_pops_follow_a_reload_that_moves_their_keys() -> None:
 
         def config(count: int) -> str:
             lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers[:count])]
-            return (native_config(pool_yaml("ring", port, lines, timeout=1000))
-                    + f"metrics:\n  listen: 127.0.0.1:{mport}\n")  # fmt: skip
+            return (
+                native_config(pool_yaml("ring", port, lines, timeout=1000))
+                + f"metrics:\n  listen: 127.0.0.1:{mport}\n"
+            )
 
         proxy = ResProxy(config(2)).start()
         keys = [f"follow:{i}" for i in range(40)]
@@ -292,15 +310,22 @@ def test_blocked_pops_follow_a_reload_that_moves_their_keys() -> None:
                 s.settimeout(10)
                 s.sendall(encode("BLPOP", key, 0))
                 consumers.append(s)
-            poll_until(lambda: Metrics(mport).value("resproxy_blocked_clients", pool="ring")
-                       == len(keys), "every pop blocked", 10)  # fmt: skip
+            poll_until(
+                lambda: Metrics(mport).value("resproxy_blocked_clients", pool="ring") == len(keys),
+                "every pop blocked",
+                10,
+            )
             with open(proxy.config_path, "w") as f:
                 f.write(config(3))
             proxy.send_signal(signal.SIGHUP)
-            poll_until(lambda: Metrics(mport).value("resproxy_config_reloads_total") == 1,
-                       "reload applied", 10)  # fmt: skip
-            poll_until(lambda: sum(_blocked_clients(s) for s in servers) == len(keys),
-                       "every pop blocked where the new ring puts its key", 10)  # fmt: skip
+            poll_until(
+                lambda: Metrics(mport).value("resproxy_config_reloads_total") == 1, "reload applied", 10
+            )
+            poll_until(
+                lambda: sum(_blocked_clients(s) for s in servers) == len(keys),
+                "every pop blocked where the new ring puts its key",
+                10,
+            )
             assert _blocked_clients(servers[2]) > 0  # (some keys did move)
             with RawClient(port) as c:
                 for key in keys:

@@ -33,13 +33,15 @@ def test_check_mode_accepts_a_valid_config() -> None:
     "text, words",
     [
         (VALID.replace("servers:", "bogus_key: 1\n    servers:"), ["pool 'p1'", "'bogus_key'"]),
-        (VALID.replace("listen: 127.0.0.1:22999", "listen: 127.0.0.1:notaport"),
-         ["pool 'p1'", "key 'listen'"]),
+        (
+            VALID.replace("listen: 127.0.0.1:22999", "listen: 127.0.0.1:notaport"),
+            ["pool 'p1'", "key 'listen'"],
+        ),
         (VALID.replace("127.0.0.1:7001:1 a", "127.0.0.1:7001"), ["pool 'p1'", "key 'servers'"]),
         (VALID.replace("servers:", "hash: sha256\n    servers:"), ["pool 'p1'", "key 'hash'"]),
         ("pools: [\n", ["invalid YAML"]),
     ],
-)  # fmt: skip
+)
 def test_check_mode_names_file_pool_and_key_of_a_bad_config(text: str, words: list[str]) -> None:
     result = run_proxy_check(text)
     assert result.returncode != 0
@@ -50,7 +52,7 @@ def test_check_mode_names_file_pool_and_key_of_a_bad_config(text: str, words: li
 
 def test_a_nutcracker_yml_is_accepted_as_it_is() -> None:
     text = (
-        "alpha:\n  listen: 127.0.0.1:22121\n  hash: fnv1a_64\n  hash_tag: \"{}\"\n"
+        'alpha:\n  listen: 127.0.0.1:22121\n  hash: fnv1a_64\n  hash_tag: "{}"\n'
         "  distribution: ketama\n  auto_eject_hosts: true\n  redis: true\n"
         "  server_retry_timeout: 2000\n  server_failure_limit: 1\n  servers:\n"
         "   - 127.0.0.1:6379:1\n   - 127.0.0.1:6380:1 two\n"
@@ -94,9 +96,7 @@ def test_redis_auth_clients_auth_to_the_proxy_and_the_proxy_to_servers(
 ) -> None:
     port = free_port()
     servers = [f"127.0.0.1:{b.port}:1" for b in auth_servers]
-    proxy = ResProxy(
-        native_config(pool_yaml("p", port, servers, redis_auth="s3cret", redis_db=2))
-    ).start()
+    proxy = ResProxy(native_config(pool_yaml("p", port, servers, redis_auth="s3cret", redis_db=2))).start()
     try:
         with RawClient(port) as c:
             reply = c.call("GET", "k")

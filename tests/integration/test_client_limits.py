@@ -119,9 +119,12 @@ def _proxy(
         ports[name] = free_port()
     extra = extra.format(**{f"{n}_port": ports[n] for n in listeners})
     server = [f"127.0.0.1:{backend.port}:1 s0"]
-    text = top + "pools:\n" + "".join(
-        pool_yaml(name, ports[name], server, **keys) for name, keys in pools.items()
-    ) + extra  # fmt: skip
+    text = (
+        top
+        + "pools:\n"
+        + "".join(pool_yaml(name, ports[name], server, **keys) for name, keys in pools.items())
+        + extra
+    )
     metrics_port = free_port()
     proxy = ResProxy(text, args=["--metrics", f"127.0.0.1:{metrics_port}"])
     try:
@@ -237,8 +240,10 @@ def test_a_client_that_never_reads_is_closed_at_the_hard_limit_and_others_are_se
             grown_peak = p.peak() - base
         finally:
             steady.finish()
-        print(f"steady client: {steady.rounds} rounds, worst {steady.worst_s * 1000:.0f} ms; "
-              f"proxy peak growth {grown_peak // MB} MB")  # fmt: skip
+        print(
+            f"steady client: {steady.rounds} rounds, worst {steady.worst_s * 1000:.0f} ms; "
+            f"proxy peak growth {grown_peak // MB} MB"
+        )
         assert not steady.wrong, steady.wrong[:3]
         assert grown_peak < RSS_BOUND, grown_peak // MB
         assert p.closed("output_buffer_limit") == 1
@@ -255,8 +260,9 @@ def test_soft_limit_closes_a_client_owed_too_much_for_too_long_not_one_that_read
         with RawClient(p.port, timeout_s=10) as reader:
             for _ in range(3):
                 reader.send(_gets(20))
-                poll_until(lambda: p.buffered() > 2_000_000,
-                           "the proxy holding > 2 MB for the reader", 10, 0.01)  # fmt: skip
+                poll_until(
+                    lambda: p.buffered() > 2_000_000, "the proxy holding > 2 MB for the reader", 10, 0.01
+                )
                 time.sleep(0.2)  # owed past the soft limit, for less than its 1 s
                 assert [reader.read() for _ in range(20)] == [BIG] * 20
             assert reader.call("PING") == b"PONG"
@@ -266,8 +272,9 @@ def test_soft_limit_closes_a_client_owed_too_much_for_too_long_not_one_that_read
         with RawClient(p.port, timeout_s=10) as slow:
             sent_at = time.monotonic()
             slow.send(_gets(40))  # 40 MB: past what the kernel's socket buffers take
-            poll_until(lambda: p.closed("output_buffer_limit") >= 1,
-                       "the slow reader closed at the soft limit", 10)  # fmt: skip
+            poll_until(
+                lambda: p.closed("output_buffer_limit") >= 1, "the slow reader closed at the soft limit", 10
+            )
             took = time.monotonic() - sent_at
             assert 1.0 <= took < 6.0, took
             replies = _read_until_closed(slow, cap_bytes=64 * MB)
@@ -357,18 +364,19 @@ def test_client_timeout_closes_idle_clients_only(backend: RedisServer) -> None:
 def _auth_log_lines(proxy: ResProxy) -> list[str]:
     """Log lines about failed AUTH from 127.0.0.1."""
     return [
-        line for line in proxy.log().splitlines()
-        if "127.0.0.1" in line and re.search(r"auth", line, re.I)
+        line
+        for line in proxy.log().splitlines()
+        if "127.0.0.1" in line
+        and re.search(r"auth", line, re.I)
         and re.search(r"fail|wrong|invalid|refused", line, re.I)
-    ]  # fmt: skip
+    ]
 
 
 def _is_wrongpass(reply: Any) -> bool:
     return isinstance(reply, hiredis.ReplyError) and str(reply) == WRONGPASS
 
 
-def test_auth_failure_limit_closes_after_that_many_wrong_passwords_and_logs_rate_limited(
-) -> None:
+def test_auth_failure_limit_closes_after_that_many_wrong_passwords_and_logs_rate_limited() -> None:
     server = RedisServer(extra=["--requirepass", PASSWORD]).start()
     try:
         pools: dict[str, dict[str, Any]] = {
@@ -477,14 +485,15 @@ def test_max_buffered_bytes_pauses_reading_then_closes_the_biggest_holder_and_se
                 c.close()
             steady.finish()
         grown_peak = p.peak() - base
-        print(f"budget 64mb, {clients} x {gets} MB asked: peak growth {grown_peak // MB} MB, "
-              f"{p.closed('max_buffered_bytes'):.0f} evicted, "
-              f"{p.metric('resproxy_buffer_pauses_total'):.0f} pauses, "
-              f"steady client worst {steady.worst_s * 1000:.0f} ms")  # fmt: skip
+        print(
+            f"budget 64mb, {clients} x {gets} MB asked: peak growth {grown_peak // MB} MB, "
+            f"{p.closed('max_buffered_bytes'):.0f} evicted, "
+            f"{p.metric('resproxy_buffer_pauses_total'):.0f} pauses, "
+            f"steady client worst {steady.worst_s * 1000:.0f} ms"
+        )
         assert grown_peak < RSS_BOUND, grown_peak // MB
         assert not steady.wrong, steady.wrong[:3]
-        assert p.stats()["max_buffered_bytes_disconnections"] == str(
-            int(p.closed("max_buffered_bytes")))
+        assert p.stats()["max_buffered_bytes_disconnections"] == str(int(p.closed("max_buffered_bytes")))
 
 
 def test_a_client_holding_half_a_request_is_never_paused_by_the_budget(

@@ -88,9 +88,7 @@ def test_scripted_sequence_answers_like_one_redis_server(
     assert all(m.call("DBSIZE") > 0 for m in cluster.masters())
 
 
-def test_every_key_lands_on_its_slots_master(
-    proxy: ResProxy, cluster: RedisCluster, clean: None
-) -> None:
+def test_every_key_lands_on_its_slots_master(proxy: ResProxy, cluster: RedisCluster, clean: None) -> None:
     client = redis.Redis(port=proxy.port, socket_timeout=10)
     keys = [f"placed:{i}" for i in range(300)]
     for key in keys:
@@ -117,9 +115,12 @@ def test_cross_node_multi_key_commands_split_and_merge(
             assert cluster.slot_owner(key_slot(k.encode())).call("GET", k) == f"v-{k}".encode()
         order = [keys[4], "missing", keys[0], keys[8], keys[4]]
         assert c.call("MGET", *order) == [
-            b"v-" + keys[4].encode(), None, b"v-" + keys[0].encode(), b"v-" + keys[8].encode(),
             b"v-" + keys[4].encode(),
-        ]  # fmt: skip
+            None,
+            b"v-" + keys[0].encode(),
+            b"v-" + keys[8].encode(),
+            b"v-" + keys[4].encode(),
+        ]
         assert c.call("EXISTS", *keys, "missing", keys[0]) == len(keys) + 1
         assert c.call("TOUCH", *keys[:4]) == 4
         assert c.call("DEL", keys[0], keys[3], keys[6], "missing") == 3
@@ -156,9 +157,7 @@ def test_pipeline_across_slots_answered_in_order(proxy: ResProxy, clean: None) -
         assert replies[3 * i + 2] == [str(i + 1).encode(), str(i // 2 + 1).encode()]
 
 
-def test_replica_reads_go_to_replicas_and_writes_to_masters(
-    cluster: RedisCluster, clean: None
-) -> None:
+def test_replica_reads_go_to_replicas_and_writes_to_masters(cluster: RedisCluster, clean: None) -> None:
     proxy = start_cluster_proxy(cluster, seeds=2, read_from="replica", timeout=2000)
     try:
         masters = cluster.masters()

@@ -124,7 +124,8 @@ def test_master_killed_under_load_replica_promoted_and_served(cluster: RedisClus
             marks = [w.ops for w in workers]
             poll_until(
                 lambda: all(w.ops > m + 50 for w, m in zip(workers, marks)),
-                "load after promotion", timeout_s=30,
+                "load after promotion",
+                timeout_s=30,
             )
         finally:
             stop.set()

@@ -20,11 +20,11 @@ from proxy.hashing import key_slot
 from tests.integration.harness import (
     Metrics,
     RawClient,
-    free_port,
-    poll_until,
     RedisCluster,
     RedisServer,
     ResProxy,
+    free_port,
+    poll_until,
     start_cluster_proxy,
 )
 
@@ -32,8 +32,9 @@ from tests.integration.harness import (
 @pytest.fixture(scope="module")
 def proxy(cluster: RedisCluster) -> Iterator[ResProxy]:
     # A long periodic refresh: the map changes only through MOVED (and the refresh it starts).
-    p = start_cluster_proxy(cluster, seeds=3, timeout=3000, cluster_refresh_interval=60000,
-                            metrics=free_port())  # fmt: skip
+    p = start_cluster_proxy(
+        cluster, seeds=3, timeout=3000, cluster_refresh_interval=60000, metrics=free_port()
+    )
     try:
         yield p
     finally:
@@ -59,8 +60,9 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
         # the slot starts migrating; {mig}1 moves, {mig}2 stays for now
         target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", cluster.node_id(source))
         source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", cluster.node_id(target))
-        assert source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                           "KEYS", "{mig}1") == b"OK"  # fmt: skip
+        assert (
+            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{mig}1") == b"OK"
+        )
         assert c.call("GET", "{mig}1") == b"one"  # source says ASK; resproxy asks the target
         assert c.call("GET", "{mig}2") == b"two"  # still on the source
         assert c.call("SET", "{mig}3", "three") == b"OK"  # a new key: ASK to the target
@@ -73,17 +75,25 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
             assert t.pipeline([("ASKING",), ("EXISTS", "{mig}1", "{mig}3")]) == [b"OK", 2]
         assert source.call("EXISTS", "{mig}2") == 1
         # the migration finishes; resproxy still believes the source until a MOVED says otherwise
-        assert source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                           "KEYS", "{mig}2") == b"OK"  # fmt: skip
+        assert (
+            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{mig}2") == b"OK"
+        )
         _setslot_everywhere(cluster, slot, target)
-        before = [Metrics(proxy.metrics_port).total(n) for n in ("resproxy_cluster_moved_total",
-                                               "resproxy_cluster_slot_map_refreshes_total")]
+        before = [
+            Metrics(proxy.metrics_port).total(n)
+            for n in ("resproxy_cluster_moved_total", "resproxy_cluster_slot_map_refreshes_total")
+        ]
         # a pipeline of 100 requests to the moved slot, all sent to the old owner: 100 MOVED
         # arrive together, every one is followed, and they start one map refresh, not 100
         replies = c.pipeline([("GET", "{mig}2")] * 100)
         assert replies == [b"two"] * 100
-        poll_until(lambda: Metrics(proxy.metrics_port).total("resproxy_cluster_slot_map_refreshes_total") > before[1],
-                   "the refresh the MOVED started", 10)  # fmt: skip
+        poll_until(
+            lambda: (
+                Metrics(proxy.metrics_port).total("resproxy_cluster_slot_map_refreshes_total") > before[1]
+            ),
+            "the refresh the MOVED started",
+            10,
+        )
         moved = Metrics(proxy.metrics_port).total("resproxy_cluster_moved_total") - before[0]
         refreshes = Metrics(proxy.metrics_port).total("resproxy_cluster_slot_map_refreshes_total") - before[1]
         assert moved == 100 and 1 <= refreshes <= 2, (moved, refreshes)  # not 100
@@ -136,18 +146,30 @@ def _reshard(cluster: RedisCluster, source: RedisServer, target: RedisServer, sl
     import subprocess
 
     done = subprocess.run(
-        ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{source.port}",
-         "--cluster-from", cluster.node_id(source), "--cluster-to", cluster.node_id(target),
-         "--cluster-slots", str(slots), "--cluster-yes", "--cluster-pipeline", "20"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            "redis-cli",
+            "--cluster",
+            "reshard",
+            f"127.0.0.1:{source.port}",
+            "--cluster-from",
+            cluster.node_id(source),
+            "--cluster-to",
+            cluster.node_id(target),
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+            "--cluster-pipeline",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     cluster.wait_healthy()  # every node agrees before the next step
 
 
-def test_reshard_under_load_no_errors_no_lost_writes(
-    proxy: ResProxy, cluster: RedisCluster
-) -> None:
+def test_reshard_under_load_no_errors_no_lost_writes(proxy: ResProxy, cluster: RedisCluster) -> None:
     cluster.wait_healthy()
     stop = threading.Event()
     writers = [Writer(proxy.port, f"c{i}", stop) for i in range(4)]
@@ -183,10 +205,13 @@ def test_reshard_under_load_no_errors_no_lost_writes(
     check.close()
     # the redirections were followed, and counted
     moved, asks, refreshes = (
-        Metrics(proxy.metrics_port).total(name) for name in ("resproxy_cluster_moved_total",
-                                          "resproxy_cluster_ask_total",
-                                          "resproxy_cluster_slot_map_refreshes_total")
-    )  # fmt: skip
+        Metrics(proxy.metrics_port).total(name)
+        for name in (
+            "resproxy_cluster_moved_total",
+            "resproxy_cluster_ask_total",
+            "resproxy_cluster_slot_map_refreshes_total",
+        )
+    )
     assert moved > 0 and asks > 0 and refreshes >= 1
 
 

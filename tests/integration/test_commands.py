@@ -19,47 +19,108 @@ Cmd = tuple[Any, ...]
 
 SEQUENCE: list[Cmd] = [
     # strings
-    ("SET", "s1", "hello"), ("GET", "s1"), ("APPEND", "s1", " world"), ("STRLEN", "s1"),
-    ("GETRANGE", "s1", 0, 4), ("SETRANGE", "s1", 6, "WORLD"), ("GET", "s1"),
-    ("SETNX", "s1", "x"), ("SETNX", "s2", "x"), ("GETSET", "s2", "y"), ("GET", "missing"),
-    ("INCR", "n1"), ("INCRBY", "n1", 41), ("DECR", "n1"), ("INCRBYFLOAT", "f1", "1.5"),
-    ("INCR", "s1"), ("SET", "e1", "v", "EX", 1000), ("TTL", "e1"), ("PERSIST", "e1"),
-    ("TTL", "e1"), ("EXPIRE", "e1", 500), ("TTL", "e1"), ("TYPE", "s1"), ("TYPE", "nope"),
-    ("GETDEL", "s2"), ("EXISTS", "s2"),
+    ("SET", "s1", "hello"),
+    ("GET", "s1"),
+    ("APPEND", "s1", " world"),
+    ("STRLEN", "s1"),
+    ("GETRANGE", "s1", 0, 4),
+    ("SETRANGE", "s1", 6, "WORLD"),
+    ("GET", "s1"),
+    ("SETNX", "s1", "x"),
+    ("SETNX", "s2", "x"),
+    ("GETSET", "s2", "y"),
+    ("GET", "missing"),
+    ("INCR", "n1"),
+    ("INCRBY", "n1", 41),
+    ("DECR", "n1"),
+    ("INCRBYFLOAT", "f1", "1.5"),
+    ("INCR", "s1"),
+    ("SET", "e1", "v", "EX", 1000),
+    ("TTL", "e1"),
+    ("PERSIST", "e1"),
+    ("TTL", "e1"),
+    ("EXPIRE", "e1", 500),
+    ("TTL", "e1"),
+    ("TYPE", "s1"),
+    ("TYPE", "nope"),
+    ("GETDEL", "s2"),
+    ("EXISTS", "s2"),
     # hashes
-    ("HSET", "h1", "a", 1, "b", 2, "c", 3), ("HGET", "h1", "a"), ("HGETALL", "h1"),
-    ("HINCRBY", "h1", "a", 10), ("HMGET", "h1", "a", "zz", "c"), ("HDEL", "h1", "b", "zz"),
-    ("HLEN", "h1"), ("HKEYS", "h1"), ("HVALS", "h1"), ("HEXISTS", "h1", "c"), ("TYPE", "h1"),
+    ("HSET", "h1", "a", 1, "b", 2, "c", 3),
+    ("HGET", "h1", "a"),
+    ("HGETALL", "h1"),
+    ("HINCRBY", "h1", "a", 10),
+    ("HMGET", "h1", "a", "zz", "c"),
+    ("HDEL", "h1", "b", "zz"),
+    ("HLEN", "h1"),
+    ("HKEYS", "h1"),
+    ("HVALS", "h1"),
+    ("HEXISTS", "h1", "c"),
+    ("TYPE", "h1"),
     ("GET", "h1"),
     # lists
-    ("RPUSH", "l1", "a", "b", "c"), ("LPUSH", "l1", "z"), ("LRANGE", "l1", 0, -1),
-    ("LLEN", "l1"), ("LINDEX", "l1", 2), ("LPOP", "l1"), ("RPOP", "l1", 2), ("LRANGE", "l1", 0, -1),
-    ("LSET", "nolist", 0, "x"), ("LPUSH", "h1", "x"),
+    ("RPUSH", "l1", "a", "b", "c"),
+    ("LPUSH", "l1", "z"),
+    ("LRANGE", "l1", 0, -1),
+    ("LLEN", "l1"),
+    ("LINDEX", "l1", 2),
+    ("LPOP", "l1"),
+    ("RPOP", "l1", 2),
+    ("LRANGE", "l1", 0, -1),
+    ("LSET", "nolist", 0, "x"),
+    ("LPUSH", "h1", "x"),
     # sets
-    ("SADD", "set1", "a", "b", "c", "a"), ("SCARD", "set1"), ("SISMEMBER", "set1", "b"),
-    ("SREM", "set1", "b", "q"), ("SMEMBERS", "set1"), ("SMISMEMBER", "set1", "a", "b"),
+    ("SADD", "set1", "a", "b", "c", "a"),
+    ("SCARD", "set1"),
+    ("SISMEMBER", "set1", "b"),
+    ("SREM", "set1", "b", "q"),
+    ("SMEMBERS", "set1"),
+    ("SMISMEMBER", "set1", "a", "b"),
     # sorted sets
-    ("ZADD", "z1", 1, "one", 2, "two", 3, "three"), ("ZRANGE", "z1", 0, -1, "WITHSCORES"),
-    ("ZSCORE", "z1", "two"), ("ZINCRBY", "z1", 5, "one"), ("ZRANK", "z1", "one"),
-    ("ZREVRANGE", "z1", 0, 1), ("ZREM", "z1", "two"), ("ZCARD", "z1"),
+    ("ZADD", "z1", 1, "one", 2, "two", 3, "three"),
+    ("ZRANGE", "z1", 0, -1, "WITHSCORES"),
+    ("ZSCORE", "z1", "two"),
+    ("ZINCRBY", "z1", 5, "one"),
+    ("ZRANK", "z1", "one"),
+    ("ZREVRANGE", "z1", 0, 1),
+    ("ZREM", "z1", "two"),
+    ("ZCARD", "z1"),
     ("ZRANGEBYSCORE", "z1", "-inf", "+inf"),
     # hash-tagged multi-key commands on one server
-    ("SADD", "{u1}a", "x", "y"), ("SADD", "{u1}b", "y", "z"), ("SINTER", "{u1}a", "{u1}b"),
-    ("SUNIONSTORE", "{u1}c", "{u1}a", "{u1}b"), ("SCARD", "{u1}c"),
-    ("SET", "{u2}old", "v"), ("RENAME", "{u2}old", "{u2}new"), ("GET", "{u2}new"),
+    ("SADD", "{u1}a", "x", "y"),
+    ("SADD", "{u1}b", "y", "z"),
+    ("SINTER", "{u1}a", "{u1}b"),
+    ("SUNIONSTORE", "{u1}c", "{u1}a", "{u1}b"),
+    ("SCARD", "{u1}c"),
+    ("SET", "{u2}old", "v"),
+    ("RENAME", "{u2}old", "{u2}new"),
+    ("GET", "{u2}new"),
     ("EVAL", "return redis.call('get', KEYS[1])", 1, "s1"),
-    ("RPUSH", "{u3}l", 3, 1, 2), ("SORT", "{u3}l", "STORE", "{u3}sorted"),
-    ("LRANGE", "{u3}sorted", 0, -1), ("COMMAND", "GETKEYS", "SORT", "k", "STORE", "d"),
+    ("RPUSH", "{u3}l", 3, 1, 2),
+    ("SORT", "{u3}l", "STORE", "{u3}sorted"),
+    ("LRANGE", "{u3}sorted", 0, -1),
+    ("COMMAND", "GETKEYS", "SORT", "k", "STORE", "d"),
     # split across servers and merged
     ("MSET", "m1", "1", "m2", "2", "m3", "3", "m4", "4", "m5", "5", "m6", "6"),
     ("MGET", "m1", "nope", "m2", "m3", "m4", "m5", "m6", "m1"),
-    ("EXISTS", "m1", "m2", "nope", "m1", "m3"), ("TOUCH", "m1", "m2", "nope"),
-    ("DEL", "m1", "m2", "nope", "m1"), ("UNLINK", "m3", "m4", "m4"), ("MGET", "m1", "m3", "m5"),
+    ("EXISTS", "m1", "m2", "nope", "m1", "m3"),
+    ("TOUCH", "m1", "m2", "nope"),
+    ("DEL", "m1", "m2", "nope", "m1"),
+    ("UNLINK", "m3", "m4", "m4"),
+    ("MGET", "m1", "m3", "m5"),
     ("MSET", "m1", "a"),
     # errors with Redis's own words
-    ("GET",), ("SET", "k"), ("NOSUCHCOMMAND", "a", "b"), ("nosuch",), ("CONFIG", "NOPE"),
-    ("MSET", "a", "1", "b"), ("PING",), ("PING", "hi"), ("ECHO", "e"), ("SELECT", 0),
-]  # fmt: skip
+    ("GET",),
+    ("SET", "k"),
+    ("NOSUCHCOMMAND", "a", "b"),
+    ("nosuch",),
+    ("CONFIG", "NOPE"),
+    ("MSET", "a", "1", "b"),
+    ("PING",),
+    ("PING", "hi"),
+    ("ECHO", "e"),
+    ("SELECT", 0),
+]
 
 
 UNORDERED = {"SMEMBERS", "SINTER"}
@@ -81,9 +142,12 @@ def _norm(value: Any) -> Any:
 
 @pytest.mark.parametrize("protocol", [2, 3])
 def test_scripted_sequence_answers_like_one_redis_server(
-    proxy: ResProxy, reference: RedisServer, backends: list[RedisServer], clean: None,
+    proxy: ResProxy,
+    reference: RedisServer,
+    backends: list[RedisServer],
+    clean: None,
     protocol: int,
-) -> None:  # fmt: skip
+) -> None:
     with RawClient(proxy.port) as p, RawClient(reference.port) as r:
         if protocol == 3:  # RESP3 (redis-py 8's default): maps, nulls, doubles as Redis sends
             assert p.call("HELLO", 3)[b"proto"] == r.call("HELLO", 3)[b"proto"] == 3
@@ -108,8 +172,12 @@ def test_pipeline_of_1000_commands_is_answered_complete_and_in_order(
     proxy, ref = clients
     commands: list[Cmd] = []
     for i in range(250):
-        commands += [("SET", f"p{i}", f"v{i}"), ("GET", f"p{i}"), ("INCR", f"c{i % 17}"),
-                     ("MGET", f"p{i}", f"p{i // 2}", "nope")]  # fmt: skip
+        commands += [
+            ("SET", f"p{i}", f"v{i}"),
+            ("GET", f"p{i}"),
+            ("INCR", f"c{i % 17}"),
+            ("MGET", f"p{i}", f"p{i // 2}", "nope"),
+        ]
     assert len(commands) == 1000
     assert proxy.pipeline(commands) == ref.pipeline(commands)
 
@@ -125,18 +193,32 @@ def test_cross_server_multi_key_command_is_refused_with_crossslot(
 
 @pytest.mark.parametrize(
     "cmd",
-    [("SWAPDB", 0, 1), ("CONFIG", "GET", "maxmemory"), ("WAIT", 1, 0), ("CLUSTER", "INFO"),
-     ("MOVE", "k", 1), ("SCRIPT", "DEBUG", "YES"), ("CLIENT", "PAUSE", 1), ("MEMORY", "STATS"),
-     ("DEBUG", "SLEEP", 0), ("SHUTDOWN",), ("BGSAVE",), ("SLOWLOG", "GET")],
-)  # fmt: skip
+    [
+        ("SWAPDB", 0, 1),
+        ("CONFIG", "GET", "maxmemory"),
+        ("WAIT", 1, 0),
+        ("CLUSTER", "INFO"),
+        ("MOVE", "k", 1),
+        ("SCRIPT", "DEBUG", "YES"),
+        ("CLIENT", "PAUSE", 1),
+        ("MEMORY", "STATS"),
+        ("DEBUG", "SLEEP", 0),
+        ("SHUTDOWN",),
+        ("BGSAVE",),
+        ("SLOWLOG", "GET"),
+    ],
+)
 def test_refused_commands_say_why_and_keep_the_connection(
     clients: tuple[RawClient, RawClient], cmd: Cmd
 ) -> None:
     proxy, _ = clients
     reply = proxy.call(*cmd)
     assert isinstance(reply, hiredis.ReplyError)
-    name = "|".join(str(a).lower() for a in cmd[:2]) if cmd[0] in (
-        "CONFIG", "CLUSTER", "SCRIPT", "CLIENT", "MEMORY", "SLOWLOG") else str(cmd[0]).lower()  # fmt: skip
+    name = (
+        "|".join(str(a).lower() for a in cmd[:2])
+        if cmd[0] in ("CONFIG", "CLUSTER", "SCRIPT", "CLIENT", "MEMORY", "SLOWLOG")
+        else str(cmd[0]).lower()
+    )
     assert str(reply).startswith(f"ERR '{name}' is not served by the proxy: "), str(reply)
     assert proxy.call("ECHO", "still here") == b"still here"
 

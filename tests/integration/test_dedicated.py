@@ -15,8 +15,8 @@ from tests.integration.harness import (
     ResProxy,
     free_port,
     native_config,
-    pool_yaml,
     poll_until,
+    pool_yaml,
     running_redis_servers,
 )
 
@@ -33,8 +33,15 @@ def server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def proxy(server: RedisServer) -> Iterator[ResProxy]:
     port, mport = free_port(), free_port()
-    text = native_config(pool_yaml("solo", port, [f"127.0.0.1:{server.port}:1 solo"],
-                                   dedicated_connections=LIMIT, dedicated_idle_timeout=IDLE_MS))  # fmt: skip
+    text = native_config(
+        pool_yaml(
+            "solo",
+            port,
+            [f"127.0.0.1:{server.port}:1 solo"],
+            dedicated_connections=LIMIT,
+            dedicated_idle_timeout=IDLE_MS,
+        )
+    )
     text += f"metrics:\n  listen: 127.0.0.1:{mport}\n"
     proxy = ResProxy(text).start()
     proxy.port, proxy.mport = port, mport
@@ -47,8 +54,10 @@ def proxy(server: RedisServer) -> Iterator[ResProxy]:
 def _gauges(proxy: ResProxy) -> tuple[float, float]:
     m = Metrics(proxy.mport)
     labels = {"pool": "solo", "server": "solo"}
-    return (m.value("resproxy_server_dedicated_connections", **labels),
-            m.value("resproxy_server_dedicated_idle_connections", **labels))  # fmt: skip
+    return (
+        m.value("resproxy_server_dedicated_connections", **labels),
+        m.value("resproxy_server_dedicated_idle_connections", **labels),
+    )
 
 
 def test_limit_reached_is_a_clear_error_and_freed_connections_serve_again(proxy: ResProxy) -> None:

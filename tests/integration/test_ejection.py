@@ -52,10 +52,18 @@ def _config(port: int, backends: list[RedisServer], retry_ms: int) -> str:
     """One nutcracker.yml pool, read as it is by both proxies."""
     servers = [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(backends)]
     return pool_yaml(
-        POOL, port, servers, native=False, hash="fnv1a_64", distribution="ketama", redis=True,
-        timeout=TIMEOUT_MS, auto_eject_hosts=True, server_failure_limit=LIMIT,
+        POOL,
+        port,
+        servers,
+        native=False,
+        hash="fnv1a_64",
+        distribution="ketama",
+        redis=True,
+        timeout=TIMEOUT_MS,
+        auto_eject_hosts=True,
+        server_failure_limit=LIMIT,
         server_retry_timeout=retry_ms,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -81,9 +89,7 @@ class Proxy:
         )
 
 
-def _run_both(
-    backends: list[RedisServer], retry_ms: int, script: Callable[[Proxy], int]
-) -> dict[str, int]:
+def _run_both(backends: list[RedisServer], retry_ms: int, script: Callable[[Proxy], int]) -> dict[str, int]:
     """``script`` (it returns its error count) through resproxy, then through nutcracker."""
     counts: dict[str, int] = {}
     for kind in ("resproxy", "nutcracker"):
@@ -103,8 +109,7 @@ def _run_both(
         finally:
             process.cleanup()
             _revive(backends)
-    print(f"\n{script.__name__}: errors resproxy={counts['resproxy']} "
-          f"nutcracker={counts['nutcracker']}")  # fmt: skip
+    print(f"\n{script.__name__}: errors resproxy={counts['resproxy']} nutcracker={counts['nutcracker']}")
     return counts
 
 
@@ -245,8 +250,7 @@ def test_killed_server_returns_only_after_its_restart_and_a_probe(
                     ejected = time.monotonic()
                     failed = proxy.failed_attempts("s1")
                     # probes every RETRY_MS find it dead: it stays out, the others serve
-                    poll_until(lambda: proxy.failed_attempts("s1") >= failed + 2,
-                               "two failed probes", 15)  # fmt: skip
+                    poll_until(lambda: proxy.failed_attempts("s1") >= failed + 2, "two failed probes", 15)
                 load.wait_progress(CLIENTS * 20, "load while s1 is dead", killed + DEAD_S)
                 if proxy.metrics_port:
                     assert proxy.ejected("s1"), "s1 re-entered the ring while dead"
@@ -254,8 +258,11 @@ def test_killed_server_returns_only_after_its_restart_and_a_probe(
                     assert after == [], f"requests failed while s1 was out: {after[:5]}"
                 victim.restart()
                 # back after a probe answers (the next one, within RETRY_MS and some slack)
-                poll_until(lambda: _stored_on(proxy.port, victim, key, f"r{round_}"),
-                           f"{key!r} stored on s1 again ({round_})", 15)  # fmt: skip
+                poll_until(
+                    lambda: _stored_on(proxy.port, victim, key, f"r{round_}"),
+                    f"{key!r} stored on s1 again ({round_})",
+                    15,
+                )
                 if proxy.metrics_port:
                     assert not proxy.ejected("s1")
                 load.wait_progress(CLIENTS * 20, "load after the restart")

@@ -142,9 +142,15 @@ def test_killed_server_errors_promptly_others_serve_and_it_returns_after_restart
 
 
 def test_auto_eject_moves_a_dead_servers_keys_to_the_others(backends: list[RedisServer]) -> None:
-    proxy = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True,
-                             auto_eject_hosts=True, server_failure_limit=1,
-                             server_retry_timeout=60000)  # fmt: skip
+    proxy = start_ring_proxy(
+        backends,
+        hash="murmur",
+        timeout=TIMEOUT_MS,
+        preconnect=True,
+        auto_eject_hosts=True,
+        server_failure_limit=1,
+        server_retry_timeout=60000,
+    )
     port = proxy.port
     victim = backends[1]
     try:
@@ -195,8 +201,9 @@ def test_server_connections_opens_that_many_connections_per_server(
         return [_connected(b) for b in backends]
 
     before = connections()
-    proxy = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True,
-                             server_connections=3)  # fmt: skip
+    proxy = start_ring_proxy(
+        backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True, server_connections=3
+    )
     port = proxy.port
     try:
         deadline = time.monotonic() + 10

@@ -76,8 +76,7 @@ HOSTILE = [
     # a count past INT_MAX: hiredis pre-allocated the array (16 GB of address space), took
     # seconds to free it, and raised MemoryError for 2^32 - 1
     Hostile("count 2^31, one more line", (b"*2147483648\r\n", b"$1\r\n"), "open", INVALID_MULTIBULK),
-    Hostile("count 2^31 then a line, one write", (b"*2147483648\r\n$1\r\n",), "open",
-            INVALID_MULTIBULK),
+    Hostile("count 2^31 then a line, one write", (b"*2147483648\r\n$1\r\n",), "open", INVALID_MULTIBULK),
     Hostile("count 2^32-1", (b"*4294967295\r\n",), "open", INVALID_MULTIBULK),
     Hostile("bulk 1 GB", (SET_1GB,), "open", INVALID_BULK),
     Hostile("bulk 512 MB + 1", (b"*1\r\n$536870913\r\n",), "open", INVALID_BULK),
@@ -89,7 +88,7 @@ HOSTILE = [
     Hostile("unauthenticated bulk 100 MB", (SET_100MB,), "locked", UNAUTH_BULK),
     Hostile("unauthenticated count 2^31", (b"*2147483648\r\n",), "locked", INVALID_MULTIBULK),
     Hostile("unauthenticated bulk 1 GB", (SET_1GB,), "locked", INVALID_BULK),
-]  # fmt: skip
+]
 # Where resproxy is stricter than Redis (which allows INT_MAX arguments): its max_args.
 PROXY_ONLY = [Hostile("count 2^20 + 1", (b"*1048577\r\n",), "open", INVALID_MULTIBULK)]
 
@@ -151,9 +150,14 @@ def proxy(redis: Servers) -> Iterator[Proxy]:
     servers = [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(redis.backends)]
     config = native_config(
         pool_yaml("open", ports["open"], servers, timeout=2000, preconnect=True),
-        pool_yaml("locked", ports["locked"], [f"127.0.0.1:{redis.locked_backend.port}:1 a0"],
-                  timeout=2000, redis_auth=PASSWORD),
-    )  # fmt: skip
+        pool_yaml(
+            "locked",
+            ports["locked"],
+            [f"127.0.0.1:{redis.locked_backend.port}:1 a0"],
+            timeout=2000,
+            redis_auth=PASSWORD,
+        ),
+    )
     process = ResProxy(config).start(pools=2)
     try:
         yield Proxy(process, ports)
@@ -182,8 +186,10 @@ class Canary(threading.Thread):
             try:
                 if client is None:
                     client = RawClient(self.port, timeout_s=10.0)
-                for command, want in ((("SET", f"canary:{i}", i), b"OK"),
-                                      (("GET", f"canary:{i}"), str(i).encode())):  # fmt: skip
+                for command, want in (
+                    (("SET", f"canary:{i}", i), b"OK"),
+                    (("GET", f"canary:{i}"), str(i).encode()),
+                ):
                     started = time.perf_counter()
                     got = client.call(*command)
                     self.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -203,9 +209,11 @@ class Canary(threading.Thread):
 
     def summary(self) -> str:
         lat = sorted(self.latencies_ms) or [0.0]
-        return (f"canary: {len(lat)} round trips, {len(self.errors)} errors, "
-                f"median {statistics.median(lat):.2f} ms, p99 {self.p99():.1f} ms, "
-                f"worst {lat[-1]:.1f} ms")  # fmt: skip
+        return (
+            f"canary: {len(lat)} round trips, {len(self.errors)} errors, "
+            f"median {statistics.median(lat):.2f} ms, p99 {self.p99():.1f} ms, "
+            f"worst {lat[-1]:.1f} ms"
+        )
 
     def p99(self) -> float:
         lat = sorted(self.latencies_ms) or [0.0]
@@ -295,8 +303,7 @@ async def run_hostile(proxy: Proxy, jobs: Sequence[Hostile], deadline_s: float) 
             got, closed = await hostile(proxy.ports[job.pool], job.writes)
             result.done += 1
             if (got, closed) != (job.reply, True):
-                result.wrong.append(f"{job.name}: got {got[:100]!r}, "
-                                    f"{'closed' if closed else 'not closed'}")  # fmt: skip
+                result.wrong.append(f"{job.name}: got {got[:100]!r}, {'closed' if closed else 'not closed'}")
 
     try:
         async with asyncio.timeout(deadline_s):
@@ -331,26 +338,30 @@ def assert_healthy(run: Run, canary: Canary, grown_kb: dict[str, int], log: str)
     print(f"\n{run.done} hostile connections; {canary.summary()}; proxy grew {grown_kb} kB")
     problems = []
     if run.wrong:
-        problems.append(f"{len(run.wrong)} hostile connections not refused as Redis does, e.g.\n  "
-                        + "\n  ".join(sorted(set(run.wrong))[:10]))  # fmt: skip
+        problems.append(
+            f"{len(run.wrong)} hostile connections not refused as Redis does, e.g.\n  "
+            + "\n  ".join(sorted(set(run.wrong))[:10])
+        )
     if "Traceback" in log or "MemoryError" in log:
-        problems.append(f"tracebacks in the proxy's log ({log.count('Traceback')}), the last:\n"
-                        + log[log.rfind("Traceback"):][:1500])  # fmt: skip
+        problems.append(
+            f"tracebacks in the proxy's log ({log.count('Traceback')}), the last:\n"
+            + log[log.rfind("Traceback") :][:1500]
+        )
     if max(grown_kb.values()) >= MAX_GROWTH_KB:
         problems.append(f"proxy memory grew {grown_kb} kB (limit {MAX_GROWTH_KB} kB)")
     if canary.errors:
         problems.append(f"canary errors: {canary.errors[:10]}")
     if canary.p99() > P99_MS or canary.worst() > WORST_MS:
-        problems.append(f"canary too slow (p99 <= {P99_MS} ms, worst <= {WORST_MS} ms): "
-                        + canary.summary())  # fmt: skip
+        problems.append(f"canary too slow (p99 <= {P99_MS} ms, worst <= {WORST_MS} ms): " + canary.summary())
     assert not problems, "\n".join(problems)
 
 
 # --- tests -----------------------------------------------------------------------------------
 
 
-def exchange(port: int, writes: Sequence[bytes], password: str | None = None,
-             timeout_s: float = 5.0) -> tuple[bytes, bool]:  # fmt: skip
+def exchange(
+    port: int, writes: Sequence[bytes], password: str | None = None, timeout_s: float = 5.0
+) -> tuple[bytes, bool]:
     """Blocking twin of ``hostile`` (optionally AUTH first): (bytes read, peer closed)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         got = b""
@@ -390,9 +401,7 @@ def test_more_arguments_than_max_args_refused_at_the_header(proxy: Proxy) -> Non
 
 
 @pytest.mark.parametrize("target", ["redis-server", "resproxy"])
-def test_after_auth_the_unauthenticated_limits_are_lifted(
-    target: str, redis: Servers, proxy: Proxy
-) -> None:
+def test_after_auth_the_unauthenticated_limits_are_lifted(target: str, redis: Servers, proxy: Proxy) -> None:
     port = redis.locked.port if target == "redis-server" else proxy.ports["locked"]
     keys = [f"{{big}}:{i}" for i in range(5)]  # eleven arguments
     mset = encode("MSET", *itertools.chain.from_iterable((k, "v") for k in keys))
@@ -402,9 +411,7 @@ def test_after_auth_the_unauthenticated_limits_are_lifted(
 
 
 @pytest.mark.parametrize("target", ["redis-server", "resproxy"])
-def test_unauthenticated_100mb_body_refused_at_the_header(
-    target: str, redis: Servers, proxy: Proxy
-) -> None:
+def test_unauthenticated_100mb_body_refused_at_the_header(target: str, redis: Servers, proxy: Proxy) -> None:
     """The reply comes before any of the body is sent; the body then meets a closed
     connection, and the proxy never holds it."""
     port = redis.locked.port if target == "redis-server" else proxy.ports["locked"]
@@ -435,8 +442,10 @@ def test_unauthenticated_100mb_body_refused_at_the_header(
         except TimeoutError:
             later = b"(no reply 10 s after the body)"
     grown = memory.finish()
-    print(f"\n{target}: at the header {at_header!r}; {body_sent >> 20} MB of body accepted; "
-          f"after it {later[:80]!r}; proxy grew {grown} kB")  # fmt: skip
+    print(
+        f"\n{target}: at the header {at_header!r}; {body_sent >> 20} MB of body accepted; "
+        f"after it {later[:80]!r}; proxy grew {grown} kB"
+    )
     assert at_header == UNAUTH_BULK
     assert body_sent < 64 * 1024 * 1024  # the connection was closed under it
     assert grown["VmRSS"] < MAX_GROWTH_KB, grown
@@ -451,8 +460,11 @@ async def test_oversized_headers_cost_no_memory_and_no_stall(proxy: Proxy) -> No
     memory = MemoryPeak(proxy)
     memory.start()
     kinds = {h.name: h for h in HOSTILE}
-    jobs = ([kinds["count 2^31, one more line"]] * 200 + [kinds["count 2^32-1"]] * 200
-            + [kinds["bulk 1 GB"]] * 100)  # fmt: skip
+    jobs = (
+        [kinds["count 2^31, one more line"]] * 200
+        + [kinds["count 2^32-1"]] * 200
+        + [kinds["bulk 1 GB"]] * 100
+    )
     try:
         run = await run_hostile(proxy, jobs, deadline_s=30)
     finally:

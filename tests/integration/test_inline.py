@@ -42,42 +42,52 @@ def exchange(port: int, payload: bytes, timeout_s: float = 10.0) -> tuple[bytes,
 
 # (case id, payload). Keys are distinct per case; the ``clean`` fixture empties every server.
 INLINE = [
-    ("double-quoted key is stored unquoted",
-     b'SET "user:1" hello\r\n' + encode("GET", "user:1") + encode("EXISTS", '"user:1"')),
+    (
+        "double-quoted key is stored unquoted",
+        b'SET "user:1" hello\r\n' + encode("GET", "user:1") + encode("EXISTS", '"user:1"'),
+    ),
     ("quoted key with a space", b'SET "a b" c\r\nGET "a b"\r\n' + encode("GET", "a b")),
-    ("single quotes and an escaped quote",
-     b"SET 'it\\'s' 'a b'\r\n" + encode("GET", "it's")),
-    ("double-quote escapes",
-     b'SET "nl:\\n" "\\t\\r\\n\\\\\\"\\b\\a\\x41\\xff\\q"\r\n' + encode("GET", "nl:\n")),
-    ("binary key written as hex escapes",
-     b'SET "\\x00\\xff\\x7f" bin\r\n' + encode("GET", b"\x00\xff\x7f")),
-    ("invalid hex escapes are the bytes themselves",
-     b'SET "\\xZZ\\x4" v\r\n' + encode("GET", "xZZx4")),
+    ("single quotes and an escaped quote", b"SET 'it\\'s' 'a b'\r\n" + encode("GET", "it's")),
+    (
+        "double-quote escapes",
+        b'SET "nl:\\n" "\\t\\r\\n\\\\\\"\\b\\a\\x41\\xff\\q"\r\n' + encode("GET", "nl:\n"),
+    ),
+    ("binary key written as hex escapes", b'SET "\\x00\\xff\\x7f" bin\r\n' + encode("GET", b"\x00\xff\x7f")),
+    ("invalid hex escapes are the bytes themselves", b'SET "\\xZZ\\x4" v\r\n' + encode("GET", "xZZx4")),
     ("a quote inside an argument", b'SET key"with space" v\r\n' + encode("GET", "keywith space")),
     ("empty quoted argument", b'SET k1 ""\r\nGET k1\r\nECHO ""\r\nSET \'\' empty\r\nGET ""\r\n'),
     ("tabs, repeated and trailing blanks", b"  SET\tk2 \t v2  \t\r\nGET    k2\t\r\n"),
     ("a bare newline ends a line too", b"SET k3 v3\nGET k3\n"),
     ("empty lines are skipped", b"\r\n\r\n  \r\nPING\r\n\r\n"),
-    ("vertical tab does not end a bare argument",
-     b"SET a\x0bb v\r\n" + encode("GET", b"a\x0bb") + encode("GET", "a")),
+    (
+        "vertical tab does not end a bare argument",
+        b"SET a\x0bb v\r\n" + encode("GET", b"a\x0bb") + encode("GET", "a"),
+    ),
     ("a closing quote may be followed by a vertical tab", b'SET "k4"\x0b"v4"\r\nGET k4\r\n'),
     ("local commands with quotes", b'PING "hello world"\r\nECHO "a\\x41b"\r\nECHO \'x y\'\r\n'),
-    ("multi-key DEL and EXISTS with quotes",
-     b'SET "m 1" a\r\nSET \'m 2\' b\r\nEXISTS "m 1" \'m 2\' "m 3"\r\nDEL "m 1" "m 2"\r\n'
-     b'EXISTS "m 1"\r\n'),
-    ("inline after multibulk in one write",
-     encode("SET", "mix", "1") + b"GET mix\r\n" + encode("GET", "mix") + b"EXISTS mix\r\n"),
-    ("quoted inline after multibulk in one write",
-     encode("SET", "mix 2", "1") + b'GET "mix 2"\r\n' + encode("GET", "mix 2")),
+    (
+        "multi-key DEL and EXISTS with quotes",
+        b'SET "m 1" a\r\nSET \'m 2\' b\r\nEXISTS "m 1" \'m 2\' "m 3"\r\nDEL "m 1" "m 2"\r\nEXISTS "m 1"\r\n',
+    ),
+    (
+        "inline after multibulk in one write",
+        encode("SET", "mix", "1") + b"GET mix\r\n" + encode("GET", "mix") + b"EXISTS mix\r\n",
+    ),
+    (
+        "quoted inline after multibulk in one write",
+        encode("SET", "mix 2", "1") + b'GET "mix 2"\r\n' + encode("GET", "mix 2"),
+    ),
     # unbalanced quotes: Redis answers the error and closes, after what came before
     ("unbalanced double quote", b'SET "a b c\r\n'),
     ("unbalanced single quote", b"GET 'x\r\n"),
     ("text after a closing quote", b'GET "a"b\r\n'),
     ("two quoted parts back to back", b'SET "a""b" c\r\n'),
     ("escaped closing quote", b'ECHO "abc\\"\r\n'),
-    ("commands before the bad line are answered",
-     b"SET u1 1\r\nGET u1\r\n" + encode("GET", "u1") + b'GET "u1\r\nGET u1\r\n'),
-]  # fmt: skip
+    (
+        "commands before the bad line are answered",
+        b"SET u1 1\r\nGET u1\r\n" + encode("GET", "u1") + b'GET "u1\r\nGET u1\r\n',
+    ),
+]
 
 
 @pytest.mark.parametrize("payload", [c[1] for c in INLINE], ids=[c[0] for c in INLINE])
@@ -101,9 +111,7 @@ def test_quoted_key_reaches_the_server_without_quotes(
     backends: list[RedisServer], proxy: ResProxy, clean: None
 ) -> None:
     """Observed on the servers themselves: the key is ``user:1``, never ``"user:1"``."""
-    assert exchange(proxy.port, b'SET "user:1" hello\r\nSET \'a b\' c\r\n') == (
-        b"+OK\r\n+OK\r\n", False
-    )
+    assert exchange(proxy.port, b"SET \"user:1\" hello\r\nSET 'a b' c\r\n") == (b"+OK\r\n+OK\r\n", False)
     keys = sorted(k for b in backends for k in b.call("KEYS", "*"))
     assert keys == [b"a b", b"user:1"]
 

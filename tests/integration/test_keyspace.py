@@ -101,7 +101,7 @@ def stack(servers: list[RedisServer], cluster: RedisCluster) -> Iterator[Stack]:
         f"  legacy:\n    listen: 127.0.0.1:{st.ports['legacy']}\n    default_pool: ring\n"
         "    routes:\n"
         '      - {prefix: "old:", pool: ring, strip_prefix: true}\n'
-    )  # fmt: skip
+    )
     st.proxy = ResProxy(config)
     try:
         st.proxy.start(pools=4)
@@ -236,10 +236,12 @@ def test_scan_while_unrelated_keys_change(front: Front) -> None:
                 for i in range(10_000_000):  # bounded; ends on the stop event
                     if stop.is_set():
                         return
-                    replies = w.pipeline([
-                        ("SET", front.key("churn", i), "x"),
-                        ("DEL", front.key("churn", i - 300)),
-                    ])  # fmt: skip
+                    replies = w.pipeline(
+                        [
+                            ("SET", front.key("churn", i), "x"),
+                            ("DEL", front.key("churn", i - 300)),
+                        ]
+                    )
                     if replies[0] != b"OK" or isinstance(replies[1], hiredis.ReplyError):
                         failures.append(repr(replies))
                         return
@@ -288,9 +290,8 @@ def test_scan_non_integer_cursor(front: Front) -> None:
 def _render_app(port: int, servers: Sequence[RedisServer], timeout_ms: int) -> str:
     return (
         f"pools:\n  app:\n    listen: 127.0.0.1:{port}\n    hash: murmur\n"
-        f"    distribution: ketama\n    timeout: {timeout_ms}\n    servers:\n"
-        + ring_servers_yaml(servers)
-    )  # fmt: skip
+        f"    distribution: ketama\n    timeout: {timeout_ms}\n    servers:\n" + ring_servers_yaml(servers)
+    )
 
 
 def _reload(proxy: ResProxy, text: str, accepted_before: int) -> None:
@@ -366,8 +367,14 @@ def test_keys_dbsize_randomkey(front: Front) -> None:
             assert key in as_set(keys)
 
 
-FLUSHES = [("FLUSHDB",), ("FLUSHDB", "ASYNC"), ("FLUSHDB", "SYNC"), ("FLUSHALL",),
-           ("FLUSHALL", "ASYNC"), ("FLUSHALL", "SYNC")]  # fmt: skip
+FLUSHES = [
+    ("FLUSHDB",),
+    ("FLUSHDB", "ASYNC"),
+    ("FLUSHDB", "SYNC"),
+    ("FLUSHALL",),
+    ("FLUSHALL", "ASYNC"),
+    ("FLUSHALL", "SYNC"),
+]
 
 
 @pytest.mark.parametrize("command", FLUSHES, ids=" ".join)
@@ -410,7 +417,7 @@ def _guarded_config(port: int, servers: Sequence[RedisServer], deny: str) -> str
     return (
         f"pools:\n  guarded:\n    listen: 127.0.0.1:{port}\n    deny_commands: {deny}\n"
         "    servers:\n" + ring_servers_yaml(servers)
-    )  # fmt: skip
+    )
 
 
 def test_deny_commands_refuses_each_listed_command(stack: Stack, wiped: None) -> None:
@@ -447,8 +454,11 @@ def test_deny_commands_unknown_name_fails_the_check(stack: Stack) -> None:
         assert part in out, (part, out)
 
 
-@pytest.mark.parametrize("command", [("SCAN", "0"), ("KEYS", "*"), ("RANDOMKEY",), ("DBSIZE",),
-                                     ("FLUSHDB",), ("FLUSHALL",)], ids=" ".join)  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [("SCAN", "0"), ("KEYS", "*"), ("RANDOMKEY",), ("DBSIZE",), ("FLUSHDB",), ("FLUSHALL",)],
+    ids=" ".join,
+)
 def test_strip_prefix_listener_refuses_keyspace_wide(
     stack: Stack, wiped: None, command: tuple[str, ...]
 ) -> None:
@@ -496,8 +506,9 @@ def test_info_server_and_keyspace(front: Front) -> None:
             ring = sum(int(b.call("DBSIZE")) for b in front.backends[:3])
             ring_expires = sum(
                 int(b.call("INFO", "keyspace").split(b"expires=")[1].split(b",")[0])
-                for b in front.backends[:3] if b.call("DBSIZE")
-            )  # fmt: skip
+                for b in front.backends[:3]
+                if b.call("DBSIZE")
+            )
             assert (int(match[1]), int(match[2])) in {(total, 10), (ring, ring_expires)}, keyspace
         else:
             assert (int(match[1]), int(match[2])) == (total, 10), keyspace
@@ -531,7 +542,7 @@ def test_client_list_and_kill(front: Front) -> None:
         for row in rows:
             for name in ("id", "addr", "laddr", "name", "age", "idle", "cmd"):
                 assert name in row, (name, row)
-        mine = [r for r in rows if r["addr"] == "127.0.0.1:%d" % me.sock.getsockname()[1]]
+        mine = [r for r in rows if r["addr"] == f"127.0.0.1:{me.sock.getsockname()[1]}"]
         assert len(mine) == 1, rows
         assert mine[0]["name"] == "alpha" and mine[0]["cmd"] == "client|list", mine
         assert mine[0]["laddr"] == f"127.0.0.1:{front.port}"
@@ -543,10 +554,10 @@ def test_client_list_and_kill(front: Front) -> None:
         assert me.call("CLIENT", "KILL", "ID", other_id) == 1
         assert other.closed_by_peer()
         # KILL ADDR (-> count) and the old form KILL ip:port (-> OK)
-        third_addr = "127.0.0.1:%d" % third.sock.getsockname()[1]
+        third_addr = f"127.0.0.1:{third.sock.getsockname()[1]}"
         assert me.call("CLIENT", "KILL", "ADDR", third_addr) == 1
         assert third.closed_by_peer()
-        fourth_addr = "127.0.0.1:%d" % fourth.sock.getsockname()[1]
+        fourth_addr = f"127.0.0.1:{fourth.sock.getsockname()[1]}"
         assert me.call("CLIENT", "KILL", fourth_addr) == b"OK"
         assert fourth.closed_by_peer()
         assert me.call("PING") == b"PONG"

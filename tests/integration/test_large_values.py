@@ -76,8 +76,9 @@ class Pinger:
     until stopped; reports the worst round trip."""
 
     def __init__(self, port: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", PINGER, str(port)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PINGER, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         self.worst = self.p99 = 0.0
         self.count = 0
 
@@ -130,9 +131,11 @@ def test_set_and_get_of_a_big_value_stream_with_bounded_memory_and_others_served
             get_peak = proc_status(pid, "VmHWM") - base
     finally:
         pinger.finish()
-    print(f"{size_mb} MB: SET peak +{set_peak / MB:.0f} MB, GET peak +{get_peak / MB:.0f} MB, "
-          f"PING p99 {pinger.p99 * 1000:.1f} ms, worst {pinger.worst * 1000:.1f} ms over "
-          f"{pinger.count}")  # fmt: skip
+    print(
+        f"{size_mb} MB: SET peak +{set_peak / MB:.0f} MB, GET peak +{get_peak / MB:.0f} MB, "
+        f"PING p99 {pinger.p99 * 1000:.1f} ms, worst {pinger.worst * 1000:.1f} ms over "
+        f"{pinger.count}"
+    )
     assert sum(s.call("EXISTS", key) for s in servers) == 1
     # streamed: the proxy holds a read's worth of the value, not the value (it used to hold it
     # three times); a reply goes to the client as fast as the client reads it, and what the
@@ -149,10 +152,16 @@ def test_a_streamed_set_keeps_its_place_in_a_pipeline(proxy: ResProxy) -> None:
     value = b"\r\n$-1\r\n*3\r\n" * (300 * 1024)  # ~3.3 MB of RESP-looking bytes
     with RawClient(proxy.port, timeout_s=30) as c:
         c.call("SET", "order:k", "old")
-        replies = c.pipeline([
-            ("GET", "order:k"), ("SET", "order:k", value), ("GET", "order:k"),
-            ("APPEND", "order:k", "!"), ("STRLEN", "order:k"), ("PING",),
-        ])  # fmt: skip
+        replies = c.pipeline(
+            [
+                ("GET", "order:k"),
+                ("SET", "order:k", value),
+                ("GET", "order:k"),
+                ("APPEND", "order:k", "!"),
+                ("STRLEN", "order:k"),
+                ("PING",),
+            ]
+        )
         assert replies == [b"old", b"OK", value, len(value) + 1, len(value) + 1, b"PONG"]
         # a streamed command with arguments after the big one, and two big arguments
         assert c.call("SET", "order:ex", value, "EX", 100) == b"OK"
@@ -198,8 +207,9 @@ def _receiving(servers: list[RedisServer]) -> bool:
 def test_a_big_value_for_a_server_that_is_down_gets_one_error_and_the_client_goes_on() -> None:
     dead = free_port()  # nothing listens there
     listen = free_port()
-    proxy = ResProxy(native_config(pool_yaml("dead", listen, [f"127.0.0.1:{dead}:1 s0"],
-                                             timeout=2000))).start()  # fmt: skip
+    proxy = ResProxy(
+        native_config(pool_yaml("dead", listen, [f"127.0.0.1:{dead}:1 s0"], timeout=2000))
+    ).start()
     try:
         with RawClient(listen, timeout_s=30) as c:
             for _ in range(2):
@@ -211,16 +221,16 @@ def test_a_big_value_for_a_server_that_is_down_gets_one_error_and_the_client_goe
 
 
 @pytest.mark.parametrize("through", ["resproxy", "nutcracker"])
-def test_twemproxys_mget_binary_value_with_a_400_ms_timeout(
-    servers: list[RedisServer], through: str
-) -> None:
+def test_twemproxys_mget_binary_value_with_a_400_ms_timeout(servers: list[RedisServer], through: str) -> None:
     """twemproxy's own test_mget_binary_value: 5 random values of 16 MB + 1 KB and 5 empty
     ones through MSET, then MGET, with the pool's timeout at 400 ms (nutcracker passes it; a
     big reply arriving over more than 400 ms must count as progress, not as a late reply)."""
     port = free_port()
-    text = (f"beta:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n"
-            f"  timeout: 400\n  redis: true\n  servers:\n"
-            + "".join(f"    - 127.0.0.1:{s.port}:1 s{i}\n" for i, s in enumerate(servers)))  # fmt: skip
+    text = (
+        f"beta:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n"
+        f"  timeout: 400\n  redis: true\n  servers:\n"
+        + "".join(f"    - 127.0.0.1:{s.port}:1 s{i}\n" for i, s in enumerate(servers))
+    )
     process: ResProxy | Nutcracker = (
         ResProxy(text).start() if through == "resproxy" else Nutcracker(text, [port]).start()
     )
@@ -238,13 +248,14 @@ def test_twemproxys_mget_binary_value_with_a_400_ms_timeout(
 
 def _connections_received(server: RedisServer) -> int:
     info = server.call("INFO", "stats").decode()
-    return int(next(line for line in info.splitlines()
-                    if line.startswith("total_connections_received:")).split(":")[1])  # fmt: skip
+    return int(
+        next(line for line in info.splitlines() if line.startswith("total_connections_received:")).split(":")[
+            1
+        ]
+    )
 
 
-def test_streamed_requests_reuse_their_server_connection(
-    proxy: ResProxy, servers: list[RedisServer]
-) -> None:
+def test_streamed_requests_reuse_their_server_connection(proxy: ResProxy, servers: list[RedisServer]) -> None:
     """Ten big SETs in a row open one stream connection per server, not ten (a connection per
     value would leave a TIME_WAIT socket per value on the proxy)."""
     value = b"r" * (2 * MB)
@@ -303,8 +314,11 @@ def test_no_command_slips_past_the_framing_after_a_streamed_value(
         # a negative check needs a bounded wait: had the header been passed on, Redis would
         # have run FLUSHALL within this second (the first streaming code did)
         with pytest.raises(TimeoutError):
-            poll_until(lambda: sum(s.cmdstat("flushall") for s in servers) > flushes,
-                       "FLUSHALL smuggled to a server", 1.0)  # fmt: skip
+            poll_until(
+                lambda: sum(s.cmdstat("flushall") for s in servers) > flushes,
+                "FLUSHALL smuggled to a server",
+                1.0,
+            )
         sock.sendall(b"\r\n")  # now the header is checked: not a length
         reply = sock.recv(4096)
     assert b"Protocol error" in reply, reply
@@ -317,10 +331,15 @@ def test_a_streamed_reply_obeys_the_output_limit_and_a_gone_client_costs_nothing
     servers: list[RedisServer],
 ) -> None:
     listen = free_port()
-    text = native_config(pool_yaml(
-        "lim", listen, [f"127.0.0.1:{servers[0].port}:1 s0"], timeout=30000,
-        client_output_buffer_limit="16mb 0 0",
-    ))  # fmt: skip
+    text = native_config(
+        pool_yaml(
+            "lim",
+            listen,
+            [f"127.0.0.1:{servers[0].port}:1 s0"],
+            timeout=30000,
+            client_output_buffer_limit="16mb 0 0",
+        )
+    )
     size = 128 * MB
     proxy = ResProxy(text).start()
     try:
@@ -332,8 +351,11 @@ def test_a_streamed_reply_obeys_the_output_limit_and_a_gone_client_costs_nothing
         base = proc_status(pid, "VmRSS")
         with socket.create_connection(("127.0.0.1", listen), timeout=30) as sock:
             sock.sendall(encode("GET", "lim:big"))
-            poll_until(lambda: "output_buffer_limit reached" in proxy.log(),
-                       "the client closed at its output limit", 20)  # fmt: skip
+            poll_until(
+                lambda: "output_buffer_limit reached" in proxy.log(),
+                "the client closed at its output limit",
+                20,
+            )
         owed = int(proxy.log().split("output_buffer_limit reached (")[1].split(" ")[0])
         assert owed < 32 * MB, owed
         # a client that asks and leaves at once: its reply is dropped as it comes
@@ -355,8 +377,9 @@ def test_a_client_closed_or_idle_mid_stream_gets_one_error_and_frees_its_connect
     servers: list[RedisServer],
 ) -> None:
     def config(port: int) -> str:
-        return native_config(pool_yaml("mid", port, [f"127.0.0.1:{servers[0].port}:1 s0"],
-                                       timeout=30000, client_timeout=1000))  # fmt: skip
+        return native_config(
+            pool_yaml("mid", port, [f"127.0.0.1:{servers[0].port}:1 s0"], timeout=30000, client_timeout=1000)
+        )
 
     listen = free_port()
     proxy = ResProxy(config(listen)).start()

@@ -68,20 +68,26 @@ def setup() -> Iterator[ClusterSetup]:
         ports = {"brief": free_port(), "patient": free_port()}
         metrics_port = free_port()
         pools = [
-            pool_yaml(name, ports[name], cluster.seeds(), distribution="cluster",
-                      timeout=timeout, cluster_refresh_interval=60000)
+            pool_yaml(
+                name,
+                ports[name],
+                cluster.seeds(),
+                distribution="cluster",
+                timeout=timeout,
+                cluster_refresh_interval=60000,
+            )
             for name, timeout in (("brief", BRIEF_MS), ("patient", PATIENT_MS))
-        ]  # fmt: skip
+        ]
         proxy = ResProxy(native_config(*pools), args=["--metrics", f"127.0.0.1:{metrics_port}"])
         proxy.start(pools=2)
         _wait_metrics(metrics_port)
         poll_until(
             lambda: all(
-                Metrics(metrics_port).value("resproxy_cluster_slots_served", pool=p) == 16384
-                for p in ports
+                Metrics(metrics_port).value("resproxy_cluster_slots_served", pool=p) == 16384 for p in ports
             ),
-            "both pools know the whole slot map", 15,
-        )  # fmt: skip
+            "both pools know the whole slot map",
+            15,
+        )
         # The proxy's map refreshes ask slot 0's master first; it is left alone, so the map
         # keeps naming A for the slots A stops serving.
         first = cluster.slot_owner(0)
@@ -128,9 +134,7 @@ def _counter(s: ClusterSetup, family: str, pool: str) -> float:
 
 def _serves(node: RedisServer, slot: int) -> bool:
     """Whether ``node`` itself believes it serves ``slot``."""
-    return any(
-        r[0] <= slot <= r[1] and r[2][1] == node.port for r in node.call("CLUSTER", "SLOTS")
-    )
+    return any(r[0] <= slot <= r[1] and r[2][1] == node.port for r in node.call("CLUSTER", "SLOTS"))
 
 
 class _Unserved:
@@ -155,9 +159,10 @@ def test_clusterdown_is_retried_until_the_timeout_then_redis_words_reach_the_cli
 ) -> None:
     broken, other = _keys_on(setup.cluster, setup.a, "down", 2)
     # Bounded read: the pool's timeout plus slack for a loaded machine; a hang fails here.
-    with _Unserved(setup.cluster, setup.a, key_slot(broken.encode())), RawClient(
-        setup.ports["brief"], timeout_s=BRIEF_MS / 1000 + 4
-    ) as c:
+    with (
+        _Unserved(setup.cluster, setup.a, key_slot(broken.encode())),
+        RawClient(setup.ports["brief"], timeout_s=BRIEF_MS / 1000 + 4) as c,
+    ):
         # a key of another of A's slots: A is in cluster_state:fail and says "The cluster is
         # down", words the proxy never writes itself, so seeing them proves they are Redis's
         assert str(setup.a.call("GET", other)) == "CLUSTERDOWN The cluster is down"
@@ -186,9 +191,10 @@ def test_clusterdown_retries_stop_after_16_redirections_with_redis_words(
     (key,) = _keys_on(setup.cluster, setup.a, "cap", 1)
     before_calls = _rejected(setup.a, "get")
     before_retries = _counter(setup, "clusterdown", "patient")
-    with _Unserved(setup.cluster, setup.a, key_slot(key.encode())), RawClient(
-        setup.ports["patient"], timeout_s=PATIENT_MS / 1000 + 4
-    ) as c:
+    with (
+        _Unserved(setup.cluster, setup.a, key_slot(key.encode())),
+        RawClient(setup.ports["patient"], timeout_s=PATIENT_MS / 1000 + 4) as c,
+    ):
         reply = c.call("GET", key)
         assert isinstance(reply, hiredis.ReplyError), reply
         # the proxy's own SLOT_UNSERVED has these very words, but A saw every try: it was A's
@@ -203,13 +209,15 @@ def test_clusterdown_request_succeeds_once_the_slot_is_served_again(setup: Clust
     slot = key_slot(key.encode())
     before_calls = _rejected(setup.a, "set")
     before_retries = _counter(setup, "clusterdown", "patient")
-    with _Unserved(setup.cluster, setup.a, slot), RawClient(
-        setup.ports["patient"], timeout_s=PATIENT_MS / 1000 + 4
-    ) as c:
+    with (
+        _Unserved(setup.cluster, setup.a, slot),
+        RawClient(setup.ports["patient"], timeout_s=PATIENT_MS / 1000 + 4) as c,
+    ):
         c.send(encode("SET", key, "new"))  # the reply is read once the slot is back
         # the event: A has refused the SET at least twice, so the proxy is retrying it
-        poll_until(lambda: _rejected(setup.a, "set") >= before_calls + 2,
-                   "the proxy retrying the SET", 10, 0.005)  # fmt: skip
+        poll_until(
+            lambda: _rejected(setup.a, "set") >= before_calls + 2, "the proxy retrying the SET", 10, 0.005
+        )
         assert setup.a.call("CLUSTER", "ADDSLOTS", str(slot)) == b"OK"
         assert c.read() == b"OK"  # a CLUSTERDOWN reply here would mean the retries ran out
         assert setup.a.call("GET", key) == b"new"
@@ -265,8 +273,7 @@ def test_a_moved_loop_ends_in_too_many_redirections_and_the_connection_stays_usa
 def test_client_connections_limit_rejects_counts_and_frees_a_place() -> None:
     backend = RedisServer().start()
     port, metrics_port = free_port(), free_port()
-    pool = pool_yaml("limited", port, [f"127.0.0.1:{backend.port}:1 s0"],
-                     client_connections=2, timeout=1000)  # fmt: skip
+    pool = pool_yaml("limited", port, [f"127.0.0.1:{backend.port}:1 s0"], client_connections=2, timeout=1000)
     proxy = ResProxy(native_config(pool), args=["--metrics", f"127.0.0.1:{metrics_port}"])
     try:
         proxy.start()
@@ -294,14 +301,16 @@ def test_client_connections_limit_rejects_counts_and_frees_a_place() -> None:
             assert b"rejected_connections:1\r\n" in first.call("INFO", "stats")
             first.close()
             # the event: the proxy has seen the client go
-            poll_until(lambda: value("resproxy_client_connections") == 1,
-                       "the proxy noticing a client left", 10)  # fmt: skip
+            poll_until(
+                lambda: value("resproxy_client_connections") == 1, "the proxy noticing a client left", 10
+            )
             with RawClient(port) as fourth:
                 assert fourth.call("INCR", "k") == 4
                 assert value("resproxy_client_connections") == 2
             assert second.call("GET", "k") == b"4"
-            poll_until(lambda: value("resproxy_client_connections") == 1,
-                       "the proxy noticing the fourth left", 10)  # fmt: skip
+            poll_until(
+                lambda: value("resproxy_client_connections") == 1, "the proxy noticing the fourth left", 10
+            )
             # accepted: first, second, fourth; closed by their client: first, fourth (the
             # rejected one was closed by the proxy and is counted as rejected only)
             assert value("resproxy_client_connections_accepted_total") == 3

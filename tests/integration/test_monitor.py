@@ -26,8 +26,9 @@ def setup() -> Iterator[tuple[ResProxy, list[RedisServer], int]]:
     with running_redis_servers(3) as servers:
         port, closed = free_port(), free_port()
         lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers)]
-        text = native_config(pool_yaml("ring", port, lines),
-                             pool_yaml("quiet", closed, lines, allow_monitor=False))  # fmt: skip
+        text = native_config(
+            pool_yaml("ring", port, lines), pool_yaml("quiet", closed, lines, allow_monitor=False)
+        )
         proxy = ResProxy(text).start(pools=2)
         proxy.port = port
         try:

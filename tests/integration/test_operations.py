@@ -34,8 +34,7 @@ from tests.integration.harness import (
 
 def _config(port: int, metrics_port: int, backends: list[RedisServer], **keys: Any) -> str:
     lines = [f"127.0.0.1:{b.port}:1 s{b.port}" for b in backends]
-    pool = pool_yaml("app", port, lines, hash="fnv1a_64", distribution="ketama", timeout=500,
-                     **keys)  # fmt: skip
+    pool = pool_yaml("app", port, lines, hash="fnv1a_64", distribution="ketama", timeout=500, **keys)
     return native_config(pool) + f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n"
 
 
@@ -65,8 +64,11 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         on_victim = [k for k in keys if _owner(backends, k.encode()) is victim]
         elsewhere = [k for k in keys if k not in on_victim]
         assert on_victim and elsewhere
-        spread = [on_victim[0]] + [k for k in elsewhere if _owner(backends, k.encode()) is backends[0]][:1] \
-            + [k for k in elsewhere if _owner(backends, k.encode()) is backends[1]][:1]  # fmt: skip
+        spread = (
+            [on_victim[0]]
+            + [k for k in elsewhere if _owner(backends, k.encode()) is backends[0]][:1]
+            + [k for k in elsewhere if _owner(backends, k.encode()) is backends[1]][:1]
+        )
         assert len(spread) == 3
         with RawClient(proxy.port) as c:
             for k in keys:
@@ -101,12 +103,20 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         # the first read and every 4th after it
         sampled = len([r for r in range(1, len(keys) + 1) if r % LATENCY_SAMPLE_EVERY == 1])
         assert samples.value("resproxy_request_duration_seconds_count", command="set", **p) == sampled
-        assert samples.value("resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p) == sampled
+        assert (
+            samples.value("resproxy_request_duration_seconds_bucket", command="set", le="+Inf", **p)
+            == sampled
+        )
         assert samples.value("resproxy_client_connections", **p) == 1
-        sent_bytes = sum(len(encode("SET", k, "v")) + len(encode("GET", k)) for k in keys) + len(
-            encode("MGET", *spread)) + len(encode("NOSUCH")) + len(encode("SWAPDB", 0, 1)) + len(
-            encode("MSET", "a", "1", "b")) + len(encode("ECHO", "hi")) + sum(
-            len(encode("GET", k)) for k in on_victim)  # fmt: skip
+        sent_bytes = (
+            sum(len(encode("SET", k, "v")) + len(encode("GET", k)) for k in keys)
+            + len(encode("MGET", *spread))
+            + len(encode("NOSUCH"))
+            + len(encode("SWAPDB", 0, 1))
+            + len(encode("MSET", "a", "1", "b"))
+            + len(encode("ECHO", "hi"))
+            + sum(len(encode("GET", k)) for k in on_victim)
+        )
         assert samples.value("resproxy_client_read_bytes_total", **p) == sent_bytes
         assert samples.value("resproxy_client_connections_accepted_total", **p) == 1
         # per server: what each was sent, as the ring places the keys
@@ -117,8 +127,11 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
             if b is victim:
                 assert samples.value("resproxy_server_up", **s) == 0
                 assert samples.value("resproxy_server_state", state="down", **s) == 1
-                assert samples.value("resproxy_server_eof_total", **s) + samples.value(
-                    "resproxy_server_errors_total", **s) == 1
+                assert (
+                    samples.value("resproxy_server_eof_total", **s)
+                    + samples.value("resproxy_server_errors_total", **s)
+                    == 1
+                )
                 # after the kill its keys were answered at once: forward errors, not timeouts
                 assert samples.value("resproxy_server_forward_errors_total", **s) >= len(on_victim) - 1
                 assert samples.value("resproxy_server_timeouts_total", **s) == 0
@@ -132,8 +145,7 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
         status, body = http_get(proxy.mport, "/healthz")
         assert status == 503 and json.loads(body)["pools"]["app"].startswith("server(s) down")
         victim.restart()
-        poll_until(lambda: http_get(proxy.mport, "/healthz")[0] == 200, "healthz back to 200",
-                   timeout_s=15)  # fmt: skip
+        poll_until(lambda: http_get(proxy.mport, "/healthz")[0] == 200, "healthz back to 200", timeout_s=15)
         with RawClient(proxy.port) as c:
             info = c.call("INFO").decode()
         assert "# Proxy" in info and "# Stats" in info and "pool_app:" in info
@@ -196,22 +208,32 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
         with open(proxy.config_path, "w") as f:
             f.write(_config(proxy.port, proxy.mport, [b, c]))
         proxy.send_signal(signal.SIGHUP)
-        poll_until(lambda: Metrics(proxy.mport).value("resproxy_config_reloads_total") == 1,
-                   "reload accepted", 15)  # fmt: skip
+        poll_until(
+            lambda: Metrics(proxy.mport).value("resproxy_config_reloads_total") == 1, "reload accepted", 15
+        )
         marks = [w.batches for w in workers]
-        poll_until(lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
-                   "pipelines running after the reload", 30)  # fmt: skip
+        poll_until(
+            lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
+            "pipelines running after the reload",
+            30,
+        )
         # an invalid config is rejected and the running one keeps serving
         with open(proxy.config_path, "w") as f:
             f.write("pools:\n  app:\n    listen: 127.0.0.1:1\n    hash: nope\n")
         proxy.send_signal(signal.SIGHUP)
-        poll_until(lambda: Metrics(proxy.mport).value("resproxy_config_reload_failures_total") == 1,
-                   "reload rejected", 15)  # fmt: skip
+        poll_until(
+            lambda: Metrics(proxy.mport).value("resproxy_config_reload_failures_total") == 1,
+            "reload rejected",
+            15,
+        )
         samples = Metrics(proxy.mport)
         assert samples.value("resproxy_config_last_reload_successful") == 0
         marks = [w.batches for w in workers]
-        poll_until(lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
-                   "pipelines running after the rejected reload", 30)  # fmt: skip
+        poll_until(
+            lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
+            "pipelines running after the rejected reload",
+            30,
+        )
         stop.set()
         for w in workers:
             w.join(timeout=30)

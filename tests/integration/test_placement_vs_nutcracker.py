@@ -16,22 +16,41 @@ import pytest
 
 from tests.integration.harness import Nutcracker, RawClient, RedisServer, ResProxy, free_port
 
-HASHES = ["one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64", "fnv1_32",
-          "fnv1a_32", "hsieh", "murmur", "jenkins"]  # fmt: skip
+HASHES = [
+    "one_at_a_time",
+    "md5",
+    "crc16",
+    "crc32",
+    "crc32a",
+    "fnv1_64",
+    "fnv1a_64",
+    "fnv1_32",
+    "fnv1a_32",
+    "hsieh",
+    "murmur",
+    "jenkins",
+]
 DISTRIBUTIONS = ["ketama", "modula"]
 CASES = [(h, d) for h in HASHES for d in DISTRIBUTIONS]
 
 
-def _pool(name: str, port: int, backends: list[RedisServer], named: bool, hash_: str,
-          dist: str) -> str:  # fmt: skip
+def _pool(name: str, port: int, backends: list[RedisServer], named: bool, hash_: str, dist: str) -> str:
     if named:
-        servers = [f"127.0.0.1:{b.port}:{w} {n}" for b, w, n in
-                   zip(backends, (1, 2, 1), ("alpha", "beta", "gamma"))]  # fmt: skip
+        servers = [
+            f"127.0.0.1:{b.port}:{w} {n}" for b, w, n in zip(backends, (1, 2, 1), ("alpha", "beta", "gamma"))
+        ]
     else:
         servers = [f"127.0.0.1:{b.port}:1" for b in backends]
-    lines = [f"{name}:", f"  listen: 127.0.0.1:{port}", f"  hash: {hash_}",
-             f"  distribution: {dist}", '  hash_tag: "{}"', "  redis: true", "  timeout: 5000",
-             "  servers:"] + [f"   - {s}" for s in servers]  # fmt: skip
+    lines = [
+        f"{name}:",
+        f"  listen: 127.0.0.1:{port}",
+        f"  hash: {hash_}",
+        f"  distribution: {dist}",
+        '  hash_tag: "{}"',
+        "  redis: true",
+        "  timeout: 5000",
+        "  servers:",
+    ] + [f"   - {s}" for s in servers]
     return "\n".join(lines) + "\n"
 
 
@@ -42,12 +61,8 @@ def pair(backends: list[RedisServer]) -> Iterator[dict[tuple[str, str], tuple[in
     res_ports = {case: free_port() for case in CASES}
     # named and weighted servers for every other hash, so each distribution gets both forms
     named = {case: HASHES.index(case[0]) % 2 == 0 for case in CASES}
-    nut_text = "".join(
-        _pool(f"{h}_{d}", nut_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES
-    )
-    res_text = "".join(
-        _pool(f"{h}_{d}", res_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES
-    )
+    nut_text = "".join(_pool(f"{h}_{d}", nut_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES)
+    res_text = "".join(_pool(f"{h}_{d}", res_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES)
     nut = Nutcracker(nut_text, nut_ports.values())
     res = ResProxy(res_text)
     try:
@@ -70,9 +85,11 @@ def _keys(prefix: bytes) -> list[bytes]:
 
 @pytest.mark.parametrize("hash_, dist", CASES)
 def test_every_key_written_through_resproxy_is_found_through_nutcracker(
-    pair: dict[tuple[str, str], tuple[int, int]], backends: list[RedisServer], hash_: str,
+    pair: dict[tuple[str, str], tuple[int, int]],
+    backends: list[RedisServer],
+    hash_: str,
     dist: str,
-) -> None:  # fmt: skip
+) -> None:
     res_port, nut_port = pair[(hash_, dist)]
     prefix = f"{hash_}.{dist}".encode()
     keys = _keys(prefix)

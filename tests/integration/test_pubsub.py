@@ -22,8 +22,8 @@ from tests.integration.harness import (
     encode,
     free_port,
     native_config,
-    pool_yaml,
     poll_until,
+    pool_yaml,
     running_redis_servers,
 )
 
@@ -32,8 +32,9 @@ MESSAGES = 1000
 
 
 class Fronts:
-    def __init__(self, ports: dict[str, int], ring: list[RedisServer], solo: RedisServer,
-                 reference: RedisServer) -> None:  # fmt: skip
+    def __init__(
+        self, ports: dict[str, int], ring: list[RedisServer], solo: RedisServer, reference: RedisServer
+    ) -> None:
         self.ports = ports
         self.ring = ring
         self.solo = solo
@@ -44,15 +45,18 @@ class Fronts:
 def fronts(cluster: RedisCluster) -> Iterator[Fronts]:
     with running_redis_servers(5) as servers:
         ring, solo, reference = servers[:3], servers[3], servers[4]
-        ports = {"ring": free_port(), "cluster": free_port(), "listener": free_port(),
-                 "jobs": free_port()}  # fmt: skip
+        ports = {"ring": free_port(), "cluster": free_port(), "listener": free_port(), "jobs": free_port()}
         seeds = [f"127.0.0.1:{m.port}" for m in cluster.masters()]
         text = native_config(
-            pool_yaml("ring", ports["ring"], [f"127.0.0.1:{s.port}:1 r{i}" for i, s in enumerate(ring)],
-                      hash_tag="{}"),
+            pool_yaml(
+                "ring",
+                ports["ring"],
+                [f"127.0.0.1:{s.port}:1 r{i}" for i, s in enumerate(ring)],
+                hash_tag="{}",
+            ),
             pool_yaml("cluster", ports["cluster"], seeds, distribution="cluster"),
             pool_yaml("jobs", ports["jobs"], [f"127.0.0.1:{solo.port}:1 solo"]),
-        )  # fmt: skip
+        )
         mport = ports["metrics"] = free_port()
         text += f"metrics:\n  listen: 127.0.0.1:{mport}\n"
         text += (
@@ -127,8 +131,7 @@ def test_1000_messages_on_20_channels_arrive_in_order_to_subscribers_and_pattern
             for ch in channels:
                 assert c.call("SET", ch, "probe") == b"OK"
                 key_home = [s.port for s in fronts.ring if s.call("EXISTS", ch) == 1]
-                channel_home = [s.port for s in fronts.ring
-                                if s.call("PUBSUB", "NUMSUB", ch)[1] == 2]  # fmt: skip
+                channel_home = [s.port for s in fronts.ring if s.call("PUBSUB", "NUMSUB", ch)[1] == 2]
                 assert key_home == channel_home and len(key_home) == 1, (ch, key_home, channel_home)
                 assert c.call("DEL", ch) == 1
         with RawClient(port) as pub:
@@ -179,10 +182,18 @@ def test_resp3_subscribers_get_pushes(fronts: Fronts) -> None:
 def test_counts_and_subscribed_mode_as_one_redis(fronts: Fronts, front: str) -> None:
     """The same sequence to the proxy and to one redis-server: the same bytes."""
     sequence: list[tuple[Any, ...]] = [
-        ("SUBSCRIBE", "a", "b", "a"), ("PSUBSCRIBE", "x*"), ("GET", "k"), ("PING",),
-        ("PING", "hello"), ("UNSUBSCRIBE", "b", "zz"), ("PUNSUBSCRIBE",), ("UNSUBSCRIBE",),
-        ("UNSUBSCRIBE",), ("PING",), ("SET", "k", "v"),
-    ]  # fmt: skip
+        ("SUBSCRIBE", "a", "b", "a"),
+        ("PSUBSCRIBE", "x*"),
+        ("GET", "k"),
+        ("PING",),
+        ("PING", "hello"),
+        ("UNSUBSCRIBE", "b", "zz"),
+        ("PUNSUBSCRIBE",),
+        ("UNSUBSCRIBE",),
+        ("UNSUBSCRIBE",),
+        ("PING",),
+        ("SET", "k", "v"),
+    ]
     replies = [3, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1]
     raws = []
     for port in (fronts.ports[front], fronts.reference.port):
@@ -212,11 +223,8 @@ def test_pubsub_introspection_is_merged_over_the_servers(fronts: Fronts) -> None
             b.read()
         with RawClient(port) as c:
             numsub = c.call("PUBSUB", "NUMSUB", *channels)
-            assert numsub == [x for ch in channels
-                              for x in (ch.encode(), 2 if ch in channels[:3] else 1)]  # fmt: skip
-            assert sorted(c.call("PUBSUB", "CHANNELS", "intro.*")) == sorted(
-                ch.encode() for ch in channels
-            )
+            assert numsub == [x for ch in channels for x in (ch.encode(), 2 if ch in channels[:3] else 1)]
+            assert sorted(c.call("PUBSUB", "CHANNELS", "intro.*")) == sorted(ch.encode() for ch in channels)
             assert c.call("PUBSUB", "NUMPAT") == 1
     finally:
         a.close()
@@ -288,8 +296,11 @@ def test_a_subscriber_whose_server_goes_away_is_closed_to_resubscribe(fronts: Fr
     try:
         sub.send("SUBSCRIBE", "rq:gone")
         sub.read()
-        victims = [line.split(" ")[0][3:] for line in
-                   fronts.solo.call("CLIENT", "LIST").decode().splitlines() if "cmd=subscribe" in line]  # fmt: skip
+        victims = [
+            line.split(" ")[0][3:]
+            for line in fronts.solo.call("CLIENT", "LIST").decode().splitlines()
+            if "cmd=subscribe" in line
+        ]
         assert len(victims) == 1
         fronts.solo.call("CLIENT", "KILL", "ID", victims[0])
         sub.sock.settimeout(10)
@@ -310,8 +321,10 @@ def test_subscriptions_follow_reloads(fronts: Fronts) -> None:
 
         def config(count: int, timeout: int) -> str:
             lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers[:count])]
-            return (native_config(pool_yaml("ring", port, lines, timeout=timeout))
-                    + f"metrics:\n  listen: 127.0.0.1:{mport}\n")  # fmt: skip
+            return (
+                native_config(pool_yaml("ring", port, lines, timeout=timeout))
+                + f"metrics:\n  listen: 127.0.0.1:{mport}\n"
+            )
 
         proxy = ResProxy(config(3, 1000)).start()
         channels = [f"reload.{i * 31}.{i}" for i in range(40)]
@@ -323,14 +336,16 @@ def test_subscriptions_follow_reloads(fronts: Fronts) -> None:
             sub.send("PSUBSCRIBE", "reload.*")
             sub.read()
             reloads = 0
-            for step, (count, timeout) in enumerate([(3, 1100), (4, 1100), (4, 1200), (3, 1300),
-                                                     (4, 1400)]):  # fmt: skip
+            for step, (count, timeout) in enumerate([(3, 1100), (4, 1100), (4, 1200), (3, 1300), (4, 1400)]):
                 with open(proxy.config_path, "w") as f:
                     f.write(config(count, timeout))
                 proxy.send_signal(signal.SIGHUP)
                 reloads += 1
-                poll_until(lambda: Metrics(mport).value("resproxy_config_reloads_total") >= reloads,
-                           "reload applied", 20)  # fmt: skip
+                poll_until(
+                    lambda: Metrics(mport).value("resproxy_config_reloads_total") >= reloads,
+                    "reload applied",
+                    20,
+                )
                 with RawClient(port) as pub:
                     for ch in channels:
                         assert pub.call("PUBLISH", ch, f"s{step}") == 2, (step, ch)
@@ -366,8 +381,11 @@ def test_a_sharded_subscription_follows_its_slot_through_a_migration(
             assert sub.read() == [b"smessage", channel.encode(), b"before"]
             move_to(target)
             # the proxy learns the map (the node's sunsubscribe, a MOVED) and subscribes there
-            poll_until(lambda: target.call("PUBSUB", "SHARDNUMSUB", channel)[1] == 1,
-                       "subscribed again on the slot's new owner", 10)  # fmt: skip
+            poll_until(
+                lambda: target.call("PUBSUB", "SHARDNUMSUB", channel)[1] == 1,
+                "subscribed again on the slot's new owner",
+                10,
+            )
             assert pub.call("SPUBLISH", channel, "after") == 1
             assert sub.read() == [b"smessage", channel.encode(), b"after"]
     finally:
@@ -376,9 +394,7 @@ def test_a_sharded_subscription_follows_its_slot_through_a_migration(
 
 
 @pytest.mark.parametrize("resp3", [False, True])
-def test_pipelined_subscribe_then_unsubscribe_or_publish_as_one_redis(
-    fronts: Fronts, resp3: bool
-) -> None:
+def test_pipelined_subscribe_then_unsubscribe_or_publish_as_one_redis(fronts: Fronts, resp3: bool) -> None:
     """In one write: what follows a SUBSCRIBE waits for the servers' confirmations (a PUBLISH
     right after finds the subscription; an UNSUBSCRIBE right after is answered in order)."""
     sequences: list[list[tuple[Any, ...]]] = [

@@ -17,8 +17,8 @@ from tests.integration.harness import (
     encode,
     free_port,
     native_config,
-    pool_yaml,
     poll_until,
+    pool_yaml,
     proc_status,
     running_redis_servers,
 )
@@ -28,8 +28,11 @@ from tests.integration.harness import (
 def setup() -> Iterator[tuple[ResProxy, RedisServer]]:
     with running_redis_servers(1) as servers:
         port, mport = free_port(), free_port()
-        text = native_config(pool_yaml("p", port, [f"127.0.0.1:{servers[0].port}:1 s0"],
-                                       client_output_buffer_limit="1mb 512kb 1"))  # fmt: skip
+        text = native_config(
+            pool_yaml(
+                "p", port, [f"127.0.0.1:{servers[0].port}:1 s0"], client_output_buffer_limit="1mb 512kb 1"
+            )
+        )
         text += f"metrics:\n  listen: 127.0.0.1:{mport}\n"
         proxy = ResProxy(text).start()
         proxy.port, proxy.mport = port, mport
@@ -72,8 +75,7 @@ def test_a_subscriber_that_stops_reading_is_closed_and_others_are_served(
                 reader.setblocking(True)
                 if i % 100 == 99:
                     m = Metrics(proxy.mport)
-                    if m.value("resproxy_client_closed_total", pool="p",
-                               reason="output_buffer_limit") >= 1:  # fmt: skip
+                    if m.value("resproxy_client_closed_total", pool="p", reason="output_buffer_limit") >= 1:
                         closed = True
                         break
             assert closed, "the stalled subscriber was not closed at its output limit"
@@ -81,8 +83,11 @@ def test_a_subscriber_that_stops_reading_is_closed_and_others_are_served(
             assert pub.call("PUBLISH", "flood", "still") >= 1  # the reading subscriber
         growth = proc_status(proxy.pid, "VmRSS") - rss_before
         assert growth < 32 * 1024 * 1024, growth  # bounded by the limit, not by what was sent
-        poll_until(lambda: Metrics(proxy.mport).value("resproxy_pubsub_subscribers", pool="p") == 1,
-                   "only the reading subscriber left", 10)  # fmt: skip
+        poll_until(
+            lambda: Metrics(proxy.mport).value("resproxy_pubsub_subscribers", pool="p") == 1,
+            "only the reading subscriber left",
+            10,
+        )
     finally:
         stalled.close()
         reader.close()

@@ -104,8 +104,12 @@ def render(spec: Spec, ports: Ports) -> str:
     lines.append("    routes:")
     lines.extend(f'      - {{prefix: "{p}", pool: {pool}}}' for p, pool in spec.routes)
     if spec.spare_listen is not None:
-        lines += ["  spare:", f"    listen: 127.0.0.1:{spec.spare_listen}", "    routes:",
-                  '      - {prefix: "x:", pool: app}']  # fmt: skip
+        lines += [
+            "  spare:",
+            f"    listen: 127.0.0.1:{spec.spare_listen}",
+            "    routes:",
+            '      - {prefix: "x:", pool: app}',
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -116,8 +120,7 @@ def _owner(config: Config, pool: str, key: bytes) -> int:
     servers = sorted(pc.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
     if len(servers) == 1:
         return servers[0].address.port
-    continuum = build(pc.distribution, [RingServer(i, s.name, s.weight)
-                                        for i, s in enumerate(servers)])  # fmt: skip
+    continuum = build(pc.distribution, [RingServer(i, s.name, s.weight) for i, s in enumerate(servers)])
     hashed = hash_tag_key(key, pc.hash_tag)
     return servers[continuum.dispatch(hash_function(pc.hash)(hashed) if hashed else 0)].address.port
 
@@ -141,9 +144,12 @@ class Running:
 
     def __init__(self, nodes: list[RedisServer], spec: Spec) -> None:
         self.ports = Ports(
-            app=free_port(), edge=free_port(), metrics=free_port(),
-            backends=tuple(n.port for n in nodes[:4]), side=nodes[4].port,
-        )  # fmt: skip
+            app=free_port(),
+            edge=free_port(),
+            metrics=free_port(),
+            backends=tuple(n.port for n in nodes[:4]),
+            side=nodes[4].port,
+        )
         self.nodes = nodes
         self.text = render(spec, self.ports)
         self.config = parse(self.text)
@@ -158,8 +164,10 @@ class Running:
 
     def counts(self) -> tuple[int, int]:
         m = Metrics(self.ports.metrics)
-        return (int(m.value("resproxy_config_reloads_total")),
-                int(m.value("resproxy_config_reload_failures_total")))  # fmt: skip
+        return (
+            int(m.value("resproxy_config_reloads_total")),
+            int(m.value("resproxy_config_reload_failures_total")),
+        )
 
     def reload(self, text: str, accept: bool) -> None:
         """Write ``text`` as the config file, SIGHUP, and await the counter that must move."""
@@ -235,16 +243,14 @@ def verify(run: Running, step: int, what: str, clients: dict[str, dict[str, RawC
 def _check_health_and_info(run: Running, step: int, what: str) -> None:
     status, body = http_get(run.ports.metrics, "/healthz")
     assert status == 200, f"step {step} ({what}): /healthz {status} {body!r}"
-    assert json.loads(body) == {"status": "ok",
-                                "pools": {"app": "ok", "side": "ok", "edge": "ok"}}  # fmt: skip
+    assert json.loads(body) == {"status": "ok", "pools": {"app": "ok", "side": "ok", "edge": "ok"}}
     with RawClient(run.front_port("app")) as c:
         info = c.call("INFO").decode()
     fields = {k: v for k, _, v in (line.partition(":") for line in info.splitlines()) if v}
     assert fields["config_reloads"] == str(run.accepted), f"step {step} ({what})"
     assert fields["config_reload_failures"] == str(run.rejected), f"step {step} ({what})"
     app = next(p for p in run.config.pools if p.name == "app")
-    servers = {k.removeprefix("server_app_"): v for k, v in fields.items()
-               if k.startswith("server_app_")}  # fmt: skip
+    servers = {k.removeprefix("server_app_"): v for k, v in fields.items() if k.startswith("server_app_")}
     assert {n: v.split(",")[0] for n, v in servers.items()} == {
         s.name: f"address={s.address}" for s in app.servers
     }, f"step {step} ({what}): INFO's app servers"
@@ -292,8 +298,11 @@ def test_every_kind_of_reload_in_sequence_serves_new_and_held_connections(
 
     # the first two are the bug's recipe: two reloads that each replace the pool
     s = step("timeout changed", dataclasses.replace(ORIGINAL, timeout_ms=2500), moves_keys=False)
-    s = step("timeout changed again", dataclasses.replace(s, timeout_ms=3000, side_timeout_ms=2500),
-             moves_keys=False)  # fmt: skip
+    s = step(
+        "timeout changed again",
+        dataclasses.replace(s, timeout_ms=3000, side_timeout_ms=2500),
+        moves_keys=False,
+    )
     s = step("server added", _with_server(s, "epsilon", 3, 1))
     s = step("server removed", _without_server(s, "alpha"))
     s = step("server reweighted", _reweighted(s, "beta", 3))
@@ -308,8 +317,7 @@ def test_every_kind_of_reload_in_sequence_serves_new_and_held_connections(
     steps.append(Step("rejected: a route to a pool that does not exist", s, invalid))
     port_taken = render(dataclasses.replace(s, spare_listen=taken.getsockname()[1]), run.ports)
     steps.append(Step("rejected: a new listener on a port that is taken", s, port_taken))
-    s = step("distribution changed, after the rejections",
-             dataclasses.replace(s, distribution="modula"))  # fmt: skip
+    s = step("distribution changed, after the rejections", dataclasses.replace(s, distribution="modula"))
     s = step("identical file", s, moves_keys=False)
     step("back to the original", ORIGINAL)
     assert len(steps) >= 10
@@ -323,17 +331,18 @@ def test_every_kind_of_reload_in_sequence_serves_new_and_held_connections(
 
     try:
         held = {front: connect(front) for front in fronts}
-        verify(run, 0, "as started",
-               {f: {"since-start": held[f], "new": connect(f)} for f in fronts})  # fmt: skip
+        verify(run, 0, "as started", {f: {"since-start": held[f], "new": connect(f)} for f in fronts})
         previous: dict[str, RawClient] = {}
         for number, st in enumerate(steps, start=1):
             before = run.config
             run.reload(st.invalid_text or render(st.spec, run.ports), st.invalid_text is None)
             if st.invalid_text is None and st.moves_keys:
-                probe = [k for f in fronts for r in ("since-start", "new")
-                         for k in _keys(number, f, r)]  # fmt: skip
-                assert any(expected_port(before, f, k) != expected_port(run.config, f, k)
-                           for f in fronts for k in probe), st.what  # fmt: skip
+                probe = [k for f in fronts for r in ("since-start", "new") for k in _keys(number, f, r)]
+                assert any(
+                    expected_port(before, f, k) != expected_port(run.config, f, k)
+                    for f in fronts
+                    for k in probe
+                ), st.what
             new = {front: connect(front) for front in fronts}
             clients = {f: {"since-start": held[f], "new": new[f]} for f in fronts}
             for front, c in previous.items():
@@ -399,31 +408,34 @@ def test_ten_quick_reloads_under_pipelined_traffic_answer_every_request(
     stop = threading.Event()
     workers = [
         Pipeliner(run.front_port(front), f"{front}-{mode}", stop, fresh=mode == "fresh")
-        for front in ("app", "edge") for mode in ("held", "fresh")
-    ]  # fmt: skip
+        for front in ("app", "edge")
+        for mode in ("held", "fresh")
+    ]
     for w in workers:
         w.start()
     try:
         # (a worker that gave up on too many wrong replies stops the wait: its problems say why)
-        poll_until(lambda: all(w.batches >= 3 or not w.is_alive() for w in workers),
-                   "pipelines running", 30)  # fmt: skip
+        poll_until(lambda: all(w.batches >= 3 or not w.is_alive() for w in workers), "pipelines running", 30)
         spec = ORIGINAL
         for i in range(10):
             spec = dataclasses.replace(
-                spec, timeout_ms=2000 + 100 * (i + 1), side_timeout_ms=2000 + 50 * (i % 3),
+                spec,
+                timeout_ms=2000 + 100 * (i + 1),
+                side_timeout_ms=2000 + 50 * (i % 3),
                 server_connections=1 + i % 2,
-            )  # fmt: skip
+            )
             run.reload(render(spec, run.ports), accept=True)
         marks = [w.batches for w in workers]
-        poll_until(lambda: all(w.batches >= m + 3 or not w.is_alive()
-                               for w, m in zip(workers, marks)),
-                   "pipelines running after the reloads", 30)  # fmt: skip
+        poll_until(
+            lambda: all(w.batches >= m + 3 or not w.is_alive() for w, m in zip(workers, marks)),
+            "pipelines running after the reloads",
+            30,
+        )
     finally:
         stop.set()
         for w in workers:
             w.join(timeout=30)
-    problems = {w.tag: (f"{len(w.problems)} bad batches", w.problems[:2]) for w in workers
-                if w.problems}  # fmt: skip
+    problems = {w.tag: (f"{len(w.problems)} bad batches", w.problems[:2]) for w in workers if w.problems}
     assert not problems, problems
     assert run.counts() == (10, 0)
     for front in ("app", "edge"):

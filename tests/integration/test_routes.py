@@ -62,9 +62,11 @@ def stack() -> Iterator[Stack]:
         config = (
             "pools:\n"
             + sentinel_pool_yaml("sessions", st.group, timeout=3000)
-            + "  products:\n    distribution: cluster\n    timeout: 2000\n    servers:\n" + seeds
+            + "  products:\n    distribution: cluster\n    timeout: 2000\n    servers:\n"
+            + seeds
             + "  carts:\n    hash: fnv1a_64\n    distribution: ketama\n    timeout: 1000\n"
-            + "    servers:\n" + ring
+            + "    servers:\n"
+            + ring
             + f"  carts_mirror:\n    timeout: 300\n    servers:\n      - 127.0.0.1:{st.mirror.port}:1\n"
             + "listeners:\n"
             + f"  app:\n    listen: 127.0.0.1:{st.port}\n    default_pool: carts\n    routes:\n"
@@ -75,7 +77,7 @@ def stack() -> Iterator[Stack]:
             + f"  strict:\n    listen: 127.0.0.1:{st.strict_port}\n    routes:\n"
             + '      - {prefix: "session:", pool: sessions}\n'
             + f"metrics:\n  listen: 127.0.0.1:{st.metrics_port}\n"
-        )  # fmt: skip
+        )
         st.proxy = ResProxy(config).start(pools=2)
         yield st
     finally:
@@ -108,8 +110,11 @@ def test_checkout_flow_through_one_client(stack: Stack) -> None:
     assert client.hgetall("cart:u1") == {b"product:42": b"3"}
     # one MGET over three deployments, merged in key order
     assert client.mget(["product:43", "session:u1", "nope", "product:42"]) == [
-        json.dumps({"sku": 43}).encode(), session.encode(), None, product.encode()
-    ]  # fmt: skip
+        json.dumps({"sku": 43}).encode(),
+        session.encode(),
+        None,
+        product.encode(),
+    ]
     assert client.exists("session:u1", "product:42", "cart:u1", "product:43", "nope") == 4
     assert json.loads(client.get("product:42") or b"")["name"] == "teapot"
     # every key only on its own deployment
@@ -168,7 +173,8 @@ def test_mirroring_copies_writes_and_never_hurts_the_primary(stack: Stack) -> No
 
     def lost(m: Metrics) -> float:
         return m.total("resproxy_mirror_errors_total", pool="app") + m.total(
-            "resproxy_mirror_dropped_total", pool="app")
+            "resproxy_mirror_dropped_total", pool="app"
+        )
 
     assert lost(final) > lost(after)
 
@@ -182,11 +188,13 @@ def test_reload_changes_routes_without_dropping_clients(stack: Stack) -> None:
         with open(proxy.config_path) as f:
             text = f.read()
         with open(proxy.config_path, "w") as f:
-            f.write(text.replace(
-                '      - {prefix: "product:", pool: products}\n',
-                '      - {prefix: "product:", pool: products}\n'
-                '      - {prefix: "wish:", pool: products}\n',
-            ))  # fmt: skip
+            f.write(
+                text.replace(
+                    '      - {prefix: "product:", pool: products}\n',
+                    '      - {prefix: "product:", pool: products}\n'
+                    '      - {prefix: "wish:", pool: products}\n',
+                )
+            )
         import signal
 
         proxy.send_signal(signal.SIGHUP)

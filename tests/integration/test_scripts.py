@@ -85,7 +85,7 @@ def stack() -> Iterator[Stack]:
                 f"  edge:\n    listen: 127.0.0.1:{st.ports['edge']}\n    default_pool: ring\n"
                 "    routes:\n"
                 '      - {prefix: "c:", pool: cluster}\n'
-            )  # fmt: skip
+            )
             st.proxy = ResProxy(config)
             st.proxy.start(pools=3)
             yield st

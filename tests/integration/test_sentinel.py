@@ -43,8 +43,7 @@ def group() -> Iterator[SentinelGroup]:
 @pytest.fixture(scope="module")
 def proxy(group: SentinelGroup) -> Iterator[ResProxy]:
     port, mport = free_port(), free_port()
-    config = native_config(sentinel_pool_yaml("sessions", group, port, timeout=TIMEOUT_MS,
-                                              preconnect="true"))  # fmt: skip
+    config = native_config(sentinel_pool_yaml("sessions", group, port, timeout=TIMEOUT_MS, preconnect="true"))
     p = ResProxy(config + f"metrics:\n  listen: 127.0.0.1:{mport}\n").start()
     p.port, p.mport = port, mport
     try:
@@ -102,8 +101,9 @@ def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGr
 
 def test_replica_reads_from_the_sentinels_replica(group: SentinelGroup) -> None:
     port = free_port()
-    config = native_config(sentinel_pool_yaml("sessions", group, port, read_from="replica",
-                                              timeout=TIMEOUT_MS))  # fmt: skip
+    config = native_config(
+        sentinel_pool_yaml("sessions", group, port, read_from="replica", timeout=TIMEOUT_MS)
+    )
     p = ResProxy(config).start()
     try:
         master = group.by_port(group.current_master_port())
@@ -161,7 +161,7 @@ def test_blocked_pop_on_the_old_master_gets_an_error_at_failover(
         try:
             reply = client.read()
         except TimeoutError:
-            raise AssertionError(f"blocked BLPOP not answered at failover:\n{proxy.log()}")
+            raise AssertionError(f"blocked BLPOP not answered at failover:\n{proxy.log()}") from None
         assert isinstance(reply, hiredis.ReplyError), reply
         # the proxy closes it when it learns of the switch ("server left the pool"); had the
         # sentinels demoted the old master first, Redis's own UNBLOCKED would come instead

@@ -175,17 +175,14 @@ def test_passwords_are_required_by_the_sentinels_and_the_data_nodes(
         assert isinstance(refused, hiredis.ReplyError) and str(refused).startswith("NOAUTH")
 
 
-def test_sentinel_auth_finds_the_master_and_serves_it(
-    proxy: ResProxy, group: PasswordSentinelGroup
-) -> None:
+def test_sentinel_auth_finds_the_master_and_serves_it(proxy: ResProxy, group: PasswordSentinelGroup) -> None:
     port: int = proxy.port
     master = group.current_master()
     assert master.call("ROLE", password=REDIS_PW)[0] == b"master"
     # RESP2 clients are served on connections the proxy opens with AUTH <redis_auth>, RESP3
     # clients (HELLO 3) on connections opened with HELLO 3 AUTH default <redis_auth>
     for protocol in (2, 3):
-        client = redis.Redis(port=port, password=REDIS_PW, protocol=protocol,
-                             socket_timeout=CLIENT_TIMEOUT_S)  # fmt: skip
+        client = redis.Redis(port=port, password=REDIS_PW, protocol=protocol, socket_timeout=CLIENT_TIMEOUT_S)
         try:
             keys = {f"auth:{protocol}:{i}": f"v{i}" for i in range(20)}
             for key, value in keys.items():
@@ -207,9 +204,11 @@ def test_sentinel_auth_finds_the_master_and_serves_it(
     assert Metrics(proxy.mport).value("resproxy_sentinel_master_known", pool=POOL) == 1
     # the proxy's watch connection on every sentinel got past AUTH: subscribed to both channels
     for sentinel in group.password_sentinels():
-        poll_until(lambda: any(c.get("sub") == "2" and c.get("cmd") == "subscribe"
-                               for c in sentinel.clients()),
-                   f"proxy subscribed on sentinel {sentinel.port}", 10)  # fmt: skip
+        poll_until(
+            lambda: any(c.get("sub") == "2" and c.get("cmd") == "subscribe" for c in sentinel.clients()),
+            f"proxy subscribed on sentinel {sentinel.port}",
+            10,
+        )
 
 
 def _assert_not_served(p: ResProxy, group: PasswordSentinelGroup, password: str | None) -> None:
@@ -218,8 +217,9 @@ def _assert_not_served(p: ResProxy, group: PasswordSentinelGroup, password: str 
     port: int = p.port
     mport: int = p.mport
     assert "servers not known yet; listening anyway" in p.log()
-    assert re.search(r"no sentinel named a live master .*last refusal: .*: (NOAUTH|WRONGPASS)",
-                     p.log()), p.log()
+    assert re.search(r"no sentinel named a live master .*last refusal: .*: (NOAUTH|WRONGPASS)", p.log()), (
+        p.log()
+    )
     expected = f"ERR no master known for '{NAME}' (sentinel pool {POOL})"
     key = f"refused:{port}"
     with RawClient(port) as raw:
@@ -235,10 +235,12 @@ def _assert_not_served(p: ResProxy, group: PasswordSentinelGroup, password: str 
             # a few more rounds of asking the sentinels (every 0.25 s while no master is known)
             first = Metrics(mport).value("resproxy_sentinel_discovery_failures_total", pool=POOL)
             poll_until(
-                lambda: Metrics(mport).value("resproxy_sentinel_discovery_failures_total", pool=POOL)
-                >= first + 3,
-                "more failed discoveries", 10,
-            )  # fmt: skip
+                lambda: (
+                    Metrics(mport).value("resproxy_sentinel_discovery_failures_total", pool=POOL) >= first + 3
+                ),
+                "more failed discoveries",
+                10,
+            )
         assert raw.call("PING") == b"PONG"  # the connection stays usable
     status, body = http_get(mport, "/healthz")
     assert status == 503, body
@@ -265,8 +267,11 @@ def test_without_the_sentinels_password_the_pool_answers_no_master_known(
         # its watch connections were refused by every sentinel (logged, retried), and none of
         # them is subscribed
         for s, last_id in zip(sentinels, last_ids):
-            poll_until(lambda: f"sentinel 127.0.0.1:{s.port} refused to be watched" in p.log(),
-                       f"refused watch on sentinel {s.port}", 10)  # fmt: skip
+            poll_until(
+                lambda: f"sentinel 127.0.0.1:{s.port} refused to be watched" in p.log(),
+                f"refused watch on sentinel {s.port}",
+                10,
+            )
             assert subscribers_since(s, last_id)[0] == 0
     finally:
         p.cleanup()
@@ -304,8 +309,7 @@ def test_failover_through_authenticated_sentinels_is_followed(
         # finds the old master still named and still "master" to ROLE, and must not end the
         # hold, or writes acknowledged after the promotion are lost on the old master.
         roles = role_calls(old)
-        poll_until(lambda: role_calls(old) > roles, "the pool's periodic ROLE check",
-                   REFRESH_S + 5, 0.02)  # fmt: skip
+        poll_until(lambda: role_calls(old) > roles, "the pool's periodic ROLE check", REFRESH_S + 5, 0.02)
         time.sleep(REFRESH_S - 0.25)  # aiming a fault at a moment, not waiting for an event
         started = time.monotonic()
         assert group.sentinels[0].call("SENTINEL", "FAILOVER", NAME) == b"OK"

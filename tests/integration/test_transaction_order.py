@@ -86,8 +86,16 @@ def test_two_inline_transactions_in_one_read_run_once_each(
 
 
 def test_a_transaction_split_over_two_reads(proxy: ResProxy, servers: list[RedisServer]) -> None:
-    cmds = (encode("SET", "{b}", "0") + encode("MULTI") + encode("INCR", "{b}") + encode("EXEC")
-            + encode("MULTI") + encode("INCR", "{b}") + encode("EXEC") + encode("GET", "{b}"))  # fmt: skip
+    cmds = (
+        encode("SET", "{b}", "0")
+        + encode("MULTI")
+        + encode("INCR", "{b}")
+        + encode("EXEC")
+        + encode("MULTI")
+        + encode("INCR", "{b}")
+        + encode("EXEC")
+        + encode("GET", "{b}")
+    )
     with socket.create_connection(("127.0.0.1", proxy.port)) as s:
         s.sendall(cmds[:5])
         s.sendall(cmds[5:])
@@ -105,15 +113,13 @@ def test_a_big_value_inside_multi_is_queued_not_run(proxy: ResProxy, servers: li
 
 
 @pytest.mark.parametrize("tail", [("UNWATCH",), ("MULTI",), ("RESET",)])
-def test_commands_after_giving_the_watch_back_see_the_watched_writes(
-    proxy: ResProxy, tail: Cmd
-) -> None:
+def test_commands_after_giving_the_watch_back_see_the_watched_writes(proxy: ResProxy, tail: Cmd) -> None:
     """WATCH k; INCR k (on the WATCH connection); UNWATCH/DISCARD/RESET; GET k (shared
     connection): the GET must see the INCR, every time."""
     ends = [tail] if tail != ("MULTI",) else [("MULTI",), ("DISCARD",)]
 
     def client(n: int, bad: list[tuple[int, list[Any]]]) -> None:
-        key = "{w%d}" % n
+        key = f"{{w{n}}}"
         with socket.create_connection(("127.0.0.1", proxy.port)) as s:
             for i in range(150):
                 cmds: list[Cmd] = [("WATCH", key), ("INCR", key), *ends, ("GET", key)]
@@ -134,7 +140,7 @@ def test_commands_after_giving_the_watch_back_see_the_watched_writes(
 
 def test_earlier_pipelined_writes_run_before_the_transaction(proxy: ResProxy) -> None:
     def client(n: int, bad: list[int]) -> None:
-        key = "{p%d}" % n
+        key = f"{{p{n}}}"
         with socket.create_connection(("127.0.0.1", proxy.port)) as s:
             for i in range(200):
                 s.sendall(encode("INCR", key) + encode("MULTI") + encode("GET", key) + encode("EXEC"))
@@ -163,8 +169,15 @@ def test_wrong_arity_of_transaction_commands_inside_multi_as_redis(
 def test_hello_3_between_watch_and_exec_gets_resp3_replies(
     proxy: ResProxy, servers: list[RedisServer]
 ) -> None:
-    cmds: list[Cmd] = [("HSET", "{h}", "f", "v"), ("WATCH", "{h}"), ("HELLO", "3"), ("MULTI",),
-                       ("HGETALL", "{h}"), ("GET", "{h}nope"), ("EXEC",)]  # fmt: skip
+    cmds: list[Cmd] = [
+        ("HSET", "{h}", "f", "v"),
+        ("WATCH", "{h}"),
+        ("HELLO", "3"),
+        ("MULTI",),
+        ("HGETALL", "{h}"),
+        ("GET", "{h}nope"),
+        ("EXEC",),
+    ]
     raw = {}
     for name, port in (("proxy", proxy.port), ("redis", servers[2].port)):
         with socket.create_connection(("127.0.0.1", port)) as s:

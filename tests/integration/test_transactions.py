@@ -18,7 +18,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -177,32 +177,32 @@ class Stack:
         return self.g.by_port(self.g.current_master_port())
 
     def render(self, ring_timeout_ms: int = 1000) -> str:
-        ring = "".join(f"      - 127.0.0.1:{s.port}:1 {name}\n"
-                       for s, name in zip(self.ring, RING_NAMES))  # fmt: skip
+        ring = "".join(f"      - 127.0.0.1:{s.port}:1 {name}\n" for s, name in zip(self.ring, RING_NAMES))
         seeds = "".join(f"      - {n}\n" for n in self.c.seeds())
         return (
             "pools:\n"
             f"  ring:\n    listen: 127.0.0.1:{self.ring_port}\n    hash: murmur\n"
             f'    distribution: ketama\n    hash_tag: "{{}}"\n    timeout: {ring_timeout_ms}\n'
-            "    servers:\n" + ring
+            "    servers:\n"
+            + ring
             + f"  solo:\n    timeout: 2000\n    servers:\n      - 127.0.0.1:{self.one.port}:1 solo\n"
             + f"  cluster:\n    listen: 127.0.0.1:{self.cluster_port}\n    distribution: cluster\n"
-            + "    timeout: 2000\n    cluster_refresh_interval: 60000\n    servers:\n" + seeds
+            + "    timeout: 2000\n    cluster_refresh_interval: 60000\n    servers:\n"
+            + seeds
             + sentinel_pool_yaml("sessions", self.g, self.sentinel_port, timeout=3000)
             + f"listeners:\n  edge:\n    listen: 127.0.0.1:{self.edge_port}\n"
             + "    default_pool: solo\n    routes:\n"
             + '      - {prefix: "cart:", pool: ring}\n'
             + '      - {prefix: "sess:", pool: solo}\n'
             + f"metrics:\n  listen: 127.0.0.1:{self.metrics_port}\n"
-        )  # fmt: skip
+        )
 
     def ring_owner(self, key: str) -> RedisServer:
         """The ring server the ring pool puts ``key`` on (twemproxy's rule, from the config)."""
         assert self.config is not None
         pc = next(p for p in self.config.pools if p.name == "ring")
         servers = sorted(pc.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
-        continuum = build(pc.distribution, [RingServer(i, s.name, s.weight)
-                                            for i, s in enumerate(servers)])  # fmt: skip
+        continuum = build(pc.distribution, [RingServer(i, s.name, s.weight) for i, s in enumerate(servers)])
         hashed = hash_tag_key(key.encode(), pc.hash_tag)
         port = servers[continuum.dispatch(hash_function(pc.hash)(hashed) if hashed else 0)]
         return next(s for s in self.ring if s.port == port.address.port)
@@ -379,8 +379,10 @@ def test_keyless_commands_are_queued_and_a_keyless_transaction_runs(st: Stack, k
         assert isinstance(reply, list) and reply[:2] == [b"PONG", b"hi"], reply
         assert abs(int(reply[2][0]) - time.time()) < 60, reply  # TIME: [seconds, microseconds]
         # keyless commands around keyed ones: the key picks the server
-        assert c.pipeline([("MULTI",), ("PING",), ("SET", key, "1"), ("TIME",), ("GET", key),
-                           ("EXEC",)])[:5] == [b"OK"] + [b"QUEUED"] * 4  # fmt: skip
+        assert (
+            c.pipeline([("MULTI",), ("PING",), ("SET", key, "1"), ("TIME",), ("GET", key), ("EXEC",)])[:5]
+            == [b"OK"] + [b"QUEUED"] * 4
+        )
         assert c.last_raw.startswith(b"*4\r\n+PONG\r\n+OK\r\n*2\r\n"), c.last_raw
         assert c.last_raw.endswith(b"$1\r\n1\r\n"), c.last_raw
     assert pl.owner.call("GET", key) == b"1"
@@ -390,30 +392,67 @@ def test_keyless_commands_are_queued_and_a_keyless_transaction_runs(st: Stack, k
 
 # K and N are keys of one tag; each sequence runs through the proxy and straight on a server
 SEQUENCES: dict[str, list[Cmd]] = {
-    "discard": [("MULTI",), ("SET", "K", "1"), ("INCR", "N"), ("DISCARD",), ("MGET", "K", "N"),
-                ("EXEC",), ("DISCARD",)],
-    "nested_multi": [("MULTI",), ("SET", "K", "1"), ("MULTI",), ("INCR", "N"), ("EXEC",),
-                     ("MGET", "K", "N")],
-    "exec_discard_without_multi": [("EXEC",), ("DISCARD",), ("SET", "K", "x"), ("EXEC",),
-                                   ("GET", "K")],
-    "watch_inside_multi": [("MULTI",), ("SET", "K", "1"), ("WATCH", "N"), ("INCR", "N"),
-                           ("EXEC",), ("MGET", "K", "N")],
-    "unknown_command": [("MULTI",), ("SET", "K", "1"), ("FOOBAR", "x", "y"), ("INCR", "N"),
-                        ("EXEC",), ("MGET", "K", "N")],
-    "wrong_arity": [("MULTI",), ("SET", "K", "1"), ("INCR",), ("INCR", "N"), ("EXEC",),
-                    ("MGET", "K", "N")],
+    "discard": [
+        ("MULTI",),
+        ("SET", "K", "1"),
+        ("INCR", "N"),
+        ("DISCARD",),
+        ("MGET", "K", "N"),
+        ("EXEC",),
+        ("DISCARD",),
+    ],
+    "nested_multi": [("MULTI",), ("SET", "K", "1"), ("MULTI",), ("INCR", "N"), ("EXEC",), ("MGET", "K", "N")],
+    "exec_discard_without_multi": [("EXEC",), ("DISCARD",), ("SET", "K", "x"), ("EXEC",), ("GET", "K")],
+    "watch_inside_multi": [
+        ("MULTI",),
+        ("SET", "K", "1"),
+        ("WATCH", "N"),
+        ("INCR", "N"),
+        ("EXEC",),
+        ("MGET", "K", "N"),
+    ],
+    "unknown_command": [
+        ("MULTI",),
+        ("SET", "K", "1"),
+        ("FOOBAR", "x", "y"),
+        ("INCR", "N"),
+        ("EXEC",),
+        ("MGET", "K", "N"),
+    ],
+    "wrong_arity": [("MULTI",), ("SET", "K", "1"), ("INCR",), ("INCR", "N"), ("EXEC",), ("MGET", "K", "N")],
     "wrong_arity_set": [("MULTI",), ("SET", "K"), ("EXEC",), ("GET", "K")],
-    "wrong_type_runs_the_rest": [("SET", "K", "text"), ("MULTI",), ("INCR", "K"), ("INCR", "N"),
-                                 ("EXEC",), ("MGET", "K", "N")],
-    "watch_read_unwatch": [("WATCH", "K", "N"), ("GET", "K"), ("MULTI",), ("INCR", "K"),
-                           ("EXEC",), ("WATCH", "K"), ("UNWATCH",), ("MULTI",), ("INCR", "K"),
-                           ("EXEC",), ("GET", "K")],
-    "own_write_breaks_watch": [("WATCH", "K"), ("SET", "K", "5"), ("MULTI",), ("INCR", "K"),
-                               ("EXEC",), ("GET", "K")],
-    "watch_discard": [("WATCH", "K"), ("MULTI",), ("INCR", "K"), ("DISCARD",), ("EXEC",),
-                      ("GET", "K")],
+    "wrong_type_runs_the_rest": [
+        ("SET", "K", "text"),
+        ("MULTI",),
+        ("INCR", "K"),
+        ("INCR", "N"),
+        ("EXEC",),
+        ("MGET", "K", "N"),
+    ],
+    "watch_read_unwatch": [
+        ("WATCH", "K", "N"),
+        ("GET", "K"),
+        ("MULTI",),
+        ("INCR", "K"),
+        ("EXEC",),
+        ("WATCH", "K"),
+        ("UNWATCH",),
+        ("MULTI",),
+        ("INCR", "K"),
+        ("EXEC",),
+        ("GET", "K"),
+    ],
+    "own_write_breaks_watch": [
+        ("WATCH", "K"),
+        ("SET", "K", "5"),
+        ("MULTI",),
+        ("INCR", "K"),
+        ("EXEC",),
+        ("GET", "K"),
+    ],
+    "watch_discard": [("WATCH", "K"), ("MULTI",), ("INCR", "K"), ("DISCARD",), ("EXEC",), ("GET", "K")],
     "empty_transaction": [("MULTI",), ("EXEC",), ("MULTI",), ("DISCARD",)],
-}  # fmt: skip
+}
 MUST_SAY = {  # texts the spec names, so a sequence cannot pass by being wrong on both sides
     "nested_multi": "ERR MULTI calls can not be nested",
     "exec_discard_without_multi": "ERR DISCARD without MULTI",
@@ -430,8 +469,7 @@ def test_replies_and_effects_match_redis(st: Stack, kind: str, name: str) -> Non
     pl = place(st, kind, "seq")
     k, n = pl.key("seq", "k"), pl.key("seq", "n")
     subst = {"K": k, "N": n}
-    commands = [tuple(subst.get(a, a) if isinstance(a, str) else a for a in cmd)
-                for cmd in SEQUENCES[name]]  # fmt: skip
+    commands = [tuple(subst.get(a, a) if isinstance(a, str) else a for a in cmd) for cmd in SEQUENCES[name]]
     want = run(st.ref.port, commands)
     assert repr(want).find(MUST_SAY.get(name, "")) >= 0, want  # the reference says it
     got = run(pl.port, commands)
@@ -488,16 +526,22 @@ def test_cross_server_key_on_a_ring_refuses_the_whole_transaction(st: Stack) -> 
     ka, kn, kb = f"{{{a}}}:k", f"{{{a}}}:n", f"{{{b}}}:k"
     with Client(st.ring_port) as c:
         _assert_refused_whole(
-            c, [("SET", ka, "1"), ("INCR", kn), ("PING",)], ("SET", kb, "2"),
+            c,
+            [("SET", ka, "1"), ("INCR", kn), ("PING",)],
+            ("SET", kb, "2"),
             ([st.ring_name(sa), f"127.0.0.1:{sa.port}"], [st.ring_name(sb), f"127.0.0.1:{sb.port}"]),
-            st.ring, [ka, kn, kb],
-        )  # fmt: skip
+            st.ring,
+            [ka, kn, kb],
+        )
         # a multi-key command spanning servers inside MULTI: the same
         _assert_refused_whole(
-            c, [("INCR", kn)], ("MSET", ka, "1", kb, "2"),
+            c,
+            [("INCR", kn)],
+            ("MSET", ka, "1", kb, "2"),
             ([st.ring_name(sa), f"127.0.0.1:{sa.port}"], [st.ring_name(sb), f"127.0.0.1:{sb.port}"]),
-            st.ring, [ka, kn, kb],
-        )  # fmt: skip
+            st.ring,
+            [ka, kn, kb],
+        )
         # the connection is fine: a transaction on one server runs
         assert c.pipeline([("MULTI",), ("SET", kb, "2"), ("EXEC",)]) == [b"OK", b"QUEUED", [b"OK"]]
     assert sb.call("GET", kb) == b"2"
@@ -521,8 +565,14 @@ def test_cross_slot_key_on_a_cluster_refuses_the_whole_transaction(st: Stack, no
     where_a = [str(slot_a)] + ([] if nodes == "one_node" else [f"127.0.0.1:{owner_a.port}"])
     where_b = [str(slot_b)] + ([] if nodes == "one_node" else [f"127.0.0.1:{owner_b.port}"])
     with Client(st.cluster_port) as c:
-        _assert_refused_whole(c, [("SET", ka, "1"), ("INCR", kn)], ("SET", kb, "2"),
-                              (where_a, where_b), st.c.masters(), [ka, kn, kb])  # fmt: skip
+        _assert_refused_whole(
+            c,
+            [("SET", ka, "1"), ("INCR", kn)],
+            ("SET", kb, "2"),
+            (where_a, where_b),
+            st.c.masters(),
+            [ka, kn, kb],
+        )
         assert c.pipeline([("MULTI",), ("SET", kb, "2"), ("EXEC",)]) == [b"OK", b"QUEUED", [b"OK"]]
     assert owner_b.call("GET", kb) == b"2"
 
@@ -532,21 +582,32 @@ def test_cross_route_key_through_a_listener_refuses_the_whole_transaction(st: St
     with Client(st.edge_port) as c:
         # sess: (pool solo) then cart: (pool ring)
         _assert_refused_whole(
-            c, [("SET", "sess:{u1}:k", "1"), ("INCR", "sess:{u1}:n")], ("SET", "cart:{u1}:k", "2"),
-            (["solo", "sess:"], ["ring", "cart:"]), nodes,
-            ["sess:{u1}:k", "sess:{u1}:n", "cart:{u1}:k"], hint=("hash tag", "route"),
-        )  # fmt: skip
+            c,
+            [("SET", "sess:{u1}:k", "1"), ("INCR", "sess:{u1}:n")],
+            ("SET", "cart:{u1}:k", "2"),
+            (["solo", "sess:"], ["ring", "cart:"]),
+            nodes,
+            ["sess:{u1}:k", "sess:{u1}:n", "cart:{u1}:k"],
+            hint=("hash tag", "route"),
+        )
         # inside one route the pool's own rule holds: cart: keys on two ring servers
         a, b = ring_tags_on_distinct_servers(st, "r")
         sa, sb = st.ring_owner(f"{{{a}}}"), st.ring_owner(f"{{{b}}}")
         ka, kb = f"cart:{{{a}}}:k", f"cart:{{{b}}}:k"
         _assert_refused_whole(
-            c, [("SET", ka, "1")], ("SET", kb, "2"),
+            c,
+            [("SET", ka, "1")],
+            ("SET", kb, "2"),
             ([st.ring_name(sa), f"127.0.0.1:{sa.port}"], [st.ring_name(sb), f"127.0.0.1:{sb.port}"]),
-            nodes, [ka, kb],
-        )  # fmt: skip
-        assert c.pipeline([("MULTI",), ("SET", "sess:{u1}:k", "1"), ("INCR", "sess:{u1}:n"),
-                           ("EXEC",)]) == [b"OK", b"QUEUED", b"QUEUED", [b"OK", 1]]  # fmt: skip
+            nodes,
+            [ka, kb],
+        )
+        assert c.pipeline([("MULTI",), ("SET", "sess:{u1}:k", "1"), ("INCR", "sess:{u1}:n"), ("EXEC",)]) == [
+            b"OK",
+            b"QUEUED",
+            b"QUEUED",
+            [b"OK", 1],
+        ]
     assert st.one.call("MGET", "sess:{u1}:k", "sess:{u1}:n") == [b"1", b"1"]
 
 
@@ -640,14 +701,19 @@ def test_client_gone_mid_multi_leaves_nothing_queued(st: Stack) -> None:
     assert holders(st.ring, key, pl.key("dc", "n")) == []
     assert cmdstats(st.ring) == before
     with Client(pl.port) as nxt:  # the next client on that server runs a normal transaction
-        assert nxt.pipeline([("MULTI",), ("SET", key, "2"), ("INCR", pl.key("dc", "n")),
-                             ("EXEC",)]) == [b"OK", b"QUEUED", b"QUEUED", [b"OK", 1]]  # fmt: skip
+        assert nxt.pipeline([("MULTI",), ("SET", key, "2"), ("INCR", pl.key("dc", "n")), ("EXEC",)]) == [
+            b"OK",
+            b"QUEUED",
+            b"QUEUED",
+            [b"OK", 1],
+        ]
     assert pl.owner.call("MGET", key, pl.key("dc", "n")) == [b"2", b"1"]
 
 
 def test_client_gone_while_watching_leaves_nothing(st: Stack) -> None:
     pl = place(st, "ring", "dw")
     key = pl.key("dw", "k")
+
     def watching_now() -> set[str]:
         return {r["id"] for r in _client_list(pl.owner) if r.get("cmd") == "watch"}
 
@@ -694,10 +760,24 @@ def test_pipelined_transaction_between_plain_commands(st: Stack, kind: str) -> N
     pl = place(st, kind, "pp")
     k, n, o = pl.key("pp", "k"), pl.key("pp", "n"), pl.key("pp", "other")
     commands: list[Cmd] = [
-        ("GET", k), ("SET", o, "plain"), ("MULTI",), ("SET", k, "1"), ("INCR", n), ("GET", o),
-        ("EXEC",), ("GET", k), ("MULTI",), ("INCR", n), ("DISCARD",), ("GET", n), ("EXEC",),
-        ("MULTI",), ("PING",), ("EXEC",), ("MGET", k, n, o),
-    ]  # fmt: skip
+        ("GET", k),
+        ("SET", o, "plain"),
+        ("MULTI",),
+        ("SET", k, "1"),
+        ("INCR", n),
+        ("GET", o),
+        ("EXEC",),
+        ("GET", k),
+        ("MULTI",),
+        ("INCR", n),
+        ("DISCARD",),
+        ("GET", n),
+        ("EXEC",),
+        ("MULTI",),
+        ("PING",),
+        ("EXEC",),
+        ("MGET", k, n, o),
+    ]
     with Client(st.ref.port) as ref:
         want = ref.raw_pipeline(commands)
     with Client(pl.port) as c:
@@ -746,7 +826,8 @@ def _reload(st: Stack, ring_timeout_ms: int) -> None:
     """Rewrite the config (the ring pool's timeout changes) and SIGHUP; await the counter."""
     metrics = Metrics(st.metrics_port)
     before = metrics.value("resproxy_config_reloads_total") + metrics.value(
-        "resproxy_config_reload_failures_total")
+        "resproxy_config_reload_failures_total"
+    )
     text = st.render(ring_timeout_ms)
     tmp = st.p.config_path + ".new"
     with open(tmp, "w") as f:
@@ -756,16 +837,18 @@ def _reload(st: Stack, ring_timeout_ms: int) -> None:
 
     def handled() -> bool:
         m = Metrics(st.metrics_port)
-        return (m.value("resproxy_config_reloads_total")
-                + m.value("resproxy_config_reload_failures_total")) > before  # fmt: skip
+        return (
+            m.value("resproxy_config_reloads_total") + m.value("resproxy_config_reload_failures_total")
+        ) > before
 
     poll_until(handled, "reload handled", RELOAD_TIMEOUT_S)
     last = Metrics(st.metrics_port).value("resproxy_config_last_reload_successful")
     assert last == 1, st.p.log()[-3000:]
 
 
-def _applied_or_clean(reply: Any, want: list[Any], holder: RedisServer, keys: list[str],
-                      values: list[bytes | None]) -> None:  # fmt: skip
+def _applied_or_clean(
+    reply: Any, want: list[Any], holder: RedisServer, keys: list[str], values: list[bytes | None]
+) -> None:
     """EXEC either ran whole (``want``, the keys hold ``values``) or failed with nothing run."""
     if isinstance(reply, hiredis.ReplyError) or reply is None:
         assert holders([holder], *keys) == [], reply
@@ -797,11 +880,17 @@ def test_reload_between_multi_and_exec(st: Stack) -> None:
             # the held connections carry on
             assert c.call("SET", pl.key("rl", "plain"), step) == b"OK"
             assert w.pipeline([("MULTI",), ("INCR", pl.key("rl", "after")), ("EXEC",)]) == [
-                b"OK", b"QUEUED", [step + 1]]  # fmt: skip
+                b"OK",
+                b"QUEUED",
+                [step + 1],
+            ]
     with Client(pl.port) as fresh:
         assert fresh.call("GET", pl.key("rl", "plain")) == b"1"
         assert fresh.pipeline([("MULTI",), ("INCR", pl.key("rl", "after")), ("EXEC",)]) == [
-            b"OK", b"QUEUED", [3]]  # fmt: skip
+            b"OK",
+            b"QUEUED",
+            [3],
+        ]
     print("\n".join(outcomes))
 
 
@@ -854,8 +943,9 @@ def test_cluster_slot_moved_between_queuing_and_exec(st: Stack) -> None:
         # the slot moves, keys and all; the proxy is not told (no refresh for 60 s)
         target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", st.c.node_id(source))
         source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", st.c.node_id(target))
-        assert source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                           "KEYS", "{mv}a") == b"OK"  # fmt: skip
+        assert (
+            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{mv}a") == b"OK"
+        )
         _setslot_everywhere(st.c, slot, target)
         assert _is_retry_abort(c.call("EXEC"))
         assert c.call("PING") == b"PONG"
@@ -878,17 +968,22 @@ def test_cluster_slot_migrating_ask_between_queuing_and_exec(st: Stack) -> None:
         # the slot starts migrating and {ask}old leaves: the source answers ASK for both keys
         target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", st.c.node_id(source))
         source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", st.c.node_id(target))
-        assert source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                           "KEYS", "{ask}old") == b"OK"  # fmt: skip
+        assert (
+            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{ask}old")
+            == b"OK"
+        )
         assert _is_retry_abort(c.call("EXEC"))
     with RawClient(target.port) as t:  # nothing applied on the target either
-        assert t.pipeline([("ASKING",), ("GET", "{ask}old"), ("ASKING",),
-                           ("EXISTS", "{ask}new")]) == [b"OK", b"1", b"OK", 0]  # fmt: skip
+        assert t.pipeline([("ASKING",), ("GET", "{ask}old"), ("ASKING",), ("EXISTS", "{ask}new")]) == [
+            b"OK",
+            b"1",
+            b"OK",
+            0,
+        ]
     assert holders([source], "{ask}new", "{ask}old") == []
     _setslot_everywhere(st.c, slot, target)  # the migration ends
     st.c.wait_healthy()
-    _retry_until_done(st.cluster_port, [("SET", "{ask}new", "v"), ("INCR", "{ask}old")],
-                      [b"OK", 2])  # fmt: skip
+    _retry_until_done(st.cluster_port, [("SET", "{ask}new", "v"), ("INCR", "{ask}old")], [b"OK", 2])
     assert target.call("MGET", "{ask}new", "{ask}old") == [b"v", b"2"]
 
 
@@ -899,8 +994,16 @@ def test_cluster_slot_migrating_ask_between_queuing_and_exec(st: Stack) -> None:
 def test_resp3_transaction_replies_in_resp3(st: Stack, kind: str) -> None:
     pl = place(st, kind, "r3")
     s, h, z, m = (pl.key("r3", x) for x in ("s", "h", "z", "missing"))
-    commands: list[Cmd] = [("MULTI",), ("SET", s, "1"), ("HSET", h, "f", "v"), ("HGETALL", h),
-                           ("ZADD", z, "1.5", "m"), ("ZSCORE", z, "m"), ("GET", m), ("EXEC",)]
+    commands: list[Cmd] = [
+        ("MULTI",),
+        ("SET", s, "1"),
+        ("HSET", h, "f", "v"),
+        ("HGETALL", h),
+        ("ZADD", z, "1.5", "m"),
+        ("ZSCORE", z, "m"),
+        ("GET", m),
+        ("EXEC",),
+    ]
     replies: dict[str, list[bytes]] = {}
     for who, port in (("reference", st.ref.port), ("proxy", pl.port)):
         with Client(port) as c, Client(port) as other:
@@ -911,8 +1014,7 @@ def test_resp3_transaction_replies_in_resp3(st: Stack, kind: str) -> None:
             assert other.call("SET", s, "2") == b"OK"
             replies[who].extend(c.raw_pipeline([("MULTI",), ("INCR", s), ("EXEC",)]))
     assert replies["proxy"] == replies["reference"]
-    assert replies["proxy"][7] == (b"*6\r\n+OK\r\n:1\r\n%1\r\n$1\r\nf\r\n$1\r\nv\r\n:1\r\n"
-                                   b",1.5\r\n_\r\n")  # fmt: skip
+    assert replies["proxy"][7] == (b"*6\r\n+OK\r\n:1\r\n%1\r\n$1\r\nf\r\n$1\r\nv\r\n:1\r\n,1.5\r\n_\r\n")
     assert replies["proxy"][-1] == b"_\r\n"
     assert pl.owner.call("GET", s) == b"2"
     assert pl.owner.call("HGET", h, "f") == b"v"

@@ -71,14 +71,16 @@ def test_commands_a_sharding_proxy_cannot_serve_are_refused(name: bytes) -> None
     assert TABLE[name].kind is Kind.REFUSED
 
 
-@pytest.mark.parametrize("name", [b"KEYS", b"SCAN", b"FLUSHALL", b"FLUSHDB", b"DBSIZE",
-                                  b"RANDOMKEY", b"LASTSAVE", b"TIME"])
+@pytest.mark.parametrize(
+    "name", [b"KEYS", b"SCAN", b"FLUSHALL", b"FLUSHDB", b"DBSIZE", b"RANDOMKEY", b"LASTSAVE", b"TIME"]
+)
 def test_keyspace_wide_commands_ask_every_server(name: bytes) -> None:
     assert TABLE[name].kind is Kind.KEYSPACE
 
 
-@pytest.mark.parametrize("name", [b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP",
-                                  b"BZPOPMIN", b"BZPOPMAX", b"BZMPOP"])
+@pytest.mark.parametrize(
+    "name", [b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b"BZPOPMIN", b"BZPOPMAX", b"BZMPOP"]
+)
 def test_blocking_commands_go_on_connections_of_their_own(name: bytes) -> None:
     assert TABLE[name].kind is Kind.BLOCKING
 

@@ -127,9 +127,7 @@ def test_cluster_pool_takes_seed_nodes_and_cluster_keys() -> None:
     pool = cfg.pools[0]
     assert pool.cluster and pool.read_from == "replica"
     assert pool.cluster_refresh_interval_ms == 5000
-    assert [str(s.address) for s in pool.servers] == [
-        "127.0.0.1:7000", "127.0.0.1:7001", "10.0.0.1:7002"
-    ]  # fmt: skip
+    assert [str(s.address) for s in pool.servers] == ["127.0.0.1:7000", "127.0.0.1:7001", "10.0.0.1:7002"]
 
 
 @pytest.mark.parametrize(
@@ -190,16 +188,38 @@ def test_listeners_route_prefixes_to_pools_without_listen() -> None:
 @pytest.mark.parametrize(
     "listeners, fragment",
     [
-        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: nope}]\n", "no pool named 'nope'"),
+        (
+            "  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: nope}]\n",
+            "no pool named 'nope'",
+        ),
         ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: '', pool: r}]\n", "key 'prefix'"),
-        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r}, {prefix: 'a', pool: s}]\n", "a prefix appears twice"),
-        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, mirror: r}]\n", "key 'mirror'"),
-        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, mirror_mode: x}]\n", "key 'mirror_mode'"),
-        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, bogus: 1}]\n", "unknown key 'bogus'"),
-        ("  app:\n    listen: 127.0.0.1:1\n    default_pool: zz\n    routes: [{prefix: 'a', pool: r}]\n", "key 'default_pool'"),
+        (
+            "  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r}, {prefix: 'a', pool: s}]\n",
+            "a prefix appears twice",
+        ),
+        (
+            "  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, mirror: r}]\n",
+            "key 'mirror'",
+        ),
+        (
+            "  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, mirror_mode: x}]\n",
+            "key 'mirror_mode'",
+        ),
+        (
+            "  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r, bogus: 1}]\n",
+            "unknown key 'bogus'",
+        ),
+        (
+            "  app:\n    listen: 127.0.0.1:1\n    default_pool: zz\n    routes: [{prefix: 'a', pool: r}]\n",
+            "key 'default_pool'",
+        ),
         ("  r:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r}]\n", "a pool has the same name"),
         ("  app:\n    routes: [{prefix: 'a', pool: r}]\n", "key 'listen'"),
-        ("  app:\n    listen: 127.0.0.1:1\n    routes: [{prefix: 'a', pool: r}, {prefix: 'b', pool: r2}]\n", "pool 's': key 'listen': missing"),
+        (
+            "  app:\n    listen: 127.0.0.1:1\n"
+            "    routes: [{prefix: 'a', pool: r}, {prefix: 'b', pool: r2}]\n",
+            "pool 's': key 'listen': missing",
+        ),
     ],
 )
 def test_listener_errors_name_the_listener_and_key(listeners: str, fragment: str) -> None:
@@ -213,12 +233,22 @@ def test_listener_errors_name_the_listener_and_key(listeners: str, fragment: str
     [
         ("    distribution: sentinel\n    master_name: m\n", "key 'sentinels'"),
         ("    distribution: sentinel\n    sentinels: [127.0.0.1:1]\n", "key 'master_name'"),
-        ("    distribution: sentinel\n    master_name: m\n    sentinels: [h:1]\n    servers: [h:2:1]\n",
-         "key 'servers': a sentinel pool's servers come from its sentinels"),
-        ("    distribution: sentinel\n    master_name: m\n    sentinels: [h:1]\n    hash: md5\n",
-         "key 'hash': not used with distribution: sentinel"),
-        ("    servers: ['h:1:1']\n    master_name: m\n", "key 'master_name': only used with distribution: sentinel"),
-        ("    servers: ['h:1:1']\n    read_from: replica\n", "key 'read_from': only used with distribution: cluster or sentinel"),
+        (
+            "    distribution: sentinel\n    master_name: m\n    sentinels: [h:1]\n    servers: [h:2:1]\n",
+            "key 'servers': a sentinel pool's servers come from its sentinels",
+        ),
+        (
+            "    distribution: sentinel\n    master_name: m\n    sentinels: [h:1]\n    hash: md5\n",
+            "key 'hash': not used with distribution: sentinel",
+        ),
+        (
+            "    servers: ['h:1:1']\n    master_name: m\n",
+            "key 'master_name': only used with distribution: sentinel",
+        ),
+        (
+            "    servers: ['h:1:1']\n    read_from: replica\n",
+            "key 'read_from': only used with distribution: cluster or sentinel",
+        ),
     ],
 )
 def test_sentinel_pool_keys_are_checked(pool: str, fragment: str) -> None:
@@ -240,12 +270,24 @@ MIB = 1024 * 1024
 @pytest.mark.parametrize(
     "text, size",
     [
-        ("0", 0), ("1", 1), ("100", 100), ("100b", 100),
-        ("1k", 1000), ("1kb", 1024), ("1K", 1000), ("1KB", 1024), ("4Kb", 4096),
-        ("3m", 3_000_000), ("16mb", 16 * MIB), ("512MB", 512 * MIB), ("1Mb", MIB),
-        ("2g", 2_000_000_000), ("1gb", 1024**3), ("1GB", 1024**3),
+        ("0", 0),
+        ("1", 1),
+        ("100", 100),
+        ("100b", 100),
+        ("1k", 1000),
+        ("1kb", 1024),
+        ("1K", 1000),
+        ("1KB", 1024),
+        ("4Kb", 4096),
+        ("3m", 3_000_000),
+        ("16mb", 16 * MIB),
+        ("512MB", 512 * MIB),
+        ("1Mb", MIB),
+        ("2g", 2_000_000_000),
+        ("1gb", 1024**3),
+        ("1GB", 1024**3),
     ],
-)  # fmt: skip
+)
 def test_parse_size_reads_redis_units(text: str, size: int) -> None:
     # Redis's memtoll: k/m/g are powers of 1000, kb/mb/gb powers of 1024, any case
     assert parse_size(text) == size
@@ -260,9 +302,13 @@ def test_parse_size_refuses_what_is_not_a_size(text: str) -> None:
 
 
 REDIS_CLIENT_LIMITS = ClientLimitsConfig(
-    output_hard_bytes=512 * MIB, output_soft_bytes=128 * MIB, output_soft_seconds=60,
-    query_buffer_bytes=1024**3, idle_timeout_ms=0, auth_failure_limit=10,
-)  # fmt: skip
+    output_hard_bytes=512 * MIB,
+    output_soft_bytes=128 * MIB,
+    output_soft_seconds=60,
+    query_buffer_bytes=1024**3,
+    idle_timeout_ms=0,
+    auth_failure_limit=10,
+)
 
 
 def test_client_limits_default_to_redis_values_on_every_pool_kind_and_listener() -> None:
@@ -284,9 +330,13 @@ def test_client_limit_keys_on_a_native_pool() -> None:
         "my.yml",
     )
     assert cfg.pools[0].client_limits == ClientLimitsConfig(
-        output_hard_bytes=16 * MIB, output_soft_bytes=0, output_soft_seconds=0,
-        query_buffer_bytes=MIB, idle_timeout_ms=500, auth_failure_limit=3,
-    )  # fmt: skip
+        output_hard_bytes=16 * MIB,
+        output_soft_bytes=0,
+        output_soft_seconds=0,
+        query_buffer_bytes=MIB,
+        idle_timeout_ms=500,
+        auth_failure_limit=3,
+    )
 
 
 def test_client_limit_keys_in_nutcracker_yml() -> None:
@@ -297,9 +347,13 @@ def test_client_limit_keys_in_nutcracker_yml() -> None:
         "nutcracker.yml",
     )
     assert cfg.pools[0].client_limits == ClientLimitsConfig(
-        output_hard_bytes=0, output_soft_bytes=2 * MIB, output_soft_seconds=1,
-        query_buffer_bytes=2 * 1024**3, idle_timeout_ms=30000, auth_failure_limit=0,
-    )  # fmt: skip
+        output_hard_bytes=0,
+        output_soft_bytes=2 * MIB,
+        output_soft_seconds=1,
+        query_buffer_bytes=2 * 1024**3,
+        idle_timeout_ms=30000,
+        auth_failure_limit=0,
+    )
 
 
 def test_client_limit_keys_on_a_listener_are_its_own() -> None:
@@ -311,9 +365,13 @@ def test_client_limit_keys_on_a_listener_are_its_own() -> None:
         "l.yml",
     )
     assert cfg.listeners[0].client_limits == ClientLimitsConfig(
-        output_hard_bytes=1024**3, output_soft_bytes=256 * MIB, output_soft_seconds=30,
-        query_buffer_bytes=8 * MIB, idle_timeout_ms=1000, auth_failure_limit=5,
-    )  # fmt: skip
+        output_hard_bytes=1024**3,
+        output_soft_bytes=256 * MIB,
+        output_soft_seconds=30,
+        query_buffer_bytes=8 * MIB,
+        idle_timeout_ms=1000,
+        auth_failure_limit=5,
+    )
     assert {p.name: p.client_limits for p in cfg.pools}["r"] == REDIS_CLIENT_LIMITS
 
 

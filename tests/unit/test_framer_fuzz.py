@@ -41,8 +41,7 @@ class Outcome:
     parser: object = None  # kept alive, for measuring what it holds
 
     def key(self) -> tuple[object, ...]:
-        return (self.commands, self.error, None if self.error else self.buffered, self.other,
-                self.too_much)  # fmt: skip
+        return (self.commands, self.error, None if self.error else self.buffered, self.other, self.too_much)
 
 
 @dataclass
@@ -59,8 +58,7 @@ class Case:
 Run = Callable[[Sequence[bytes], random.Random], Outcome]
 
 
-def _drive(step: Callable[[bytes], None], buffered: Callable[[], int],
-           chunks: Sequence[bytes]) -> Outcome:  # fmt: skip
+def _drive(step: Callable[[bytes], None], buffered: Callable[[], int], chunks: Sequence[bytes]) -> Outcome:
     out = Outcome()
     fed = 0
     try:
@@ -118,8 +116,11 @@ def run_client(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
     return out
 
 
-RUNS: dict[str, Run] = {"PyRequestParser": run_py, "RequestParser.feed": run_fed,
-                        "RequestParser.frame": run_client}  # fmt: skip
+RUNS: dict[str, Run] = {
+    "PyRequestParser": run_py,
+    "RequestParser.feed": run_fed,
+    "RequestParser.frame": run_client,
+}
 
 
 def chunkings(stream: bytes, rng: random.Random) -> list[list[bytes]]:
@@ -151,8 +152,9 @@ def check(case: Case, rng: random.Random, failures: list[tuple[str, str]]) -> No
                 failures.append((case.kind, _explain(case, name, chunks, got)))
                 return
             if took > SLOW_S:
-                failures.append((case.kind, f"{name} took {took:.1f} s to frame and free "
-                                            f"{case.stream[:80]!r}"))  # fmt: skip
+                failures.append(
+                    (case.kind, f"{name} took {took:.1f} s to frame and free {case.stream[:80]!r}")
+                )
                 return
 
 
@@ -168,8 +170,10 @@ def _explain(case: Case, name: str, chunks: Sequence[bytes], got: Outcome) -> st
     while n < min(len(got.commands), len(case.commands)) and got.commands[n] == case.commands[n]:
         n += 1
     if n < len(got.commands) or n < len(case.commands):
-        lines.append(f"  commands agree up to #{n}: expected {short(case.commands[n:n + 1])}, "
-                     f"got {short(got.commands[n:n + 1])}")  # fmt: skip
+        lines.append(
+            f"  commands agree up to #{n}: expected {short(case.commands[n : n + 1])}, "
+            f"got {short(got.commands[n : n + 1])}"
+        )
     if got.error != case.error:
         lines.append(f"  error: expected {case.error!r}, got {got.error!r}")
     elif not case.error and got.buffered != case.tail:
@@ -188,6 +192,7 @@ def report(failures: list[tuple[str, str]], cases: int) -> str:
 
 
 # --- stream parts -----------------------------------------------------------------------------
+
 
 def random_arg(rng: random.Random, big: bool = True) -> bytes:
     r = rng.random()
@@ -238,25 +243,48 @@ def valid_parts(rng: random.Random, count: int) -> tuple[str, list[tuple[bytes, 
     """(kind, parts): a third of the streams are multibulk only, the rest mix in inline lines
     (the kind tells them apart, so a failure report separates framing from quoting)."""
     inline_too = rng.random() < 0.67
-    return ("multibulk+inline" if inline_too else "multibulk"), [
-        part(rng, inline_too) for _ in range(count)
-    ]
+    return ("multibulk+inline" if inline_too else "multibulk"), [part(rng, inline_too) for _ in range(count)]
 
 
 # Corruptions and Redis 7's reply texts for them (checked against redis-server 7.0; the proxy
 # adds "bulk string not terminated by CRLF" where Redis skips two bytes unchecked, and refuses
 # more than 1048576 arguments, where Redis's bound is INT_MAX).
 BAD_COUNTS = [
-    b"*x\r\n", b"*\r\n", b"*03\r\n", b"*00\r\n", b"*+3\r\n", b"*-0\r\n", b"* 1\r\n", b"*1 \r\n",
-    b"*1x\r\n", b"*99999999999999999999999\r\n", b"*1048577\r\n", b"*1\n$4\r\nPING\r\n",
-]  # fmt: skip
-HUGE_COUNTS = [b"*2147483648\r\n", b"*4294967295\r\n", b"*2147483647\r\n",
-               b"*9223372036854775807\r\n", b"*18446744073709551616\r\n"]  # fmt: skip
+    b"*x\r\n",
+    b"*\r\n",
+    b"*03\r\n",
+    b"*00\r\n",
+    b"*+3\r\n",
+    b"*-0\r\n",
+    b"* 1\r\n",
+    b"*1 \r\n",
+    b"*1x\r\n",
+    b"*99999999999999999999999\r\n",
+    b"*1048577\r\n",
+    b"*1\n$4\r\nPING\r\n",
+]
+HUGE_COUNTS = [
+    b"*2147483648\r\n",
+    b"*4294967295\r\n",
+    b"*2147483647\r\n",
+    b"*9223372036854775807\r\n",
+    b"*18446744073709551616\r\n",
+]
 BAD_BULKS = [
-    b"$x\r\n", b"$\r\n", b"$03\r\nabc\r\n", b"$00\r\n\r\n", b"$+3\r\nabc\r\n", b"$-1\r\n",
-    b"$-5\r\n", b"$-0\r\n", b"$ 3\r\nabc\r\n", b"$3 \r\nabc\r\n", b"$536870913\r\n",
-    b"$99999999999999999999\r\n", b"$3\nabc\r\n",
-]  # fmt: skip
+    b"$x\r\n",
+    b"$\r\n",
+    b"$03\r\nabc\r\n",
+    b"$00\r\n\r\n",
+    b"$+3\r\nabc\r\n",
+    b"$-1\r\n",
+    b"$-5\r\n",
+    b"$-0\r\n",
+    b"$ 3\r\nabc\r\n",
+    b"$3 \r\nabc\r\n",
+    b"$536870913\r\n",
+    b"$99999999999999999999\r\n",
+    b"$3\nabc\r\n",
+]
 HUGE_BULKS = [b"$1073741824\r\n", b"$4294967296\r\n", b"$9223372036854775807\r\n"]
 NOT_BULKS = [b":1\r\n", b"+OK\r\n", b"*1\r\n$1\r\na\r\n", b"PING\r\n", b"-ERR x\r\n", b"%1\r\n"]
 UNTERMINATED = [b"$3\r\nabcXY", b"$3\r\nabc\n\r", b"$0\r\nxx", b"$3\r\nabc\r\r"]
@@ -281,8 +309,9 @@ def corruption(rng: random.Random, huge: bool) -> tuple[str, bytes, str]:
     if r < 0.9:
         bad = rng.choice(UNTERMINATED)
         return _in_command(rng, bad, "unterminated", "bulk string not terminated by CRLF")
-    bad = rng.choice([b'GET "a\r\n', b"SET 'a b\r\n", b'GET "a"b\r\n', b'SET "a""b" c\r\n',
-                      b"ECHO 'x\\'\r\n", b' "\r\n'])  # fmt: skip
+    bad = rng.choice(
+        [b'GET "a\r\n', b"SET 'a b\r\n", b'GET "a"b\r\n', b'SET "a""b" c\r\n', b"ECHO 'x\\'\r\n", b' "\r\n']
+    )
     return f"inline {bad!r}", bad, "unbalanced quotes in request"
 
 
@@ -290,8 +319,7 @@ def _in_command(rng: random.Random, bad: bytes, kind: str, error: str) -> tuple[
     """``bad`` as element k of a multibulk command of n > k elements."""
     n = rng.randrange(1, 5)
     k = rng.randrange(0, n)
-    before = b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in (random_arg(rng, False)
-                                                               for _ in range(k)))  # fmt: skip
+    before = b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in (random_arg(rng, False) for _ in range(k)))
     return f"{kind} {bad!r}", b"*%d\r\n" % n + before + bad, error
 
 
@@ -320,6 +348,7 @@ def valid_case(rng: random.Random) -> Case:
 
 
 # --- tests --------------------------------------------------------------------------------------
+
 
 def test_valid_and_truncated_streams_frame_the_same_in_every_chunking() -> None:
     rng = random.Random(1)
@@ -396,8 +425,7 @@ def test_skipped_and_in_limit_headers_are_not_errors() -> None:
     for data in (b"*0\r\n" + ping, b"*-1\r\n" + ping, b"*-5\r\n" + ping):
         for run in RUNS.values():
             out = run([data], random.Random(0))
-            assert (out.commands, out.error, out.other, out.buffered) == (
-                [([b"PING"], ping)], None, None, 0)
+            assert (out.commands, out.error, out.other, out.buffered) == ([([b"PING"], ping)], None, None, 0)
     for data in (b"*1048576\r\n", b"*1\r\n$536870912\r\n", b"*2\r\n$3\r\nSET\r\n$536870912\r\n"):
         for run in RUNS.values():
             out = run([data], random.Random(0))
@@ -498,8 +526,7 @@ def test_unauthenticated_limits_before_auth(parser: type[RequestParser | PyReque
         with pytest.raises(ProtocolError) as info:
             list(p.commands())
         assert str(info.value) == error
-    at_limits = [encode_command([b"MSET", *[b"k"] * 9]),
-                 encode_command([b"SET", b"k", b"v" * 16384])]  # fmt: skip
+    at_limits = [encode_command([b"MSET", *[b"k"] * 9]), encode_command([b"SET", b"k", b"v" * 16384])]
     p = parser(authenticated=False)
     p.feed(b"".join(at_limits))
     assert [raw for _, raw in p.commands()] == at_limits

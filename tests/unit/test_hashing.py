@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from proxy import ring
+from proxy import _speedups, ring
 from proxy.hashing import HASH_NAMES, PY_FUNCTIONS, hash_function, hash_tag_key
 
 
@@ -19,10 +19,8 @@ def _keys() -> list[bytes]:
 
 @pytest.mark.parametrize("name", HASH_NAMES)
 def test_c_and_python_hashes_agree_on_every_key(name: str) -> None:
-    fast = hash_function(name)
     slow = PY_FUNCTIONS[name]
-    if name != "md5":  # md5 is hashlib's in both
-        assert fast is not slow, "C hash not built"
+    fast = getattr(_speedups, name) if name != "md5" else slow  # md5 is hashlib's in both
     for key in _keys():
         assert fast(key) == slow(key), (name, key)
         assert 0 <= fast(key) < 2**32
@@ -104,4 +102,3 @@ def test_modula_has_one_entry_per_unit_of_weight_in_server_order() -> None:
     continuum = ring.build("modula", [ring.RingServer(0, "a", 1), ring.RingServer(1, "b", 2)])
     assert continuum.points == ((0, 0), (0, 1), (0, 1))
     assert [continuum.dispatch(h) for h in range(6)] == [0, 1, 1, 0, 1, 1]
-

@@ -59,7 +59,7 @@ CASES: list[tuple[bytes, list[bytes] | None]] = [
     (b'"a"\x0b"b"', [b"a", b"b"]),  # a closing quote may be followed by any isspace()
     (b'"a"\x0c', [b"a"]),
     (b'"a"  ', [b"a"]),
-    (b'"\\n\\r\\t\\b\\a\\\\\\""', [b"\n\r\t\x08\x07\\\""]),
+    (b'"\\n\\r\\t\\b\\a\\\\\\""', [b'\n\r\t\x08\x07\\"']),
     (b'"\\q"', [b"q"]),
     (b'"\\\'"', [b"'"]),
     (b'"a\'b"', [b"a'b"]),
@@ -90,7 +90,7 @@ CASES: list[tuple[bytes, list[bytes] | None]] = [
     (b'"a""b"', None),
     (b"'a'b", None),
     (b"'a''b'", None),
-    (b'"a"\'b\'', None),
+    (b"\"a\"'b'", None),
     # unbalanced
     (b'"unterminated', None),
     (b"'unterminated", None),

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from proxy import accel
 from proxy.keyspace import (
     CHECK_BITS,
     MAX_SERVERS,
@@ -75,6 +76,7 @@ def test_info_takes_the_lowest_version_and_sums_the_keyspace() -> None:
     ]
     text = info_text(servers, b"# Proxy\r\npools:1\r\n", True, True).decode()
     assert text.startswith("# Server\r\nredis_version:7.0.15\r\nredis_mode:proxy\r\n")
+    assert f"resproxy_implementation:{accel.implementation()}\r\n" in text  # c, or python if PURE
     assert "\r\n\r\n# Proxy\r\npools:1\r\n\r\n# Keyspace\r\n" in text
     assert "db0:keys=15,expires=3,avg_ttl=0\r\n" in text
     assert "db1:keys=1,expires=0,avg_ttl=0\r\n" in text

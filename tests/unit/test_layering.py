@@ -12,42 +12,82 @@ PROXY = pathlib.Path(__file__).resolve().parents[2] / "proxy"
 ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "cli": {"config", "server", "__init__"},
-    "server": {"config", "pool", "cluster", "sentinel", "router", "client", "inflight", "metrics",
-               "budget", "__init__"},
+    "server": {
+        "config",
+        "pool",
+        "cluster",
+        "sentinel",
+        "router",
+        "client",
+        "inflight",
+        "metrics",
+        "budget",
+        "accel",
+        "__init__",
+    },
     "sentinel": {"pool", "backend", "resp", "inflight", "errors", "config", "metrics"},
     "router": {"pool", "inflight", "errors", "config", "metrics"},
-    "client": {"resp", "commands", "fanout", "pool", "inflight", "budget", "stream", "errors",
-               "metrics", "transaction", "keyspace", "scripts", "blocking", "backend", "pubsub",
-               "monitor", "local", "__init__"},
+    "client": {
+        "resp",
+        "commands",
+        "fanout",
+        "pool",
+        "inflight",
+        "budget",
+        "stream",
+        "errors",
+        "metrics",
+        "transaction",
+        "keyspace",
+        "scripts",
+        "blocking",
+        "backend",
+        "pubsub",
+        "monitor",
+        "local",
+        "__init__",
+    },
     "local": {"commands", "errors", "inflight", "pool", "resp"},
     "pubsub": {"backend", "config", "errors", "inflight", "pool", "resp"},
     "monitor": {"backend", "errors", "inflight", "pool"},
     "blocking": {"backend", "commands", "errors", "inflight", "pool"},
     "transaction": {"backend", "commands", "errors", "inflight", "pool", "resp", "scripts"},
-    "keyspace": {"commands", "errors", "inflight", "pool", "resp", "scripts", "__init__"},
+    "keyspace": {"accel", "commands", "errors", "inflight", "pool", "resp", "scripts", "__init__"},
     "scripts": {"inflight", "resp"},
     "stream": {"backend", "commands", "pool", "resp", "inflight", "metrics"},
     "budget": set(),
     "fanout": {"commands", "resp", "inflight", "errors"},
     "commands": {"errors", "command_data"},
     "command_data": set(),
-    "pool": {"backend", "ring", "hashing", "resp", "inflight", "errors", "config", "metrics",
-             "scripts"},
-    "cluster": {"pool", "backend", "slotmap", "hashing", "resp", "inflight", "errors", "config",
-                "metrics"},
+    "pool": {"backend", "ring", "hashing", "resp", "inflight", "errors", "config", "metrics", "scripts"},
+    "cluster": {"pool", "backend", "slotmap", "hashing", "resp", "inflight", "errors", "config", "metrics"},
     "slotmap": set(),
     "backend": {"resp", "inflight", "errors", "metrics"},
     "metrics": set(),
-    "inflight": {"errors", "_inflight"},  # its C twin
-    "ring": {"hashing", "_speedups"},  # C grouping of key lists
-    "hashing": {"_speedups"},  # its own C accelerator
-    "resp": {"_speedups"},  # its C reply scanner
+    "inflight": {"errors", "accel"},  # accel: its C twin, unless RESPROXY_PURE=1
+    "ring": {"hashing", "accel"},  # the C ketama route
+    "hashing": {"accel"},  # the C hash loops
+    "resp": {"accel"},  # the C framers
+    "accel": set(),  # the one switch between the C and Python twins
     "config": {"command_data"},
     "errors": set(),
     "__init__": set(),
 }
-PURE = {"resp", "hashing", "ring", "commands", "command_data", "fanout", "inflight", "config", "scripts",
-        "errors", "slotmap", "budget"}
+PURE = {
+    "resp",
+    "hashing",
+    "ring",
+    "commands",
+    "command_data",
+    "fanout",
+    "inflight",
+    "config",
+    "scripts",
+    "errors",
+    "slotmap",
+    "budget",
+    "accel",
+}
 
 
 def _imports(path: pathlib.Path) -> tuple[set[str], set[str]]:

@@ -55,6 +55,13 @@ def test_parse_redirect() -> None:
     assert parse_redirect(b"-ASK 1 10.1.1.1:7\r\n", ASKED) == Redirect(True, 1, ("10.1.1.1", 7))
     assert parse_redirect(b"-MOVED 2 :7001\r\n", ASKED) == Redirect(False, 2, ("10.0.0.9", 7001))
     assert parse_redirect(b"-MOVED 2 ::1:7001\r\n", ASKED) == Redirect(False, 2, ("::1", 7001))
-    for raw in [b"-ERR x\r\n", b"-MOVED x h:1\r\n", b"-MOVED 99999 h:1\r\n", b"-ASK 1\r\n",
-                b"-MOVED 1 host\r\n", b"+MOVED 1 h:1\r\n", b"-TRYAGAIN Multiple keys\r\n"]:
+    for raw in [
+        b"-ERR x\r\n",
+        b"-MOVED x h:1\r\n",
+        b"-MOVED 99999 h:1\r\n",
+        b"-ASK 1\r\n",
+        b"-MOVED 1 host\r\n",
+        b"+MOVED 1 h:1\r\n",
+        b"-TRYAGAIN Multiple keys\r\n",
+    ]:
         assert parse_redirect(raw, ASKED) is None, raw
