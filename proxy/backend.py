@@ -13,7 +13,7 @@ A request's slot joins ``_pending`` in the same step that queues its bytes, so n
 written without a slot waiting for its reply. Replies are matched strictly in order; if that
 order can no longer be trusted — a reply arrives late (``timeout``), an unparsable byte, an
 unexpected reply, a reset — the connection is closed and every pending slot gets an error reply.
-The pool (pool.py) decides about reconnecting; this module never reconnects by itself.
+The server (upstream.py) decides about reconnecting; this module never reconnects by itself.
 
 One op timer per connection, armed lazily: it fires at "last progress + timeout" and re-arms
 itself if replies arrived in between, so a busy connection costs one timer per timeout period,
@@ -23,8 +23,6 @@ A connection tells its owner when the server answers: ``on_answer`` is called at
 (after the AUTH/SELECT replies, when it has those) and, after ``watch()``, at the next one. A
 connection that is only accepted proves nothing: a stopped (SIGSTOP) server's kernel still
 accepts connections. The pool counts a server's consecutive failures until it answers.
-
-Imports: resp, inflight, errors, metrics (plus asyncio).
 """
 
 from __future__ import annotations
@@ -384,7 +382,7 @@ class BackendConnection(asyncio.Protocol):
 
 
 class DedicatedConnection(BackendConnection):
-    """A connection held by one client at a time, never shared (pool.Server.take_dedicated).
+    """A connection held by one client at a time, never shared (upstream.Server.take_dedicated).
 
     Two uses: a streamed request (stream.py), whose first bytes go with ``send`` (and its
     slot) and the rest with ``write_more`` as the client's reads bring them; and a transaction
@@ -405,7 +403,7 @@ class DedicatedConnection(BackendConnection):
         # called once released and answered, to keep the connection for the next holder
         self.on_done: Callable[[DedicatedConnection], None] | None = None
         self.uploading = False
-        self.uses = 1  # holders so far (an idle one is closed if not taken again: pool.py)
+        self.uses = 1  # holders so far (an idle one is closed if not taken again: upstream.py)
         # a blocking command's own timeout (s) while it waits: the deadline is that plus the
         # pool's timeout; 0: none (it blocks until answered, as Redis lets it)
         self.block_s: float | None = None

@@ -17,8 +17,6 @@ twemproxy reverted its patch). Instead:
   learns its map again and the command is sent to the new owner (up to MAX_RETRIES times);
   a sentinel master that fails over closes its connections: the client gets an error, and
   retries.
-
-Imports: commands, errors, inflight, pool, backend.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from proxy import errors
 from proxy.backend import DedicatedConnection
 from proxy.commands import CommandSpec, UnroutableKeys, keys_of
 from proxy.inflight import ReplyQueue, ReplySlot
-from proxy.pool import Pool
+from proxy.target import Pool
 
 MAX_RETRIES = 5
 RETRY_S = 0.05

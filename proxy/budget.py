@@ -12,8 +12,6 @@ which each client is bounded by its socket buffer limit anyway). Against ``max_b
 * past all of it (replies to requests sent before the pause keep coming), the client holding
   the most is closed, as Redis's ``maxmemory-clients`` evicts: the proxy's memory stays
   bounded whatever clients do, and no client can stall the others by not reading.
-
-Imports: nothing of ours.
 """
 
 from __future__ import annotations

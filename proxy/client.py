@@ -23,9 +23,6 @@ and so do the pool's client limits (config.ClientLimitsConfig), as Redis applies
 replies past ``client_output_buffer_limit`` and unframed bytes past ``client_query_buffer_limit``
 close the client at once (nothing more can be written to it), ``client_timeout`` closes an
 idle one, ``auth_failure_limit`` failed AUTHs close it after the last -WRONGPASS.
-
-Imports: resp, commands, fanout, pool, inflight, budget, stream, transaction, keyspace, scripts,
-blocking, pubsub, monitor, local, errors, metrics.
 """
 
 from __future__ import annotations
@@ -54,7 +51,6 @@ from proxy.fanout import merge, split
 from proxy.inflight import Flusher, Gather, ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
 from proxy.monitor import Monitor
-from proxy.pool import Parts, Pool, Target
 from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
 from proxy.resp import (
     OK,
@@ -67,6 +63,7 @@ from proxy.resp import (
 )
 from proxy.scripts import CACHE, NoScriptRetry
 from proxy.stream import Streamer, StreamState
+from proxy.target import Parts, Pool, Target
 from proxy.transaction import Transaction, TxnState
 
 log = logging.getLogger(__name__)

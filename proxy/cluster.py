@@ -5,7 +5,7 @@ The cluster decides where every key lives; the pool only follows it:
 * **Slot map.** Which master (and which replicas) serve each of the 16384 slots is learned with
   ``CLUSTER SLOTS`` from the configured seed nodes, then from the masters it names
   (slotmap.py parses it). ``route(key)`` is ``owners[key_slot(key)]``: CRC16 with ``{}`` tags,
-  Redis's own CLUSTER KEYSLOT. One ``Server`` (pool.py) per node, with its pipelined lanes.
+  Redis's own CLUSTER KEYSLOT. One ``Server`` (upstream.py) per node, with its pipelined lanes.
 * **Redirections**, taken off the backend connections before any client sees them
   (backend.py hands this pool every ``-MOVED``/``-ASK``/``-TRYAGAIN``/``-CLUSTERDOWN`` reply
   with the request's bytes):
@@ -32,8 +32,6 @@ Multi-key commands: Redis Cluster runs a multi-key command only when all its key
 (even two slots of one node give CROSSSLOT), so MGET/MSET/DEL/... are split per slot and
 pipelined per node (``group_keys``); other multi-key commands must be single-slot, else Redis's
 own ``-CROSSSLOT`` text.
-
-Imports: pool, backend, slotmap, hashing, resp, inflight, errors, config.
 """
 
 from __future__ import annotations
@@ -46,20 +44,14 @@ from collections.abc import Iterator, Sequence
 from proxy import errors
 from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
+from proxy.follow import Redirected, Refresher
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
-from proxy.pool import (
-    Placement,
-    PoolBase,
-    Redirected,
-    Refresher,
-    Route,
-    Server,
-    ServerState,
-    shown_key,
-)
+from proxy.pool import PoolBase
 from proxy.resp import ProtocolError, decode_reply, encode_command, is_error
 from proxy.slotmap import SLOTS, Node, SlotMapError, SlotRange, parse_redirect, parse_slots
+from proxy.target import Placement, Route, shown_key
+from proxy.upstream import Server, ServerState
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ have said:
 * DEL / UNLINK / EXISTS / TOUCH: the sum of the parts' integers (duplicates count as Redis
   counts them, since each key goes to exactly one server), or the first error;
 * MSET: ``+OK`` when every part said OK, else the first error.
-
-Imports: resp, errors.
 """
 
 from __future__ import annotations

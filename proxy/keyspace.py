@@ -23,8 +23,6 @@ servers, a cluster's masters, a sentinel pool's master, each pool of a listener 
 
 Every server's reply is waited for (a down server's error fails the command: a partial KEYS or
 DBSIZE would be a wrong answer, not a smaller one).
-
-Imports: commands, errors, inflight, pool, resp, scripts.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from typing import Any, Protocol
 from proxy import __version__, accel, errors
 from proxy.commands import CommandSpec
 from proxy.inflight import Gather, Merge, ReplyQueue, ReplySlot
-from proxy.pool import Pool, Server, fingerprint
 from proxy.resp import (
     ERROR_TYPES,
     OK,
@@ -48,6 +45,8 @@ from proxy.resp import (
     encode_value,
 )
 from proxy.scripts import CACHE
+from proxy.target import Pool, fingerprint
+from proxy.upstream import Server
 
 INDEX_BITS = 10
 CHECK_BITS = 14

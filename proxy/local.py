@@ -3,8 +3,6 @@
 COMMAND answers from the command table (commands.py: Redis's own metadata, with its docs);
 CLIENT over the proxy's clients of the same listen address (``LocalHost.peers``): names, ids,
 CLIENT LIST lines with Redis's field names, CLIENT KILL in its old and new forms.
-
-Imports: commands, errors, inflight, pool, resp.
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ from proxy.commands import (
     lookup,
 )
 from proxy.inflight import ReplyQueue
-from proxy.pool import Pool
 from proxy.resp import OK, encode_bulk, encode_map, encode_value
+from proxy.target import Pool
 
 
 class LocalHost(Protocol):

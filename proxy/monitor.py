@@ -9,8 +9,6 @@ Each server's lines keep their order; lines of different servers interleave as t
 It lasts until the client sends RESET or leaves; a server connection lost ends it (the client
 is closed, as a Redis restart would close it). The pool key ``allow_monitor: false`` refuses it
 (MONITOR costs every server some throughput for every command it runs).
-
-Imports: backend, errors, inflight, pool.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from typing import Protocol
 from proxy import errors
 from proxy.backend import DedicatedConnection
 from proxy.inflight import ReplyQueue, ReplySlot
-from proxy.pool import Pool
+from proxy.target import Pool
 
 MONITOR = b"*1\r\n$7\r\nMONITOR\r\n"
 OK = b"+OK\r\n"

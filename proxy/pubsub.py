@@ -26,8 +26,6 @@ server it subscribes on (``Server.take_dedicated``), whose every reply is a push
   moved its server) closes the client, as a Redis restart would: it reconnects and
   resubscribes. A slow subscriber is bounded like any client (its output limit), and only its
   own connections wait on it.
-
-Imports: backend, errors, inflight, pool, resp.
 """
 
 from __future__ import annotations
@@ -41,8 +39,9 @@ from proxy import errors
 from proxy.backend import DedicatedConnection
 from proxy.config import Address
 from proxy.inflight import ReplyQueue, ReplySlot
-from proxy.pool import Pool, Server
 from proxy.resp import encode_bulk, encode_command
+from proxy.target import Pool
+from proxy.upstream import Server
 
 CONFIRMATIONS = frozenset({b"subscribe", b"psubscribe", b"ssubscribe"})
 RESUBSCRIBE_S = 0.05  # first wait before a moved shard channel is subscribed again

@@ -14,8 +14,6 @@ A ``listeners:`` entry gets one ``Router``, which client connections use as thei
   the copy's reply is only counted (``mirror_sent``/``mirror_errors``), never waited for, and
   copies are dropped (counted) while the mirror server has ``MIRROR_MAX_IN_FLIGHT`` pending.
   The primary's reply never depends on the mirror.
-
-Imports: pool, inflight, errors, config, metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +25,8 @@ from proxy import errors
 from proxy.config import ListenerConfig, PoolConfig
 from proxy.inflight import ReplySlot
 from proxy.metrics import PoolStats
-from proxy.pool import Placement, Pool, Route, Server, Target, shown_key
+from proxy.target import Placement, Pool, Route, Target, shown_key
+from proxy.upstream import Server
 
 MIRROR_MAX_IN_FLIGHT = 10_000
 CROSS_ROUTE = "CROSSSLOT Keys in request don't hash to the same route"
@@ -60,7 +59,7 @@ class _Mirrored:
     """A target that sends to the primary and a copy to the mirror."""
 
     __slots__ = ("primary", "mirror", "router")
-    direct: Callable[[bytes, ReplySlot], None] | None = None  # every request is copied too (pool.Target)
+    direct: Callable[[bytes, ReplySlot], None] | None = None  # every request is copied too (target.Target)
 
     def __init__(self, primary: Target, mirror: Target | None, router: Router) -> None:
         self.primary = primary
@@ -76,7 +75,7 @@ class _Unserved:
     """A target for a key whose pool has no server for it: fails with that pool's words."""
 
     __slots__ = ("text",)
-    direct: Callable[[bytes, ReplySlot], None] | None = None  # (pool.Target)
+    direct: Callable[[bytes, ReplySlot], None] | None = None  # (target.Target)
 
     def __init__(self, text: str) -> None:
         self.text = text

@@ -10,8 +10,6 @@ Bodies are kept newest-first up to ``max_bytes`` (the oldest are forgotten first
 FLUSH`` through the proxy forgets them all, as it empties the servers' caches. The ones clients
 call by SHA1 are loaded on every new server connection before anything else (``preload``):
 a restarted server has them before the next EVALSHA, whatever else the client pipelined.
-
-Imports: inflight, resp.
 """
 
 from __future__ import annotations
@@ -102,7 +100,7 @@ class Pushed(Protocol):
 
 
 class Sender(Protocol):
-    """Where the retry goes: the server (pool.Target) that answered NOSCRIPT."""
+    """Where the retry goes: the server (target.Target) that answered NOSCRIPT."""
 
     def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None: ...
 

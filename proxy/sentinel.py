@@ -19,8 +19,6 @@
   to the new master (backoff 10 ms doubling to 200 ms, within its ``timeout``). Requests in flight
   on a master that died get a prompt connection error (whether a write was applied is unknown,
   so it is not retried); requests while no master is known get ``-ERR no master known ...``.
-
-Imports: pool, backend, resp, inflight, errors, config.
 """
 
 from __future__ import annotations
@@ -36,18 +34,12 @@ import hiredis
 from proxy import errors
 from proxy.backend import BackendConnection
 from proxy.config import Address, PoolConfig, ServerConfig
+from proxy.follow import Redirected, Refresher
 from proxy.inflight import ReplySlot
-from proxy.pool import (
-    Placement,
-    PoolBase,
-    Redirected,
-    Refresher,
-    Route,
-    Server,
-    ServerState,
-    Target,
-)
+from proxy.pool import PoolBase
 from proxy.resp import encode_command
+from proxy.target import Placement, Route, Target
+from proxy.upstream import Server, ServerState
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +94,7 @@ class _Hold:
 
     __slots__ = ("pool",)
     direct: Callable[[bytes, ReplySlot], None] | None = (
-        None  # a failover may be holding requests (pool.Target)
+        None  # a failover may be holding requests (target.Target)
     )
 
     def __init__(self, pool: SentinelPool) -> None:

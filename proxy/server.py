@@ -17,8 +17,6 @@ that stay; any other change builds a new pool (the old one closes once its reque
 answered). Routers are rebuilt over the new pools. Every front whose address stays keeps its
 socket and its clients, moved onto the new pool or router; new fronts start listening; removed
 fronts (and old addresses) stop listening and their clients are closed after their replies.
-
-Imports: config, pool, cluster, sentinel, router, client, inflight, metrics.
 """
 
 from __future__ import annotations
@@ -45,9 +43,10 @@ from proxy.metrics import (
     info_text,
     serve_http,
 )
-from proxy.pool import Pool, RingPool
+from proxy.pool import RingPool
 from proxy.router import Router
 from proxy.sentinel import SentinelPool
+from proxy.target import Pool
 
 log = logging.getLogger(__name__)
 

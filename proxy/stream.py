@@ -24,8 +24,6 @@ a read's worth of the value at a time, not the value.
 
 Only ring pools' servers take streams (a cluster's MOVED/ASK would need the whole request
 again; a router's strip_prefix rewrites the key); anything else is declined and buffered.
-
-Imports: commands, pool, resp, backend, inflight, metrics.
 """
 
 from __future__ import annotations
@@ -38,8 +36,10 @@ from proxy.backend import DedicatedConnection
 from proxy.commands import FAST_SINGLE_KEY, Kind, lookup
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
-from proxy.pool import Pool, RingPool, Server
+from proxy.pool import RingPool
 from proxy.resp import ProtocolError, RequestParser
+from proxy.target import Pool
+from proxy.upstream import Server
 
 
 class StreamState(enum.Enum):

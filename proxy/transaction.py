@@ -25,8 +25,6 @@ keys must live on one server (ring), one slot (cluster), one route (listener):
 * A queued command that met ``-MOVED``/``-ASK``/``-READONLY`` (the slot or the master moved
   meanwhile) made the server discard the transaction: the client gets an ``EXECABORT`` that
   says to retry, and the pool learns its map again.
-
-Imports: commands, errors, inflight, pool, resp, scripts, backend.
 """
 
 from __future__ import annotations
@@ -38,9 +36,10 @@ from proxy import errors
 from proxy.backend import DedicatedConnection
 from proxy.commands import CommandSpec, Kind, UnroutableKeys, keys_of
 from proxy.inflight import ReplyQueue, ReplySlot
-from proxy.pool import PlacedPool, Placement, Pool, Server
 from proxy.resp import OK, encode_command
 from proxy.scripts import CACHE
+from proxy.target import PlacedPool, Placement, Pool
+from proxy.upstream import Server
 
 MULTI = encode_command([b"MULTI"])
 EXEC = encode_command([b"EXEC"])

@@ -1,4 +1,5 @@
-"""Imports point one way: each module imports only what ARCHITECTURE.md's table allows."""
+"""Imports point one way: each module imports only what the table below allows (the layers of
+docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -9,69 +10,116 @@ import pytest
 
 PROXY = pathlib.Path(__file__).resolve().parents[2] / "proxy"
 
+# Bottom-up: leaves; sans-IO protocol and tables; connections; one server; what a pool is
+# (target); the pool kinds; the client's features; the client; the wiring. Nothing imports
+# upwards: client features know pools only as ``target.Pool``/``upstream.Server``.
 ALLOWED: dict[str, set[str]] = {
-    "__main__": {"cli"},
-    "cli": {"config", "server", "__init__"},
-    "server": {
-        "config",
-        "pool",
-        "cluster",
-        "sentinel",
-        "router",
-        "client",
-        "inflight",
-        "metrics",
-        "budget",
-        "accel",
-        "__init__",
-    },
-    "sentinel": {"pool", "backend", "resp", "inflight", "errors", "config", "metrics"},
-    "router": {"pool", "inflight", "errors", "config", "metrics"},
-    "client": {
-        "resp",
-        "commands",
-        "fanout",
-        "pool",
-        "inflight",
-        "budget",
-        "stream",
-        "errors",
-        "metrics",
-        "transaction",
-        "keyspace",
-        "scripts",
-        "blocking",
-        "backend",
-        "pubsub",
-        "monitor",
-        "local",
-        "__init__",
-    },
-    "local": {"commands", "errors", "inflight", "pool", "resp"},
-    "pubsub": {"backend", "config", "errors", "inflight", "pool", "resp"},
-    "monitor": {"backend", "errors", "inflight", "pool"},
-    "blocking": {"backend", "commands", "errors", "inflight", "pool"},
-    "transaction": {"backend", "commands", "errors", "inflight", "pool", "resp", "scripts"},
-    "keyspace": {"accel", "commands", "errors", "inflight", "pool", "resp", "scripts", "__init__"},
-    "scripts": {"inflight", "resp"},
-    "stream": {"backend", "commands", "pool", "resp", "inflight", "metrics"},
-    "budget": set(),
-    "fanout": {"commands", "resp", "inflight", "errors"},
-    "commands": {"errors", "command_data"},
-    "command_data": set(),
-    "pool": {"backend", "ring", "hashing", "resp", "inflight", "errors", "config", "metrics", "scripts"},
-    "cluster": {"pool", "backend", "slotmap", "hashing", "resp", "inflight", "errors", "config", "metrics"},
-    "slotmap": set(),
-    "backend": {"resp", "inflight", "errors", "metrics"},
-    "metrics": set(),
-    "inflight": {"errors", "accel"},  # accel: its C twin, unless RESPROXY_PURE=1
-    "ring": {"hashing", "accel"},  # the C ketama route
-    "hashing": {"accel"},  # the C hash loops
-    "resp": {"accel"},  # the C framers
-    "accel": set(),  # the one switch between the C and Python twins
-    "config": {"command_data"},
-    "errors": set(),
+    # leaves
     "__init__": set(),
+    "accel": set(),  # the one switch between the C and Python twins
+    "errors": set(),
+    "metrics": set(),
+    "budget": set(),
+    "slotmap": set(),
+    "command_data": set(),
+    # sans-IO protocol, hashing, tables (accel: their C twins, unless RESPROXY_PURE=1)
+    "resp": {"accel"},
+    "hashing": {"accel"},
+    "ring": {"hashing", "accel"},
+    "commands": {"errors", "command_data"},
+    "config": {"command_data"},
+    "inflight": {"errors", "accel"},
+    "fanout": {"commands", "resp", "inflight", "errors"},
+    "scripts": {"inflight", "resp"},
+    # connections to servers, one server, what a pool is to its users
+    "backend": {"resp", "inflight", "errors", "metrics"},
+    "upstream": {"backend", "config", "errors", "inflight", "metrics", "resp", "scripts"},
+    "target": {"config", "inflight", "metrics", "upstream"},
+    # the pool kinds
+    "follow": {"inflight"},
+    "pool": {"config", "errors", "hashing", "metrics", "ring", "target", "upstream"},
+    "cluster": {
+        "backend",
+        "config",
+        "errors",
+        "follow",
+        "hashing",
+        "inflight",
+        "metrics",
+        "pool",
+        "resp",
+        "slotmap",
+        "target",
+        "upstream",
+    },
+    "sentinel": {
+        "backend",
+        "config",
+        "errors",
+        "follow",
+        "inflight",
+        "metrics",
+        "pool",
+        "resp",
+        "target",
+        "upstream",
+    },
+    "router": {"config", "errors", "inflight", "metrics", "target", "upstream"},
+    # what a client connection does beyond forwarding
+    "local": {"commands", "errors", "inflight", "resp", "target", "accel", "__init__"},
+    "pubsub": {"backend", "config", "errors", "inflight", "resp", "target", "upstream"},
+    "monitor": {"backend", "errors", "inflight", "target"},
+    "blocking": {"backend", "commands", "errors", "inflight", "target"},
+    "transaction": {"backend", "commands", "errors", "inflight", "resp", "scripts", "target", "upstream"},
+    "keyspace": {
+        "accel",
+        "commands",
+        "errors",
+        "inflight",
+        "resp",
+        "scripts",
+        "target",
+        "upstream",
+        "__init__",
+    },
+    "stream": {"backend", "commands", "inflight", "metrics", "pool", "resp", "target", "upstream"},
+    # the client connection
+    "client": {
+        "blocking",
+        "budget",
+        "commands",
+        "errors",
+        "fanout",
+        "inflight",
+        "keyspace",
+        "local",
+        "metrics",
+        "monitor",
+        "pubsub",
+        "resp",
+        "scripts",
+        "stream",
+        "target",
+        "transaction",
+        "__init__",
+    },
+    # wiring
+    "server": {
+        "accel",
+        "budget",
+        "client",
+        "cluster",
+        "config",
+        "inflight",
+        "metrics",
+        "pool",
+        "router",
+        "sentinel",
+        "target",
+        "__init__",
+    },
+    "cli": {"config", "server", "__init__"},
+    "__main__": {"cli"},
 }
 PURE = {
     "resp",

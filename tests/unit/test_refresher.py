@@ -1,10 +1,10 @@
-"""pool.Refresher: the one-at-a-time background look-up of cluster and sentinel pools."""
+"""follow.Refresher: the one-at-a-time background look-up of cluster and sentinel pools."""
 
 from __future__ import annotations
 
 import asyncio
 
-from proxy.pool import Refresher
+from proxy.follow import Refresher
 
 
 def test_requests_during_a_run_queue_one_more_and_the_next_run_is_scheduled() -> None:
