@@ -66,10 +66,10 @@ async def run(depth: int, requests: int, mget: bool = False) -> float:
             server.name,
             pool.name,
             loop,
-            100_000,
-            [],
-            server._on_lost,
-            server._mark_up,
+            timeout_ms=100_000,
+            init_commands=[],
+            on_lost=server._on_lost,
+            on_ready=server._mark_up,
             stats=server.stats,
         )
         transport = MemoryTransport()
@@ -77,7 +77,13 @@ async def run(depth: int, requests: int, mget: bool = False) -> float:
         server._lanes[0] = conn
         server.direct = conn.send  # as Server._connect sets it for a one-lane server
         backends.append((conn, transport))
-    client = ClientConnection(pool, Flusher(loop.call_soon), ClientLimits(), lambda c: True, lambda c: None)
+    client = ClientConnection(
+        pool,
+        flusher=Flusher(loop.call_soon),
+        limits=ClientLimits(),
+        on_open=lambda c: True,
+        on_close=lambda c: None,
+    )
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     if mget:  # ten keys each, spread over the three servers

@@ -28,6 +28,7 @@ accepts connections. The pool counts a server's consecutive failures until it an
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -40,8 +41,17 @@ from proxy.resp import ProtocolError, ReplyParser, is_error
 
 log = logging.getLogger(__name__)
 
-LostCallback = Callable[["BackendConnection", str, bool], None]
-"""(connection, reason, was_failure) -> None, called once when the connection is gone."""
+
+class Loss(enum.Enum):
+    """Why a server connection ended, as its server acts on it (upstream.Server._on_lost)."""
+
+    FAILURE = "failure"  # refused, reset, closed by the server, setup rejected: it may be gone
+    TIMEOUT = "timeout"  # no reply within ``timeout``: the server is slow, not gone
+    CLOSED = "closed"  # the proxy closed it (released, idle, a client left, shutdown): no failure
+
+
+LostCallback = Callable[["BackendConnection", str, Loss], None]
+"""(connection, reason, loss) -> None, called once when the connection is gone."""
 ReadyCallback = Callable[[], None]
 """Called once the connection is usable: connected, and AUTH/SELECT/HELLO accepted."""
 AnswerCallback = Callable[[], None]
@@ -60,6 +70,7 @@ class BackendConnection(asyncio.Protocol):
         server_name: str,
         pool_name: str,
         loop: asyncio.AbstractEventLoop,
+        *,
         timeout_ms: int,
         init_commands: list[bytes],
         on_lost: LostCallback,
@@ -320,24 +331,25 @@ class BackendConnection(asyncio.Protocol):
                 self._stats.errors += 1
         self._shutdown(errors.server_connection_lost(self.server_name, reason))
         if not was_closed:
-            self._on_lost(self, reason, True)
+            self._on_lost(self, reason, Loss.FAILURE)
 
     # --- failure -------------------------------------------------------------------------
 
-    def close(self, reason: str, error_text: str | None = None, failure: bool = True) -> None:
-        """Close now and fail every pending request; the owner hears of it once."""
+    def close(self, reason: str, error_text: str | None = None, *, loss: Loss = Loss.FAILURE) -> None:
+        """Close now and fail every pending request (``error_text``, or a text naming
+        ``reason``); the owner hears of it once, with ``loss``."""
         if self.closed:
             return
-        if failure and self._transport is not None:  # (a failed connect is counted by the pool)
-            if reason == "timeout":
+        if self._transport is not None:  # (a failed connect is counted by the pool)
+            if loss is Loss.TIMEOUT:
                 self._stats.timeouts += 1
-            else:
+            elif loss is Loss.FAILURE:
                 self._stats.errors += 1
         text = error_text or errors.server_connection_lost(self.server_name, reason)
         self._shutdown(text)
         if self._transport is not None:
             self._transport.abort()
-        self._on_lost(self, reason, failure)
+        self._on_lost(self, reason, loss)
 
     def _shutdown(self, error_text: str) -> None:
         self.closed = True
@@ -374,8 +386,7 @@ class BackendConnection(asyncio.Protocol):
                 len(self._pending),
             )
             self.close(
-                "timeout",
-                errors.server_timeout(self.server_name, self._timeout_ms),
+                "timeout", errors.server_timeout(self.server_name, self._timeout_ms), loss=Loss.TIMEOUT
             )
         else:
             self._arm_timer()
@@ -457,7 +468,7 @@ class DedicatedConnection(BackendConnection):
             if self.on_done is not None:
                 self.on_done(self)
             else:
-                self.close("stream done", failure=False)
+                self.close("stream done", loss=Loss.CLOSED)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -530,7 +541,9 @@ class DedicatedConnection(BackendConnection):
                 self.server_name,
                 self._timeout_ms,
             )
-            self.close("timeout", errors.server_timeout(self.server_name, self._timeout_ms))
+            self.close(
+                "timeout", errors.server_timeout(self.server_name, self._timeout_ms), loss=Loss.TIMEOUT
+            )
             return
         if self.uploading and not self._write_paused and not self.closed:
             # the client is still sending the request: nothing to time yet

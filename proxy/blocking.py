@@ -25,7 +25,7 @@ import asyncio
 from typing import Protocol
 
 from proxy import errors
-from proxy.backend import DedicatedConnection
+from proxy.backend import DedicatedConnection, Loss
 from proxy.commands import CommandSpec, UnroutableKeys, keys_of
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.target import Pool
@@ -43,9 +43,9 @@ class BlockingHost(Protocol):
 
     id: int
     _loop: asyncio.AbstractEventLoop
-    _queue: ReplyQueue
+    queue: ReplyQueue
     _pool: Pool
-    _resp3: bool
+    resp3: bool
 
     def _hold_dispatch(self) -> None: ...
 
@@ -71,7 +71,7 @@ def timeout_of(name: bytes, args: list[bytes]) -> float | None:
 
 def serve(host: BlockingHost, spec: CommandSpec, args: list[bytes], payload: bytes) -> None:
     """Send a blocking command on a dedicated connection (the module docstring)."""
-    queue = host._queue
+    queue = host.queue
     try:
         keys = keys_of(spec, args)
     except UnroutableKeys as exc:
@@ -120,7 +120,7 @@ class Blocked:
         if isinstance(placement, str):
             self._fail(placement)
             return
-        conn = placement.server.take_dedicated(host._resp3)
+        conn = placement.server.take_dedicated(host.resp3)
         if isinstance(conn, str):
             self._fail(conn)
             return
@@ -134,7 +134,7 @@ class Blocked:
         """The client left: its connection closes now, so Redis pops nothing for it."""
         self.gone = True
         if self.conn is not None:
-            self.conn.close("client left while blocked", failure=False)
+            self.conn.close("client left while blocked", loss=Loss.CLOSED)
 
     def repin(self) -> None:
         """The pool changed (a reload): blocked on the server its keys are on now."""
@@ -144,7 +144,7 @@ class Blocked:
             return
         if placement.server.address != conn.server_address:
             self.moving = True
-            conn.close("its keys moved to another server", failure=False)
+            conn.close("its keys moved to another server", loss=Loss.CLOSED)
 
     def slot_done(self, slot: ReplySlot) -> None:
         raw = slot.data or b""

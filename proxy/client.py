@@ -28,17 +28,18 @@ idle one, ``auth_failure_limit`` failed AUTHs close it after the last -WRONGPASS
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
-from proxy import __version__, blocking, errors, keyspace, local
+from proxy import blocking, errors, keyspace, local
 from proxy.budget import Budget
 from proxy.commands import (
     CommandSpec,
     Kind,
+    Refusal,
     UnroutableKeys,
     is_blocking_call,
     is_denied,
@@ -53,17 +54,13 @@ from proxy.metrics import CommandStats
 from proxy.monitor import Monitor
 from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
 from proxy.resp import (
-    OK,
-    PONG,
     ProtocolError,
     RequestParser,
-    encode_bulk,
     encode_command,
-    encode_map,
 )
 from proxy.scripts import CACHE, NoScriptRetry
 from proxy.stream import Streamer, StreamState
-from proxy.target import Parts, Pool, Target
+from proxy.target import Parts, Pool, Target, send_to
 from proxy.transaction import Transaction, TxnState
 
 log = logging.getLogger(__name__)
@@ -73,21 +70,23 @@ IMMEDIATE_IN_MULTI = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT"
 SCRIPT_BODIES = frozenset({b"EVAL", b"EVAL_RO"})
 SCRIPT_CALLS = frozenset({b"EVALSHA", b"EVALSHA_RO"})
 LATENCY_SAMPLE_EVERY = 4  # client reads per latency observation (see data_received)
-LOG_EVERY_S = 60.0  # per peer address and kind: how often a closed or failing client is logged
-_last_logged: dict[tuple[str, str], float] = {}
 
 
-def _log_limited(kind: str, peer: str, message: str, *args: object) -> None:
-    """Log a client's failure at most once per LOG_EVERY_S per (kind, peer address)."""
-    now = time.monotonic()
-    key = (kind, peer)
-    if now - _last_logged.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
-        return
-    if len(_last_logged) > 10000:  # bounded: forget the oldest half
-        for old in sorted(_last_logged, key=_last_logged.__getitem__)[:5000]:
-            del _last_logged[old]
-    _last_logged[key] = now
-    log.warning(message, *args)
+class ClientState(enum.Enum):
+    """A client connection's lifecycle.
+
+    OPEN ──QUIT, shutdown, CLIENT KILL, idle──> CLOSING ──replies written──> CLOSED
+      └──protocol error, a limit, lost subscriptions──> FAILING ──(at once or after replies)──┘
+    REJECTED: refused at connect (client_connections, shutdown), counted only as rejected.
+    CLOSING and FAILING read no more requests; FAILING is counted as client_err, CLOSING
+    as client_eof.
+    """
+
+    OPEN = "open"
+    CLOSING = "closing"
+    FAILING = "failing"
+    CLOSED = "closed"
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +108,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(
         self,
         pool: Pool,
+        *,
         flusher: Flusher,
         limits: ClientLimits,
         on_open: Callable[[ClientConnection], bool],
@@ -129,16 +129,14 @@ class ClientConnection(asyncio.Protocol):
         self._budget = budget if budget is not None else Budget(1 << 62)
         self._loop = loop = asyncio.get_running_loop()
         self._clock = loop.time
-        self._queue = ReplyQueue(flusher, self._clock)
+        self.queue = ReplyQueue(flusher, self._clock)
         self._rows = pool.stats.commands  # (pool, command) counter rows, metrics.CommandStats
         # on_flushed is set only while reading is paused or the client is closing: the
         # common flush then costs no extra call
         self._transport: asyncio.Transport | None = None
-        self._password = pool.config.redis_auth
-        self._authed = self._password is None
-        self._parser = RequestParser(authenticated=self._authed)
-        self._auth_failures = 0
-        self._peer = "-"
+        self.auth = local.Auth(pool.config.redis_auth)
+        self._parser = RequestParser(authenticated=self.auth.ok)
+        self.peer = "-"
         # bytes this client holds that count against the budget: unframed request bytes, and
         # owed replies while its writes are paused (past max_reply_bytes)
         self._held_in = 0
@@ -149,12 +147,10 @@ class ClientConnection(asyncio.Protocol):
         self._active_at = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._streamer: Streamer | None = None  # a request with a big argument (stream.py)
-        self._resp3 = False  # HELLO 3 switches this client to RESP3
-        self._closing = False  # QUIT, protocol error or shutdown: no more requests
-        self._failed = False  # closed for an error (counted as client_err, not client_eof)
+        self.resp3 = False  # HELLO 3 switches this client to RESP3
+        self.state = ClientState.OPEN
         self._read_paused = False
         self._write_paused = False
-        self._rejected = False  # refused at connect (client_connections, shutdown)
         self.name = b""
         self._reads = 0
         self._txn: Transaction | None = None  # MULTI / WATCH state, once the client uses them
@@ -185,14 +181,14 @@ class ClientConnection(asyncio.Protocol):
             x for x in (self._limits.max_reply_bytes, limits.output_hard_bytes, limits.output_soft_bytes) if x
         )
         transport.set_write_buffer_limits(high=high)
-        self._queue.attach(transport, self._pool.stats)  # replies are written by the queue
+        self.queue.attach(transport, self._pool.stats)  # replies are written by the queue
         peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
         self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         local = transport.get_extra_info("sockname")
         self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         if not self._on_open(self):
-            self._rejected = True  # counted as rejected, not as a client that closed
+            self.state = ClientState.REJECTED  # counted as rejected, not as a client that closed
             transport.write(b"-" + errors.MAX_CLIENTS.encode() + b"\r\n")
             transport.close()
             return
@@ -209,7 +205,7 @@ class ClientConnection(asyncio.Protocol):
         """A reload replaced this client's pool: its next requests go to the new one."""
         self._pool = pool
         self._rows = pool.stats.commands
-        self._queue.stats = pool.stats
+        self.queue.stats = pool.stats
         self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
         if self._subscriber is not None:
             self._subscriber.repin()  # channels the reload moved follow it
@@ -218,12 +214,13 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         stats = self._pool.stats
-        if not self._rejected:  # (a refused connection is counted as rejected only)
-            if exc is None and not self._failed:
+        if self.state is not ClientState.REJECTED:  # (counted as rejected only)
+            if exc is None and self.state is not ClientState.FAILING:
                 stats.client_eof += 1
             else:
                 stats.client_err += 1
-        self._queue.close()
+        self.state = ClientState.CLOSED
+        self.queue.close()
         self._transport = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -255,7 +252,7 @@ class ClientConnection(asyncio.Protocol):
         self._maybe_resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self.state is not ClientState.OPEN:
             return
         if self._held:
             # Still read (a client that leaves while blocked must be seen leaving), but kept
@@ -292,10 +289,11 @@ class ClientConnection(asyncio.Protocol):
         plain = self._plain()
         fast = self._fast_keys.get if plain else _no_fast_path
         fanout = self._fast_fanout
-        push = self._queue.push
+        push = self.queue.push
         route = pool.route
         route_read = pool.route_read  # replica reads (cluster pools), else None
-        resp3 = self._resp3
+        resp3 = self.resp3
+        lane = self.id
         rows = self._rows
         strips = pool.strips
         count = 0
@@ -321,11 +319,7 @@ class ClientConnection(asyncio.Protocol):
                         else:
                             if strips:  # a router's strip_prefix: the pool sees its own key
                                 raw = self._stripped(args, [1])
-                            direct = server.direct
-                            if direct is not None and not resp3:
-                                direct(raw, slot)  # the server's one connection (Target)
-                            else:
-                                server.send(raw, slot, resp3, self.id)
+                            send_to(server, raw, slot, resp3, lane)
                         continue
                 elif plain and (spec := fanout.get(args[0])) is not None and len(args) > 1:
                     args[0] = spec.name
@@ -335,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
                 slow = True
                 last = ""  # (the slow path stores its own)
                 self._dispatch_slow(args, raw)
-                if self._closing:
+                if self.state is not ClientState.OPEN:
                     break
                 if self._held:
                     self._stash = commands  # the rest runs once the hold ends
@@ -343,28 +337,28 @@ class ClientConnection(asyncio.Protocol):
                 # local commands may have changed these (AUTH, HELLO 3, RESET, MULTI, WATCH)
                 plain = self._plain()
                 fast = self._fast_keys.get if plain else _no_fast_path
-                resp3 = self._resp3
+                resp3 = self.resp3
         except ProtocolError as exc:
-            self._queue.push_error(errors.protocol(str(exc)))
-            self._failed = slow = True
-            self._start_closing()
+            self.queue.push_error(errors.protocol(str(exc)))
+            slow = True
+            self._start_closing(failed=True)
         except Exception:  # a bug must not take other clients down
             log.exception("client %d: internal error while dispatching", self.id)
-            self._queue.push_error(errors.INTERNAL)
-            self._failed = slow = True
-            self._start_closing()
+            self.queue.push_error(errors.INTERNAL)
+            slow = True
+            self._start_closing(failed=True)
         rest = parser.rest
-        if rest.offer is not None and not self._closing:  # a big argument: stream it?
+        if rest.offer is not None and not self.state is not ClientState.OPEN:  # a big argument: stream it?
             if self._streamer is None:
                 self._streamer = Streamer(self, self._loop.call_soon)
             self._streamer.offered()
         if last:
             self.last_command = last
         if count and t0:
-            self._queue.mark(t0)
+            self.queue.mark(t0)
         if slow:
-            self._queue.flush()  # what was answered in place; the rest leaves via the flusher
-        pending = len(self._queue)
+            self.queue.flush()  # what was answered in place; the rest leaves via the flusher
+        pending = len(self.queue)
         if pending >= self._limits.max_pending:
             self._pause_reading()
         held = rest.held
@@ -377,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
                 self._close_for_limit("query_buffer_limit", unframed)
                 return
             self._hold(held, self._held_out)
-            if self._closing:  # (the budget closed it: it held the most)
+            if self.state is not ClientState.OPEN:  # (the budget closed it: it held the most)
                 return
         if self._budget.over and not self._budget_paused and self._held_out:
             # Only a client owed replies is paused: reading it less is what lets those drain.
@@ -386,21 +380,25 @@ class ClientConnection(asyncio.Protocol):
             self._budget_paused = True
             self._budget.wait(self.id, self._budget_resume)
             self._pause_reading()
-        if self._closing and not pending:
+        if self.state is not ClientState.OPEN and not pending:
             self._close_now()
 
     def _stream_data(self, streamer: Streamer, data: bytes) -> None:
         try:
             streamer.data(data)
         except ProtocolError as exc:
-            self._queue.push_error(errors.protocol(str(exc)))
-            self._failed = True
-            self._start_closing()
-            self._queue.flush()
+            self.queue.push_error(errors.protocol(str(exc)))
+            self._start_closing(failed=True)
+            self.queue.flush()
 
     def _frame_buffered(self) -> None:
         """Frame what a read left in the parser (after a streamed request's reply, a hold)."""
-        if self._held or self._stash is not None or self._closing or self._transport is None:
+        if (
+            self._held
+            or self._stash is not None
+            or self.state is not ClientState.OPEN
+            or self._transport is None
+        ):
             return
         if self._arrived:
             data, self._arrived = b"".join(self._arrived), []
@@ -419,9 +417,9 @@ class ClientConnection(asyncio.Protocol):
         txn = self._txn
         sub = self._subscriber
         return (
-            self._authed
+            self.auth.ok
             and (txn is None or txn.state is TxnState.IDLE)
-            and (sub is None or not sub.active or self._resp3)
+            and (sub is None or not sub.active or self.resp3)
         )
 
     def _dispatch_slow(self, args: list[bytes], raw: bytes) -> None:
@@ -430,47 +428,41 @@ class ClientConnection(asyncio.Protocol):
         sent_name = args[0]
         args[0] = name = sent_name.upper()  # normalised once; compared as bytes from here on
         found = lookup(args, sent_name)
-        label = (
-            found.fullname
-            if not isinstance(found, str)
-            else (
-                name.decode("ascii", "replace").lower() if found.startswith("ERR wrong number") else "unknown"
-            )
-        )
+        label = found.label if isinstance(found, Refusal) else found.fullname
         self.last_command = label
-        queue = self._queue
+        queue = self.queue
         queue.label = self._rows.get(label) or self._row(label)
         try:
             self._dispatch_one(name, args, raw, found)
         finally:
             queue.label = None
 
-    def _dispatch_one(self, name: bytes, args: list[bytes], raw: bytes, found: CommandSpec | str) -> None:
-        queue = self._queue
-        if not self._authed and name not in (b"AUTH", b"QUIT", b"HELLO"):
+    def _dispatch_one(self, name: bytes, args: list[bytes], raw: bytes, found: CommandSpec | Refusal) -> None:
+        queue = self.queue
+        if not self.auth.ok and name not in (b"AUTH", b"QUIT", b"HELLO"):
             queue.push_error(errors.NOAUTH)
             return
         deny = self._pool.config.deny_commands
         txn = self._txn
         if txn is not None and txn.state is TxnState.QUEUING:
             if name not in IMMEDIATE_IN_MULTI:
-                if deny and not isinstance(found, str) and is_denied(found, deny):
+                if deny and not isinstance(found, Refusal) and is_denied(found, deny):
                     txn.abort(errors.denied(found.fullname, self._pool.name))
                 else:
                     txn.queue(found, args, raw)
                 return
-            if isinstance(found, str) and name != b"QUIT":  # (e.g. EXEC x: wrong arity)
-                txn.rejected(name, found)
+            if isinstance(found, Refusal) and name != b"QUIT":  # (e.g. EXEC x: wrong arity)
+                txn.rejected(name, found.text)
                 return
-        if isinstance(found, str):
-            queue.push_error(found)
+        if isinstance(found, Refusal):
+            queue.push_error(found.text)
             return
         spec = found
         if deny and is_denied(spec, deny):
             queue.push_error(errors.denied(spec.fullname, self._pool.name))
             return
         sub = self._subscriber
-        if sub is not None and sub.active and not self._resp3:
+        if sub is not None and sub.active and not self.resp3:
             if name not in ALLOWED_WHILE_SUBSCRIBED:
                 queue.push_error(not_allowed(spec.fullname))
                 return
@@ -482,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         kind = spec.kind
         if kind is Kind.LOCAL:
-            self._local(spec, args)
+            local.serve(self, spec, args)
         elif kind is Kind.TRANSACTION:
             self._transaction(spec, args, raw)
         elif kind is Kind.KEYSPACE:
@@ -528,29 +520,29 @@ class ClientConnection(asyncio.Protocol):
         """Whether a command that goes on a dedicated connection must first wait for the
         replies owed before it (their requests, on shared connections, could run after it);
         if so it is kept, and dispatched once they are all written (_after_flush)."""
-        if not len(self._queue):
+        if not len(self.queue):
             return False
         self._deferred = (args, raw)
         self._held = True
-        self._queue.on_flushed = self._after_flush  # (brings us back once they are written)
+        self.queue.on_flushed = self._after_flush  # (brings us back once they are written)
         return True
 
     def _run_deferred(self) -> None:
         deferred, self._deferred = self._deferred, None
-        if deferred is None or self._closing or self._transport is None:
+        if deferred is None or self.state is not ClientState.OPEN or self._transport is None:
             return
         self._held = False
         if not self._read_paused:
-            self._queue.on_flushed = None
+            self.queue.on_flushed = None
         self._dispatch_slow(*deferred)
-        self._queue.flush()
+        self.queue.flush()
         if not self._held:
             self._resume_dispatch()
 
     def _resume_dispatch(self) -> None:
         self._held = False
         stash, self._stash = self._stash, None
-        if self._closing or self._transport is None:
+        if self.state is not ClientState.OPEN or self._transport is None:
             return
         if stash is not None:
             self._serve(stash, 0.0)
@@ -565,7 +557,7 @@ class ClientConnection(asyncio.Protocol):
         sub, monitor = self._subscriber, self._monitor
         if (sub is not None and sub.active) or (monitor is not None and monitor.active):
             # (its reply would hold back every message behind it, unbounded)
-            self._queue.push_error(errors.blocking_while_pushed(spec.fullname))
+            self.queue.push_error(errors.blocking_while_pushed(spec.fullname))
             return
         blocking.serve(self, spec, args, self._payload(spec, args, raw))
 
@@ -574,7 +566,7 @@ class ClientConnection(asyncio.Protocol):
         if sub is None:
             sub = self._subscriber = Subscriber(self)
         if self._monitor is not None and self._monitor.active:
-            self._queue.push_error(errors.refused(spec.fullname, spec.flags))
+            self.queue.push_error(errors.refused(spec.fullname, spec.flags))
             return
         if spec.name.endswith(b"UNSUBSCRIBE"):
             sub.unsubscribe(spec.name, args[1:])
@@ -584,16 +576,15 @@ class ClientConnection(asyncio.Protocol):
     def _subscriptions_lost(self, reason: str) -> None:
         """A subscription connection was lost: closed, as a Redis restart would close it (the
         client reconnects and subscribes again)."""
-        _log_limited(
+        local.log_limited(
             "pubsub",
-            self._peer,
+            self.peer,
             "pool %s: client %d's subscriptions lost (%s): closing it",
             self._pool.name,
             self.id,
             reason,
         )
-        self._failed = True
-        self.begin_shutdown()
+        self.begin_shutdown(failed=True)
 
     @property
     def subscriptions(self) -> int:
@@ -623,10 +614,10 @@ class ClientConnection(asyncio.Protocol):
         try:
             keys = keys_of(spec, args)
         except UnroutableKeys as exc:
-            self._queue.push_error(str(exc))
+            self.queue.push_error(str(exc))
             return
         if not keys:
-            self._queue.push_error(errors.no_keys(spec.fullname))
+            self.queue.push_error(errors.no_keys(spec.fullname))
             return
         if self._pool.strips:
             raw = self._stripped(args, key_positions(spec, args))
@@ -641,15 +632,15 @@ class ClientConnection(asyncio.Protocol):
             return
         server = self._pool.route_many(keys, spec.readonly)
         if isinstance(server, str):
-            self._queue.push_error(server)
+            self.queue.push_error(server)
             return
         if name in SCRIPT_CALLS and server is not None:
             body = CACHE.get(args[1])
             if body is not None:  # a NOSCRIPT from a server that lost it: loaded, sent again
-                queue = self._queue
+                queue = self.queue
                 target = queue.push()
-                sink = NoScriptRetry(target, server, raw, body, self._resp3, self.id, queue)
-                server.send(raw, ReplySlot(sink), self._resp3, self.id)
+                sink = NoScriptRetry(target, server, raw, body, self.resp3, self.id, queue)
+                server.send(raw, ReplySlot(sink), resp3=self.resp3, lane=self.id)
                 return
         self._send(server, raw)
 
@@ -661,16 +652,16 @@ class ClientConnection(asyncio.Protocol):
         return encode_command(args)
 
     def _send(self, server: Target | None, raw: bytes, row: CommandStats | None = None) -> None:
-        slot = self._queue.push(row)
+        slot = self.queue.push(row)
         if server is None:
             slot.fail(self._pool.unrouted)
         else:
-            server.send(raw, slot, self._resp3, self.id)
+            send_to(server, raw, slot, self.resp3, self.id)
 
     def _fanout(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         row = self._rows.get(spec.fullname) or self._row(spec.fullname)
         if args[0] == b"MSET" and len(args) % 2 == 0:
-            self._queue.push_error(errors.wrong_arity(spec.fullname), row)
+            self.queue.push_error(errors.wrong_arity(spec.fullname), row)
             return
         pool = self._pool
         parts: Parts | None = pool.split_command(args)  # the C kernel, where it applies
@@ -697,170 +688,54 @@ class ClientConnection(asyncio.Protocol):
         stats = pool.stats
         stats.fanouts += 1
         stats.fragments += len(parts)
-        parent = self._queue.push(row)
+        parent = self.queue.push(row)
         nkeys = (len(args) - 1) // (2 if args[0] == b"MSET" else 1)
         gather = Gather(parent, merge, args[0], nkeys, parts)
-        resp3, client_id = self._resp3, self.id
+        resp3, lane = self.resp3, self.id
         for (server, payload, _), child in zip(parts, gather.slots):
             if server is None:
                 child.fail(pool.unrouted)
-            elif (direct := server.direct) is not None and not resp3:
-                direct(payload, child)
             else:
-                server.send(payload, child, resp3, client_id)
+                send_to(server, payload, child, resp3, lane)
 
-    # --- local commands ------------------------------------------------------------------
+    # --- what local commands change (local.py) ----------------------------------------
 
-    def _local(self, spec: CommandSpec, args: list[bytes]) -> None:
-        queue = self._queue
-        name = args[0]
-        if name == b"PING":
-            if len(args) > 2:
-                queue.push_error(errors.wrong_arity("ping"))
-            else:
-                queue.push_reply(PONG if len(args) == 1 else encode_bulk(args[1]))
-        elif name == b"ECHO":
-            queue.push_reply(encode_bulk(args[1]))
-        elif name == b"QUIT":
-            queue.push_reply(OK)
-            self._start_closing()
-        elif name == b"SELECT":
-            self._select(args[1])
-        elif name == b"AUTH":
-            self._auth(args[1:])
-        elif name == b"HELLO":
-            self._hello(args[1:])
-        elif name == b"COMMAND":
-            local.command(self, args[1:])
-        elif name == b"CLIENT":
-            local.client(self, spec, args)
-        elif name == b"INFO":
-            sections = list(dict.fromkeys(a.decode("utf-8", "replace").lower() for a in args[1:]))
-            info = self._info
-            every = not sections or any(s in keyspace.EVERY_SECTION for s in sections)
-            wanted: list[str | None] = [None] if every else list(sections)
-            own = b"".join(info(s) for s in wanted) if info is not None else b""
-            keyspace.info(self, sections, own)
-        elif name == b"MONITOR":
-            if self._monitor is None:
-                self._monitor = Monitor(self)
-            self._monitor.start()
-        elif name == b"RESET":
-            self.name = b""
-            self._resp3 = False
-            if self._subscriber is not None:
-                self._subscriber.close(lost=False)
-            if self._monitor is not None:
-                self._monitor.stop(lost=False)
-            if self._txn is not None:
-                self._txn.reset()
-            queue.push_reply(b"+RESET\r\n")
-        else:
-            queue.push_error(errors.refused(spec.fullname, spec.flags))
+    def set_resp3(self, on: bool) -> None:
+        """HELLO 2|3: the protocol of this client's replies from now on."""
+        self.resp3 = on
 
-    def _select(self, arg: bytes) -> None:
-        try:
-            db = int(arg)
-        except ValueError:
-            self._queue.push_error(errors.SELECT_INVALID)
-            return
-        if db == 0:
-            self._queue.push_reply(OK)
-        else:
-            self._queue.push_error(errors.SELECT_ONLY_ZERO)
+    def authenticated(self) -> None:
+        """AUTH or HELLO AUTH succeeded: Redis's unauthenticated request limits are off."""
+        self.auth.ok = True
+        self._parser.authenticated = True
 
-    def _auth(self, args: Sequence[bytes]) -> None:
-        queue = self._queue
-        if len(args) > 2:
-            queue.push_error(errors.SYNTAX)
-            return
-        if self._password is None:
-            queue.push_error(errors.AUTH_NOT_CONFIGURED)
-            return
-        if self._check_password(args):
-            self._authenticated()
-            queue.push_reply(OK)
-        else:
-            self._auth_failed()
+    def close_after_replies(self, reason: str | None = None) -> None:
+        """QUIT (reason None), or a limit (``reason`` counted): no more requests are read;
+        the connection closes once the replies owed are written."""
+        if reason is not None:
+            self._pool.stats.closed[reason] += 1
+        self._start_closing(failed=reason is not None)
 
-    def _authenticated(self) -> None:
-        self._authed = True
-        self._parser.authenticated = True  # Redis's unauthenticated request limits are off
+    def info_text(self, section: str | None) -> bytes:
+        """The proxy's own INFO sections, from the composition root (None: every one)."""
+        return self._info(section) if self._info is not None else b""
 
-    def _auth_failed(self) -> None:
-        """-WRONGPASS, counted and logged (rate-limited); past the limit, the connection closes."""
-        self._queue.push_error(errors.WRONGPASS)
-        self._pool.stats.auth_failures += 1
-        self._auth_failures += 1
-        limit = self._pool.config.client_limits.auth_failure_limit
-        _log_limited(
-            "auth",
-            self._peer,
-            "pool %s: failed AUTH from %s (%d on this connection)",
-            self._pool.name,
-            self._peer,
-            self._auth_failures,
-        )
-        if limit and self._auth_failures >= limit:
-            self._pool.stats.closed["auth_failure_limit"] += 1
-            self._failed = True
-            self._start_closing()
+    def start_monitor(self) -> None:
+        if self._monitor is None:
+            self._monitor = Monitor(self)
+        self._monitor.start()
 
-    def _check_password(self, args: Sequence[bytes]) -> bool:
-        password = self._password or ""
-        if len(args) == 2 and args[0] != b"default":
-            return False
-        return args[-1] == password.encode()
-
-    def _hello(self, args: Sequence[bytes]) -> None:
-        """HELLO [2|3 [AUTH user pass] [SETNAME name]]: Redis's handshake, RESP2 or RESP3."""
-        queue = self._queue
-        resp3 = self._resp3
-        if args:
-            try:
-                version = int(args[0])
-            except ValueError:
-                queue.push_error("ERR Protocol version is not an integer or out of range")
-                return
-            if version not in (2, 3):
-                queue.push_error(errors.NOPROTO)
-                return
-            resp3 = version == 3
-        i = 1
-        while i < len(args):
-            option = args[i].upper()
-            if option == b"AUTH" and i + 2 < len(args):
-                # (no password configured: Redis's default user has none, and HELLO's AUTH
-                # for it succeeds with any password, as with nopass)
-                if (
-                    not self._check_password(args[i + 1 : i + 3])
-                    if self._password is not None
-                    else args[i + 1] != b"default"
-                ):
-                    self._auth_failed()
-                    return
-                self._authenticated()
-                i += 3
-            elif option == b"SETNAME" and i + 1 < len(args):
-                self.name = args[i + 1]
-                i += 2
-            else:
-                queue.push_error(errors.SYNTAX)
-                return
-        if not self._authed:
-            queue.push_error(errors.NOAUTH)
-            return
-        self._resp3 = resp3
-        info: list[tuple[bytes, Any]] = [
-            (b"server", b"resproxy"),
-            (b"version", __version__.encode()),
-            (b"proto", 3 if resp3 else 2),
-            (b"id", self.id),
-            (b"mode", b"proxy"),
-            (b"role", b"master"),
-            (b"modules", []),
-        ]
-        queue.push_reply(encode_map(info, resp3))
+    def reset(self) -> None:
+        """RESET: back to a new connection's state (name, protocol, subscriptions, MONITOR,
+        transaction); authentication stays."""
+        self.name = b""
+        self.resp3 = False
+        if self._subscriber is not None:
+            self._subscriber.close(lost=False)
+        if self._monitor is not None:
+            self._monitor.stop(lost=False)
+        if self._txn is not None:
+            self._txn.reset()
 
     def now(self) -> float:
         return self._clock()
@@ -873,13 +748,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _after_flush(self) -> None:
         """After each write while reading is paused (or closing): owed bytes against the limits."""
-        if self._closing:
-            if not len(self._queue):
+        if self.state is not ClientState.OPEN:
+            if not len(self.queue):
                 self._close_now()
             return
         if self._streamer is not None:
             self._streamer.flushed()
-        if self._deferred is not None and not len(self._queue):
+        if self._deferred is not None and not len(self.queue):
             self._loop.call_soon(self._run_deferred)
         if self._write_paused and self._check_output():
             return
@@ -888,7 +763,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _check_output(self) -> bool:
         """Owed replies against client_output_buffer_limit and the budget; True if closed."""
-        if self._transport is None or self._closing:
+        if self._transport is None or self.state is not ClientState.OPEN:
             return True
         owed = self._transport.get_write_buffer_size()
         limits = self._pool.config.client_limits
@@ -907,7 +782,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._soft_since = 0.0
         self._hold(self._held_in, owed)
-        return self._closing  # (the budget may have closed this client)
+        return self.state is not ClientState.OPEN  # (the budget may have closed this client)
 
     def _check_soft(self) -> None:
         """The soft limit's deadline: closed if over it all along since (Redis's cron check);
@@ -936,22 +811,22 @@ class ClientConnection(asyncio.Protocol):
     def _close_for_limit(self, reason: str, held: int) -> None:
         """Close at once for a client limit (owed or buffered bytes are dropped, as Redis does)."""
         self._pool.stats.closed[reason] += 1
-        _log_limited(
+        local.log_limited(
             reason,
-            self._peer,
+            self.peer,
             "pool %s: closing client %d from %s: %s reached (%d bytes)",
             self._pool.name,
             self.id,
-            self._peer,
+            self.peer,
             reason,
             held,
         )
-        self._failed = self._closing = True
+        self.state = ClientState.FAILING
         self.abort()
 
     def _on_idle(self) -> None:
         self._idle_timer = None
-        if self._transport is None or self._closing:
+        if self._transport is None or self.state is not ClientState.OPEN:
             return
         now = self._clock()
         streamer = self._streamer
@@ -963,7 +838,7 @@ class ClientConnection(asyncio.Protocol):
         sub, monitor = self._subscriber, self._monitor
         if (sub is not None and sub.active) or (monitor is not None and monitor.active):
             self._active_at = now  # (Redis exempts pub/sub and MONITOR clients too)
-        elif len(self._queue) and not sending:
+        elif len(self.queue) and not sending:
             # replies owed: waiting on the proxy is not idleness (a client that stops halfway
             # through a big value is, though: it holds a server connection)
             self._active_at = now
@@ -977,7 +852,7 @@ class ClientConnection(asyncio.Protocol):
     def _pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:
             self._read_paused = True
-            self._queue.on_flushed = self._after_flush
+            self.queue.on_flushed = self._after_flush
             self._transport.pause_reading()
 
     def _maybe_resume_reading(self) -> None:
@@ -987,29 +862,32 @@ class ClientConnection(asyncio.Protocol):
             and not self._budget_paused
             and not (self._streamer is not None and self._streamer.holds_reading)
             and not self._held
-            and not self._closing
-            and len(self._queue) < self._limits.max_pending // 2
+            and not self.state is not ClientState.OPEN
+            and len(self.queue) < self._limits.max_pending // 2
             and self._transport is not None
         ):
             self._read_paused = False
-            self._queue.on_flushed = None
+            self.queue.on_flushed = None
             self._transport.resume_reading()
 
-    def _start_closing(self) -> None:
+    def _start_closing(self, failed: bool = False) -> None:
+        """No more requests; the connection closes once the replies owed are written.
+        ``failed``: for an error (counted as client_err), not the client's QUIT or shutdown."""
         if self._streamer is not None:
             self._streamer.abandon()  # a half-sent request must not wait for the rest
-        self._closing = True
-        self._queue.on_flushed = self._after_flush
+        if self.state is ClientState.OPEN or failed:
+            self.state = ClientState.FAILING if failed else ClientState.CLOSING
+        self.queue.on_flushed = self._after_flush
         self._pause_reading()
 
     def _close_now(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
-    def begin_shutdown(self) -> None:
+    def begin_shutdown(self, failed: bool = False) -> None:
         """Stop taking requests; close once the replies owed are written."""
-        self._start_closing()
-        if not len(self._queue):
+        self._start_closing(failed)
+        if not len(self.queue):
             self._close_now()
 
     def abort(self) -> None:

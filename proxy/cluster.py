@@ -40,6 +40,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 from proxy import errors
 from proxy.backend import BackendConnection
@@ -221,18 +222,20 @@ class ClusterPool(PoolBase):
                 self.clusterdown += 1
             else:
                 self.tryagain += 1
-            self._loop.call_later(delay, replied.send, payload, slot, conn.resp3, conn.lane)
+            self._loop.call_later(
+                delay, partial(replied.send, payload, slot, resp3=conn.resp3, lane=conn.lane)
+            )
             return
         target = self._server_for(redirect.node)
         if redirect.ask:
             self.asks += 1
-            target.send(payload, slot, conn.resp3, conn.lane, True)
+            target.send(payload, slot, resp3=conn.resp3, lane=conn.lane, asking=True)
             return
         self.moved += 1
         self._owners[redirect.slot] = target
         self._readers[redirect.slot] = None  # the replicas are learned again by the refresh
         self.request_refresh()
-        target.send(payload, slot, conn.resp3, conn.lane)
+        target.send(payload, slot, resp3=conn.resp3, lane=conn.lane)
 
     # --- the slot map --------------------------------------------------------------------
 

@@ -337,24 +337,34 @@ def command_rows(names: Sequence[bytes] | None) -> list[object]:
     return rows
 
 
-def lookup(args: Sequence[bytes], sent_name: bytes | None = None) -> CommandSpec | str:
-    """The spec for a parsed command (container resolved to its subcommand), or an error text.
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A command the table refuses before anything runs: Redis's error ``text``, and the
+    metrics ``label`` it is counted under (``unknown`` for an unknown command or subcommand,
+    the command's name for a wrong number of arguments)."""
+
+    text: str
+    label: str
+
+
+def lookup(args: Sequence[bytes], sent_name: bytes | None = None) -> CommandSpec | Refusal:
+    """The spec for a parsed command (container resolved to its subcommand), or a refusal.
 
     ``args[0]`` is the upper-case name; ``sent_name`` the name as the client spelled it, for
     the error text. Checks existence and arity the way Redis does, with Redis's own texts.
     """
     spec = TABLE.get(args[0])
     if spec is None:
-        return errors.unknown_command(sent_name or args[0], list(args[1:]))
+        return Refusal(errors.unknown_command(sent_name or args[0], list(args[1:])), "unknown")
     if spec.kind is Kind.CONTAINER or (spec.subcommands and len(args) > 1):
         if len(args) < 2:
-            return errors.wrong_arity(spec.fullname)
+            return Refusal(errors.wrong_arity(spec.fullname), spec.fullname)
         sub = spec.subcommands.get(args[1].upper())
         if sub is None:
-            return errors.unknown_subcommand(args[0], args[1])
+            return Refusal(errors.unknown_subcommand(args[0], args[1]), "unknown")
         spec = sub
     if not spec.arity_ok(len(args)):
-        return errors.wrong_arity(spec.fullname)
+        return Refusal(errors.wrong_arity(spec.fullname), spec.fullname.partition("|")[0])
     return spec
 
 

@@ -22,6 +22,7 @@ SELECT_INVALID = "ERR value is not an integer or out of range"
 INTERNAL = "ERR internal error in proxy"
 SHUTTING_DOWN = "ERR proxy is shutting down"
 NOPROTO = "NOPROTO unsupported protocol version"
+PROTO_NOT_INTEGER = "ERR Protocol version is not an integer or out of range"
 SYNTAX = "ERR syntax error"
 MERGE_MISMATCH = "ERR proxy could not merge replies from servers"
 

@@ -65,14 +65,14 @@ class KeyspaceHost(Protocol):
     """What these commands need of their client connection."""
 
     id: int
-    _queue: ReplyQueue
+    queue: ReplyQueue
     _pool: Pool
-    _resp3: bool
+    resp3: bool
 
 
 def serve(host: KeyspaceHost, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
     """Answer a KEYSPACE command (commands.Kind.KEYSPACE)."""
-    queue = host._queue
+    queue = host.queue
     servers = host._pool.keyspace_servers(replicas=spec.fullname.startswith("script|"))
     if isinstance(servers, str):
         queue.push_error(servers)
@@ -82,7 +82,7 @@ def serve(host: KeyspaceHost, spec: CommandSpec, args: list[bytes], raw: bytes) 
         _scan(host, servers, args)
         return
     if full in ONE_SERVER:
-        servers[0].send(raw, queue.push(), host._resp3, host.id)
+        servers[0].send(raw, queue.push(), resp3=host.resp3, lane=host.id)
         return
     if full == "script|load":
         CACHE.remember(args[2], preload=True)
@@ -98,9 +98,9 @@ def broadcast(
     """Send ``payload`` to every server; ``slot`` gets ``merge`` of their replies."""
     parts: list[tuple[Server, bytes, list[int]]] = [(server, payload, []) for server in servers]
     gather = Gather(slot, merge, b"", 0, parts)
-    resp3, client = host._resp3, host.id
+    resp3, client = host.resp3, host.id
     for server, child in zip(servers, gather.slots):
-        server.send(payload, child, resp3, client)
+        server.send(payload, child, resp3=resp3, lane=client)
 
 
 # --- merges: merge(name, parts, nkeys, replies) -> the one reply ----------------------------
@@ -262,7 +262,7 @@ def _check(servers: Sequence[Server]) -> int:
 
 
 def _scan(host: KeyspaceHost, servers: Sequence[Server], args: list[bytes]) -> None:
-    queue = host._queue
+    queue = host.queue
     try:
         cursor = int(args[1])
         if not args[1].isdigit() or cursor >= 1 << 64:
@@ -281,7 +281,7 @@ def _scan(host: KeyspaceHost, servers: Sequence[Server], args: list[bytes]) -> N
     index, server_cursor = found
     payload = encode_command([b"SCAN", b"%d" % server_cursor, *args[2:]])
     slot = ReplySlot(_ScanReply(queue.push(), index, len(servers), check))
-    servers[index].send(payload, slot, host._resp3, host.id)
+    servers[index].send(payload, slot, resp3=host.resp3, lane=host.id)
 
 
 class _ScanReply:
@@ -329,7 +329,7 @@ def info(host: KeyspaceHost, sections: list[str], local: bytes) -> None:
     every = not sections or any(s in EVERY_SECTION for s in sections)
     want_server = every or "server" in sections
     want_keyspace = every or "keyspace" in sections
-    queue = host._queue
+    queue = host.queue
     if not (want_server or want_keyspace):
         queue.push_reply(encode_bulk(local))
         return
@@ -350,7 +350,7 @@ def info(host: KeyspaceHost, sections: list[str], local: bytes) -> None:
     ]
     gather = Gather(slot, merge, b"", 0, parts)
     for (server, payload, _), child in zip(parts, gather.slots):
-        server.send(payload, child, host._resp3, host.id)
+        server.send(payload, child, resp3=host.resp3, lane=host.id)
 
 
 def _bulk_text(raw: bytes) -> bytes:

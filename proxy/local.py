@@ -1,18 +1,25 @@
-"""Commands the proxy answers about itself and its clients: COMMAND and CLIENT.
+"""Commands the proxy answers itself, never sending them to a server (``Kind.LOCAL``).
 
-COMMAND answers from the command table (commands.py: Redis's own metadata, with its docs);
-CLIENT over the proxy's clients of the same listen address (``LocalHost.peers``): names, ids,
-CLIENT LIST lines with Redis's field names, CLIENT KILL in its old and new forms.
+``serve`` is the one switch: PING, ECHO, QUIT, SELECT (0 only), AUTH and HELLO (the pool's
+``redis_auth`` is the ``default`` user's password; failures counted, logged rate-limited, the
+connection closed past ``auth_failure_limit``), INFO (the proxy's sections plus the servers'
+``# Server``/``# Keyspace``: keyspace.py), MONITOR (monitor.py), RESET, COMMAND (from the
+command table: Redis's own metadata, with its docs) and CLIENT (over the clients of the same
+listen address, ``LocalHost.peers``: names, ids, CLIENT LIST lines with Redis's field names,
+CLIENT KILL in its old and new forms).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from proxy import errors
+from proxy import __version__, errors, keyspace
 from proxy.commands import (
     CommandSpec,
+    Refusal,
     UnroutableKeys,
     command_docs,
     command_names,
@@ -21,11 +28,49 @@ from proxy.commands import (
     lookup,
 )
 from proxy.inflight import ReplyQueue
-from proxy.resp import OK, encode_bulk, encode_map, encode_value
+from proxy.resp import OK, PONG, encode_bulk, encode_map, encode_value
 from proxy.target import Pool
 
+log = logging.getLogger(__name__)
 
-class LocalHost(Protocol):
+LOG_EVERY_S = 60.0  # per peer address and kind: how often a closed or failing client is logged
+_last_logged: dict[tuple[str, str], float] = {}
+
+
+def log_limited(kind: str, peer: str, message: str, *args: object) -> None:
+    """Log a client's failure at most once per LOG_EVERY_S per (kind, peer address)."""
+    now = time.monotonic()
+    key = (kind, peer)
+    if now - _last_logged.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
+        return
+    if len(_last_logged) > 10000:  # bounded: forget the oldest half
+        for old in sorted(_last_logged, key=_last_logged.__getitem__)[:5000]:
+            del _last_logged[old]
+    _last_logged[key] = now
+    log.warning(message, *args)
+
+
+class Auth:
+    """One client's authentication against its pool's ``redis_auth`` (the ``default`` user's
+    password, as in Redis): whether it has authenticated, and its failed attempts."""
+
+    __slots__ = ("password", "ok", "failures")
+
+    def __init__(self, password: str | None) -> None:
+        self.password = password
+        self.ok = password is None  # no password: every client is authenticated
+        self.failures = 0
+
+    def accepts(self, args: Sequence[bytes]) -> bool:
+        """``[user] password`` as AUTH and HELLO AUTH take them: only ``default`` exists."""
+        if self.password is None:  # Redis's default user with nopass: any password does
+            return len(args) == 1 or args[0] == b"default"
+        if len(args) == 2 and args[0] != b"default":
+            return False
+        return args[-1] == self.password.encode()
+
+
+class LocalHost(keyspace.KeyspaceHost, Protocol):
     """What these commands need of a client connection."""
 
     id: int
@@ -35,8 +80,10 @@ class LocalHost(Protocol):
     created: float
     last_read: float
     last_command: str
-    _queue: ReplyQueue
-    _resp3: bool
+    queue: ReplyQueue
+    resp3: bool
+    auth: Auth
+    peer: str
 
     @property
     def pool(self) -> Pool: ...
@@ -49,10 +96,156 @@ class LocalHost(Protocol):
 
     def abort(self) -> None: ...
 
+    def set_resp3(self, on: bool) -> None: ...
+
+    def authenticated(self) -> None: ...
+
+    def close_after_replies(self, reason: str | None = None) -> None: ...
+
+    def info_text(self, section: str | None) -> bytes: ...
+
+    def start_monitor(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+def serve(host: LocalHost, spec: CommandSpec, args: list[bytes]) -> None:
+    """Answer one local command (its name normalised, its arity checked by the table)."""
+    queue = host.queue
+    name = args[0]
+    if name == b"PING":
+        if len(args) > 2:
+            queue.push_error(errors.wrong_arity("ping"))
+        else:
+            queue.push_reply(PONG if len(args) == 1 else encode_bulk(args[1]))
+    elif name == b"ECHO":
+        queue.push_reply(encode_bulk(args[1]))
+    elif name == b"QUIT":
+        queue.push_reply(OK)
+        host.close_after_replies()
+    elif name == b"SELECT":
+        select(host, args[1])
+    elif name == b"AUTH":
+        auth(host, args[1:])
+    elif name == b"HELLO":
+        hello(host, args[1:])
+    elif name == b"COMMAND":
+        command(host, args[1:])
+    elif name == b"CLIENT":
+        client(host, spec, args)
+    elif name == b"INFO":
+        info(host, args[1:])
+    elif name == b"MONITOR":
+        host.start_monitor()
+    elif name == b"RESET":
+        host.reset()
+        queue.push_reply(b"+RESET\r\n")
+    else:
+        queue.push_error(errors.refused(spec.fullname, spec.flags))
+
+
+def select(host: LocalHost, arg: bytes) -> None:
+    """SELECT: only database 0 (a pool's servers may each use another: ``redis_db``)."""
+    try:
+        db = int(arg)
+    except ValueError:
+        host.queue.push_error(errors.SELECT_INVALID)
+        return
+    if db == 0:
+        host.queue.push_reply(OK)
+    else:
+        host.queue.push_error(errors.SELECT_ONLY_ZERO)
+
+
+def auth(host: LocalHost, args: Sequence[bytes]) -> None:
+    """AUTH [user] password."""
+    queue = host.queue
+    if len(args) > 2:
+        queue.push_error(errors.SYNTAX)
+    elif host.auth.password is None:
+        queue.push_error(errors.AUTH_NOT_CONFIGURED)
+    elif host.auth.accepts(args):
+        host.authenticated()
+        queue.push_reply(OK)
+    else:
+        auth_failed(host)
+
+
+def auth_failed(host: LocalHost) -> None:
+    """-WRONGPASS, counted and logged (rate-limited); past the limit, the connection closes."""
+    host.queue.push_error(errors.WRONGPASS)
+    pool = host.pool
+    pool.stats.auth_failures += 1
+    host.auth.failures += 1
+    limit = pool.config.client_limits.auth_failure_limit
+    log_limited(
+        "auth",
+        host.peer,
+        "pool %s: failed AUTH from %s (%d on this connection)",
+        pool.name,
+        host.peer,
+        host.auth.failures,
+    )
+    if limit and host.auth.failures >= limit:
+        host.close_after_replies("auth_failure_limit")
+
+
+def hello(host: LocalHost, args: Sequence[bytes]) -> None:
+    """HELLO [2|3 [AUTH user pass] [SETNAME name]]: Redis's handshake, RESP2 or RESP3."""
+    queue = host.queue
+    resp3 = host.resp3
+    if args:
+        try:
+            version = int(args[0])
+        except ValueError:
+            queue.push_error(errors.PROTO_NOT_INTEGER)
+            return
+        if version not in (2, 3):
+            queue.push_error(errors.NOPROTO)
+            return
+        resp3 = version == 3
+    i = 1
+    while i < len(args):
+        option = args[i].upper()
+        if option == b"AUTH" and i + 2 < len(args):
+            if not host.auth.accepts(args[i + 1 : i + 3]):
+                auth_failed(host)
+                return
+            host.authenticated()
+            i += 3
+        elif option == b"SETNAME" and i + 1 < len(args):
+            host.name = args[i + 1]
+            i += 2
+        else:
+            queue.push_error(errors.SYNTAX)
+            return
+    if not host.auth.ok:
+        queue.push_error(errors.NOAUTH)
+        return
+    host.set_resp3(resp3)
+    fields: list[tuple[bytes, Any]] = [
+        (b"server", b"resproxy"),
+        (b"version", __version__.encode()),
+        (b"proto", 3 if resp3 else 2),
+        (b"id", host.id),
+        (b"mode", b"proxy"),
+        (b"role", b"master"),
+        (b"modules", []),
+    ]
+    queue.push_reply(encode_map(fields, resp3))
+
+
+def info(host: LocalHost, args: Sequence[bytes]) -> None:
+    """INFO [section ...]: the proxy's own sections, and the servers' where asked."""
+    sections = list(dict.fromkeys(a.decode("utf-8", "replace").lower() for a in args))
+    every = not sections or any(s in keyspace.EVERY_SECTION for s in sections)
+    wanted: list[str | None] = [None] if every else list(sections)
+    keyspace.info(host, sections, b"".join(host.info_text(s) for s in wanted))
+
 
 def command(host: LocalHost, args: Sequence[bytes]) -> None:
     """COMMAND [COUNT|INFO|LIST|DOCS|GETKEYS]: answered from the command table."""
-    queue = host._queue
+    queue = host.queue
     sub = args[0].upper() if args else b""
     if not args:
         queue.push_reply(encode_value(command_rows(None)))
@@ -63,15 +256,15 @@ def command(host: LocalHost, args: Sequence[bytes]) -> None:
     elif sub == b"LIST":
         queue.push_reply(encode_value([name.lower() for name in command_names()]))
     elif sub == b"DOCS":
-        resp3 = host._resp3
+        resp3 = host.resp3
         docs = [(name, encode_map(fields, resp3)) for name, fields in command_docs(args[1:])]
         items = b"".join(encode_bulk(name) + body for name, body in docs)
         queue.push_reply(b"%c%d\r\n" % (b"%" if resp3 else b"*", len(docs) * (1 if resp3 else 2)) + items)
     elif sub == b"GETKEYS":
         target = [args[1].upper(), *args[2:]] if len(args) > 1 else []
-        found = lookup(target) if target else errors.wrong_arity("command|getkeys")
-        if isinstance(found, str):
-            queue.push_error(found)
+        found = lookup(target) if target else Refusal(errors.wrong_arity("command|getkeys"), "command")
+        if isinstance(found, Refusal):
+            queue.push_error(found.text)
             return
         try:
             queue.push_reply(encode_value(keys_of(found, target)))
@@ -83,7 +276,7 @@ def command(host: LocalHost, args: Sequence[bytes]) -> None:
 
 def client(host: LocalHost, spec: CommandSpec, args: Sequence[bytes]) -> None:
     """CLIENT SETNAME|GETNAME|SETINFO|ID|INFO|LIST|KILL (the rest is refused)."""
-    queue = host._queue
+    queue = host.queue
     sub = spec.name
     if sub == b"SETNAME":
         if any(c < 0x21 or c > 0x7E for c in args[2]):
@@ -123,7 +316,7 @@ def describe(host: LocalHost) -> bytes:
 def kill(host: LocalHost, args: Sequence[bytes]) -> None:
     """CLIENT KILL addr (old form: +OK) or CLIENT KILL ID id | ADDR addr | LADDR addr |
     SKIPME yes/no ... (new form: the number killed), over this listen address's clients."""
-    queue = host._queue
+    queue = host.queue
     peers = list(host.peers())
     if len(args) == 1:
         found = [c for c in peers if c.addr == args[0].decode("utf-8", "replace")]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from proxy import errors
-from proxy.backend import DedicatedConnection
+from proxy.backend import DedicatedConnection, Loss
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.target import Pool
 
@@ -25,9 +25,9 @@ OK = b"+OK\r\n"
 
 
 class MonitorHost(Protocol):
-    _queue: ReplyQueue
+    queue: ReplyQueue
     _pool: Pool
-    _resp3: bool
+    resp3: bool
 
     def _subscriptions_lost(self, reason: str) -> None: ...
 
@@ -47,7 +47,7 @@ class Monitor:
 
     def start(self) -> None:
         host = self._host
-        queue = host._queue
+        queue = host.queue
         if self._conns:
             queue.push_reply(OK)  # (monitoring already)
             return
@@ -60,10 +60,10 @@ class Monitor:
             return
         taken: list[tuple[DedicatedConnection, bytes]] = []
         for server in servers:
-            conn = server.take_dedicated(host._resp3, preload=False)
+            conn = server.take_dedicated(host.resp3, preload=False)
             if isinstance(conn, str) or conn.closed:  # (the limit, or the server is down)
                 for held, _ in taken:
-                    held.close("monitor refused", failure=False)
+                    held.close("monitor refused", loss=Loss.CLOSED)
                 queue.push_error(conn if isinstance(conn, str) else conn.closed_text)
                 return
             taken.append((conn, f" [server {server.name}]".encode()))
@@ -91,7 +91,7 @@ class Monitor:
         suffix = self._conns.get(conn)
         if suffix is None or raw[:1] != b"+":
             return
-        queue = self._host._queue
+        queue = self._host.queue
         queue.push_reply(raw[:-2] + suffix + b"\r\n")
         queue.flush()
 
@@ -113,4 +113,4 @@ class Monitor:
             self._owed = None
         for conn in conns:
             conn.on_lost = None
-            conn.close("monitor ended", failure=False)
+            conn.close("monitor ended", loss=Loss.CLOSED)

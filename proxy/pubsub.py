@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from proxy import errors
-from proxy.backend import DedicatedConnection
+from proxy.backend import DedicatedConnection, Loss
 from proxy.config import Address
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.resp import encode_bulk, encode_command
@@ -69,9 +69,9 @@ class PubSubHost(Protocol):
     def _release_dispatch(self) -> None: ...
 
     _loop: asyncio.AbstractEventLoop
-    _queue: ReplyQueue
+    queue: ReplyQueue
     _pool: Pool
-    _resp3: bool
+    resp3: bool
 
     def _subscriptions_lost(self, reason: str) -> None: ...
 
@@ -165,7 +165,7 @@ class Subscriber:
         """SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE name...: one confirmation per name."""
         kind = self.kind(name)
         host = self._host
-        queue = host._queue
+        queue = host.queue
         pool = host._pool
         if pool.strips:  # (a channel's prefix would be stripped on one side only)
             queue.push_error(errors.pubsub_strip_prefix(pool.name))
@@ -223,7 +223,7 @@ class Subscriber:
     def unsubscribe(self, name: bytes, names: Sequence[bytes]) -> None:
         """(P|S)UNSUBSCRIBE [name...]: every one of the kind when none is named."""
         kind = self.kind(name)
-        queue = self._host._queue
+        queue = self._host.queue
         targets = list(names) if names else list(kind.names)
         if not targets:  # nothing to unsubscribe from: one reply with a nil name, as Redis
             count = len(kind.names) if kind is self.shards else self.count
@@ -287,12 +287,12 @@ class Subscriber:
                 del self._address[conn]
                 self._server.pop(conn, None)
                 conn.on_lost = None
-                conn.close("resubscribed elsewhere", failure=False)
+                conn.close("resubscribed elsewhere", loss=Loss.CLOSED)
 
     def ping(self, args: Sequence[bytes]) -> None:
         """PING while subscribed (RESP2): Redis answers ``pong`` and the message as an array."""
         message = args[0] if args else b""
-        self._host._queue.push_reply(b"*2\r\n$4\r\npong\r\n" + encode_bulk(message))
+        self._host.queue.push_reply(b"*2\r\n$4\r\npong\r\n" + encode_bulk(message))
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -304,7 +304,7 @@ class Subscriber:
                 server.adopt(conn, held_by)  # (the same server, in the pool a reload built)
                 self._server[conn] = server
             return conn
-        taken = server.take_dedicated(self._host._resp3, preload=False)
+        taken = server.take_dedicated(self._host.resp3, preload=False)
         if isinstance(taken, str):
             return taken
         if taken.closed:  # (the server is down: closed at once, with the reason)
@@ -414,7 +414,7 @@ class Subscriber:
 
     def _deliver(self, raw: bytes) -> None:
         self._host._pool.stats.pubsub_messages += 1
-        queue = self._host._queue
+        queue = self._host.queue
         queue.push_reply(raw)
         queue.flush()
 
@@ -437,12 +437,12 @@ class Subscriber:
                 awaited.answer(b"-" + errors.SUBSCRIPTION_LOST.encode() + b"\r\n" if lost else awaited.reply)
         for conn in conns.values():
             conn.on_lost = None
-            conn.close("unsubscribed", failure=False)
+            conn.close("unsubscribed", loss=Loss.CLOSED)
 
     def _confirm(self, verb: bytes, name: bytes | None, count: int) -> bytes:
-        head = b">3\r\n" if self._host._resp3 else b"*3\r\n"
+        head = b">3\r\n" if self._host.resp3 else b"*3\r\n"
         if name is None:
-            named = b"_\r\n" if self._host._resp3 else b"$-1\r\n"
+            named = b"_\r\n" if self._host.resp3 else b"$-1\r\n"
         else:
             named = encode_bulk(name)
         return head + encode_bulk(verb) + named + b":%d\r\n" % count

@@ -66,8 +66,8 @@ class _Mirrored:
         self.mirror = mirror
         self.router = router
 
-    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
-        self.primary.send(payload, slot, resp3, client)
+    def send(self, payload: bytes, slot: ReplySlot, *, resp3: bool = False, lane: int = 0) -> None:
+        self.primary.send(payload, slot, resp3=resp3, lane=lane)
         self.router.copy(self.mirror, payload)
 
 
@@ -80,7 +80,7 @@ class _Unserved:
     def __init__(self, text: str) -> None:
         self.text = text
 
-    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
+    def send(self, payload: bytes, slot: ReplySlot, *, resp3: bool = False, lane: int = 0) -> None:
         slot.fail(self.text)
 
 

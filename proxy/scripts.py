@@ -102,14 +102,14 @@ class Pushed(Protocol):
 class Sender(Protocol):
     """Where the retry goes: the server (target.Target) that answered NOSCRIPT."""
 
-    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None: ...
+    def send(self, payload: bytes, slot: ReplySlot, *, resp3: bool = False, lane: int = 0) -> None: ...
 
 
 class NoScriptRetry:
     """The sink of an EVALSHA whose body is known: on ``-NOSCRIPT``, SCRIPT LOAD the body on
     the same server and send the EVALSHA again, once; any other reply goes to the client."""
 
-    __slots__ = ("target", "server", "payload", "body", "resp3", "client", "queue", "mark")
+    __slots__ = ("target", "server", "payload", "body", "resp3", "lane", "queue", "mark")
 
     def __init__(
         self,
@@ -118,7 +118,7 @@ class NoScriptRetry:
         payload: bytes,
         body: bytes,
         resp3: bool,
-        client: int,
+        lane: int,
         queue: Pushed,
     ) -> None:
         self.target = target
@@ -126,7 +126,7 @@ class NoScriptRetry:
         self.payload = payload
         self.body = body
         self.resp3 = resp3
-        self.client = client
+        self.lane = lane
         self.queue = queue
         self.mark = queue.pushed  # the EVALSHA's own request
 
@@ -138,7 +138,7 @@ class NoScriptRetry:
         if raw.startswith(NOSCRIPT) and self.body and self.queue.pushed == self.mark:
             load = encode_command([b"SCRIPT", b"LOAD", self.body])
             self.body = b""  # once
-            self.server.send(load, ReplySlot(None), self.resp3, self.client)
-            self.server.send(self.payload, ReplySlot(self), self.resp3, self.client)
+            self.server.send(load, ReplySlot(None), resp3=self.resp3, lane=self.lane)
+            self.server.send(self.payload, ReplySlot(self), resp3=self.resp3, lane=self.lane)
             return
         self.target.complete(raw)

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -100,12 +101,12 @@ class _Hold:
     def __init__(self, pool: SentinelPool) -> None:
         self.pool = pool
 
-    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
+    def send(self, payload: bytes, slot: ReplySlot, *, resp3: bool = False, lane: int = 0) -> None:
         held = self.pool.held
         if held is None:  # no failover (any more)
-            self.pool.send_to_master(payload, slot, resp3, client)
+            self.pool.send_to_master(payload, slot, resp3, lane)
         else:
-            held.append((payload, slot, resp3, client))
+            held.append((payload, slot, resp3, lane))
 
 
 class SentinelPool(PoolBase):
@@ -410,16 +411,16 @@ class SentinelPool(PoolBase):
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
-        for payload, slot, resp3, client in held:
-            self.send_to_master(payload, slot, resp3, client)
+        for payload, slot, resp3, lane in held:
+            self.send_to_master(payload, slot, resp3, lane)
         self._settled()
 
-    def send_to_master(self, payload: bytes, slot: ReplySlot, resp3: bool, client: int) -> None:
+    def send_to_master(self, payload: bytes, slot: ReplySlot, resp3: bool, lane: int) -> None:
         master = self.master
         if master is None:
             slot.fail(self.unrouted)
         else:
-            master.send(payload, slot, resp3, client)
+            master.send(payload, slot, resp3=resp3, lane=lane)
 
     def _on_readonly(self, conn: BackendConnection, slot: ReplySlot, payload: bytes, raw: bytes) -> None:
         """The server refused a write as a replica: the master moved. Not executed: resend."""
@@ -432,7 +433,9 @@ class SentinelPool(PoolBase):
             slot.complete(raw)
             return
         # the master then, or the hold while a failover runs
-        self._loop.call_later(delay, self._hold.send, payload, slot, conn.resp3, conn.lane)
+        self._loop.call_later(
+            delay, partial(self._hold.send, payload, slot, resp3=conn.resp3, lane=conn.lane)
+        )
 
     # --- pool lifecycle ------------------------------------------------------------------
 

@@ -183,13 +183,13 @@ class ProxyServer:
         def factory() -> ClientConnection:  # the front's target as it is now (reloads swap it)
             return ClientConnection(
                 front.target,
-                self._flusher,
-                self._limits,
-                on_open,
-                on_close,
-                self.info,
-                self.budget,
-                lambda: clients,
+                flusher=self._flusher,
+                limits=self._limits,
+                on_open=on_open,
+                on_close=on_close,
+                info=self.info,
+                budget=self.budget,
+                peers=lambda: clients,
             )
 
         addr = front.listen

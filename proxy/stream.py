@@ -32,8 +32,8 @@ import enum
 from collections.abc import Callable
 from typing import Protocol
 
-from proxy.backend import DedicatedConnection
-from proxy.commands import FAST_SINGLE_KEY, Kind, lookup
+from proxy.backend import DedicatedConnection, Loss
+from proxy.commands import FAST_SINGLE_KEY, Kind, Refusal, lookup
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
 from proxy.pool import RingPool
@@ -53,9 +53,9 @@ class StreamHost(Protocol):
     """What a streamer needs of its client connection."""
 
     _parser: RequestParser
-    _queue: ReplyQueue
+    queue: ReplyQueue
     _pool: Pool
-    _resp3: bool
+    resp3: bool
 
     def _row(self, label: str) -> CommandStats: ...
 
@@ -97,7 +97,7 @@ class Streamer:
             host._parser.decline()
             return
         self.state = StreamState.WAITING
-        if len(host._queue):
+        if len(host.queue):
             host._pause_reading()  # started by flushed() once every earlier reply is out
         else:
             self._start()
@@ -113,7 +113,7 @@ class Streamer:
         spec = FAST_SINGLE_KEY.get(name)
         if spec is None:
             found = lookup([name, *args[1:]])
-            if isinstance(found, str) or found.kind is not Kind.KEYED or found.key_index != 1:
+            if isinstance(found, Refusal) or found.kind is not Kind.KEYED or found.key_index != 1:
                 return None
             spec = found
         if len(args) < 2 or not spec.arity_ok(count):
@@ -140,9 +140,9 @@ class Streamer:
             return
         name = offer[0][0].upper()
         spec = lookup([name, *offer[0][1:]])
-        label = spec.fullname if not isinstance(spec, str) else "unknown"
-        slot = self._slot = host._queue.push(host._row(label))
-        conn = server.take_dedicated(host._resp3)
+        label = spec.label if isinstance(spec, Refusal) else spec.fullname
+        slot = self._slot = host.queue.push(host._row(label))
+        conn = server.take_dedicated(host.resp3)
         assert not isinstance(conn, str)  # (can_dedicate said yes, and nothing ran since)
         self._conn = conn
         conn.uploading = True
@@ -170,7 +170,7 @@ class Streamer:
         if done:
             conn.release()
             self._conn = self._slot = None
-            if len(host._queue):
+            if len(host.queue):
                 self.state = StreamState.ANSWERING
                 host._pause_reading()  # what follows waits for the reply (flushed())
             else:  # answered already (an error before the end): go on now
@@ -185,7 +185,7 @@ class Streamer:
 
     def flushed(self) -> None:
         """The client's replies were written: move on if that was what we waited for."""
-        if len(self._host._queue):
+        if len(self._host.queue):
             return
         if self.state is StreamState.WAITING:
             self._start()
@@ -207,6 +207,6 @@ class Streamer:
         if self.state is StreamState.ANSWERING:
             return  # all sent: its reply is on its way
         if self._conn is not None:
-            self._conn.close("client left mid-request", failure=False)
+            self._conn.close("client left mid-request", loss=Loss.CLOSED)
             self._conn = self._slot = None
         self.state = StreamState.IDLE

@@ -26,9 +26,20 @@ class Target(Protocol):
 
     direct: Callable[[bytes, ReplySlot], None] | None
 
-    def send(self, payload: bytes, slot: ReplySlot, resp3: bool = False, client: int = 0) -> None:
+    def send(self, payload: bytes, slot: ReplySlot, *, resp3: bool = False, lane: int = 0) -> None:
         """Send one request (raw RESP); its reply completes ``slot``. (A ``Server`` also takes
         ``asking``, for Redis Cluster's -ASK.)"""
+
+
+def send_to(target: Target, payload: bytes, slot: ReplySlot, resp3: bool, lane: int) -> None:
+    """How every request a client forwards leaves it: on the target's one connection when it
+    has one and the client speaks RESP2 (``direct``: a call saved per request), else through
+    ``Target.send`` (lane choice, reconnects, a router's mirror, a failover's hold)."""
+    direct = target.direct
+    if direct is not None and not resp3:
+        direct(payload, slot)
+    else:
+        target.send(payload, slot, resp3=resp3, lane=lane)
 
 
 Route = Callable[[bytes], "Target | None"]

@@ -33,8 +33,8 @@ import enum
 from typing import Protocol
 
 from proxy import errors
-from proxy.backend import DedicatedConnection
-from proxy.commands import CommandSpec, Kind, UnroutableKeys, keys_of
+from proxy.backend import DedicatedConnection, Loss
+from proxy.commands import CommandSpec, Kind, Refusal, UnroutableKeys, keys_of
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.resp import OK, encode_command
 from proxy.scripts import CACHE
@@ -63,9 +63,9 @@ class TxnState(enum.Enum):
 class TxnHost(Protocol):
     """What a transaction needs of its client connection."""
 
-    _queue: ReplyQueue
+    queue: ReplyQueue
     _pool: Pool
-    _resp3: bool
+    resp3: bool
 
     def _payload(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> bytes: ...
 
@@ -113,7 +113,7 @@ class Transaction:
     # --- the five commands -------------------------------------------------------------------
 
     def multi(self) -> None:
-        queue = self._host._queue
+        queue = self._host.queue
         if self.state is TxnState.QUEUING:
             queue.push_error("ERR MULTI calls can not be nested")
             return
@@ -121,7 +121,7 @@ class Transaction:
         queue.push_reply(OK)
 
     def watch(self, keys: list[bytes], payload: bytes) -> None:
-        queue = self._host._queue
+        queue = self._host.queue
         if self.state is TxnState.QUEUING:
             queue.push_error("ERR WATCH inside MULTI is not allowed")
             return
@@ -130,7 +130,7 @@ class Transaction:
             queue.push_error(placement)
             return
         if self._conn is None:
-            conn = placement.server.take_dedicated(self._host._resp3)
+            conn = placement.server.take_dedicated(self._host.resp3)
             if isinstance(conn, str):
                 queue.push_error(conn)
                 return
@@ -147,12 +147,12 @@ class Transaction:
         conn = self._conn
         self._end()
         if conn is None or conn.closed:  # (a lost connection watches nothing: OK, as Redis)
-            self._host._queue.push_reply(OK)
+            self._host.queue.push_reply(OK)
             return
-        _give_back(conn, self._host, self._host._queue.push())
+        _give_back(conn, self._host, self._host.queue.push())
 
     def discard(self) -> None:
-        queue = self._host._queue
+        queue = self._host.queue
         if self.state is not TxnState.QUEUING:
             queue.push_error("ERR DISCARD without MULTI")
             return
@@ -164,7 +164,7 @@ class Transaction:
 
     def exec(self) -> None:
         host = self._host
-        queue = host._queue
+        queue = host.queue
         if self.state is not TxnState.QUEUING:
             queue.push_error("ERR EXEC without MULTI")
             return
@@ -184,7 +184,7 @@ class Transaction:
             if conn is not None:
                 _give_back(conn)
             return
-        resp3 = host._resp3
+        resp3 = host.resp3
 
         def run() -> None:
             # placed again: a failover hold may have ended on a new master
@@ -194,11 +194,11 @@ class Transaction:
 
     # --- inside MULTI ----------------------------------------------------------------------
 
-    def queue(self, found: CommandSpec | str, args: list[bytes], raw: bytes) -> None:
+    def queue(self, found: CommandSpec | Refusal, args: list[bytes], raw: bytes) -> None:
         """A command after MULTI: checked, kept, and answered +QUEUED (or an error that aborts
         the transaction, as Redis's queue-time errors do)."""
-        if isinstance(found, str):
-            self.abort(found)
+        if isinstance(found, Refusal):
+            self.abort(found.text)
             return
         spec = found
         kind = spec.kind
@@ -226,7 +226,7 @@ class Transaction:
             if not self._anchor:
                 self._anchor = [keys[0]]
         if self._aborted:  # (answered as Redis does, but nothing more is kept)
-            self._host._queue.push_reply(QUEUED)
+            self._host.queue.push_reply(QUEUED)
             return
         payload = self._host._payload(spec, args, raw)
         self._bytes += len(payload)
@@ -238,7 +238,7 @@ class Transaction:
             if body is not None:
                 self._preload.append(encode_command([b"SCRIPT", b"LOAD", body]))
         self._commands.append(payload)
-        self._host._queue.push_reply(QUEUED)
+        self._host.queue.push_reply(QUEUED)
 
     def abort(self, text: str) -> None:
         """A queue-time error: the client gets ``text`` and EXEC will answer EXECABORT."""
@@ -246,7 +246,7 @@ class Transaction:
         self._commands = []
         self._preload = []
         self._bytes = 0
-        self._host._queue.push_error(text)
+        self._host.queue.push_error(text)
 
     # --- while watching ----------------------------------------------------------------------
 
@@ -266,8 +266,8 @@ class Transaction:
         """On the WATCH connection; a redirect in reply (the slot or master moved) becomes an
         error the client can act on, and the pool learns its map again."""
         assert self._conn is not None and self._placed is not None
-        _same_protocol(self._conn, self._host._resp3)
-        self._conn.send(payload, ReplySlot(_Unmoved(self._host._queue.push(), self._placed)))
+        _same_protocol(self._conn, self._host.resp3)
+        self._conn.send(payload, ReplySlot(_Unmoved(self._host.queue.push(), self._placed)))
 
     # --- ends --------------------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class Transaction:
             return
         conn = self._conn
         self._end()
-        self._host._queue.push_error(
+        self._host.queue.push_error(
             "EXECABORT Transaction discarded because of: " + text.removeprefix("ERR ")
         )
         if conn is not None:
@@ -297,7 +297,7 @@ class Transaction:
         conn = self._conn
         self._end()
         if conn is not None:
-            conn.close("client left", failure=False)
+            conn.close("client left", loss=Loss.CLOSED)
 
     def _end(self) -> None:
         self.state = TxnState.IDLE

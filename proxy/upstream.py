@@ -40,10 +40,11 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from proxy import errors
-from proxy.backend import REDIRECTS, BackendConnection, DedicatedConnection, RedirectCallback
+from proxy.backend import REDIRECTS, BackendConnection, DedicatedConnection, Loss, RedirectCallback
 from proxy.config import PoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
 from proxy.metrics import ServerStats
@@ -148,19 +149,21 @@ class Server:
         self,
         payload: bytes,
         slot: ReplySlot,
+        *,
         resp3: bool = False,
-        client: int = 0,
+        lane: int = 0,
         asking: bool = False,
     ) -> None:
         """Send one request (raw RESP) on a lane; its reply completes ``slot``.
 
-        With ``server_connections`` > 1 a client always uses the same lane (``client`` id
-        modulo lanes), so its commands run on the server in the order it sent them; different
-        clients spread over the lanes. (Round-robin per request, as twemproxy does, lets a
-        client's pipeline overtake itself across connections: INCRs observed out of order.)
+        With ``server_connections`` > 1 the lane is ``lane`` modulo their number: a client
+        passes its id, so its commands run on the server in the order it sent them, and
+        different clients spread over the lanes. (Round-robin per request, as twemproxy does,
+        lets a client's pipeline overtake itself across connections: INCRs observed out of
+        order.) ``asking``: Redis Cluster's -ASK, ASKING sent just before on the same lane.
         """
         lanes = self._lanes3 if resp3 else self._lanes
-        i = client % len(lanes) if len(lanes) > 1 else 0
+        i = lane % len(lanes) if len(lanes) > 1 else 0
         conn = lanes[i]
         if conn is None:
             if self._loop.time() < self._down_until or self.closing:
@@ -190,23 +193,21 @@ class Server:
                 self._held_dedicated.add(conn)
                 conn.uses += 1
                 return conn
-            conn.close("not needed", failure=False)
+            conn.close("not needed", loss=Loss.CLOSED)
         if not self.can_dedicate():
             return errors.dedicated_limit(self.name, self.pool.config.dedicated_connections)
         conn = DedicatedConnection(
             self.name,
             self.pool.name,
             self._loop,
-            self._timeout_ms,
-            self._init3 if resp3 else self._init,
-            self._dedicated_lost,
-            self._mark_up,
-            None,
-            0,
-            resp3,
-            self.stats,
-            (),
-            self._answered,
+            timeout_ms=self._timeout_ms,
+            init_commands=self._init3 if resp3 else self._init,
+            on_lost=self._dedicated_lost,
+            on_ready=self._mark_up,
+            resp3=resp3,
+            stats=self.stats,
+            redirects=(),
+            on_answer=self._answered,
         )
         conn.on_done = self._dedicated_done
         conn.server_address = self.address
@@ -216,7 +217,7 @@ class Server:
             _preload(conn)
         if self.closing or self._loop.time() < self._down_until:
             reason = self.down_reason or "closing"
-            conn.close(reason, errors.server_unavailable(self.name, reason), failure=False)
+            conn.close(reason, errors.server_unavailable(self.name, reason), loss=Loss.CLOSED)
         else:
             self._start_open(conn)
         return conn
@@ -239,7 +240,7 @@ class Server:
         """Released and answered: keep it for the next holder, or close it."""
         self._held_dedicated.discard(conn)
         if self.closing or conn.closed or len(self._idle_dedicated) >= DEDICATED_IDLE_MAX:
-            conn.close("released", failure=False)
+            conn.close("released", loss=Loss.CLOSED)
         else:
             conn.on_writable = None
             self._idle_dedicated.append(conn)
@@ -249,9 +250,9 @@ class Server:
     def _expire_idle(self, conn: DedicatedConnection, uses: int) -> None:
         """Still idle since it was kept (not taken again in between): closed."""
         if conn.uses == uses and conn in self._idle_dedicated:
-            conn.close("idle", failure=False)
+            conn.close("idle", loss=Loss.CLOSED)
 
-    def _dedicated_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
+    def _dedicated_lost(self, conn: BackendConnection, reason: str, loss: Loss) -> None:
         # A dedicated connection's failure is its holder's error reply; the server's health is
         # judged by its shared connections (an idle one closed by the server is no failure).
         self.dedicated_open -= 1
@@ -284,16 +285,16 @@ class Server:
             self.name,
             self.pool.name,
             self._loop,
-            self._timeout_ms,
-            init,
-            self._on_lost,
-            on_ready,
-            self._on_redirect,
-            lane,
-            resp3,
-            self.stats,
-            self._redirects,
-            self._answered,
+            timeout_ms=self._timeout_ms,
+            init_commands=init,
+            on_lost=self._on_lost,
+            on_ready=on_ready,
+            on_redirect=self._on_redirect,
+            lane=lane,
+            resp3=resp3,
+            stats=self.stats,
+            redirects=self._redirects,
+            on_answer=self._answered,
         )
 
     def _start_open(self, conn: BackendConnection) -> None:
@@ -314,7 +315,7 @@ class Server:
                         if sock is not None:
                             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         except asyncio.CancelledError:
-            conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+            conn.close("proxy shutting down", errors.SHUTTING_DOWN, loss=Loss.CLOSED)
             raise
         except (OSError, TimeoutError) as exc:
             reason = _describe(exc)
@@ -323,7 +324,7 @@ class Server:
             return
         self.stats.connects += 1  # up once its AUTH/SELECT are accepted (conn calls _mark_up)
 
-    def _on_lost(self, conn: BackendConnection, reason: str, failure: bool) -> None:
+    def _on_lost(self, conn: BackendConnection, reason: str, loss: Loss) -> None:
         if conn is self._probing:
             self._probe_failed(reason)
             return
@@ -333,7 +334,7 @@ class Server:
                     lanes[i] = None
         if self._lanes[0] is None:
             self.direct = None
-        if self.closing or not failure:
+        if self.closing or loss is Loss.CLOSED:
             return
         self.failures += 1
         for lane in self._lanes + self._lanes3:
@@ -346,12 +347,12 @@ class Server:
         if config.auto_eject_hosts:
             if self.failures >= config.server_failure_limit:
                 self._eject(reason)
-            elif reason != "timeout":
+            elif loss is not Loss.TIMEOUT:
                 # No backoff period: the next request tries the server again (twemproxy's
                 # way), so the count reaches the limit at the pace requests arrive and the
                 # server leaves the ring; a backoff would only fail requests for longer.
                 self._mark_down(reason, hold=False)
-        elif reason != "timeout":
+        elif loss is not Loss.TIMEOUT:
             # Refused, reset or closed: the server may be gone. Requests fail fast until a
             # probe reconnects, instead of each one trying to connect. A timeout only drops
             # the connection (the server is slow, not gone); the next request reconnects.
@@ -429,9 +430,9 @@ class Server:
         # One deadline for all of it (the connect alone is also bounded by _open).
         self._probe_deadline = self._loop.call_later(
             self._timeout_ms / 1000.0,
-            conn.close,
-            "timeout",
-            errors.server_timeout(self.name, self._timeout_ms),
+            partial(
+                conn.close, "timeout", errors.server_timeout(self.name, self._timeout_ms), loss=Loss.TIMEOUT
+            ),
         )
         self._start_open(conn)
 
@@ -467,7 +468,7 @@ class Server:
             if self._single_lane:
                 self.direct = conn.send
         else:  # a lane that outlived the ejection (it never failed): keep it
-            conn.close("probe done", failure=False)
+            conn.close("probe done", loss=Loss.CLOSED)
         log.warning(
             "pool %s: server %s (%s) answered a probe: back in the ring",
             self.pool.name,
@@ -511,18 +512,18 @@ class Server:
             task.cancel()
         probe = self._end_probe()
         if probe is not None:
-            probe.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+            probe.close("proxy shutting down", errors.SHUTTING_DOWN, loss=Loss.CLOSED)
         for conn in self._lanes + self._lanes3:
             if conn is not None:
-                conn.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+                conn.close("proxy shutting down", errors.SHUTTING_DOWN, loss=Loss.CLOSED)
         for idle in list(self._idle_dedicated):
-            idle.close("proxy shutting down", errors.SHUTTING_DOWN, failure=False)
+            idle.close("proxy shutting down", errors.SHUTTING_DOWN, loss=Loss.CLOSED)
         # Held ones that wait on the server without end (a blocked pop, subscriptions): their
         # server left the pool (a reload, a failover) or the proxy stops; their clients get an
         # error and retry. (A streamed value or a transaction finishes: it is answered soon.)
         for held in list(self._held_dedicated):
             if held.block_s is not None or held.on_push is not None:
-                held.close("server left the pool", failure=False)
+                held.close("server left the pool", loss=Loss.CLOSED)
 
 
 def describe(server: Server) -> str:

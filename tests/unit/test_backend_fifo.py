@@ -49,7 +49,15 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 def _connection(loop: asyncio.AbstractEventLoop) -> tuple[BackendConnection, list[str]]:
     lost: list[str] = []
-    conn = BackendConnection("s1", "p", loop, 1000, [], lambda c, why, failed: lost.append(why), lambda: None)
+    conn = BackendConnection(
+        "s1",
+        "p",
+        loop,
+        timeout_ms=1000,
+        init_commands=[],
+        on_lost=lambda c, why, loss: lost.append(why),
+        on_ready=lambda: None,
+    )
     conn.connection_made(Sent())  # type: ignore[arg-type]
     return conn, lost
 
@@ -117,7 +125,15 @@ def test_a_big_reply_framed_whole_leaves_no_stream_for_the_replies_after_it() ->
             queue.attach(sink, None)
             queues[name] = (queue, sink)
         lost: list[str] = []
-        conn = BackendConnection("s1", "p", loop, 2000, [], lambda c, r, f: lost.append(r), lambda: None)
+        conn = BackendConnection(
+            "s1",
+            "p",
+            loop,
+            timeout_ms=2000,
+            init_commands=[],
+            on_lost=lambda c, r, loss: lost.append(r),
+            on_ready=lambda: None,
+        )
         slots = [queues["A"][0].push(), queues["A"][0].push(), queues["C"][0].push(), queues["D"][0].push()]
         for slot in slots:
             conn.send(b"x", slot)

@@ -10,6 +10,7 @@ from proxy.commands import (
     TABLE,
     CommandSpec,
     Kind,
+    Refusal,
     UnroutableKeys,
     is_blocking_call,
     keys_of,
@@ -63,7 +64,9 @@ def test_numkeys_larger_than_the_arguments_is_an_error() -> None:
     ],
 )
 def test_unknown_and_wrong_arity_use_redis_texts(args: list[bytes], text: str) -> None:
-    assert lookup(args) == text
+    found = lookup(args)
+    assert isinstance(found, Refusal) and found.text == text
+    assert found.label == ("unknown" if "unknown" in text else args[0].decode().lower())
 
 
 @pytest.mark.parametrize("name", [b"WAIT", b"MIGRATE", b"MOVE", b"SHUTDOWN"])

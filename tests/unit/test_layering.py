@@ -66,7 +66,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "router": {"config", "errors", "inflight", "metrics", "target", "upstream"},
     # what a client connection does beyond forwarding
-    "local": {"commands", "errors", "inflight", "resp", "target", "accel", "__init__"},
+    "local": {"commands", "errors", "inflight", "keyspace", "resp", "target", "__init__"},
     "pubsub": {"backend", "config", "errors", "inflight", "resp", "target", "upstream"},
     "monitor": {"backend", "errors", "inflight", "target"},
     "blocking": {"backend", "commands", "errors", "inflight", "target"},
