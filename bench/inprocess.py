@@ -27,7 +27,7 @@ import uvloop  # noqa: E402
 
 from proxy.backend import BackendConnection  # noqa: E402
 from proxy.client import ClientConnection, ClientLimits  # noqa: E402
-from proxy.config import parse  # noqa: E402
+from proxy.config import RingPoolConfig, parse  # noqa: E402
 from proxy.inflight import Flusher  # noqa: E402
 from proxy.pool import RingPool  # noqa: E402
 from proxy.resp import encode_command  # noqa: E402
@@ -59,7 +59,9 @@ async def run(depth: int, requests: int, mget: bool = False) -> float:
     loop = asyncio.get_running_loop()
     servers = "".join(f"      - 127.0.0.1:{7000 + i}:1\n" for i in range(3))
     config = parse(f"pools:\n  p:\n    listen: 127.0.0.1:1\n    servers:\n{servers}")
-    pool = RingPool(config.pools[0], loop)
+    ring = config.pools[0]
+    assert isinstance(ring, RingPoolConfig)
+    pool = RingPool(ring, loop)
     backends = []
     for server in pool.servers:
         conn = BackendConnection(

@@ -52,7 +52,7 @@ from proxy.fanout import merge, split
 from proxy.inflight import Flusher, Gather, ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
 from proxy.monitor import Monitor
-from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber, not_allowed
+from proxy.pubsub import ALLOWED_WHILE_SUBSCRIBED, Subscriber
 from proxy.resp import (
     ProtocolError,
     RequestParser,
@@ -464,7 +464,7 @@ class ClientConnection(asyncio.Protocol):
         sub = self._subscriber
         if sub is not None and sub.active and not self.resp3:
             if name not in ALLOWED_WHILE_SUBSCRIBED:
-                queue.push_error(not_allowed(spec.fullname))
+                queue.push_error(errors.subscribed_only(spec.fullname))
                 return
             if name == b"PING":
                 if len(args) > 2:

@@ -44,7 +44,7 @@ from functools import partial
 
 from proxy import errors
 from proxy.backend import BackendConnection
-from proxy.config import Address, PoolConfig, ServerConfig
+from proxy.config import Address, ClusterPoolConfig, ServerConfig
 from proxy.follow import Redirected, Refresher
 from proxy.hashing import key_slot
 from proxy.inflight import ReplySlot
@@ -80,7 +80,9 @@ class ClusterPool(PoolBase):
 
     unrouted = errors.SLOT_UNSERVED
 
-    def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
+    config: ClusterPoolConfig
+
+    def __init__(self, config: ClusterPoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config, loop)
         self._timeout_s = config.timeout_ms / 1000.0
         self._seeds: list[Node] = [(s.address.host, s.address.port) for s in config.servers]

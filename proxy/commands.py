@@ -417,14 +417,14 @@ def key_positions(spec: CommandSpec, args: Sequence[bytes]) -> list[int]:
             try:
                 count = int(args[at])
             except ValueError:
-                raise UnroutableKeys("ERR numkeys should be an integer") from None
+                raise UnroutableKeys(errors.NUMKEYS_NOT_INTEGER) from None
             if count < 0:
-                raise UnroutableKeys("ERR numkeys can't be negative")
+                raise UnroutableKeys(errors.NUMKEYS_NEGATIVE)
             first = start + firstkey
             last = first + (count - 1) * step
             start = first
             if last >= argc:
-                raise UnroutableKeys("ERR Number of keys can't be greater than number of args")
+                raise UnroutableKeys(errors.NUMKEYS_TOO_MANY)
         else:
             raise UnroutableKeys(errors.refused(spec.fullname, spec.flags))
         if step <= 0:

@@ -183,14 +183,15 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
-    """One pool: a listener, a key distribution and its servers."""
+    """What every pool has: a listener, its servers, timeouts, client limits.
+
+    One subclass per kind holds the rest; every default is written once, here or there, and
+    the parser reads its defaults from these classes (``_defaults``)."""
 
     name: str
     listen: Address | None  # None: only reached through a listener's routes
     servers: tuple[ServerConfig, ...]
-    hash: str = "fnv1a_64"
-    hash_tag: bytes = b""
-    distribution: str = "ketama"
+    distribution: str = "ketama"  # ketama | modula | random (ring), cluster, sentinel
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     backlog: int = 512
     client_connections: int = 0  # 0: no limit
@@ -198,17 +199,7 @@ class PoolConfig:
     redis_auth: str | None = None
     redis_db: int = 0
     server_connections: int = 1
-    auto_eject_hosts: bool = False
-    server_retry_timeout_ms: int = 30000
-    server_failure_limit: int = 2
     tcpkeepalive: bool = False
-    # cluster pools (distribution: cluster); ``servers`` are then seed nodes
-    read_from: str = "master"
-    cluster_refresh_interval_ms: int = 10000
-    # sentinel pools (distribution: sentinel): the master of ``master_name`` as the sentinels say
-    sentinels: tuple[Address, ...] = ()
-    master_name: str = ""
-    sentinel_auth: str | None = None
     client_limits: ClientLimitsConfig = DEFAULT_CLIENT_LIMITS
     # commands clients may not run (upper case; "SCRIPT|FLUSH" for one subcommand)
     deny_commands: frozenset[bytes] = frozenset()
@@ -217,13 +208,48 @@ class PoolConfig:
     dedicated_idle_timeout_ms: int = 60000  # an idle one (kept for reuse) is closed after it
     allow_monitor: bool = True  # MONITOR through the proxy (every server's stream)
 
-    @property
-    def cluster(self) -> bool:
-        return self.distribution == "cluster"
 
-    @property
-    def sentinel(self) -> bool:
-        return self.distribution == "sentinel"
+@dataclass(frozen=True, slots=True)
+class RingPoolConfig(PoolConfig):
+    """A ring pool (ketama, modula, random): twemproxy's keys."""
+
+    hash: str = "fnv1a_64"
+    hash_tag: bytes = b""
+    auto_eject_hosts: bool = False
+    server_retry_timeout_ms: int = 30000
+    server_failure_limit: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPoolConfig(PoolConfig):
+    """A pool whose servers have replicas the proxy knows (cluster, sentinel)."""
+
+    read_from: str = "master"  # master | replica | prefer_replica
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPoolConfig(ReplicaPoolConfig):
+    """A Redis Cluster pool: ``servers`` are seed nodes; the slot map comes from the cluster."""
+
+    distribution: str = "cluster"
+    cluster_refresh_interval_ms: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelPoolConfig(ReplicaPoolConfig):
+    """A sentinel pool: the master of ``master_name``, as its ``sentinels`` name it."""
+
+    distribution: str = "sentinel"
+    sentinels: tuple[Address, ...] = ()
+    master_name: str = ""
+    sentinel_auth: str | None = None
+
+
+def _defaults(cls: type[PoolConfig]) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+_POOL_CLASSES: dict[str, type[PoolConfig]] = {"cluster": ClusterPoolConfig, "sentinel": SentinelPoolConfig}
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +499,15 @@ def _did_you_mean(key: object, known: Collection[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+# YAML keys whose PoolConfig field has a unit in its name
+_FIELDS = {
+    "timeout": "timeout_ms",
+    "server_retry_timeout": "server_retry_timeout_ms",
+    "cluster_refresh_interval": "cluster_refresh_interval_ms",
+    "dedicated_idle_timeout": "dedicated_idle_timeout_ms",
+}
+
+
 def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConfig:
     where = f"{path}: pool '{name}'"
     if not isinstance(body, dict):
@@ -490,27 +525,29 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
     def err(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}: key '{key}': {msg}")
 
-    def integer(key: str, default: int, minimum: int = 0) -> int:
-        v = body.get(key, default)
+    def integer(key: str, minimum: int = 0) -> int:
+        v = body.get(key, defaults[_FIELDS.get(key, key)])
         if isinstance(v, bool) or not isinstance(v, int):
             raise err(key, f"expected an integer, got {v!r}")
         if v < minimum:
             raise err(key, f"must be >= {minimum}, got {v}")
         return v
 
-    def boolean(key: str, default: bool) -> bool:
-        v = body.get(key, default)
+    def boolean(key: str) -> bool:
+        v = body.get(key, defaults[key])
         if not isinstance(v, bool):
             raise err(key, f"expected true or false, got {v!r}")
         return v
 
-    def choice(key: str, default: str, options: tuple[str, ...]) -> str:
-        v = body.get(key, default)
+    def choice(key: str, options: tuple[str, ...], default: str | None = None) -> str:
+        v = body.get(key, defaults[key] if default is None else default)
         if v not in options:
             raise err(key, f"unknown value {v!r}; one of {', '.join(options)}")
         return str(v)
 
-    distribution = choice("distribution", "ketama", DISTRIBUTIONS)
+    distribution = choice("distribution", DISTRIBUTIONS, _defaults(PoolConfig)["distribution"])
+    cls = _POOL_CLASSES.get(distribution, RingPoolConfig)
+    defaults = _defaults(cls)
     cluster = distribution == "cluster"
     sentinel = distribution == "sentinel"
     ring = not cluster and not sentinel
@@ -526,7 +563,7 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
         if key == "servers" and sentinel:
             raise err(key, "a sentinel pool's servers come from its sentinels (key 'sentinels')")
 
-    if cluster and body.get("redis_db", 0) != 0:
+    if cluster and body.get("redis_db", defaults["redis_db"]) != 0:
         raise err("redis_db", "Redis Cluster has only database 0")
 
     listen: Address | None = None
@@ -539,7 +576,7 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
     if body.get("redis", True) is not True:
         raise err("redis", "resproxy speaks only the Redis protocol (redis: true)")
 
-    hash_tag = body.get("hash_tag", "")
+    hash_tag = body.get("hash_tag", "")  # (ring pools only: RING_ONLY_KEYS)
     if not isinstance(hash_tag, str) or len(hash_tag) not in (0, 2):
         raise err("hash_tag", f'expected two characters such as "{{}}", got {hash_tag!r}')
 
@@ -547,7 +584,7 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
     if auth is not None and not isinstance(auth, (str, int)):
         raise err("redis_auth", "expected a string")
 
-    timeout = body.get("timeout", DEFAULT_TIMEOUT_MS)
+    timeout = body.get("timeout", defaults["timeout_ms"])
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout == 0 or timeout < -1:
         raise err("timeout", f"expected milliseconds > 0, got {timeout!r}")
     if timeout == -1:  # twemproxy's "wait forever"
@@ -587,34 +624,46 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
             raise err("servers", f"duplicate server name {s.name!r}")
         seen.add(s.name)
 
-    return PoolConfig(
+    common: dict[str, Any] = dict(
         name=name,
         listen=listen,
         servers=tuple(servers),
-        hash=choice("hash", "fnv1a_64", HASHES),
-        hash_tag=hash_tag.encode(),
         distribution=distribution,
         timeout_ms=timeout,
-        backlog=integer("backlog", 512, 1),
-        client_connections=integer("client_connections", 0),
-        preconnect=boolean("preconnect", False),
+        backlog=integer("backlog", 1),
+        client_connections=integer("client_connections"),
+        preconnect=boolean("preconnect"),
         redis_auth=None if auth is None else str(auth),
-        redis_db=integer("redis_db", 0),
-        server_connections=integer("server_connections", 1, 1),
-        auto_eject_hosts=boolean("auto_eject_hosts", False),
-        server_retry_timeout_ms=integer("server_retry_timeout", 30000, 1),
-        server_failure_limit=integer("server_failure_limit", 2, 1),
-        tcpkeepalive=boolean("tcpkeepalive", False),
-        read_from=choice("read_from", "master", READ_FROM),
-        cluster_refresh_interval_ms=integer("cluster_refresh_interval", 10000, 100),
-        sentinels=tuple(sentinels),
-        master_name=master_name,
-        sentinel_auth=None if sentinel_auth is None else str(sentinel_auth),
+        redis_db=integer("redis_db"),
+        server_connections=integer("server_connections", 1),
+        tcpkeepalive=boolean("tcpkeepalive"),
         client_limits=_client_limits(where, body),
         deny_commands=_deny_commands(where, body),
-        dedicated_connections=integer("dedicated_connections", DEFAULT_DEDICATED_CONNECTIONS, 1),
-        dedicated_idle_timeout_ms=integer("dedicated_idle_timeout", 60000, 1),
-        allow_monitor=boolean("allow_monitor", True),
+        dedicated_connections=integer("dedicated_connections", 1),
+        dedicated_idle_timeout_ms=integer("dedicated_idle_timeout", 1),
+        allow_monitor=boolean("allow_monitor"),
+    )
+    if cluster:
+        return ClusterPoolConfig(
+            **common,
+            read_from=choice("read_from", READ_FROM),
+            cluster_refresh_interval_ms=integer("cluster_refresh_interval", 100),
+        )
+    if sentinel:
+        return SentinelPoolConfig(
+            **common,
+            read_from=choice("read_from", READ_FROM),
+            sentinels=tuple(sentinels),
+            master_name=master_name,
+            sentinel_auth=None if sentinel_auth is None else str(sentinel_auth),
+        )
+    return RingPoolConfig(
+        **common,
+        hash=choice("hash", HASHES),
+        hash_tag=hash_tag.encode(),
+        auto_eject_hosts=boolean("auto_eject_hosts"),
+        server_retry_timeout_ms=integer("server_retry_timeout", 1),
+        server_failure_limit=integer("server_failure_limit", 1),
     )
 
 

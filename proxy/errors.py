@@ -236,3 +236,43 @@ def blocking_while_pushed(fullname: str) -> str:
 
 def unknown_client_type(kind: str) -> str:
     return f"ERR Unknown client type '{kind}'"
+
+
+# transactions (Redis's own texts)
+MULTI_NESTED = "ERR MULTI calls can not be nested"
+WATCH_IN_MULTI = "ERR WATCH inside MULTI is not allowed"
+DISCARD_WITHOUT_MULTI = "ERR DISCARD without MULTI"
+EXEC_WITHOUT_MULTI = "ERR EXEC without MULTI"
+EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+
+
+def execabort_because(text: str) -> str:
+    """EXEC itself refused inside MULTI (e.g. its arity): Redis discards the transaction."""
+    return "EXECABORT Transaction discarded because of: " + text.removeprefix("ERR ")
+
+
+# key specs a command's arguments break (Redis's own texts)
+NUMKEYS_NOT_INTEGER = "ERR numkeys should be an integer"
+NUMKEYS_NEGATIVE = "ERR numkeys can't be negative"
+NUMKEYS_TOO_MANY = "ERR Number of keys can't be greater than number of args"
+
+INVALID_CURSOR = "ERR invalid cursor"
+CROSS_ROUTE = "CROSSSLOT Keys in request don't hash to the same route"
+
+
+def subscribed_only(fullname: str) -> str:
+    """Redis's text for another command while a RESP2 client is subscribed."""
+    return (
+        f"ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT "
+        "/ RESET are allowed in this context"
+    )
+
+
+def no_route(listener: str) -> str:
+    """A key no prefix of a listener matches, and no default_pool."""
+    return f"ERR no route for this key: no prefix of listener '{listener}' matches and it has no default_pool"
+
+
+def no_master(master_name: str, pool: str) -> str:
+    """A sentinel pool that knows no master (yet)."""
+    return f"ERR no master known for '{master_name}' (sentinel pool {pool})"

@@ -53,7 +53,6 @@ CHECK_BITS = 14
 CURSOR_SHIFT = INDEX_BITS + CHECK_BITS
 MAX_SERVERS = 1 << INDEX_BITS
 SERVER_CURSOR_LIMIT = 1 << (64 - CURSOR_SHIFT)
-INVALID_CURSOR = "ERR invalid cursor"
 # FUNCTION and SCRIPT subcommands answered by the first server alone
 ONE_SERVER = frozenset(
     {"lastsave", "time", "function|list", "function|dump", "function|stats", "function|help", "script|help"}
@@ -268,7 +267,7 @@ def _scan(host: KeyspaceHost, servers: Sequence[Server], args: list[bytes]) -> N
         if not args[1].isdigit() or cursor >= 1 << 64:
             raise ValueError
     except ValueError:
-        queue.push_error(INVALID_CURSOR)
+        queue.push_error(errors.INVALID_CURSOR)
         return
     if len(servers) > MAX_SERVERS:
         queue.push_error(errors.scan_too_many_servers(len(servers), MAX_SERVERS))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy import errors
-from proxy.config import PoolConfig, ServerConfig
+from proxy.config import PoolConfig, RingPoolConfig, ServerConfig
 from proxy.hashing import hash_function, hash_tag_key
 from proxy.metrics import PoolStats
 from proxy.ring import Continuum, RingServer, build
@@ -66,8 +66,9 @@ class RingPool(PoolBase):
     """A twemproxy-style pool: servers on a consistent-hash (or modula/random) continuum."""
 
     unrouted = errors.no_server_for_key()
+    config: RingPoolConfig
 
-    def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: RingPoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config, loop)
         self._ready.set()  # servers are in the config; they connect on demand or preconnect
         self._hash = hash_function(config.hash)
@@ -84,7 +85,7 @@ class RingPool(PoolBase):
             for server in self.servers:
                 server.connect_all()
 
-    def set_servers(self, config: PoolConfig) -> None:
+    def set_servers(self, config: RingPoolConfig) -> None:
         """A reload changed only the server list: servers that stay keep their connections.
 
         Added servers join, removed ones leave the ring at once and close when their pending

@@ -446,11 +446,3 @@ class Subscriber:
         else:
             named = encode_bulk(name)
         return head + encode_bulk(verb) + named + b":%d\r\n" % count
-
-
-def not_allowed(fullname: str) -> str:
-    """Redis's text for another command while a RESP2 client is subscribed."""
-    return (
-        f"ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT "
-        "/ RESET are allowed in this context"
-    )

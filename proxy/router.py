@@ -29,7 +29,6 @@ from proxy.target import Placement, Pool, Route, Target, shown_key
 from proxy.upstream import Server
 
 MIRROR_MAX_IN_FLIGHT = 10_000
-CROSS_ROUTE = "CROSSSLOT Keys in request don't hash to the same route"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +107,7 @@ class Router:
         )
         self.stats = PoolStats()
         self.servers: list[Server] = []  # each pool reports its own servers
-        self.unrouted = (
-            f"ERR no route for this key: no prefix of listener '{config.name}' matches "
-            "and it has no default_pool"
-        )
+        self.unrouted = errors.no_route(config.name)
         # longest prefix first, so the first match is the longest
         self._routes = sorted(
             (
@@ -176,7 +172,7 @@ class Router:
         r = self._match(keys[0])
         for key in keys[1:]:
             if self._match(key) is not r:
-                return CROSS_ROUTE
+                return errors.CROSS_ROUTE
         if r is None:
             return None
         stripped = [k[len(r.prefix) :] for k in keys] if r.strip else keys

@@ -34,7 +34,7 @@ import hiredis
 
 from proxy import errors
 from proxy.backend import BackendConnection
-from proxy.config import Address, PoolConfig, ServerConfig
+from proxy.config import Address, SentinelPoolConfig, ServerConfig
 from proxy.follow import Redirected, Refresher
 from proxy.inflight import ReplySlot
 from proxy.pool import PoolBase
@@ -112,9 +112,11 @@ class _Hold:
 class SentinelPool(PoolBase):
     """A pool whose one server is the master Redis Sentinel names (plus replicas for reads)."""
 
-    def __init__(self, config: PoolConfig, loop: asyncio.AbstractEventLoop) -> None:
+    config: SentinelPoolConfig
+
+    def __init__(self, config: SentinelPoolConfig, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config, loop)
-        self.unrouted = f"ERR no master known for '{config.master_name}' (sentinel pool {config.name})"
+        self.unrouted = errors.no_master(config.master_name, config.name)
         self._timeout_s = config.timeout_ms / 1000.0
         self._sentinels: list[Node] = [(a.host, a.port) for a in config.sentinels]
         self._master_name = config.master_name.encode()

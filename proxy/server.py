@@ -32,7 +32,16 @@ from proxy import __version__, accel
 from proxy.budget import Budget
 from proxy.client import ClientConnection, ClientLimits
 from proxy.cluster import ClusterPool
-from proxy.config import Address, Config, ConfigError, PoolConfig, load
+from proxy.config import (
+    Address,
+    ClusterPoolConfig,
+    Config,
+    ConfigError,
+    PoolConfig,
+    RingPoolConfig,
+    SentinelPoolConfig,
+    load,
+)
 from proxy.inflight import Flusher
 from proxy.metrics import (
     ClusterView,
@@ -89,10 +98,11 @@ class ProxyServer:
         self.last_reload_ok = True
 
     def _pool(self, pc: PoolConfig) -> Pool:
-        if pc.cluster:
+        if isinstance(pc, ClusterPoolConfig):
             return ClusterPool(pc, self._loop)
-        if pc.sentinel:
+        if isinstance(pc, SentinelPoolConfig):
             return SentinelPool(pc, self._loop)
+        assert isinstance(pc, RingPoolConfig)
         return RingPool(pc, self._loop)
 
     @staticmethod
@@ -314,7 +324,7 @@ class ProxyServer:
             raise ConfigError(f"{new.path}: key 'metrics': changing it needs a restart")
         old_pcs = {pc.name: pc for pc in self.config.pools}
         pools: dict[str, Pool] = {}
-        in_place: list[tuple[RingPool, PoolConfig]] = []
+        in_place: list[tuple[RingPool, RingPoolConfig]] = []
         fresh: list[Pool] = []
         for pc in new.pools:
             current, before = self.pools.get(pc.name), old_pcs.get(pc.name)
@@ -323,7 +333,7 @@ class ProxyServer:
             elif (
                 isinstance(current, RingPool)
                 and before is not None
-                and not (pc.cluster or pc.sentinel)
+                and isinstance(pc, RingPoolConfig)
                 and dataclasses.replace(before, servers=pc.servers) == pc
             ):
                 pools[pc.name] = current  # only its server list changed: updated in place

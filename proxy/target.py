@@ -84,7 +84,8 @@ def fingerprint(servers: Sequence[Server]) -> int:
 class Pool(Protocol):
     """What a client connection and the server need of a pool, ring or cluster."""
 
-    config: PoolConfig
+    @property
+    def config(self) -> PoolConfig: ...
     name: str
     route: Route
     """The server for a single-key command's key (None: nowhere to send it)."""

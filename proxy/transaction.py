@@ -47,7 +47,6 @@ UNWATCH = encode_command([b"UNWATCH"])
 HELLO2 = encode_command([b"HELLO", b"2"])
 HELLO3 = encode_command([b"HELLO", b"3"])
 QUEUED = b"+QUEUED\r\n"
-EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 # commands without a key that may be queued (they run on the transaction's server)
 KEYLESS_IN_MULTI = frozenset({b"PING", b"ECHO", b"TIME", b"LASTSAVE", b"UNWATCH"})
 MOVED_REPLIES = (b"-MOVED ", b"-ASK ", b"-READONLY ", b"-TRYAGAIN", b"-CLUSTERDOWN")
@@ -115,7 +114,7 @@ class Transaction:
     def multi(self) -> None:
         queue = self._host.queue
         if self.state is TxnState.QUEUING:
-            queue.push_error("ERR MULTI calls can not be nested")
+            queue.push_error(errors.MULTI_NESTED)
             return
         self.state = TxnState.QUEUING
         queue.push_reply(OK)
@@ -123,7 +122,7 @@ class Transaction:
     def watch(self, keys: list[bytes], payload: bytes) -> None:
         queue = self._host.queue
         if self.state is TxnState.QUEUING:
-            queue.push_error("ERR WATCH inside MULTI is not allowed")
+            queue.push_error(errors.WATCH_IN_MULTI)
             return
         placement = self._place(keys)
         if isinstance(placement, str):
@@ -154,7 +153,7 @@ class Transaction:
     def discard(self) -> None:
         queue = self._host.queue
         if self.state is not TxnState.QUEUING:
-            queue.push_error("ERR DISCARD without MULTI")
+            queue.push_error(errors.DISCARD_WITHOUT_MULTI)
             return
         conn = self._conn
         self._end()
@@ -166,13 +165,13 @@ class Transaction:
         host = self._host
         queue = host.queue
         if self.state is not TxnState.QUEUING:
-            queue.push_error("ERR EXEC without MULTI")
+            queue.push_error(errors.EXEC_WITHOUT_MULTI)
             return
         conn, server, anchor = self._conn, self._server, self._anchor
         commands, preload, aborted = self._commands, self._preload, self._aborted
         self._end()
         if aborted:
-            queue.push_error(EXECABORT)
+            queue.push_error(errors.EXECABORT)
             if conn is not None:
                 _give_back(conn, host)
             return
@@ -286,9 +285,7 @@ class Transaction:
             return
         conn = self._conn
         self._end()
-        self._host.queue.push_error(
-            "EXECABORT Transaction discarded because of: " + text.removeprefix("ERR ")
-        )
+        self._host.queue.push_error(errors.execabort_because(text))
         if conn is not None:
             _give_back(conn, self._host)
 

@@ -45,7 +45,7 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.backend import REDIRECTS, BackendConnection, DedicatedConnection, Loss, RedirectCallback
-from proxy.config import PoolConfig, ServerConfig
+from proxy.config import ClusterPoolConfig, PoolConfig, RingPoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
 from proxy.metrics import ServerStats
 from proxy.resp import encode_command
@@ -72,7 +72,8 @@ DEDICATED_IDLE_MAX = 4  # idle dedicated connections kept per server (Server.tak
 class ServerOwner(Protocol):
     """What a ``Server`` needs of its pool (a ring pool or a cluster pool)."""
 
-    config: PoolConfig
+    @property
+    def config(self) -> PoolConfig: ...
     name: str
 
     def rebuild(self) -> None: ...
@@ -111,7 +112,7 @@ class Server:
         self.direct: Callable[[bytes, ReplySlot], None] | None = None
         auth = pc.redis_auth.encode() if pc.redis_auth is not None else None
         select = [encode_command([b"SELECT", b"%d" % pc.redis_db])] if pc.redis_db else []
-        if pc.cluster and pc.read_from != "master":
+        if isinstance(pc, ClusterPoolConfig) and pc.read_from != "master":
             select.append(READONLY)  # replicas serve reads only on READONLY connections
         self._on_redirect = on_redirect
         self._redirects = redirects
@@ -344,7 +345,7 @@ class Server:
         if self.ejected:
             return  # out of the ring until a probe answers (_retry)
         config = self.pool.config
-        if config.auto_eject_hosts:
+        if isinstance(config, RingPoolConfig) and config.auto_eject_hosts:
             if self.failures >= config.server_failure_limit:
                 self._eject(reason)
             elif loss is not Loss.TIMEOUT:
@@ -398,7 +399,9 @@ class Server:
 
     def _eject(self, reason: str) -> None:
         pool = self.pool
-        retry_ms = pool.config.server_retry_timeout_ms
+        config = pool.config
+        assert isinstance(config, RingPoolConfig)  # (only ring pools eject: auto_eject_hosts)
+        retry_ms = config.server_retry_timeout_ms
         self.failures = 0
         self.ejected = True
         self.ejections += 1
@@ -411,7 +414,7 @@ class Server:
             pool.name,
             self.name,
             self.address,
-            pool.config.server_failure_limit,
+            config.server_failure_limit,
             reason,
             retry_ms,
         )
@@ -447,7 +450,9 @@ class Server:
         self._end_probe()
         if self.closing:
             return
-        retry_ms = self.pool.config.server_retry_timeout_ms
+        config = self.pool.config
+        assert isinstance(config, RingPoolConfig)  # (only ring pools eject: auto_eject_hosts)
+        retry_ms = config.server_retry_timeout_ms
         log.debug("pool %s: server %s still ejected, probe failed: %s", self.pool.name, self.name, reason)
         self._retry_timer = self._loop.call_later(retry_ms / 1000.0, self._retry)
 

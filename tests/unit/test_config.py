@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import DEFAULT_TIMEOUT_MS, Address, ConfigError, parse
+from proxy.config import (
+    DEFAULT_TIMEOUT_MS,
+    Address,
+    ClusterPoolConfig,
+    ConfigError,
+    RingPoolConfig,
+    SentinelPoolConfig,
+    parse,
+)
 
 NUTCRACKER_YML = """
 alpha:
@@ -32,6 +40,7 @@ beta:
 def test_nutcracker_yml_is_accepted_as_is_with_twemproxy_defaults() -> None:
     cfg = parse(NUTCRACKER_YML, "nutcracker.yml")
     alpha, beta = cfg.pools
+    assert isinstance(alpha, RingPoolConfig) and isinstance(beta, RingPoolConfig)
     assert alpha.name == "alpha" and alpha.listen == Address("127.0.0.1", 22121)
     assert alpha.auto_eject_hosts and alpha.server_retry_timeout_ms == 2000
     assert alpha.server_failure_limit == 1
@@ -52,6 +61,7 @@ def test_native_shape_with_pools_key() -> None:
         "    servers: ['127.0.0.1:7001:1 a']\n"
     )
     [pool] = cfg.pools
+    assert isinstance(pool, RingPoolConfig)
     assert pool.redis_auth == "secret" and pool.redis_db == 3 and pool.hash == "fnv1a_64"
 
 
@@ -125,7 +135,7 @@ def test_cluster_pool_takes_seed_nodes_and_cluster_keys() -> None:
         "c.yml",
     )
     pool = cfg.pools[0]
-    assert pool.cluster and pool.read_from == "replica"
+    assert isinstance(pool, ClusterPoolConfig) and pool.read_from == "replica"
     assert pool.cluster_refresh_interval_ms == 5000
     assert [str(s.address) for s in pool.servers] == ["127.0.0.1:7000", "127.0.0.1:7001", "10.0.0.1:7002"]
 
@@ -181,8 +191,10 @@ def test_listeners_route_prefixes_to_pools_without_listen() -> None:
     assert lc.default_pool == "r" and [r.prefix for r in lc.routes] == [b"session:", b"product:", b"cart:"]
     assert lc.routes[1].strip_prefix and lc.routes[2].mirror == "r2" and lc.routes[2].mirror_mode == "all"
     pools = {p.name: p for p in cfg.pools}
-    assert pools["s"].sentinel and pools["s"].master_name == "m" and pools["s"].listen is None
-    assert [str(a) for a in pools["s"].sentinels] == ["127.0.0.1:26379"]
+    sentinel = pools["s"]
+    assert isinstance(sentinel, SentinelPoolConfig)
+    assert sentinel.master_name == "m" and sentinel.listen is None
+    assert [str(a) for a in sentinel.sentinels] == ["127.0.0.1:26379"]
 
 
 @pytest.mark.parametrize(
@@ -481,3 +493,22 @@ def test_yaml_errors_name_the_file() -> None:
         parse("pools:\n  app:\n    listen: [\n", "/etc/resproxy.yml")
     assert "<unicode string>" not in str(err.value)
     assert "in /etc/resproxy.yml, line" in str(err.value)
+
+
+def test_one_config_class_per_pool_kind_and_its_defaults_are_the_parsers() -> None:
+    """A pool given only what it must have equals its class built with only that: the parser
+    takes every default from the classes (each written once)."""
+    cfg = parse(
+        "pools:\n"
+        "  r:\n    listen: 127.0.0.1:1\n    servers: ['127.0.0.1:7001:1 a']\n"
+        "  c:\n    listen: 127.0.0.1:2\n    distribution: cluster\n    servers: ['127.0.0.1:7002']\n"
+        "  s:\n    listen: 127.0.0.1:3\n    distribution: sentinel\n    master_name: m\n"
+        "    sentinels: ['127.0.0.1:26379']\n"
+    )
+    r, c, s = cfg.pools
+    assert r == RingPoolConfig(name="r", listen=r.listen, servers=r.servers)
+    assert c == ClusterPoolConfig(name="c", listen=c.listen, servers=c.servers)
+    assert s == SentinelPoolConfig(
+        name="s", listen=s.listen, servers=(), master_name="m", sentinels=s.sentinels
+    )
+    assert (r.distribution, c.distribution, s.distribution) == ("ketama", "cluster", "sentinel")
