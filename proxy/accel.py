@@ -7,8 +7,9 @@ have a twin ask here for the C module and fall back to Python when it is not the
 
 * ``RESPROXY_PURE=1`` in the environment selects every Python twin (read once, at import);
 * otherwise a C module is used when the build compiled it. One that is missing (no compiler at
-  install, a failed compile) is recorded, and ``summary()`` says so: the CLI logs it as a
-  warning at start, INFO shows it as ``implementation:``, and ``make`` warns after installing.
+  install, a failed compile) is recorded, and ``summary()`` says so: the proxy logs it as a
+  warning at start (server.py), INFO shows ``resproxy_implementation:``, and ``make`` warns
+  after installing (``python -m proxy.accel``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Redis's own. This module adds the proxy's policy on top:
   FLUSHALL, LASTSAVE, TIME, SCRIPT and FUNCTION (keyspace.py);
 * ``BLOCKING``: BLPOP, BLMOVE, BZPOPMIN... (and XREAD/XREADGROUP with BLOCK, ``is_blocking_call``)
   on a connection of their own (blocking.py);
-* ``REFUSED``: what a sharding proxy cannot serve (no key to route by, pub/sub, blocking,
-  admin); answered ``-ERR`` with why and what to do instead, and the connection stays open;
+* ``REFUSED``: what a sharding proxy cannot serve (no key to route by, one server's
+  administration, connection state it shares); answered ``-ERR`` with why and what to do
+  instead, and the connection stays open;
 * ``CONTAINER``: CONFIG, OBJECT, XINFO... the subcommand (args[1]) decides.
 
 ``keys_of`` reads key positions by interpreting Redis 7 key specs (begin_search index/keyword,

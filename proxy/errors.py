@@ -69,8 +69,9 @@ REFUSALS: dict[str, str] = {
 
 
 def refused(fullname: str, flags: frozenset[str] = frozenset()) -> str:
-    """A command the proxy does not serve: why, and what to do instead (README lists them)."""
-    why = REFUSALS.get(fullname)
+    """A command the proxy does not serve: why, and what to do instead (README lists them).
+    A subcommand without its own entry takes its container's (``cluster|info``: ``cluster``)."""
+    why = REFUSALS.get(fullname) or REFUSALS.get(fullname.partition("|")[0])  # cluster|info: cluster's
     if why is None:
         if "admin" in flags or "dangerous" in flags:
             why = _ADMIN

@@ -47,7 +47,7 @@ class ReplySink(Protocol):
 
 
 def _error_bytes(text: str) -> bytes:
-    # resp.encode_error's twin: inflight is pure and imports no codec (ARCHITECTURE's table).
+    # resp.encode_error's twin: inflight is pure and imports no codec (tests/unit/test_layering.py).
     return b"-" + text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + b"\r\n"
 
 

@@ -5,7 +5,8 @@ pool kind shares.
 looks it up in the continuum (ring.py) over the servers that are not ejected: the C ketama
 route (``_speedups.KetamaRoute``) when it applies, else its Python twin. Servers leave the
 continuum when ejected and come back when a probe answers (upstream.py); multi-key commands
-are split per server by the C kernel (``split_command``) or ``group_keys``.
+are split per server by the C kernel (``KetamaRoute.split``, via ``split_command``) or
+``group_keys``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The continuum of a ring pool: which server a key hash lands on (pure; imports hashing only).
 
-Built from the *live* servers of a pool, in config order, exactly as twemproxy 0.5 builds it
-(nc_ketama.c, nc_modula.c, nc_random.c), so keys land where twemproxy puts them:
+Built from the *live* servers of a pool, in twemproxy's order (sorted by name: pool._ordered),
+exactly as twemproxy 0.5 builds it (nc_ketama.c, nc_modula.c, nc_random.c), so keys land where
+twemproxy puts them:
 
 * ketama: each server gets ``floor(pct * 160 / 4 * nlive + 1e-10) * 4`` points, computed in C
   ``float`` (float32) arithmetic with the 1e-10 added in double, as twemproxy does (it matters:
@@ -163,7 +164,7 @@ class Continuum:
 
 
 def build(distribution: str, servers: Sequence[RingServer]) -> Continuum:
-    """The continuum over ``servers`` (the live ones, in config order)."""
+    """The continuum over ``servers`` (the live ones, in the pool's order)."""
     live = [s.index for s in servers if s.weight > 0]
     if distribution == "ketama":
         return Continuum(distribution, _ketama_points(servers), live)

@@ -132,3 +132,10 @@ def test_xread_is_refused_only_with_block() -> None:
     assert not is_blocking_call(_spec(*plain), plain)
     blocking = [b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"0"]
     assert is_blocking_call(_spec(*blocking), blocking)
+
+
+def test_a_refused_subcommand_gets_its_containers_reason() -> None:
+    found = lookup([b"CLUSTER", b"INFO"])
+    assert isinstance(found, CommandSpec) and found.kind is Kind.REFUSED
+    assert "hides the cluster" in errors.refused(found.fullname, found.flags)
+    assert "hides the cluster" in errors.refused("cluster")

@@ -506,6 +506,7 @@ def test_one_config_class_per_pool_kind_and_its_defaults_are_the_parsers() -> No
         "    sentinels: ['127.0.0.1:26379']\n"
     )
     r, c, s = cfg.pools
+    assert isinstance(s, SentinelPoolConfig)
     assert r == RingPoolConfig(name="r", listen=r.listen, servers=r.servers)
     assert c == ClusterPoolConfig(name="c", listen=c.listen, servers=c.servers)
     assert s == SentinelPoolConfig(
