@@ -26,26 +26,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from proxy import accel
-from proxy.hashing import hash_function, hash_tag_key
+from proxy.hashing import HASH_NAMES, hash_function, hash_tag_key
 
 # proxy/_speedups.c's KetamaRoute: route a key, or split a fan-out command, in one C call.
 _speedups = accel.c_module("_speedups")
 # The hashes KetamaRoute knows (md5 is hashlib's, so it stays on the Python path).
-C_HASHES = frozenset(
-    {
-        "one_at_a_time",
-        "crc16",
-        "crc32",
-        "crc32a",
-        "fnv1_64",
-        "fnv1a_64",
-        "fnv1_32",
-        "fnv1a_32",
-        "hsieh",
-        "murmur",
-        "jenkins",
-    }
-)
+C_HASHES = frozenset(HASH_NAMES) - {"md5"}
 
 T = TypeVar("T")
 
