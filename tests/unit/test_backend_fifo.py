@@ -47,17 +47,23 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def _connection(loop: asyncio.AbstractEventLoop) -> tuple[BackendConnection, list[str]]:
+def _unconnected(loop: asyncio.AbstractEventLoop, timeout_ms: int) -> tuple[BackendConnection, list[str]]:
+    """A connection to server s1 of pool p, not connected yet; the reasons it was lost."""
     lost: list[str] = []
     conn = BackendConnection(
         "s1",
         "p",
         loop,
-        timeout_ms=1000,
+        timeout_ms=timeout_ms,
         init_commands=[],
         on_lost=lambda c, why, loss: lost.append(why),
         on_ready=lambda: None,
     )
+    return conn, lost
+
+
+def _connection(loop: asyncio.AbstractEventLoop) -> tuple[BackendConnection, list[str]]:
+    conn, lost = _unconnected(loop, 1000)
     conn.connection_made(Sent())  # type: ignore[arg-type]
     return conn, lost
 
@@ -94,7 +100,6 @@ def test_a_big_reply_framed_whole_leaves_no_stream_for_the_replies_after_it() ->
     whoever is first (found in review: client C got D's reply, then the connection desynced)."""
     import asyncio
 
-    from proxy.backend import BackendConnection
     from proxy.inflight import Flusher, ReplyQueue
 
     class Sink:
@@ -124,16 +129,7 @@ def test_a_big_reply_framed_whole_leaves_no_stream_for_the_replies_after_it() ->
             queue, sink = ReplyQueue(flusher), Sink()
             queue.attach(sink, None)
             queues[name] = (queue, sink)
-        lost: list[str] = []
-        conn = BackendConnection(
-            "s1",
-            "p",
-            loop,
-            timeout_ms=2000,
-            init_commands=[],
-            on_lost=lambda c, r, loss: lost.append(r),
-            on_ready=lambda: None,
-        )
+        conn, lost = _unconnected(loop, 2000)
         slots = [queues["A"][0].push(), queues["A"][0].push(), queues["C"][0].push(), queues["D"][0].push()]
         for slot in slots:
             conn.send(b"x", slot)
