@@ -86,6 +86,7 @@ class Pool(Protocol):
 
     @property
     def config(self) -> PoolConfig: ...
+
     name: str
     route: Route
     """The server for a single-key command's key (None: nowhere to send it)."""

@@ -74,6 +74,7 @@ class ServerOwner(Protocol):
 
     @property
     def config(self) -> PoolConfig: ...
+
     name: str
 
     def rebuild(self) -> None: ...
