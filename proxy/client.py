@@ -348,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
             slow = True
             self._start_closing(failed=True)
         rest = parser.rest
-        if rest.offer is not None and not self.state is not ClientState.OPEN:  # a big argument: stream it?
+        if rest.offer is not None and self.state is ClientState.OPEN:  # a big argument: stream it?
             if self._streamer is None:
                 self._streamer = Streamer(self, self._loop.call_soon)
             self._streamer.offered()
@@ -862,7 +862,7 @@ class ClientConnection(asyncio.Protocol):
             and not self._budget_paused
             and not (self._streamer is not None and self._streamer.holds_reading)
             and not self._held
-            and not self.state is not ClientState.OPEN
+            and self.state is ClientState.OPEN
             and len(self.queue) < self._limits.max_pending // 2
             and self._transport is not None
         ):
@@ -875,7 +875,7 @@ class ClientConnection(asyncio.Protocol):
         ``failed``: for an error (counted as client_err), not the client's QUIT or shutdown."""
         if self._streamer is not None:
             self._streamer.abandon()  # a half-sent request must not wait for the rest
-        if self.state is ClientState.OPEN or failed:
+        if self.state is ClientState.OPEN or (failed and self.state is ClientState.CLOSING):
             self.state = ClientState.FAILING if failed else ClientState.CLOSING
         self.queue.on_flushed = self._after_flush
         self._pause_reading()
