@@ -276,9 +276,7 @@ class ClientConnection(asyncio.Protocol):
         # Latency is observed for one read in LATENCY_SAMPLE_EVERY (the first, then every 4th):
         # a clock read and a histogram update per request cost ~5% of an unpipelined GET.
         t0 = now if self._reads % LATENCY_SAMPLE_EVERY == 1 else 0.0
-        parser = self._parser
-        framed = parser.frame(data)
-        self._serve(iter(framed if framed is not None else parser.commands(data)), t0)
+        self._serve(self._parser.commands(data), t0)
 
     def _serve(self, commands: Iterator[tuple[list[bytes], bytes]], t0: float) -> None:
         """Dispatch framed commands; stops early (keeping the rest in ``_stash``) for an EXEC

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 
@@ -153,14 +153,26 @@ def split_inline(line: bytes | bytearray) -> list[bytes]:
 class PyRequestParser:
     """Frames client requests (multibulk or inline) in pure Python, exactly as Redis does.
 
-    Resumable, so nothing is scanned twice: a command that arrives in pieces keeps its state
+    The request framer has two twins with one interface: this class (the reference) and
+    ``_speedups.RequestFramer`` (C, proxy/_speedups.c); tests/unit/test_framer_fuzz.py runs
+    them side by side. ``RequestParser`` wraps whichever ``accel`` selects.
+
+    ``frame(data)`` adds a read and returns every complete command, each as (args, raw). It is
+    resumable, so nothing is scanned twice: a command that arrives in pieces keeps its state
     (the arguments framed so far, the declared count, the current bulk's declared length, the
-    offset reached), and the next read continues from there. A bulk's bytes are not looked at
-    until all of them are in (one length comparison per read). Every header is checked against
-    the limits before anything is allocated for it; a request's bytes are accumulated as they
-    arrive and never more than that. ``RequestParser`` runs this for whatever its C prefix
-    framer leaves (partial commands, inline commands, errors); it is also the reference the C
-    framer is tested against.
+    offset reached, how far a line was searched for its end), and the next read continues from
+    there. A bulk's bytes are not looked at until all of them are in (one length comparison per
+    read). Every header is checked against the limits before anything is allocated for it; a
+    request's bytes are accumulated as they arrive and never more than that.
+
+    A corrupt stream sets ``error`` (Redis's text) and ``frame`` returns the commands before
+    the corruption; after that the framer frames nothing more. ``frame`` also stops early,
+    setting ``again``, where what comes next depends on the caller having dispatched the
+    commands it returned: until the client has authenticated it returns one command at a time
+    (an AUTH lifts the limits the next command's headers are checked against, as Redis runs
+    each command before it reads the next), and a big bulk met after other commands is offered
+    (see ``offer``) by the next call, once those have been dispatched. Call ``frame()`` again
+    then; a call that returns commands never sets ``offer``.
     """
 
     __slots__ = (
@@ -172,6 +184,8 @@ class PyRequestParser:
         "_scanned",
         "limits",
         "authenticated",
+        "error",
+        "again",
         "offer",
         "_declined",
         "_streaming",
@@ -190,9 +204,11 @@ class PyRequestParser:
         self._count = -1  # its declared argument count (-1: header not read yet)
         self._bulk = -1  # the current argument's declared length (-1: header not read yet)
         self._args: list[bytes] = []  # its arguments framed so far
-        self._scanned = 0  # an inline line without its newline yet: bytes searched already
+        self._scanned = 0  # a line (inline, or a header) without its end yet: where to search on
         self.limits = limits
         self.authenticated = authenticated  # False: Redis's unauthenticated limits apply
+        self.error: str | None = None  # the stream is corrupt (Redis's text): nothing more is framed
+        self.again = False  # frame() stopped early: call it again once its commands are dispatched
         # Streaming (see offer/accept/stream): a command whose bulk is big may be passed on
         # as it arrives instead of being buffered whole.
         self.offer: tuple[list[bytes], int, int] | None = None  # (args before it, count, size)
@@ -214,12 +230,13 @@ class PyRequestParser:
     # --- streaming a big argument ------------------------------------------------------------
     #
     # When a bulk header declares at least ``stream_min_bytes`` and its body is not all in,
-    # ``commands()`` stops before it and sets ``offer`` to (the arguments framed so far, the
+    # ``frame()`` stops before it and sets ``offer`` to (the arguments framed so far, the
     # command's argument count, the bulk's size). The caller either ``decline()``s (the command
     # is then buffered whole, as any other) or ``accept()``s: it gets the command's bytes so far,
     # and from then on ``stream(data)`` hands it each read's bytes that belong to the command,
     # checked as they pass (headers, lengths, CRLFs), until the command ends; what follows it
-    # is framed by ``commands()`` again.
+    # is framed by ``frame()`` again. While an offer waits for an answer, ``frame(data)`` only
+    # keeps ``data``.
 
     def decline(self) -> None:
         """Buffer the offered command whole."""
@@ -251,12 +268,20 @@ class PyRequestParser:
 
     def stream(self, data: bytes) -> tuple[bytes, bool]:
         """The part of ``data`` that belongs to the streamed command, and whether it ended
-        there (the rest of ``data`` is kept for ``commands()``). ProtocolError as framing does.
+        there (the rest of ``data`` is kept for ``frame()``). A corrupt command sets ``error``
+        and returns (b"", False).
 
         Only checked bytes are handed out: an argument header cut by the end of a read is held
         back until its CRLF is in and its length checked (Redis ends a line at a CR followed by
         any byte: passing an unchecked header on would let a client slip a command past the
         proxy's framing)."""
+        try:
+            return self._stream(data)
+        except ProtocolError as exc:
+            self.error = str(exc)
+            return b"", False
+
+    def _stream(self, data: bytes) -> tuple[bytes, bool]:
         if self._carry:  # (a byte accept() left for checking)
             data, self._carry = self._carry + data, b""
         n = len(data)
@@ -308,7 +333,8 @@ class PyRequestParser:
         return held + data if held else data, False
 
     def feed(self, data: bytes) -> None:
-        """Add bytes read from the client (copied once, into the partial command's buffer)."""
+        """Add bytes read from the client without framing them (copied once, into the partial
+        command's buffer); ``frame()`` frames them."""
         buf = self._buf
         if not buf:
             self._buf = data
@@ -320,21 +346,31 @@ class PyRequestParser:
             self._buf = grown
         self.held = len(self._buf) + len(self._head) + self._args_bytes
 
-    def commands(self) -> Iterator[Request]:
-        """Yield every complete command buffered so far, in order.
-
-        Raises ProtocolError after yielding the commands that preceded the corruption.
-        """
+    def frame(self, data: bytes = b"") -> list[Request]:
+        """Add ``data`` (a read), then return every complete command buffered so far, in order
+        (see the class docstring for ``error`` and ``again``)."""
+        out: list[Request] = []
+        if self.error is not None:
+            return out
+        if data:
+            self.feed(data)
+        self.again = False
+        if self.offer is not None or self._streaming:
+            return out
         buf = self._buf
         end = len(buf)
         start = 0  # where the current command starts
         pos = self._pos
         limits = self.limits
+        authenticated = self.authenticated
         view = memoryview(buf)  # arguments and raw bytes are copied out of it once
         try:
             while True:
                 if self._count < 0:  # at a command boundary
                     if pos >= end:
+                        break
+                    if out and not authenticated:  # its AUTH may change the next one's limits
+                        self.again = True
                         break
                     if buf[pos] != 42:  # not '*': an inline command
                         nl = buf.find(b"\n", max(pos, self._scanned))
@@ -344,21 +380,22 @@ class PyRequestParser:
                             self._scanned = end
                             break
                         self._scanned = 0
-                        line = buf[pos : nl - 1 if nl > pos and buf[nl - 1] == 13 else nl]
+                        args = split_inline(buf[pos : nl - 1 if nl > pos and buf[nl - 1] == 13 else nl])
                         pos = start = nl + 1
-                        args = split_inline(line)
                         if args:
-                            yield args, encode_command(args)
+                            out.append((args, encode_command(args)))
                         continue
-                    nl = buf.find(b"\r\n", pos + 1, pos + 1 + limits.max_inline_bytes)
+                    nl = buf.find(b"\r\n", max(pos + 1, self._scanned), pos + 1 + limits.max_inline_bytes)
                     if nl < 0:
                         if end - pos > limits.max_inline_bytes:
                             raise ProtocolError("too big mbulk count string")
+                        self._scanned = end - 1  # (a CR there may be the header's end)
                         break
+                    self._scanned = 0
                     count = _length(buf[pos + 1 : nl])
                     if count is None or count > limits.max_args:
                         raise ProtocolError("invalid multibulk length")
-                    if not self.authenticated and count > limits.unauth_max_args:
+                    if not authenticated and count > limits.unauth_max_args:
                         raise ProtocolError("unauthenticated multibulk length")
                     pos = nl + 2
                     if count <= 0:  # *0 and *-1: Redis skips them
@@ -374,22 +411,22 @@ class PyRequestParser:
                             break
                         if buf[pos] != 36:  # '$'
                             raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
-                        nl = buf.find(b"\r\n", pos + 1, pos + 1 + limits.max_inline_bytes)
+                        nl = buf.find(b"\r\n", max(pos + 1, self._scanned), pos + 1 + limits.max_inline_bytes)
                         if nl < 0:
                             if end - pos > limits.max_inline_bytes:
                                 raise ProtocolError("too big bulk count string")
+                            self._scanned = end - 1
                             break
-                        size = self._bulk = _bulk_length(buf[pos + 1 : nl], limits, self.authenticated)
+                        self._scanned = 0
+                        size = self._bulk = _bulk_length(buf[pos + 1 : nl], limits, authenticated)
                         pos = nl + 2
-                        if (
-                            size >= limits.stream_min_bytes > 0
-                            and not self._declined
-                            and end - pos < size + 2
-                        ):
-                            self.offer = (args, self._count, size)
-                            return  # the caller accepts or declines; state is kept below
-                    if end - pos < size + 2:
-                        break  # the bulk is not all in: resume here on the next read
+                    if end - pos < size + 2:  # the bulk is not all in: resume here on the next read
+                        if size >= limits.stream_min_bytes > 0 and not self._declined:
+                            if out:  # offered once these are dispatched (not overtaking them)
+                                self.again = True
+                            else:
+                                self.offer = (args[:], self._count, size)  # (a snapshot)
+                        break
                     if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
                         raise ProtocolError("bulk string not terminated by CRLF")
                     args.append(bytes(view[pos : pos + size]))
@@ -404,7 +441,9 @@ class PyRequestParser:
                 self._count = -1
                 self._args = []
                 start = pos
-                yield args, raw
+                out.append((args, raw))
+        except ProtocolError as exc:
+            self.error = str(exc)
         finally:
             if start:
                 self._buf = bytearray(view[start:]) if start < end else b""
@@ -414,96 +453,111 @@ class PyRequestParser:
             view.release()  # (a bytearray cannot grow while a view of it exists)
             self._pos = pos
             self.held = len(self._buf) + len(self._head) + self._args_bytes
+        return out
+
+
+class RequestFramer(Protocol):
+    """What both request framer twins are (PyRequestParser documents it)."""
+
+    authenticated: bool
+
+    @property
+    def limits(self) -> RequestLimits: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def again(self) -> bool: ...
+    @property
+    def offer(self) -> tuple[list[bytes], int, int] | None: ...
+    @property
+    def held(self) -> int: ...
+    def buffered(self) -> int: ...
+    def feed(self, data: bytes) -> None: ...
+    def frame(self, data: bytes = b"") -> list[Request]: ...
+    def decline(self) -> None: ...
+    def accept(self) -> bytes: ...
+    def stream(self, data: bytes) -> tuple[bytes, bool]: ...
 
 
 class RequestParser:
-    """Frames client requests out of a byte stream: C for the common case, Python for the rest.
+    """Frames client requests out of a byte stream: the framer ``accel`` selects (C's
+    ``_speedups.RequestFramer`` or its twin ``PyRequestParser``), as proxy/client.py uses it.
 
-    Whole canonically framed multibulk commands at the front of a read (the common case) are
-    framed by ``_speedups.frame_requests`` in one call (args and the request's own bytes); it
-    stops at anything else. ``PyRequestParser`` frames what it leaves: a command cut by the end
-    of a read, inline commands, non-canonical framing and errors (with Redis's texts). Until
-    the client has authenticated every byte takes the Python way, which applies Redis's
-    unauthenticated limits.
+    ``commands(data)`` takes a read and hands out its commands: a plain list iterator in the
+    common case, a generator where it must go on lazily (a protocol error after them, the
+    framer stopped early: ``PyRequestParser.again``). ``rest`` is the framer itself:
+    ``offer``, ``held`` and ``buffered()`` are read from it directly.
     """
 
-    __slots__ = ("_py", "_pre", "rest")
+    __slots__ = ("_framer", "rest")
 
     def __init__(self, limits: RequestLimits = DEFAULT_LIMITS, authenticated: bool = True) -> None:
-        self._py = PyRequestParser(limits, authenticated)
-        self.rest = self._py  # what C leaves is framed here: its offer and held, read directly
-        self._pre: tuple[bytes, list[Request], int] | None = None  # frame()'s work, reused
+        self._framer: RequestFramer = _Framer(limits, authenticated)
+        self.rest = self._framer  # (client.py reads offer, held and buffered() on it directly)
 
     @property
     def limits(self) -> RequestLimits:
-        return self._py.limits
+        return self._framer.limits
 
     @property
     def authenticated(self) -> bool:
-        return self._py.authenticated
+        return self._framer.authenticated
 
     @authenticated.setter
     def authenticated(self, value: bool) -> None:
-        self._py.authenticated = value
+        self._framer.authenticated = value
 
     def buffered(self) -> int:
         """Bytes received but not yet framed into a command."""
-        return self._py.buffered()
+        return self._framer.buffered()
 
     @property
     def offer(self) -> tuple[list[bytes], int, int] | None:
         """A command with a big argument that may be streamed (PyRequestParser.offer)."""
-        return self._py.offer
+        return self._framer.offer
 
     def decline(self) -> None:
-        self._py.decline()
+        self._framer.decline()
 
     def accept(self) -> bytes:
-        return self._py.accept()
+        return self._framer.accept()
 
     def stream(self, data: bytes) -> tuple[bytes, bool]:
-        return self._py.stream(data)
+        """The part of ``data`` that belongs to the streamed command, and whether it ended
+        there (PyRequestParser.stream). Raises ProtocolError for a corrupt command."""
+        framer = self._framer
+        out = framer.stream(data)
+        if framer.error is not None:
+            raise ProtocolError(framer.error)
+        return out
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the client (``commands(data)`` does both in one call)."""
-        self._py.feed(data)
-
-    def _c_frame(self, data: bytes) -> tuple[list[Request], int] | None:
-        py = self._py
-        if _frame_requests is None or py._buf or not py.authenticated or data[:1] != b"*":
-            return None
-        limits = py.limits
-        return _frame_requests(data, limits.max_args, limits.max_bulk_bytes)
-
-    def frame(self, data: bytes) -> list[Request] | None:
-        """Every command of ``data`` in one C call, when the parser holds nothing and the read
-        is whole canonical multibulk commands (the common case); else None, and the caller
-        uses ``commands(data)`` (which reuses what C framed here). Saves the generator's cost
-        on every read."""
-        framed = self._c_frame(data)
-        if framed is None:
-            return None
-        if framed[1] == len(data):
-            return framed[0]
-        self._pre = (data, framed[0], framed[1])
-        return None
+        self._framer.feed(data)
 
     def commands(self, data: bytes = b"") -> Iterator[Request]:
         """Add ``data``, then yield every complete command buffered so far, in order.
 
-        Raises ProtocolError after yielding the commands that preceded the corruption.
+        Raises ProtocolError after yielding the commands that preceded the corruption. Where
+        the framer stops early (``PyRequestParser.again``) it is called again once the commands
+        before have been taken from here: lazily, so an AUTH dispatched from this iterator
+        lifts the unauthenticated limits for the commands after it.
         """
-        pre, self._pre = self._pre, None
-        if data:
-            framed = pre[1:] if pre is not None and pre[0] is data else self._c_frame(data)
-            if framed is not None:
-                commands, consumed = framed
-                if consumed:
-                    yield from commands
-                    data = data[consumed:]
-            if data:
-                self._py.feed(data)
-        yield from self._py.commands()
+        framer = self._framer
+        commands = framer.frame(data)
+        if framer.error is None and not framer.again:
+            return iter(commands)  # (the common case: a plain list iterator, no generator)
+        return self._then(commands)
+
+    def _then(self, commands: list[Request]) -> Iterator[Request]:
+        framer = self._framer
+        while True:
+            yield from commands
+            if framer.error is not None:
+                raise ProtocolError(framer.error)
+            if not framer.again:
+                return
+            commands = framer.frame()
 
 
 # Reply types, RESP2 and RESP3 (https://github.com/redis/redis-specification): RESP3 replies
@@ -703,15 +757,14 @@ scan_reply: ScanReply = _py_scan_reply
 split_replies: SplitReplies = _py_split_replies
 merge_arrays: MergeArrays = _py_merge_arrays
 _c_encode_command: Callable[[list[bytes]], bytes] | None = None
-FrameRequests = Callable[[bytes, int, int], tuple[list[tuple[list[bytes], bytes]], int]]
-_frame_requests: FrameRequests | None = None
+_Framer: Callable[[RequestLimits, bool], RequestFramer] = PyRequestParser
 _speedups = accel.c_module("_speedups")
 if _speedups is not None:
     scan_reply = _speedups.scan_reply
     split_replies = _speedups.split_replies
     merge_arrays = _speedups.merge_arrays
     _c_encode_command = _speedups.encode_command
-    _frame_requests = _speedups.frame_requests
+    _Framer = _speedups.RequestFramer
 
 
 def decode_reply(raw: bytes) -> Any:

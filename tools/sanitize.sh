@@ -25,5 +25,5 @@ LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONMALLOC=malloc \
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONMALLOC=malloc \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_resp.py tests/unit/test_hashing.py \
-    tests/unit/test_inflight_fanout.py tests/unit/test_ring_route.py tests/unit/test_framer_fuzz.py \
+    tests/unit/test_inflight_fanout.py tests/unit/test_ring_route.py tests/unit/test_framer_fuzz.py tests/unit/test_inline_split.py \
     tests/unit/test_backend_fifo.py

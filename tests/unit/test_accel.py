@@ -11,7 +11,7 @@ import pytest
 PROBE = """
 from proxy import accel, hashing, inflight, resp, ring
 print(accel.implementation())
-print(resp.split_replies is resp._py_split_replies, resp._frame_requests is None)
+print(resp.split_replies is resp._py_split_replies, resp._Framer is resp.PyRequestParser)
 print(hashing.hash_function("fnv1a_64") is hashing.PY_FUNCTIONS["fnv1a_64"])
 print(inflight.ReplyQueue is inflight.PyReplyQueue, ring._speedups is None)
 """

@@ -1,15 +1,22 @@
-"""Request framing fuzzed: RequestParser (C prefix framer and what follows it) against
-PyRequestParser (the reference), and both against what the stream was built from.
+"""Request framing fuzzed: the two framer twins (``_speedups.RequestFramer`` in C and
+``PyRequestParser``, the reference) and ``RequestParser`` around them, against what the stream
+was built from, and the twins against each other.
 
 Streams are built from parts whose framing is known: multibulk commands (random argument
 counts and lengths, binary bytes, empty arguments, now and then one over 64 KB), inline lines
 quoted the ways Redis reads them, ``*0`` / ``*-1`` (which Redis skips), empty lines; then cut
 short, or followed by a corruption. Each stream is fed whole, byte by byte (short ones), and in
-random pieces, to PyRequestParser and to RequestParser both through ``feed`` + ``commands()``
-and the way the client calls it (``frame(data)``, else ``commands(data)``). Every run must give
-the commands the stream was built from, with raw bytes that are their canonical encoding, then
+random pieces, to each twin and to RequestParser both through ``feed`` + ``commands()`` and the
+way the client calls it (``frame(data)``, else ``commands(data)``). Every run must give the
+commands the stream was built from, with raw bytes that are their canonical encoding, then
 exactly the expected ProtocolError text (or none, holding exactly the unfinished tail), and no
 other exception.
+
+The differential tests drive the twins side by side over streams nobody wrote the answer for
+(random bytes, mutated commands, small and unauthenticated limits, AUTH part way, big bulks
+whose streaming offers are accepted or declined) and require the same result after every read:
+the same commands and raw bytes, the same error at the same read, the same state (``again``,
+``offer``, ``held``, ``buffered()``) and the same streamed bytes.
 
 Seeds are fixed: a failure names its stream, and reruns the same.
 """
@@ -25,7 +32,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.resp import ProtocolError, PyRequestParser, RequestLimits, RequestParser, encode_command
+from proxy import _speedups
+from proxy.resp import (
+    DEFAULT_LIMITS,
+    ProtocolError,
+    PyRequestParser,
+    RequestFramer,
+    RequestLimits,
+    RequestParser,
+    encode_command,
+)
 from tests.unit.test_inline_split import inline_line
 
 Request = tuple[list[bytes], bytes]
@@ -77,7 +93,43 @@ def _drive(step: Callable[[bytes], None], buffered: Callable[[], int], chunks: S
     return out
 
 
-def _run_fed(p: PyRequestParser | RequestParser, chunks: Sequence[bytes]) -> Outcome:
+TWINS: dict[str, Callable[[RequestLimits, bool], RequestFramer]] = {
+    "PyRequestParser": PyRequestParser,
+    "RequestFramer (C)": _speedups.RequestFramer,
+}
+
+
+def frame_read(framer: RequestFramer, data: bytes, got: list[Request] | None = None) -> list[Request]:
+    """A read through a twin as RequestParser does it: frame, again while ``again``; the
+    commands are added to ``got``, then the ProtocolError ``error`` names is raised."""
+    got = [] if got is None else got
+    got += framer.frame(data)
+    while framer.again:
+        got += framer.frame()
+    if framer.error is not None:
+        raise ProtocolError(framer.error)
+    return got
+
+
+def _run_twin(make: Callable[[RequestLimits, bool], RequestFramer]) -> Run:
+    def run(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
+        p = make(DEFAULT_LIMITS, True)
+        got: list[Request] = []
+
+        def step(chunk: bytes) -> None:
+            frame_read(p, chunk, got)
+
+        out = _drive(step, p.buffered, chunks)
+        out.commands = got
+        out.parser = p
+        return out
+
+    return run
+
+
+def run_fed(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
+    """RequestParser through feed() + commands()."""
+    p = RequestParser()
     got: list[Request] = []
 
     def step(chunk: bytes) -> None:
@@ -91,23 +143,13 @@ def _run_fed(p: PyRequestParser | RequestParser, chunks: Sequence[bytes]) -> Out
     return out
 
 
-def run_py(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
-    return _run_fed(PyRequestParser(), chunks)
-
-
-def run_fed(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
-    """RequestParser through feed() + commands()."""
-    return _run_fed(RequestParser(), chunks)
-
-
 def run_client(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
-    """RequestParser as proxy/client.py calls it: frame(data), else commands(data)."""
+    """RequestParser as proxy/client.py calls it: commands(data) per read."""
     p = RequestParser()
     got: list[Request] = []
 
     def step(chunk: bytes) -> None:
-        framed = p.frame(chunk) if rng.random() < 0.7 else None
-        for command in framed if framed is not None else p.commands(chunk):
+        for command in p.commands(chunk):
             got.append(command)
 
     out = _drive(step, p.buffered, chunks)
@@ -117,7 +159,7 @@ def run_client(chunks: Sequence[bytes], rng: random.Random) -> Outcome:
 
 
 RUNS: dict[str, Run] = {
-    "PyRequestParser": run_py,
+    **{name: _run_twin(make) for name, make in TWINS.items()},
     "RequestParser.feed": run_fed,
     "RequestParser.frame": run_client,
 }
@@ -498,20 +540,33 @@ def test_header_in_the_limits_holds_nothing_ahead_of_its_data(header: bytes) -> 
 
 def test_limits_are_the_parsers_own() -> None:
     small = RequestLimits(max_args=3, max_bulk_bytes=10)
-    for parser in (RequestParser(small), PyRequestParser(small)):
+    makers: list[Callable[[RequestLimits, bool], RequestFramer | RequestParser]] = [
+        *TWINS.values(),
+        RequestParser,
+    ]
+    for make in makers:
+        parser = make(small, True)
         parser.feed(b"*4\r\n")
         with pytest.raises(ProtocolError, match=re.escape("invalid multibulk length")):
-            list(parser.commands())
-    for parser in (RequestParser(small), PyRequestParser(small)):
+            frame_read(parser, b"") if not isinstance(parser, RequestParser) else list(parser.commands())
+        parser = make(small, True)
         parser.feed(b"*1\r\n$11\r\n")
         with pytest.raises(ProtocolError, match=re.escape("invalid bulk length")):
-            list(parser.commands())
+            frame_read(parser, b"") if not isinstance(parser, RequestParser) else list(parser.commands())
     limits = RequestLimits()
     assert (limits.unauth_max_args, limits.unauth_max_bulk) == (10, 16384)  # Redis 7's
 
 
-@pytest.mark.parametrize("parser", [RequestParser, PyRequestParser])
-def test_unauthenticated_limits_before_auth(parser: type[RequestParser | PyRequestParser]) -> None:
+def _all_commands(parser: RequestParser | RequestFramer, data: bytes) -> list[Request]:
+    if isinstance(parser, RequestParser):
+        return list(parser.commands(data))
+    return frame_read(parser, data)
+
+
+@pytest.mark.parametrize("make", [RequestParser, *TWINS.values()], ids=["RequestParser", *TWINS])
+def test_unauthenticated_limits_before_auth(
+    make: Callable[[RequestLimits, bool], RequestParser | RequestFramer],
+) -> None:
     """Redis 7's: more than 10 arguments or a bulk over 16384 bytes, at the header."""
     cases = [
         (b"*11\r\n", "unauthenticated multibulk length"),
@@ -521,16 +576,236 @@ def test_unauthenticated_limits_before_auth(parser: type[RequestParser | PyReque
         (b"*1\r\n$1073741824\r\n", "invalid bulk length"),
     ]
     for data, error in cases:
-        p = parser(authenticated=False)
-        p.feed(data)
+        p = make(DEFAULT_LIMITS, False)
         with pytest.raises(ProtocolError) as info:
-            list(p.commands())
+            _all_commands(p, data)
         assert str(info.value) == error
     at_limits = [encode_command([b"MSET", *[b"k"] * 9]), encode_command([b"SET", b"k", b"v" * 16384])]
-    p = parser(authenticated=False)
-    p.feed(b"".join(at_limits))
-    assert [raw for _, raw in p.commands()] == at_limits
+    p = make(DEFAULT_LIMITS, False)
+    assert [raw for _, raw in _all_commands(p, b"".join(at_limits))] == at_limits
     for data in (b"*11\r\n$1\r\na\r\n", b"*1\r\n$16385\r\n"):
-        p = parser()  # authenticated by default (a pool without redis_auth)
-        p.feed(data)
-        assert list(p.commands()) == [] and p.buffered() == len(data)
+        p = make(DEFAULT_LIMITS, True)  # authenticated (a pool without redis_auth)
+        assert _all_commands(p, data) == [] and p.buffered() == len(data)
+
+
+def test_an_auth_lifts_the_limits_for_the_commands_after_it_in_the_same_read() -> None:
+    """Redis runs each command before it reads the next header: the framer hands out one
+    command at a time until the client has authenticated (``again``), and RequestParser asks
+    for the next one only when the one before has been taken."""
+    big = encode_command([b"SET", b"k", b"v" * 20000])
+    data = encode_command([b"AUTH", b"pw"]) + big + encode_command([b"GET", b"k"])
+    for make in TWINS.values():
+        p = make(DEFAULT_LIMITS, False)
+        assert p.frame(data) == [([b"AUTH", b"pw"], encode_command([b"AUTH", b"pw"]))] and p.again
+        p.authenticated = True
+        assert [args[0] for args, _ in p.frame()] == [b"SET", b"GET"] and not p.again
+    p2 = RequestParser(authenticated=False)
+    got = []
+    for args, _ in p2.commands(data):
+        got.append(args[0])
+        if args[0] == b"AUTH":
+            p2.authenticated = True
+    assert got == [b"AUTH", b"SET", b"GET"] and p2.buffered() == 0
+    p3 = RequestParser(authenticated=False)  # no AUTH: refused at the big header
+    with pytest.raises(ProtocolError, match="unauthenticated bulk length"):
+        list(p3.commands(data))
+
+
+# --- the twins side by side -------------------------------------------------------------------
+
+Event = tuple[object, ...]
+
+
+def drive_twin(
+    framer: RequestFramer, chunks: Sequence[bytes], seed: int, auth_word: bytes | None = b"AUTH"
+) -> list[Event]:
+    """Everything a twin does with ``chunks`` read by read, as the proxy would drive it: frame
+    (again while ``again``), an AUTH among the commands authenticates, offers are accepted or
+    declined at random (the same choices for both twins: one seed), streamed reads go to
+    ``stream``. One event per call, with the state after it."""
+    rng = random.Random(seed)
+    log: list[Event] = []
+    streaming = False
+
+    def state() -> tuple[object, ...]:
+        return (framer.error, framer.again, framer.offer, framer.held, framer.buffered())
+
+    for chunk in chunks:
+        if streaming:
+            part, done = framer.stream(chunk)
+            log.append(("stream", part, done, *state()))
+            if framer.error is not None:
+                return log
+            if not done:
+                continue
+            streaming = False
+            chunk = b""
+        while True:
+            commands = framer.frame(chunk)
+            chunk = b""
+            log.append(("frame", commands, *state()))
+            if framer.error is not None:
+                return log
+            if any(args[0].upper() == auth_word for args, _ in commands):
+                framer.authenticated = True
+            if framer.offer is not None:
+                if rng.random() < 0.5:
+                    framer.decline()
+                    log.append(("decline", *state()))
+                    continue
+                log.append(("accept", framer.accept(), *state()))
+                streaming = True
+                break
+            if not framer.again:
+                break
+    return log
+
+
+def _random_limits(rng: random.Random) -> RequestLimits:
+    if rng.random() < 0.4:
+        return RequestLimits(stream_min_bytes=rng.choice([0, 1, 40, 300, 1024 * 1024]))
+    return RequestLimits(
+        max_bulk_bytes=rng.choice([0, 5, 40, 300, 5000]),
+        max_args=rng.choice([1, 2, 5, 40]),
+        max_inline_bytes=rng.choice([1, 4, 30, 200]),
+        unauth_max_args=rng.choice([0, 1, 3, 10]),
+        unauth_max_bulk=rng.choice([0, 3, 50, 16384]),
+        stream_min_bytes=rng.choice([0, 1, 20, 100, 1024 * 1024]),
+    )
+
+
+NOISE = b"*$\r\n0123456789-+: \"'\\xabAUTH\t\x00\xff"
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randrange(1, 4)):
+        at = rng.randrange(len(out) + 1)
+        r = rng.random()
+        if r < 0.4 and at < len(out):
+            out[at] = rng.choice(NOISE)
+        elif r < 0.7:
+            out[at:at] = bytes(rng.choices(NOISE, k=rng.randrange(1, 4)))
+        else:
+            del out[at : at + rng.randrange(1, 4)]
+    return bytes(out)
+
+
+def _auth_or_big(rng: random.Random) -> bytes:
+    r = rng.random()
+    if r < 0.3:
+        return encode_command([b"AUTH", b"pw"]) if rng.random() < 0.7 else b"auth pw\r\n"
+    n = rng.choice([20, 99, 100, 101, 299, 300, 1000, 3000])
+    args = [b"SET", b"k", rng.randbytes(n)] + [rng.randbytes(rng.choice([0, 5, 350]))] * rng.randrange(0, 3)
+    return encode_command(args)
+
+
+def differential_stream(rng: random.Random) -> tuple[str, bytes]:
+    """(kind, bytes): a stream for the twins to agree on (no expected answer needed)."""
+    r = rng.random()
+    if r < 0.15:
+        return "noise", bytes(rng.choices(NOISE, k=rng.randrange(1, 80)))
+    pieces: list[bytes] = []
+    for _ in range(rng.randrange(1, 8)):
+        k = rng.random()
+        if k < 0.45:
+            pieces.append(part(rng, True)[0])
+        elif k < 0.7:
+            pieces.append(_auth_or_big(rng))
+        elif k < 0.85:
+            pieces.append(corruption(rng, rng.random() < 0.1)[1])
+        else:
+            pieces.append(rng.choice(BAD_BULKS + NOT_BULKS + UNTERMINATED + [b"*03\r\n", b"$03\r\nabc\r\n"]))
+    stream = b"".join(pieces)
+    if r < 0.45:
+        return "mutated", _mutate(rng, stream)
+    return "built", stream
+
+
+def _cuts(rng: random.Random, stream: bytes) -> list[list[bytes]]:
+    out = [[stream]]
+    if len(stream) <= 200:
+        out.append([stream[i : i + 1] for i in range(len(stream))])
+    for _ in range(2):
+        if len(stream) > 1:
+            cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(1, 12))))
+            out.append([stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])])
+    return out
+
+
+def _first_difference(a: list[Event], b: list[Event]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            at = next((k for k, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+            return (
+                f"event #{i} ({x[0]}), field {at}:\n  Python {str(x[at : at + 1])[:600]}\n"
+                f"  C      {str(y[at : at + 1])[:600]}\n  previous: {str(a[i - 1])[:300] if i else None}"
+            )
+    return f"Python made {len(a)} events, C {len(b)}"
+
+
+def test_the_c_framer_and_its_python_twin_agree_read_by_read() -> None:
+    rng = random.Random(13)
+    failures: list[str] = []
+    cases = 2500
+    kinds: dict[str, int] = {}
+    for case in range(cases):
+        kind, stream = differential_stream(rng)
+        limits = _random_limits(rng)
+        authenticated = rng.random() < 0.6
+        for chunks in _cuts(rng, stream):
+            logs = []
+            for make in TWINS.values():
+                try:
+                    logs.append(drive_twin(make(limits, authenticated), chunks, case))
+                except Exception as exc:  # noqa: BLE001 - nothing may escape a twin
+                    logs.append([("raised", f"{type(exc).__name__}: {exc}")])
+            if logs[0] != logs[1]:
+                failures.append(
+                    f"[{kind}] {limits}, authenticated={authenticated}, {len(chunks)} read(s) of "
+                    f"{stream[:200]!r}\n{_first_difference(logs[0], logs[1])}"
+                )
+                break
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert not failures, f"{len(failures)} of {cases} streams differ; first:\n{failures[0]}"
+    assert min(kinds.values()) > cases // 10, kinds
+
+
+def test_the_twins_agree_on_big_bulks_streamed_or_declined() -> None:
+    """Commands with bulks past stream_min_bytes among small ones, in random reads: every offer
+    accepted or declined (the same way for both), the streamed bytes checked as they pass."""
+    rng = random.Random(14)
+    limits = RequestLimits(stream_min_bytes=200)
+    for case in range(400):
+        commands = []
+        for _ in range(rng.randrange(1, 6)):
+            args = [rng.choice([b"SET", b"GET", b"APPEND"]), b"k"]
+            for _ in range(rng.randrange(0, 4)):
+                args.append(rng.randbytes(rng.choice([0, 3, 150, 199, 200, 201, 900, 2500])))
+            commands.append(encode_command(args) if rng.random() < 0.9 else b"PING\r\n")
+        stream = b"".join(commands)
+        if rng.random() < 0.2:
+            stream = _mutate(rng, stream)
+        for chunks in _cuts(rng, stream)[1:]:
+            py = drive_twin(PyRequestParser(limits), chunks, case)
+            c = drive_twin(_speedups.RequestFramer(limits), chunks, case)
+            assert py == c, _first_difference(py, c)
+
+
+def test_a_big_read_is_framed_without_rescanning_in_both_twins() -> None:
+    """A 64 MB value in 64 KB reads: each read costs the same (one length check), not more as
+    the value grows; the buffer is copied O(1) times."""
+    value = b"v" * (64 * 1024 * 1024)
+    command = encode_command([b"SET", b"k", value])
+    for make in TWINS.values():
+        p = make(DEFAULT_LIMITS, True)
+        started = time.monotonic()
+        got: list[Request] = []
+        for i in range(0, len(command), 65536):
+            got += p.frame(command[i : i + 65536])
+            if p.offer is not None:  # declined: the value is buffered whole
+                p.decline()
+                got += p.frame()
+        took = time.monotonic() - started
+        assert got == [([b"SET", b"k", value], command)] and p.buffered() == 0
+        assert took < 5.0, f"{make}: {took:.1f} s"

@@ -3,6 +3,8 @@
 Every row of ``CASES`` was checked against a real redis-server 7.0 (the line sent inline as
 ``RPUSH L <line>``, the list read back with a multibulk LRANGE); tests/integration/test_inline.py
 repeats that check in every run, so this table stays Redis's behaviour and not our reading of it.
+Every test runs on both splitters: resp.split_inline and its C twin _speedups.split_inline (the one
+the C request framer uses).
 
 The rules the rows pin down, from sdssplitargs:
 
@@ -22,13 +24,32 @@ The rules the rows pin down, from sdssplitargs:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
-from proxy import resp
+from proxy import _speedups, resp
 from proxy.resp import ProtocolError
 
 UNBALANCED = "unbalanced quotes in request"
+
+
+def _c_split_inline(line: bytes) -> list[bytes]:
+    """The C splitter (what RequestFramer splits inline lines with) as resp.split_inline."""
+    args = _speedups.split_inline(line)
+    if args is None:
+        raise ProtocolError(UNBALANCED)
+    return args
+
+
+SPLITTERS: dict[str, Callable[[bytes], list[bytes]]] = {"python": resp.split_inline, "c": _c_split_inline}
+
+
+@pytest.fixture(params=list(SPLITTERS))
+def split(request: pytest.FixtureRequest) -> Callable[[bytes], list[bytes]]:
+    """Each test runs on resp.split_inline and on its C twin (_speedups.split_inline)."""
+    return SPLITTERS[request.param]
+
 
 # (line, arguments Redis makes of it, or None where Redis answers "unbalanced quotes")
 CASES: list[tuple[bytes, list[bytes] | None]] = [
@@ -108,23 +129,25 @@ def _id(line: bytes) -> str:
 
 
 @pytest.mark.parametrize("line, expected", CASES, ids=[_id(c[0]) for c in CASES])
-def test_split_inline_follows_sdssplitargs(line: bytes, expected: list[bytes] | None) -> None:
+def test_split_inline_follows_sdssplitargs(
+    line: bytes, expected: list[bytes] | None, split: Callable[[bytes], list[bytes]]
+) -> None:
     if expected is None:
         with pytest.raises(ProtocolError) as info:
-            resp.split_inline(line)
+            split(line)
         assert str(info.value) == UNBALANCED
     else:
-        assert resp.split_inline(line) == expected
+        assert split(line) == expected
 
 
-def test_a_nul_byte_ends_the_line_as_in_sdssplitargs() -> None:
+def test_a_nul_byte_ends_the_line_as_in_sdssplitargs(split: Callable[[bytes], list[bytes]]) -> None:
     # sdssplitargs reads a C string. (redis-server itself never splits such a line: it looks
     # for the newline with strchr, which stops at the NUL, so the client just hangs; the proxy
     # has to do something, and reading the line as sdssplitargs would is the natural choice.)
-    assert resp.split_inline(b"SET a b\x00c d") == [b"SET", b"a", b"b"]
-    assert resp.split_inline(b"\x00SET") == []
+    assert split(b"SET a b\x00c d") == [b"SET", b"a", b"b"]
+    assert split(b"\x00SET") == []
     with pytest.raises(ProtocolError, match=UNBALANCED):
-        resp.split_inline(b'"ab\x00c"')  # the quote never closes before the NUL
+        split(b'"ab\x00c"')  # the quote never closes before the NUL
 
 
 # --- round trip: arguments quoted the ways a client may quote them split back unchanged ------
@@ -194,22 +217,23 @@ def random_arg(rng: random.Random) -> bytes:
     return rng.randbytes(n)
 
 
-def test_quoted_random_arguments_split_back_unchanged() -> None:
+def test_quoted_random_arguments_split_back_unchanged(split: Callable[[bytes], list[bytes]]) -> None:
     rng = random.Random(20240611)
     for _ in range(3000):
         args = [random_arg(rng) for _ in range(rng.randrange(1, 7))]
         line = inline_line(args, rng)
-        assert resp.split_inline(line) == args, line
+        assert split(line) == args, line
 
 
-def test_random_lines_either_split_or_raise_unbalanced_quotes() -> None:
+def test_random_lines_split_the_same_in_c_and_python() -> None:
     rng = random.Random(99)
-    alphabet = b"ab \t\"'\\x4F\x0b\r"
-    for _ in range(5000):
+    alphabet = b"ab \t\"'\\x4F\x0b\x0c\r\n\x00"
+    for _ in range(20000):
         line = bytes(rng.choices(alphabet, k=rng.randrange(0, 16)))
+        args: list[bytes] | None = None
         try:
             args = resp.split_inline(line)
+            assert all(type(a) is bytes for a in args), line
         except ProtocolError as exc:
             assert str(exc) == UNBALANCED, line
-            continue
-        assert all(type(a) is bytes for a in args), line
+        assert _speedups.split_inline(line) == args, line

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import hiredis
 import pytest
 
 from proxy import _speedups, resp
 from proxy.resp import (
+    DEFAULT_LIMITS,
     ProtocolError,
     PyRequestParser,
     ReplyParser,
+    RequestFramer,
     RequestLimits,
     RequestParser,
     encode_command,
@@ -27,13 +30,30 @@ REQUESTS = [
 ]
 
 
-def _parse_all(
-    parser: RequestParser | PyRequestParser, data: bytes, step: int
-) -> list[tuple[list[bytes], bytes]]:
-    out: list[tuple[list[bytes], bytes]] = []
+Request = tuple[list[bytes], bytes]
+TWINS: list[Callable[[RequestLimits], RequestFramer]] = [
+    PyRequestParser,
+    _speedups.RequestFramer,
+]  # Python, C
+
+
+def _frame(framer: RequestFramer, data: bytes, out: list[Request]) -> None:
+    """A read through a framer twin: frame (again while ``again``); its ProtocolError raised."""
+    out += framer.frame(data)
+    while framer.again:
+        out += framer.frame()
+    if framer.error is not None:
+        raise ProtocolError(framer.error)
+
+
+def _parse_all(parser: RequestParser | RequestFramer, data: bytes, step: int) -> list[Request]:
+    out: list[Request] = []
     for i in range(0, len(data), step):
-        parser.feed(data[i : i + step])
-        out.extend(parser.commands())
+        if isinstance(parser, RequestParser):
+            parser.feed(data[i : i + step])
+            out.extend(parser.commands())
+        else:
+            _frame(parser, data[i : i + step], out)
     return out
 
 
@@ -66,7 +86,7 @@ def test_inline_commands_are_reencoded_as_multibulk() -> None:
 def test_big_value_in_small_reads_is_assembled() -> None:
     value = bytes(range(256)) * 4096  # 1 MiB
     stream = encode_command([b"SET", b"k", value])
-    p = RequestParser()
+    p = RequestParser(RequestLimits(stream_min_bytes=0))  # (never offered for streaming)
     got = _parse_all(p, stream, 65536)
     assert got == [([b"SET", b"k", value], stream)]
     assert p.buffered() == 0
@@ -89,19 +109,20 @@ def test_corrupt_requests_raise_protocol_error(data: bytes, message: str) -> Non
         list(p.commands())
 
 
-def test_python_parser_checks_the_crlf_after_a_bulk() -> None:
-    # hiredis (the fast path) skips those two bytes unchecked; it re-encodes what it forwards.
-    p = PyRequestParser()
-    p.feed(b"*1\r\n$3\r\nGETxx")
-    with pytest.raises(ProtocolError, match="bulk string not terminated by CRLF"):
-        list(p.commands())
+@pytest.mark.parametrize("make", TWINS)
+def test_both_framers_check_the_crlf_after_a_bulk(make: Callable[[RequestLimits], RequestFramer]) -> None:
+    # (Redis skips those two bytes unchecked: the proxy refuses what it could not forward as is)
+    p = make(DEFAULT_LIMITS)
+    assert p.frame(b"*1\r\n$3\r\nGET\r\n*1\r\n$3\r\nGETxx") == [([b"GET"], b"*1\r\n$3\r\nGET\r\n")]
+    assert p.error == "bulk string not terminated by CRLF"
+    assert p.frame(encode_command([b"PING"])) == []  # nothing after a corruption
 
 
-@pytest.mark.parametrize("parser", [RequestParser, PyRequestParser])
+@pytest.mark.parametrize("make", [RequestParser, *TWINS])
 @pytest.mark.parametrize("step", [1, 5, 100])
-def test_both_parsers_agree_on_a_mixed_stream(parser: type, step: int) -> None:
+def test_every_framer_agrees_on_a_mixed_stream(make: type, step: int) -> None:
     stream = b"".join(encode_command(r) for r in REQUESTS) + b"*0\r\n" + encode_command([b"GET", b"x"])
-    got = _parse_all(parser(), stream, step)
+    got = _parse_all(make(DEFAULT_LIMITS), stream, step)
     assert [a for a, _ in got] == REQUESTS + [[b"GET", b"x"]]
 
 
@@ -212,8 +233,9 @@ def test_a_huge_array_arriving_in_pieces_is_not_rescanned(scanner: str) -> None:
     assert got == [stream[:-5], b"+OK\r\n"]
 
 
-def test_c_request_framing_equals_the_hiredis_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """frame_requests only speeds up a prefix: every split of a stream parses the same with it."""
+def test_c_framer_equals_its_python_twin_on_every_split() -> None:
+    """The C framer and PyRequestParser, and RequestParser through each (RESPROXY_PURE picks
+    one for the proxy): every split of a stream gives the same commands, then the same error."""
     import random
 
     rng = random.Random(11)
@@ -222,20 +244,24 @@ def test_c_request_framing_equals_the_hiredis_path(monkeypatch: pytest.MonkeyPat
         n = rng.randrange(1, 6)
         commands.append([bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))) for _ in range(n)])
     stream = b"".join(encode_command(c) for c in commands)
-    odd = b"*2\r\n$03\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n*0\r\n*-1\r\n"  # non-canonical
+    odd = b"*1\r\n$4\r\nPING\r\n*0\r\n*-1\r\nGET  k\n"  # skipped headers, an inline line
+    noncanonical = b"*2\r\n$03\r\nGET\r\n$1\r\nk\r\n"  # a leading zero: refused as Redis does
+    first = b"".join(encode_command(c) for c in commands[:20])
 
-    def parse(data: bytes, cut: int, c_on: bool) -> tuple[list[tuple[list[bytes], bytes]], str]:
-        monkeypatch.setattr(resp, "_frame_requests", _speedups.frame_requests if c_on else None)
-        p = RequestParser()
-        got: list[tuple[list[bytes], bytes]] = []
+    def parse(make: object, data: bytes, cut: int, c_framer: bool) -> tuple[list[Request], str]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(resp, "_Framer", _speedups.RequestFramer if c_framer else PyRequestParser)
+            p = RequestParser() if make is RequestParser else make(DEFAULT_LIMITS)  # type: ignore[operator]
+        got: list[Request] = []
         error = ""
         try:
             for i in range(0, len(data), cut):
-                for command in p.commands(data[i : i + cut]):
-                    got.append(command)
+                if isinstance(p, RequestParser):
+                    got.extend(p.commands(data[i : i + cut]))
+                else:
+                    _frame(p, data[i : i + cut], got)
         except ProtocolError as exc:  # the same error, after the same commands
             error = str(exc)
-        monkeypatch.undo()
         return got, error
 
     cases = (
@@ -244,11 +270,22 @@ def test_c_request_framing_equals_the_hiredis_path(monkeypatch: pytest.MonkeyPat
         stream[:500] + odd + stream[500:],
         stream + b"*1\r\n:1\r\n",
         stream[:300] + b"GET inline\r\n" + stream[300:],
+        first + noncanonical + stream[len(first) :],
     )
     for data in cases:
         for cut in (1, 7, 64, 1000, len(data)):
-            assert parse(data, cut, True) == parse(data, cut, False), (cut, data[:40])
-    assert [args for args, _ in parse(stream, 4096, True)[0]] == commands
+            want = parse(PyRequestParser, data, cut, False)
+            for make, c_framer in (
+                (_speedups.RequestFramer, True),
+                (RequestParser, True),
+                (RequestParser, False),
+            ):
+                assert parse(make, data, cut, c_framer) == want, (make, cut, data[:40])
+    assert [args for args, _ in parse(RequestParser, stream, 4096, True)[0]] == commands
+    assert parse(RequestParser, first + noncanonical, 100, True) == (
+        [(c, encode_command(c)) for c in commands[:20]],
+        "invalid bulk length",
+    )
 
 
 # --- streaming a big argument (PyRequestParser.offer / accept / stream) ---------------------
@@ -371,10 +408,12 @@ def test_a_header_cut_by_a_read_is_handed_out_whole_once_checked() -> None:
     "data", [b"*" + b"1" * 5000 + b"\r\n", b"*1\r\n$" + b"9" * 5000 + b"\r\n", b"*" + b"1" * 21 + b"\r\n"]
 )
 def test_overlong_length_headers_are_protocol_errors(data: bytes) -> None:
-    for parser in (RequestParser(), PyRequestParser()):
-        parser.feed(data)
+    parser = RequestParser()
+    with pytest.raises(ProtocolError, match="invalid (multi)?bulk length"):
+        list(parser.commands(data))
+    for make in TWINS:
         with pytest.raises(ProtocolError, match="invalid (multi)?bulk length"):
-            list(parser.commands())
+            _frame(make(DEFAULT_LIMITS), data, [])
 
 
 def test_an_offer_with_the_bulks_cr_already_in_streams_on() -> None:
@@ -393,12 +432,15 @@ def test_an_offer_with_the_bulks_cr_already_in_streams_on() -> None:
         p.stream(b"\n")
 
 
-def test_held_counts_the_arguments_of_a_partial_command() -> None:
-    p = PyRequestParser()
-    p.feed(b"*100001\r\n" + b"$0\r\n\r\n" * 100000)
-    assert list(p.commands()) == []
+@pytest.mark.parametrize("make", TWINS)
+def test_held_counts_the_arguments_of_a_partial_command(
+    make: Callable[[RequestLimits], RequestFramer],
+) -> None:
+    p = make(DEFAULT_LIMITS)
+    assert p.frame(b"*100001\r\n" + b"$0\r\n\r\n" * 100000) == []
     assert p.buffered() == len(b"*100001\r\n") + 600000
     assert p.held >= p.buffered() + 100000 * 40  # each framed argument is an object
+    assert p.frame(b"$1\r\nx\r\n")[0][0][-1] == b"x" and p.held == p.buffered() == 0
 
 
 def test_streaming_random_commands_in_random_reads_hands_out_exactly_their_bytes() -> None:
