@@ -14,24 +14,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import redis
 
-from tests.integration.harness import (
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    free_port,
-    poll_until,
-    start_cluster_proxy,
-    start_redis_servers,
-    start_ring_proxy,
+from tests.integration.harness.clients import RawClient
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import (
+    MURMUR_RING,
+    listener_yaml,
+    native_config,
+    pool_yaml,
+    route,
+    server_lines,
 )
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy, start_cluster_proxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
+from tests.integration.harness.waiting import poll_until
 
 TARGETS = ["ring", "cluster", "listener"]
-RING_KEYS = {"hash": "murmur", "distribution": "ketama", "hash_tag": "{}", "timeout": 2000}
+RING_KEYS: dict[str, Any] = {**MURMUR_RING, "timeout": 2000}
 
 
 @dataclass
@@ -90,57 +94,36 @@ class Target:
 
 
 def _ring_target() -> Iterator[Target]:
-    servers = start_redis_servers(3)
-    proxy: ResProxy | None = None
-    try:
-        proxy = start_ring_proxy(servers, preconnect=True, **RING_KEYS)
+    with (
+        running_redis_servers(3) as servers,
+        start_ring_proxy(servers, preconnect=True, **RING_KEYS) as proxy,
+    ):
         yield Target("ring", proxy, data_nodes=list(servers), ring=list(servers))
-    finally:
-        if proxy is not None:
-            proxy.cleanup()
-        for s in servers:
-            s.cleanup()
 
 
 def _cluster_target() -> Iterator[Target]:
-    cluster = RedisCluster(masters=3, replicas=0).start()
-    proxy: ResProxy | None = None
-    try:
-        proxy = start_cluster_proxy(cluster, seeds=1, timeout=2000)
+    with (
+        RedisCluster(masters=3, replicas=0).start() as cluster,
+        start_cluster_proxy(cluster, seeds=1, timeout=2000) as proxy,
+    ):
         yield Target("cluster", proxy, data_nodes=cluster.masters())
-    finally:
-        if proxy is not None:
-            proxy.cleanup()
-        cluster.cleanup()
 
 
 def listener_config(port: int, ring: list[RedisServer], rq_server: RedisServer) -> str:
     """A listener: ``rq:`` keys to a one-server pool ``jobs``, the rest to the ring ``main``."""
-    main = "".join(f"      - 127.0.0.1:{s.port}:1 m{i}\n" for i, s in enumerate(ring))
-    return (
-        "pools:\n"
-        f"  jobs:\n    timeout: 2000\n    servers:\n      - 127.0.0.1:{rq_server.port}:1 rq0\n"
-        '  main:\n    hash: murmur\n    distribution: ketama\n    hash_tag: "{}"\n'
-        "    timeout: 2000\n    preconnect: true\n    servers:\n" + main + "listeners:\n"
-        f"  app:\n    listen: 127.0.0.1:{port}\n    default_pool: main\n    routes:\n"
-        '      - {prefix: "rq:", pool: jobs}\n'
+    return native_config(
+        pool_yaml("jobs", None, server_lines([rq_server], "rq"), timeout=2000),
+        pool_yaml("main", None, server_lines(ring, "m"), **RING_KEYS, preconnect=True),
+        listeners=[listener_yaml("app", port, route("rq:", "jobs"), default_pool="main")],
     )
 
 
 def _listener_target() -> Iterator[Target]:
-    servers = start_redis_servers(4)
-    ring, rq_server = servers[:3], servers[3]
-    proxy: ResProxy | None = None
-    try:
+    with running_redis_servers(4) as servers:
+        ring, rq_server = servers[:3], servers[3]
         port = free_port()
-        proxy = ResProxy(listener_config(port, ring, rq_server)).start()
-        proxy.port = port
-        yield Target("listener", proxy, data_nodes=list(servers), ring=ring, rq_server=rq_server)
-    finally:
-        if proxy is not None:
-            proxy.cleanup()
-        for s in servers:
-            s.cleanup()
+        with ResProxy(listener_config(port, ring, rq_server), port=port).start() as proxy:
+            yield Target("listener", proxy, data_nodes=list(servers), ring=ring, rq_server=rq_server)
 
 
 _STARTERS = {"ring": _ring_target, "cluster": _cluster_target, "listener": _listener_target}

@@ -37,7 +37,8 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from tests.clients.conftest import Target, sync_client
 from tests.clients.rq_jobs import double, started_marker, wait_for_file
-from tests.integration.harness import ROOT, poll_until
+from tests.integration.harness.proxyproc import ROOT
+from tests.integration.harness.waiting import poll_until
 
 JOBS = 200
 WORKER_TIMEOUT_S = 60.0

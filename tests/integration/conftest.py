@@ -7,13 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import (
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    running_redis_servers,
-    start_ring_proxy,
-)
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.proxyproc import ResProxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +33,10 @@ def reference(servers: list[RedisServer]) -> RedisServer:
 @pytest.fixture(scope="module")
 def proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
     """resproxy over the three backends: ketama, murmur (spreads short keys evenly), tag {}."""
-    p = start_ring_proxy(
+    with start_ring_proxy(
         backends, hash="murmur", distribution="ketama", hash_tag="{}", timeout=1000, preconnect=True
-    )
-    try:
+    ) as p:
         yield p
-    finally:
-        p.cleanup()
 
 
 @pytest.fixture()
@@ -57,8 +50,5 @@ def clean(servers: list[RedisServer]) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
     """A real 3 masters + 3 replicas cluster (cluster-node-timeout 1000 ms) for the module."""
-    c = RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start()
-    try:
+    with RedisCluster(masters=3, replicas=1, node_timeout_ms=1000).start() as c:
         yield c
-    finally:
-        c.cleanup()

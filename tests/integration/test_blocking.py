@@ -13,81 +13,45 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.integration.harness import (
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    poll_until,
-    pool_yaml,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import native_config, pool_yaml, route, server_lines
+from tests.integration.harness.deployments import Fronts, FrontsSpec, running_fronts
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
+from tests.integration.harness.waiting import poll_until
 
 ITEMS = 10_000
 CONSUMERS = 20
 LIMIT = 24  # dedicated_connections per server
 
-
-class Fronts:
-    def __init__(
-        self, proxy: ResProxy, ports: dict[str, int], ring: list[RedisServer], cluster: RedisCluster
-    ) -> None:
-        self.proxy = proxy
-        self.ports = ports
-        self.ring = ring
-        self.cluster = cluster
+# ring, cluster (seeded with every master) and a listener ``edge`` routing jobs: to ``small``
+SPEC = FrontsSpec(
+    listeners={"edge": [route("jobs:", "small")]},
+    ring_keys={"hash_tag": "{}", "timeout": 300, "dedicated_connections": LIMIT},
+    cluster_keys={"timeout": 300, "dedicated_connections": LIMIT},
+    names="r",
+    seeds=None,
+    solo="small",
+    solo_keys={"dedicated_connections": 2},
+)
 
 
 @pytest.fixture(scope="module")
-def fronts(cluster: RedisCluster) -> Iterator[Fronts]:
-    with running_redis_servers(4) as servers:
-        ring, solo = servers[:3], servers[3]
-        ports = {"ring": free_port(), "cluster": free_port(), "listener": free_port(), "small": free_port()}
-        seeds = [f"127.0.0.1:{m.port}" for m in cluster.masters()]
-        text = native_config(
-            pool_yaml(
-                "ring",
-                ports["ring"],
-                [f"127.0.0.1:{s.port}:1 r{i}" for i, s in enumerate(ring)],
-                hash_tag="{}",
-                timeout=300,
-                dedicated_connections=LIMIT,
-            ),
-            pool_yaml(
-                "cluster",
-                ports["cluster"],
-                seeds,
-                distribution="cluster",
-                timeout=300,
-                dedicated_connections=LIMIT,
-            ),
-            pool_yaml("small", ports["small"], [f"127.0.0.1:{solo.port}:1 solo"], dedicated_connections=2),
-        )
-        text += (
-            "listeners:\n  edge:\n"
-            f"    listen: 127.0.0.1:{ports['listener']}\n"
-            "    routes:\n      - {prefix: 'jobs:', pool: small}\n"
-            "    default_pool: ring\n"
-        )
-        proxy = ResProxy(text).start(pools=4)
-        try:
-            yield Fronts(proxy, ports, ring, cluster)
-        finally:
-            proxy.cleanup()
+def fronts(servers: list[RedisServer], cluster: RedisCluster) -> Iterator[Fronts]:
+    with running_fronts(SPEC, servers[:3], cluster, solo=servers[3]) as started:
+        yield started
 
 
 def _blocked_clients(server: RedisServer) -> int:
-    info = server.call("INFO", "clients")
-    assert isinstance(info, bytes)
-    return int(info.split(b"blocked_clients:")[1].split(b"\r\n")[0])
+    return int(server.info("clients")["blocked_clients"])
 
 
 @pytest.mark.parametrize("front", ["ring", "cluster", "listener"])
 def test_producer_and_20_consumers_move_every_item_exactly_once(fronts: Fronts, front: str) -> None:
-    port = fronts.ports[front]
+    port = fronts.front(front).port
     queue, done = "{q}:" + front, "{q}:" + front + ":done"
 
     async def run() -> list[bytes]:
@@ -202,7 +166,7 @@ def test_keys_of_a_blocking_command_must_share_a_server(fronts: Fronts) -> None:
 
 
 def test_dedicated_connection_limit_then_served_again(fronts: Fronts) -> None:
-    port = fronts.ports["listener"]  # jobs: -> the small pool, 2 dedicated connections
+    port = fronts.ports["edge"]  # jobs: -> the small pool, 2 dedicated connections
     first = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
     try:
         for s in first:
@@ -227,7 +191,7 @@ def test_dedicated_connection_limit_then_served_again(fronts: Fronts) -> None:
 
 
 def test_redis_py_blocking_calls_through_a_route(fronts: Fronts) -> None:
-    r = redis.Redis(port=fronts.ports["listener"], socket_timeout=10)
+    r = redis.Redis(port=fronts.ports["edge"], socket_timeout=10)
     try:
         r.rpush("jobs:q", "a", "b")
         assert r.blpop(["jobs:q"], timeout=1) == (b"jobs:q", b"a")
@@ -254,9 +218,7 @@ def test_a_blocked_pop_whose_slot_moves_is_served_by_the_new_owner(fronts: Front
         s.settimeout(20)
         s.sendall(encode("BLPOP", key, 0))
         poll_until(lambda: _blocked_clients(source) >= 1, "blocked on the source", 10)
-        target_id = cluster.node_id(target)
-        for node in [target, *(n for n in cluster.alive_nodes() if n is not target)]:
-            node.call("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        cluster.set_slot_owner(slot, target)
         poll_until(lambda: _blocked_clients(target) >= 1, "blocked again on the new owner", 20)
         with RawClient(fronts.ports["cluster"]) as c:
             assert c.call("RPUSH", key, "after-move") == 1
@@ -264,9 +226,7 @@ def test_a_blocked_pop_whose_slot_moves_is_served_by_the_new_owner(fronts: Front
         while (reply := reader.gets()) is False:
             reader.feed(s.recv(4096))
         assert reply == [key.encode(), b"after-move"]
-    source_id = cluster.node_id(source)
-    for node in [source, *(n for n in cluster.alive_nodes() if n is not source)]:
-        node.call("CLUSTER", "SETSLOT", str(slot), "NODE", source_id)
+    cluster.set_slot_owner(slot, source)
 
 
 def test_a_blocking_pop_while_watching_keeps_its_own_timeout(fronts: Fronts) -> None:
@@ -287,55 +247,43 @@ def test_a_blocking_command_while_subscribed_is_refused_with_its_reason(fronts: 
 def test_blocked_pops_follow_a_reload_that_moves_their_keys() -> None:
     """A reload adds a server: pops blocked on keys that now live there are blocked there
     instead (nothing popped on the old server meanwhile), so every push reaches its consumer."""
-    import signal
-
-    from tests.integration.harness import Metrics
-
     with running_redis_servers(3) as servers:
         port, mport = free_port(), free_port()
 
         def config(count: int) -> str:
-            lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers[:count])]
-            return (
-                native_config(pool_yaml("ring", port, lines, timeout=1000))
-                + f"metrics:\n  listen: 127.0.0.1:{mport}\n"
-            )
+            pool = pool_yaml("ring", port, server_lines(servers[:count]), timeout=1000)
+            return native_config(pool, metrics_port=mport)
 
-        proxy = ResProxy(config(2)).start()
         keys = [f"follow:{i}" for i in range(40)]
         consumers = []
-        try:
-            for key in keys:
-                s = socket.create_connection(("127.0.0.1", port))
-                s.settimeout(10)
-                s.sendall(encode("BLPOP", key, 0))
-                consumers.append(s)
-            poll_until(
-                lambda: Metrics(mport).value("resproxy_blocked_clients", pool="ring") == len(keys),
-                "every pop blocked",
-                10,
-            )
-            with open(proxy.config_path, "w") as f:
-                f.write(config(3))
-            proxy.send_signal(signal.SIGHUP)
-            poll_until(
-                lambda: Metrics(mport).value("resproxy_config_reloads_total") == 1, "reload applied", 10
-            )
-            poll_until(
-                lambda: sum(_blocked_clients(s) for s in servers) == len(keys),
-                "every pop blocked where the new ring puts its key",
-                10,
-            )
-            assert _blocked_clients(servers[2]) > 0  # (some keys did move)
-            with RawClient(port) as c:
+        with ResProxy(config(2), port=port, metrics_port=mport).start() as proxy:
+            try:
                 for key in keys:
-                    assert c.call("RPUSH", key, "item") == 1
-            for key, s in zip(keys, consumers):
-                reader = hiredis.Reader()
-                while (reply := reader.gets()) is False:
-                    reader.feed(s.recv(4096))
-                assert reply == [key.encode(), b"item"]
-        finally:
-            for s in consumers:
-                s.close()
-            proxy.cleanup()
+                    s = socket.create_connection(("127.0.0.1", port))
+                    s.settimeout(10)
+                    s.sendall(encode("BLPOP", key, 0))
+                    consumers.append(s)
+                poll_until(
+                    lambda: Metrics(mport).value("resproxy_blocked_clients", pool="ring") == len(keys),
+                    "every pop blocked",
+                    10,
+                )
+                assert proxy.reload(config(3))
+                assert Metrics(mport).value("resproxy_config_reloads_total") == 1
+                poll_until(
+                    lambda: sum(_blocked_clients(s) for s in servers) == len(keys),
+                    "every pop blocked where the new ring puts its key",
+                    10,
+                )
+                assert _blocked_clients(servers[2]) > 0  # (some keys did move)
+                with RawClient(port) as c:
+                    for key in keys:
+                        assert c.call("RPUSH", key, "item") == 1
+                for key, s in zip(keys, consumers):
+                    reader = hiredis.Reader()
+                    while (reply := reader.gets()) is False:
+                        reader.feed(s.recv(4096))
+                    assert reply == [key.encode(), b"item"]
+            finally:
+                for s in consumers:
+                    s.close()

@@ -8,17 +8,10 @@ from collections.abc import Iterator
 import hiredis
 import pytest
 
-from tests.integration.harness import (
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    pool_yaml,
-    run_proxy_check,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.configs import native_config, pool_yaml
+from tests.integration.harness.proxyproc import run_proxy_check, start_ring_proxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
 
 VALID = native_config(pool_yaml("p1", 22999, ["127.0.0.1:7001:1 a", "127.0.0.1:7002:1 b"]))
 
@@ -63,11 +56,8 @@ def test_a_nutcracker_yml_is_accepted_as_it_is() -> None:
 
 
 def test_sigterm_answers_what_is_owed_then_exits_zero(backends: list[RedisServer]) -> None:
-    port = free_port()
-    servers = [f"127.0.0.1:{b.port}:1" for b in backends]
-    proxy = ResProxy(native_config(pool_yaml("p", port, servers, timeout=2000))).start()
-    try:
-        with RawClient(port) as c:
+    with start_ring_proxy(backends, name="p", names=None, timeout=2000) as proxy:
+        with RawClient(proxy.port) as c:
             assert c.call("SET", "warm", "up") == b"OK"  # every server connection is open
             # The servers hold writes for a moment, so the SETs are still owed at SIGTERM; the
             # GET in front is answered at once, which shows the proxy has read the whole
@@ -80,8 +70,6 @@ def test_sigterm_answers_what_is_owed_then_exits_zero(backends: list[RedisServer
             assert [c.read() for _ in range(200)] == [b"OK"] * 200
             assert c.closed_by_peer()
         assert proxy.stop(timeout_s=10) == 0
-    finally:
-        proxy.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +82,9 @@ def auth_servers() -> Iterator[list[RedisServer]]:
 def test_redis_auth_clients_auth_to_the_proxy_and_the_proxy_to_servers(
     auth_servers: list[RedisServer], protocol: int
 ) -> None:
-    port = free_port()
-    servers = [f"127.0.0.1:{b.port}:1" for b in auth_servers]
-    proxy = ResProxy(native_config(pool_yaml("p", port, servers, redis_auth="s3cret", redis_db=2))).start()
+    proxy = start_ring_proxy(auth_servers, name="p", names=None, redis_auth="s3cret", redis_db=2)
     try:
-        with RawClient(port) as c:
+        with RawClient(proxy.port) as c:
             reply = c.call("GET", "k")
             assert isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOAUTH")
             assert str(c.call("AUTH", "wrong")).startswith("WRONGPASS")
@@ -127,16 +113,11 @@ def test_redis_auth_clients_auth_to_the_proxy_and_the_proxy_to_servers(
 
 
 def test_a_wrong_redis_auth_gives_clear_prompt_errors(auth_servers: list[RedisServer]) -> None:
-    port = free_port()
-    servers = [f"127.0.0.1:{b.port}:1" for b in auth_servers]
-    proxy = ResProxy(native_config(pool_yaml("p", port, servers, redis_auth="not-it"))).start()
-    try:
-        with RawClient(port) as c:
+    with start_ring_proxy(auth_servers, name="p", names=None, redis_auth="not-it") as proxy:
+        with RawClient(proxy.port) as c:
             assert c.call("AUTH", "not-it") == b"OK"  # the client side is satisfied...
             for _ in range(3):  # ...but the servers refuse the proxy: said, not hung
                 reply = c.call("GET", "k")
                 assert isinstance(reply, hiredis.ReplyError)
                 assert "WRONGPASS" in str(reply) or "unavailable" in str(reply), reply
         assert "is up" not in proxy.log()  # never reported up while its AUTH is refused
-    finally:
-        proxy.cleanup()

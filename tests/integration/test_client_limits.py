@@ -36,18 +36,14 @@ from typing import Any
 import hiredis
 import pytest
 
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    http_get,
-    poll_until,
-    pool_yaml,
-    proc_status,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.configs import pool_yaml, server_lines
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.process import proc_status
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 MB = 1024 * 1024
 BIG_KEY = "limits:big"
@@ -59,12 +55,9 @@ PASSWORD = "limits-secret"
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
+    with RedisServer().start() as server:
         assert server.call("SET", BIG_KEY, BIG) == b"OK"
         yield server
-    finally:
-        server.cleanup()
 
 
 # --- a resproxy of the test's own ---------------------------------------------------------
@@ -118,7 +111,7 @@ def _proxy(
     for name in listeners:
         ports[name] = free_port()
     extra = extra.format(**{f"{n}_port": ports[n] for n in listeners})
-    server = [f"127.0.0.1:{backend.port}:1 s0"]
+    server = server_lines([backend])
     text = (
         top
         + "pools:\n"
@@ -126,13 +119,9 @@ def _proxy(
         + extra
     )
     metrics_port = free_port()
-    proxy = ResProxy(text, args=["--metrics", f"127.0.0.1:{metrics_port}"])
-    try:
+    with ResProxy(text, ["--metrics", f"127.0.0.1:{metrics_port}"], metrics_port=metrics_port) as proxy:
         proxy.start(pools=len(pools) + len(listeners))
-        poll_until(lambda: http_get(metrics_port, "/metrics")[0] == 200, "metrics endpoint", 15)
         yield Proxied(proxy, ports, metrics_port)
-    finally:
-        proxy.cleanup()
 
 
 # --- clients ----------------------------------------------------------------------------
@@ -377,8 +366,7 @@ def _is_wrongpass(reply: Any) -> bool:
 
 
 def test_auth_failure_limit_closes_after_that_many_wrong_passwords_and_logs_rate_limited() -> None:
-    server = RedisServer(extra=["--requirepass", PASSWORD]).start()
-    try:
+    with RedisServer(extra=["--requirepass", PASSWORD]).start() as server:
         pools: dict[str, dict[str, Any]] = {
             "guarded": {"redis_auth": PASSWORD, "auth_failure_limit": 3},
             "plain": {"redis_auth": PASSWORD},  # the default limit: 10
@@ -441,8 +429,6 @@ def test_auth_failure_limit_closes_after_that_many_wrong_passwords_and_logs_rate
             assert failures("plain") == 19
             assert p.closed("auth_failure_limit") == 17
             assert p.stats(PASSWORD)["auth_failures"] == "69"
-    finally:
-        server.cleanup()
 
 
 # --- max_buffered_bytes ---------------------------------------------------------------------

@@ -15,33 +15,24 @@ import pytest
 import redis
 
 from proxy.hashing import key_slot
-from tests.integration.harness import (
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    start_cluster_proxy,
-)
-from tests.integration.test_commands import SEQUENCE, UNORDERED, _norm
+from tests.integration.harness.clients import RawClient, comparable
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.proxyproc import ResProxy, start_cluster_proxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.test_commands import SEQUENCE, UNORDERED
 
 
 @pytest.fixture(scope="module")
 def proxy(cluster: RedisCluster) -> Iterator[ResProxy]:
     """Seeded with one node only: the rest of the cluster is learned from it."""
-    p = start_cluster_proxy(cluster, seeds=1, timeout=2000)
-    try:
+    with start_cluster_proxy(cluster, seeds=1, timeout=2000) as p:
         yield p
-    finally:
-        p.cleanup()
 
 
 @pytest.fixture(scope="module")
 def reference() -> Iterator[RedisServer]:
-    r = RedisServer().start()
-    try:
+    with RedisServer().start() as r:
         yield r
-    finally:
-        r.cleanup()
 
 
 @pytest.fixture()
@@ -80,7 +71,7 @@ def test_scripted_sequence_answers_like_one_redis_server(
         if protocol == 3:
             assert p.call("HELLO", 3)[b"proto"] == r.call("HELLO", 3)[b"proto"] == 3
         for cmd in SEQUENCE:
-            got, want = _norm(p.call(*cmd)), _norm(r.call(*cmd))
+            got, want = comparable(p.call(*cmd)), comparable(r.call(*cmd))
             if cmd[0] in UNORDERED:
                 got, want = sorted(got), sorted(want)
             assert got == want, cmd
@@ -158,8 +149,7 @@ def test_pipeline_across_slots_answered_in_order(proxy: ResProxy, clean: None) -
 
 
 def test_replica_reads_go_to_replicas_and_writes_to_masters(cluster: RedisCluster, clean: None) -> None:
-    proxy = start_cluster_proxy(cluster, seeds=2, read_from="replica", timeout=2000)
-    try:
+    with start_cluster_proxy(cluster, seeds=2, read_from="replica", timeout=2000) as proxy:
         masters = cluster.masters()
         replicas = [r for m in masters for r in cluster.replicas_of(m)]
         assert len(replicas) == 3
@@ -177,5 +167,3 @@ def test_replica_reads_go_to_replicas_and_writes_to_masters(cluster: RedisCluste
         assert all(gets[r.port] == 10 for r in replicas), gets
         assert all(gets[m.port] == 0 for m in masters), gets
         assert all(sets[m.port] == 10 for m in masters), sets
-    finally:
-        proxy.cleanup()

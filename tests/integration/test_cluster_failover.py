@@ -11,12 +11,10 @@ import time
 import redis
 
 from proxy.hashing import key_slot
-from tests.integration.harness import (
-    RedisCluster,
-    RedisServer,
-    poll_until,
-    start_cluster_proxy,
-)
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.proxyproc import start_cluster_proxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 PROXY_TIMEOUT_MS = 1000
 CLIENT_TIMEOUT_S = 5.0  # a request resproxy let hang past its timeout shows up as this
@@ -34,8 +32,7 @@ def _keys_of(cluster: RedisCluster, master: RedisServer, prefix: str, count: int
 
 
 def test_dead_replica_reads_fall_back_to_its_master(cluster: RedisCluster) -> None:
-    proxy = start_cluster_proxy(cluster, seeds=3, read_from="replica", timeout=PROXY_TIMEOUT_MS)
-    try:
+    with start_cluster_proxy(cluster, seeds=3, read_from="replica", timeout=PROXY_TIMEOUT_MS) as proxy:
         master = cluster.masters()[0]
         replica = cluster.replicas_of(master)[0]
         keys = _keys_of(cluster, master, "fb:", 20)
@@ -60,8 +57,6 @@ def test_dead_replica_reads_fall_back_to_its_master(cluster: RedisCluster) -> No
         assert [client.get(k) for k in keys] == [k.encode() for k in keys]  # no errors now
         assert master.cmdstat("get") == gets_before + len(keys)
         client.close()
-    finally:
-        proxy.cleanup()
 
 
 class Worker(threading.Thread):
@@ -94,8 +89,7 @@ class Worker(threading.Thread):
 
 
 def test_master_killed_under_load_replica_promoted_and_served(cluster: RedisCluster) -> None:
-    proxy = start_cluster_proxy(cluster, seeds=3, timeout=PROXY_TIMEOUT_MS)
-    try:
+    with start_cluster_proxy(cluster, seeds=3, timeout=PROXY_TIMEOUT_MS) as proxy:
         victim = next(m for m in cluster.masters() if cluster.replicas_of(m))
         heir = cluster.replicas_of(victim)[0]
         keys = _keys_of(cluster, victim, "fo:", 200)
@@ -143,5 +137,3 @@ def test_master_killed_under_load_replica_promoted_and_served(cluster: RedisClus
         assert seed.mget(keys) == [f"v-{k}".encode() for k in keys]
         assert heir.call("GET", keys[-1]) == f"v-{keys[-1]}".encode()
         seed.close()
-    finally:
-        proxy.cleanup()

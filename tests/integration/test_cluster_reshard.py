@@ -17,36 +17,21 @@ import pytest
 import redis
 
 from proxy.hashing import key_slot
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    free_port,
-    poll_until,
-    start_cluster_proxy,
-)
+from tests.integration.harness.clients import RawClient
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.proxyproc import ResProxy, start_cluster_proxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 
 @pytest.fixture(scope="module")
 def proxy(cluster: RedisCluster) -> Iterator[ResProxy]:
     # A long periodic refresh: the map changes only through MOVED (and the refresh it starts).
-    p = start_cluster_proxy(
-        cluster, seeds=3, timeout=3000, cluster_refresh_interval=60000, metrics=free_port()
-    )
-    try:
+    with start_cluster_proxy(
+        cluster, seeds=3, timeout=3000, cluster_refresh_interval=60000, metrics=True
+    ) as p:
         yield p
-    finally:
-        p.cleanup()
-
-
-def _setslot_everywhere(cluster: RedisCluster, slot: int, owner: RedisServer) -> None:
-    owner_id = cluster.node_id(owner)
-    owner.call("CLUSTER", "SETSLOT", str(slot), "NODE", owner_id)
-    for node in cluster.alive_nodes():
-        if node is not owner:
-            node.call("CLUSTER", "SETSLOT", str(slot), "NODE", owner_id)
 
 
 def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: RedisCluster) -> None:
@@ -58,11 +43,8 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
         assert c.call("SET", "{mig}1", "one") == b"OK"
         assert c.call("SET", "{mig}2", "two") == b"OK"
         # the slot starts migrating; {mig}1 moves, {mig}2 stays for now
-        target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", cluster.node_id(source))
-        source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", cluster.node_id(target))
-        assert (
-            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{mig}1") == b"OK"
-        )
+        cluster.begin_migration(slot, source, target)
+        assert cluster.migrate(source, target, "{mig}1") == b"OK"
         assert c.call("GET", "{mig}1") == b"one"  # source says ASK; resproxy asks the target
         assert c.call("GET", "{mig}2") == b"two"  # still on the source
         assert c.call("SET", "{mig}3", "three") == b"OK"  # a new key: ASK to the target
@@ -75,10 +57,8 @@ def test_one_slot_migrated_by_hand_ask_then_moved(proxy: ResProxy, cluster: Redi
             assert t.pipeline([("ASKING",), ("EXISTS", "{mig}1", "{mig}3")]) == [b"OK", 2]
         assert source.call("EXISTS", "{mig}2") == 1
         # the migration finishes; resproxy still believes the source until a MOVED says otherwise
-        assert (
-            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{mig}2") == b"OK"
-        )
-        _setslot_everywhere(cluster, slot, target)
+        assert cluster.migrate(source, target, "{mig}2") == b"OK"
+        cluster.set_slot_owner(slot, target)
         before = [
             Metrics(proxy.metrics_port).total(n)
             for n in ("resproxy_cluster_moved_total", "resproxy_cluster_slot_map_refreshes_total")

@@ -13,7 +13,9 @@ import hiredis
 import pytest
 import redis
 
-from tests.integration.harness import RawClient, RedisServer, ResProxy, encode
+from tests.integration.harness.clients import RawClient, comparable, encode
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer
 
 Cmd = tuple[Any, ...]
 
@@ -132,14 +134,6 @@ def clients(proxy: ResProxy, reference: RedisServer) -> Any:
         yield p, r
 
 
-def _norm(value: Any) -> Any:
-    if isinstance(value, hiredis.ReplyError):
-        return ("error", str(value))
-    if isinstance(value, list):
-        return [_norm(v) for v in value]
-    return value
-
-
 @pytest.mark.parametrize("protocol", [2, 3])
 def test_scripted_sequence_answers_like_one_redis_server(
     proxy: ResProxy,
@@ -156,7 +150,7 @@ def test_scripted_sequence_answers_like_one_redis_server(
 
 def _run_sequence(proxy: RawClient, ref: RawClient, backends: list[RedisServer]) -> None:
     for cmd in SEQUENCE:
-        got, want = _norm(proxy.call(*cmd)), _norm(ref.call(*cmd))
+        got, want = comparable(proxy.call(*cmd)), comparable(ref.call(*cmd))
         if cmd[0] in UNORDERED:  # hash-table order differs between any two servers
             got, want = sorted(got), sorted(want)
         if cmd[0] == "HELLO":

@@ -8,17 +8,11 @@ from collections.abc import Iterator
 import hiredis
 import pytest
 
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    free_port,
-    native_config,
-    poll_until,
-    pool_yaml,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.proxyproc import ResProxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 LIMIT = 2
 IDLE_MS = 1500
@@ -26,33 +20,25 @@ IDLE_MS = 1500
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
-    with running_redis_servers(1) as servers:
-        yield servers[0]
+    with RedisServer().start() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def proxy(server: RedisServer) -> Iterator[ResProxy]:
-    port, mport = free_port(), free_port()
-    text = native_config(
-        pool_yaml(
-            "solo",
-            port,
-            [f"127.0.0.1:{server.port}:1 solo"],
-            dedicated_connections=LIMIT,
-            dedicated_idle_timeout=IDLE_MS,
-        )
-    )
-    text += f"metrics:\n  listen: 127.0.0.1:{mport}\n"
-    proxy = ResProxy(text).start()
-    proxy.port, proxy.mport = port, mport
-    try:
-        yield proxy
-    finally:
-        proxy.cleanup()
+    with start_ring_proxy(
+        [server],
+        name="solo",
+        names=["solo"],
+        metrics=True,
+        dedicated_connections=LIMIT,
+        dedicated_idle_timeout=IDLE_MS,
+    ) as started:
+        yield started
 
 
 def _gauges(proxy: ResProxy) -> tuple[float, float]:
-    m = Metrics(proxy.mport)
+    m = Metrics(proxy.metrics_port)
     labels = {"pool": "solo", "server": "solo"}
     return (
         m.value("resproxy_server_dedicated_connections", **labels),
@@ -89,9 +75,7 @@ def test_limit_reached_is_a_clear_error_and_freed_connections_serve_again(proxy:
 def test_many_transactions_in_a_row_reuse_the_same_few_connections(
     proxy: ResProxy, server: RedisServer
 ) -> None:
-    before = server.call("INFO", "stats")
-    assert isinstance(before, bytes)
-    accepted = int(before.split(b"total_connections_received:")[1].split(b"\r\n")[0])
+    accepted = int(server.info("stats")["total_connections_received"])
     with RawClient(proxy.port) as c:
         for i in range(50):
             assert c.call("MULTI") == b"OK"
@@ -99,9 +83,7 @@ def test_many_transactions_in_a_row_reuse_the_same_few_connections(
             assert c.call("EXEC") == [b"OK"]
             assert c.call("WATCH", "seq") == b"OK"
             assert c.call("UNWATCH") == b"OK"
-    after = server.call("INFO", "stats")
-    assert isinstance(after, bytes)
-    opened = int(after.split(b"total_connections_received:")[1].split(b"\r\n")[0]) - accepted
+    opened = int(server.info("stats")["total_connections_received"]) - accepted
     assert opened <= LIMIT, opened  # 100 holds, not 100 connections
     held, idle = _gauges(proxy)
     assert held == idle <= LIMIT

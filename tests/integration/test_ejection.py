@@ -28,18 +28,14 @@ from types import TracebackType
 
 import pytest
 
-from tests.integration.harness import (
-    Metrics,
-    Nutcracker,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    Writer,
-    free_port,
-    plain_redis,
-    poll_until,
-    pool_yaml,
-)
+from tests.integration.harness.clients import RawClient, Writer, plain_redis
+from tests.integration.harness.configs import nutcracker_pool_yaml, server_lines
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.placement import key_on
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import Nutcracker, ResProxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 POOL = "eject"
 CLIENTS = 8
@@ -50,12 +46,10 @@ PER_FAULT = (LIMIT + 1) * CLIENTS  # the error bound for one fault (see the modu
 
 def _config(port: int, backends: list[RedisServer], retry_ms: int) -> str:
     """One nutcracker.yml pool, read as it is by both proxies."""
-    servers = [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(backends)]
-    return pool_yaml(
+    return nutcracker_pool_yaml(
         POOL,
         port,
-        servers,
-        native=False,
+        server_lines(backends),
         hash="fnv1a_64",
         distribution="ketama",
         redis=True,
@@ -98,7 +92,7 @@ def _run_both(backends: list[RedisServer], retry_ms: int, script: Callable[[Prox
         process: ResProxy | Nutcracker
         if kind == "resproxy":
             mport = free_port()
-            process = ResProxy(text, args=["--metrics", f"127.0.0.1:{mport}"])
+            process = ResProxy(text, ["--metrics", f"127.0.0.1:{mport}"], metrics_port=mport)
             proxy = Proxy(kind, port, mport)
         else:
             process = Nutcracker(text, [port])
@@ -169,16 +163,6 @@ class Load:
         poll_until(lambda: self.ops() >= target and time.monotonic() >= until, what, 30)
 
 
-def _key_on(port: int, server: RedisServer, prefix: str) -> bytes:
-    """A key the proxy places on ``server`` (written through it, found on the server)."""
-    with RawClient(port) as c:
-        for i in range(500):
-            key = b"%s:%d" % (prefix.encode(), i)
-            if c.call("SET", key, "1") == b"OK" and server.call("EXISTS", key) == 1:
-                return key
-    raise AssertionError(f"no key landed on {server.port}")
-
-
 def _stored_on(port: int, server: RedisServer, key: bytes, value: str) -> bool:
     """SET ``key`` through the proxy; True if ``server`` itself then holds ``value``."""
     with RawClient(port, timeout_s=5) as c:
@@ -240,7 +224,7 @@ def test_killed_server_returns_only_after_its_restart_and_a_probe(
     backends: list[RedisServer], victim: RedisServer
 ) -> None:
     def kill_twice(proxy: Proxy) -> int:
-        key = _key_on(proxy.port, victim, "placed")  # the same key for both: same placement
+        key = key_on(proxy.port, victim, "placed")  # the same key for both: same placement
         with Load(proxy.port, f"kill:{proxy.name}") as load:
             for round_ in range(2):
                 killed = time.monotonic()
@@ -280,11 +264,10 @@ def test_a_failed_probe_keeps_the_server_out_until_one_answers(
     backends: list[RedisServer], victim: RedisServer, fault: str
 ) -> None:
     port, mport = free_port(), free_port()
-    process = ResProxy(_config(port, backends, RETRY_MS), args=["--metrics", f"127.0.0.1:{mport}"])
     proxy = Proxy("resproxy", port, mport)
-    try:
-        process.start()
-        key = _key_on(port, victim, "placed")
+    metrics = ["--metrics", f"127.0.0.1:{mport}"]
+    with ResProxy(_config(port, backends, RETRY_MS), metrics, metrics_port=mport).start():
+        key = key_on(port, victim, "placed")
         with Load(port, f"probe:{fault}") as load:
             if fault == "kill":
                 victim.kill()
@@ -307,5 +290,3 @@ def test_a_failed_probe_keeps_the_server_out_until_one_answers(
             assert _stored_on(port, victim, key, "back")
             load.wait_progress(CLIENTS * 20, "load after s1 is back")
         assert len(load.errors()) <= PER_FAULT, load.errors()[:5]
-    finally:
-        process.cleanup()

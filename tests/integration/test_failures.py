@@ -15,29 +15,19 @@ import hiredis
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.harness import RawClient, RedisServer, ResProxy, start_ring_proxy
+from tests.integration.harness.clients import RawClient
+from tests.integration.harness.placement import key_on
+from tests.integration.harness.proxyproc import ResProxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 TIMEOUT_MS = 500
 
 
 @pytest.fixture(scope="module")
 def failing_proxy(backends: list[RedisServer]) -> Iterator[ResProxy]:
-    p = start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True)
-    try:
+    with start_ring_proxy(backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True) as p:
         yield p
-    finally:
-        p.cleanup()
-
-
-def _key_on(proxy_port: int, backend: RedisServer, others: list[RedisServer]) -> bytes:
-    """A key resproxy places on ``backend`` (found by writing and looking)."""
-    with RawClient(proxy_port) as c:
-        for i in range(500):
-            key = b"probe:%d" % i
-            c.call("SET", key, "1")
-            if backend.call("EXISTS", key) == 1:
-                return key
-    raise AssertionError("no key landed on the backend")
 
 
 def _wait_until_all_served(port: int, timeout_s: float = 10.0) -> None:
@@ -96,8 +86,8 @@ def test_server_that_stops_answering_times_out_and_recovers(
 ) -> None:
     port = failing_proxy.port
     victim = backends[0]
-    key = _key_on(port, victim, backends[1:])
-    other_key = _key_on(port, backends[1], [])
+    key = key_on(port, victim, "probe")
+    other_key = key_on(port, backends[1], "probe")
     victim.send_signal(signal.SIGSTOP)
     try:
         with RawClient(port, timeout_s=10) as c:
@@ -119,8 +109,8 @@ def test_killed_server_errors_promptly_others_serve_and_it_returns_after_restart
 ) -> None:
     port = failing_proxy.port
     victim = backends[2]
-    key = _key_on(port, victim, backends[:2])
-    other_key = _key_on(port, backends[0], [])
+    key = key_on(port, victim, "probe")
+    other_key = key_on(port, backends[0], "probe")
     victim.kill()
     with RawClient(port, timeout_s=10) as c:
         for _ in range(5):
@@ -154,16 +144,16 @@ def test_auto_eject_moves_a_dead_servers_keys_to_the_others(backends: list[Redis
     port = proxy.port
     victim = backends[1]
     try:
-        key = _key_on(port, victim, [])
-        victim.kill()
-        with RawClient(port, timeout_s=10) as c:
-            deadline = time.monotonic() + 10
-            while c.call("SET", key, "moved") != b"OK":  # bounded: fails until ejected
-                assert time.monotonic() < deadline
-            assert c.call("GET", key) == b"moved"
-        assert any(b.call("GET", key) == b"moved" for b in backends if b is not victim)
+        with proxy:
+            key = key_on(port, victim, "probe")
+            victim.kill()
+            with RawClient(port, timeout_s=10) as c:
+                deadline = time.monotonic() + 10
+                while c.call("SET", key, "moved") != b"OK":  # bounded: fails until ejected
+                    assert time.monotonic() < deadline
+                assert c.call("GET", key) == b"moved"
+            assert any(b.call("GET", key) == b"moved" for b in backends if b is not victim)
     finally:
-        proxy.cleanup()
         victim.restart()
 
 
@@ -201,26 +191,17 @@ def test_server_connections_opens_that_many_connections_per_server(
         return [_connected(b) for b in backends]
 
     before = connections()
-    proxy = start_ring_proxy(
+    with start_ring_proxy(
         backends, hash="murmur", timeout=TIMEOUT_MS, preconnect=True, server_connections=3
-    )
-    port = proxy.port
-    try:
-        deadline = time.monotonic() + 10
-        while connections() != [n + 3 for n in before]:  # bounded: preconnect is asynchronous
-            assert time.monotonic() < deadline, (before, connections())
-            time.sleep(0.05)
-        with RawClient(port) as c:  # one client's commands run in the order it sent them
+    ) as proxy:
+        poll_until(lambda: connections() == [n + 3 for n in before], "preconnected (asynchronous)", 10)
+        with RawClient(proxy.port) as c:  # one client's commands run in the order it sent them
             replies = c.pipeline([("INCR", "lanes:counter") for _ in range(300)])
             assert replies == list(range(1, 301))
-    finally:
-        proxy.cleanup()
 
 
 def _connected(server: RedisServer) -> int:
-    info = server.call("INFO", "clients").decode()
-    line = next(x for x in info.splitlines() if x.startswith("connected_clients:"))
-    return int(line.split(":")[1]) - 1  # minus the connection asking
+    return int(server.info("clients")["connected_clients"]) - 1  # minus the connection asking
 
 
 def test_a_client_that_stops_reading_gets_every_reply_later_and_others_are_served(
@@ -260,22 +241,20 @@ def encode_get(key: bytes) -> bytes:
 def test_random_distribution_spreads_writes_over_every_server(
     backends: list[RedisServer],
 ) -> None:
-    proxy = start_ring_proxy(backends, distribution="random", timeout=TIMEOUT_MS)
     try:
-        with RawClient(proxy.port) as c:
-            assert c.pipeline([("SET", "random:k", i) for i in range(300)]) == [b"OK"] * 300
-        # the same key was written to whichever server each request drew: all three
-        assert all(b.call("EXISTS", "random:k") == 1 for b in backends)
+        with start_ring_proxy(backends, distribution="random", timeout=TIMEOUT_MS) as proxy:
+            with RawClient(proxy.port) as c:
+                assert c.pipeline([("SET", "random:k", i) for i in range(300)]) == [b"OK"] * 300
+            # the same key was written to whichever server each request drew: all three
+            assert all(b.call("EXISTS", "random:k") == 1 for b in backends)
     finally:
-        proxy.cleanup()
         for b in backends:
             b.call("DEL", "random:k")
 
 
 def test_client_connections_limits_the_pools_clients(backends: list[RedisServer]) -> None:
-    proxy = start_ring_proxy(backends, client_connections=2, timeout=TIMEOUT_MS)
-    port = proxy.port
-    try:
+    with start_ring_proxy(backends, client_connections=2, timeout=TIMEOUT_MS) as proxy:
+        port = proxy.port
         with RawClient(port) as a, RawClient(port) as b:
             assert a.call("PING") == b"PONG" and b.call("PING") == b"PONG"
             with RawClient(port) as third:
@@ -289,5 +268,3 @@ def test_client_connections_limits_the_pools_clients(backends: list[RedisServer]
                     break
             assert time.monotonic() < deadline
             time.sleep(0.02)
-    finally:
-        proxy.cleanup()

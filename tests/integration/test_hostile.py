@@ -33,17 +33,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.integration.harness import (
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    poll_until,
-    pool_yaml,
-    start_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.configs import native_config, pool_yaml, server_lines
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.process import proc_status
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
 
 PASSWORD = "hostile-test-pw"
 CONCURRENCY = 100
@@ -106,18 +101,11 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[Servers]:
-    plain = start_redis_servers(3)
-    try:
-        locked = start_redis_servers(2, extra=["--requirepass", PASSWORD])
-    except BaseException:
-        for s in plain:
-            s.cleanup()
-        raise
-    try:
+    with (
+        running_redis_servers(3) as plain,
+        running_redis_servers(2, extra=["--requirepass", PASSWORD]) as locked,
+    ):
         yield Servers(plain[:2], locked[0], plain[2], locked[1])
-    finally:
-        for s in [*plain, *locked]:
-            s.cleanup()
 
 
 @dataclass
@@ -127,42 +115,29 @@ class Proxy:
 
     def memory_kb(self) -> dict[str, int]:
         """VmSize and VmRSS of the proxy process, in kB."""
-        fields: dict[str, str] = {}
-        with open(f"/proc/{self.process.pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields[key] = value
-        return {k: int(fields[k].split()[0]) for k in ("VmSize", "VmRSS")}
+        return {k: proc_status(self.process.pid, k) // 1024 for k in ("VmSize", "VmRSS")}
 
     def log_after_stop(self) -> str:
         """Stop the proxy (SIGTERM, bounded) and return all it wrote to stderr."""
         self.process.stop()
-        try:  # the stderr reader drains the pipe after the exit: wait for the last line
-            poll_until(lambda: "resproxy stopped" in self.process.log(), "proxy log", 5)
-        except TimeoutError:
-            pass  # killed, not stopped: the log is what it is
         return self.process.log()
 
 
 @pytest.fixture()
 def proxy(redis: Servers) -> Iterator[Proxy]:
     ports = {"open": free_port(), "locked": free_port()}
-    servers = [f"127.0.0.1:{b.port}:1 s{i}" for i, b in enumerate(redis.backends)]
     config = native_config(
-        pool_yaml("open", ports["open"], servers, timeout=2000, preconnect=True),
+        pool_yaml("open", ports["open"], server_lines(redis.backends), timeout=2000, preconnect=True),
         pool_yaml(
             "locked",
             ports["locked"],
-            [f"127.0.0.1:{redis.locked_backend.port}:1 a0"],
+            server_lines([redis.locked_backend], "a"),
             timeout=2000,
             redis_auth=PASSWORD,
         ),
     )
-    process = ResProxy(config).start(pools=2)
-    try:
+    with ResProxy(config).start(pools=2) as process:
         yield Proxy(process, ports)
-    finally:
-        process.cleanup()
 
 
 # --- observers: the canary client and the memory sampler -----------------------------------

@@ -15,7 +15,9 @@ import socket
 
 import pytest
 
-from tests.integration.harness import RawClient, RedisServer, ResProxy, encode
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer
 from tests.unit.test_inline_split import CASES as SPLIT_CASES
 
 UNBALANCED = b"-ERR Protocol error: unbalanced quotes in request\r\n"

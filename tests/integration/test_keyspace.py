@@ -14,114 +14,60 @@ directly), never against what resproxy says about itself.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
 import pytest
 
-from tests.integration.harness import (
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    free_port,
-    plain_redis,
-    poll_until,
-    run_proxy_check,
-)
+from tests.integration.harness.clients import RawClient, client_list, error_text, plain_redis
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import MURMUR_RING, native_config, pool_yaml, route, server_lines
+from tests.integration.harness.deployments import FRONTS, Front, Fronts, FrontsSpec, running_fronts
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy, run_proxy_check
+from tests.integration.harness.servers import RedisServer
 
 KEYS_PER_SCAN_TEST = 3000
 MAX_SCAN_CALLS = 20_000  # bounds every SCAN loop
-RELOAD_TIMEOUT_S = 20.0
 
-
-@dataclass
-class Front:
-    """One client-facing address of the shared resproxy and the servers its keys live on."""
-
-    name: str
-    port: int
-    backends: list[RedisServer]  # every server holding this front's keys (cluster: masters)
-    prefixes: tuple[str, ...] = ("",)  # cycled over, so that a listener's keys reach every pool
-
-    def key(self, kind: str, i: int) -> str:
-        return f"{self.prefixes[i % len(self.prefixes)]}{kind}:{i}"
-
-    def backend_keys(self) -> int:
-        return sum(int(b.call("DBSIZE")) for b in self.backends)
-
-
-@dataclass
-class Stack:
-    ring: list[RedisServer]
-    spare: RedisServer  # the 4th server a reload adds
-    cluster: RedisCluster
-    proxy: ResProxy | None = None
-    ports: dict[str, int] = field(default_factory=dict)
-
-    def front(self, name: str) -> Front:
-        masters = self.cluster.masters()
-        if name == "ring":
-            return Front("ring", self.ports["ring"], list(self.ring))
-        if name == "cluster":
-            return Front("cluster", self.ports["cluster"], masters)
-        assert name == "listener"
-        return Front("listener", self.ports["edge"], [*self.ring, *masters], ("c:", "r:", "d:"))
-
-
-def ring_servers_yaml(servers: Sequence[RedisServer], indent: str = "      ") -> str:
-    return "".join(f"{indent}- 127.0.0.1:{s.port}:1 s{i}\n" for i, s in enumerate(servers))
+# ring, cluster, edge (routes: c: to the cluster, r: and the rest to the ring), legacy (strip_prefix)
+SPEC = FrontsSpec(
+    listeners={
+        "edge": [route("c:", "cluster"), route("r:", "ring")],
+        "legacy": [route("old:", "ring", strip_prefix=True)],
+    },
+    ring_keys={**MURMUR_RING, "timeout": 2000},
+    cluster_keys={"timeout": 2000},
+    prefixes=("c:", "r:", "d:"),
+)
 
 
 @pytest.fixture(scope="module")
-def stack(servers: list[RedisServer], cluster: RedisCluster) -> Iterator[Stack]:
+def stack(backends: list[RedisServer], cluster: RedisCluster) -> Iterator[Fronts]:
     """One resproxy with the ring, cluster, edge (routes) and legacy (strip_prefix) fronts."""
-    st = Stack(ring=servers[:3], spare=servers[3], cluster=cluster)
-    st.ports = {name: free_port() for name in ("ring", "cluster", "edge", "legacy")}
-    config = (
-        "pools:\n"
-        f"  ring:\n    listen: 127.0.0.1:{st.ports['ring']}\n    hash: murmur\n"
-        '    distribution: ketama\n    hash_tag: "{}"\n    timeout: 2000\n    servers:\n'
-        + ring_servers_yaml(st.ring)
-        + f"  cluster:\n    listen: 127.0.0.1:{st.ports['cluster']}\n    distribution: cluster\n"
-        "    timeout: 2000\n    servers:\n"
-        + "".join(f"      - {s}\n" for s in cluster.seeds(1))
-        + "listeners:\n"
-        f"  edge:\n    listen: 127.0.0.1:{st.ports['edge']}\n    default_pool: ring\n"
-        "    routes:\n"
-        '      - {prefix: "c:", pool: cluster}\n'
-        '      - {prefix: "r:", pool: ring}\n'
-        f"  legacy:\n    listen: 127.0.0.1:{st.ports['legacy']}\n    default_pool: ring\n"
-        "    routes:\n"
-        '      - {prefix: "old:", pool: ring, strip_prefix: true}\n'
-    )
-    st.proxy = ResProxy(config)
-    try:
-        st.proxy.start(pools=4)
-        yield st
-    finally:
-        st.proxy.cleanup()
+    with running_fronts(SPEC, backends, cluster) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def spare(servers: list[RedisServer]) -> RedisServer:
+    """The 4th server a reload adds (in no pool of ``stack``)."""
+    return servers[3]
 
 
 @pytest.fixture()
-def wiped(stack: Stack) -> None:
+def wiped(stack: Fronts, spare: RedisServer) -> None:
     """Every server emptied directly (the replicas follow their masters)."""
-    for s in [*stack.ring, stack.spare, *stack.cluster.masters()]:
+    for s in [*stack.data_nodes(), spare]:
         s.call("FLUSHALL")
 
 
-FRONTS = ["ring", "cluster", "listener"]
-
-
 @pytest.fixture(params=FRONTS)
-def front(request: pytest.FixtureRequest, stack: Stack, wiped: None) -> Front:
+def front(request: pytest.FixtureRequest, stack: Fronts, wiped: None) -> Front:
     return stack.front(str(request.param))
 
 
@@ -173,11 +119,6 @@ def scan_all(c: RawClient, *options: str | int, start: int = 0) -> tuple[list[by
 
 def as_set(keys: Sequence[str]) -> set[bytes]:
     return {k.encode() for k in keys}
-
-
-def error_text(reply: Any) -> str:
-    assert isinstance(reply, hiredis.ReplyError), f"expected an error, got {reply!r}"
-    return str(reply)
 
 
 def owner(backends: Sequence[RedisServer], key: str) -> RedisServer:
@@ -288,39 +229,23 @@ def test_scan_non_integer_cursor(front: Front) -> None:
 
 
 def _render_app(port: int, servers: Sequence[RedisServer], timeout_ms: int) -> str:
-    return (
-        f"pools:\n  app:\n    listen: 127.0.0.1:{port}\n    hash: murmur\n"
-        f"    distribution: ketama\n    timeout: {timeout_ms}\n    servers:\n" + ring_servers_yaml(servers)
+    return native_config(
+        pool_yaml(
+            "app", port, server_lines(servers), hash="murmur", distribution="ketama", timeout=timeout_ms
+        )
     )
 
 
-def _reload(proxy: ResProxy, text: str, accepted_before: int) -> None:
-    tmp = proxy.config_path + ".new"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, proxy.config_path)
-    proxy.send_signal(signal.SIGHUP)
-
-    def done() -> bool:
-        if "reload rejected" in proxy.log():
-            raise AssertionError(proxy.log()[-2000:])
-        return proxy.log().count("reload accepted") > accepted_before
-
-    poll_until(done, "reload accepted", RELOAD_TIMEOUT_S)
-
-
-def test_cursor_across_reloads(stack: Stack, wiped: None) -> None:
+def test_cursor_across_reloads(stack: Fronts, spare: RedisServer, wiped: None) -> None:
     port = free_port()
-    proxy = ResProxy(_render_app(port, stack.ring, 2000))
-    try:
-        proxy.start()
+    with ResProxy(_render_app(port, stack.ring, 2000)).start() as proxy:
         keys = [f"reload:{i}" for i in range(600)]
         fill(port, keys)
         with RawClient(port) as held:
             # a reload that keeps the server list: a cursor taken before it stays valid
             cursor, first = scan_step(held, 0, "COUNT", 10)
             assert cursor != 0
-            _reload(proxy, _render_app(port, stack.ring, 3000), 0)
+            assert proxy.reload(_render_app(port, stack.ring, 3000)), proxy.log()[-2000:]
             rest, _ = scan_all(held, "COUNT", 10, start=cursor)
             got = first + rest
             assert len(got) == len(set(got)) and set(got) == as_set(keys)
@@ -328,7 +253,7 @@ def test_cursor_across_reloads(stack: Stack, wiped: None) -> None:
             # a reload that adds a 4th server: a cursor from before is refused, clearly
             cursor, _ = scan_step(held, 0, "COUNT", 10)
             assert cursor != 0
-            _reload(proxy, _render_app(port, [*stack.ring, stack.spare], 3000), 1)
+            assert proxy.reload(_render_app(port, [*stack.ring, spare], 3000)), proxy.log()[-2000:]
             with RawClient(port) as fresh:
                 for c in (held, fresh):
                     text = error_text(c.call("SCAN", cursor, "COUNT", 10))
@@ -338,9 +263,7 @@ def test_cursor_across_reloads(stack: Stack, wiped: None) -> None:
             fill(port, ["reload:new"])
             got, _ = scan_all(held)
             assert len(got) == len(set(got)) and set(got) == as_set([*keys, "reload:new"])
-            assert sum(int(s.call("DBSIZE")) for s in [*stack.ring, stack.spare]) == len(got)
-    finally:
-        proxy.cleanup()
+            assert sum(int(s.call("DBSIZE")) for s in [*stack.ring, spare]) == len(got)
 
 
 # --- KEYS, DBSIZE, RANDOMKEY, FLUSH*, LASTSAVE, TIME, MEMORY, OBJECT ------------------------
@@ -413,18 +336,13 @@ def test_lastsave_time_memory_usage_and_object(front: Front) -> None:
 # --- deny_commands, strip_prefix -----------------------------------------------------------
 
 
-def _guarded_config(port: int, servers: Sequence[RedisServer], deny: str) -> str:
-    return (
-        f"pools:\n  guarded:\n    listen: 127.0.0.1:{port}\n    deny_commands: {deny}\n"
-        "    servers:\n" + ring_servers_yaml(servers)
-    )
+def _guarded_config(port: int, servers: Sequence[RedisServer], deny: list[str]) -> str:
+    return native_config(pool_yaml("guarded", port, server_lines(servers), deny_commands=deny))
 
 
-def test_deny_commands_refuses_each_listed_command(stack: Stack, wiped: None) -> None:
+def test_deny_commands_refuses_each_listed_command(stack: Fronts, wiped: None) -> None:
     port = free_port()
-    proxy = ResProxy(_guarded_config(port, stack.ring, "[flushall, KEYS]"))
-    try:
-        proxy.start()
+    with ResProxy(_guarded_config(port, stack.ring, ["flushall", "KEYS"])).start():
         keys = [f"guard:{i}" for i in range(30)]
         fill(port, keys)
         denied = "ERR command '{}' is denied by this proxy (deny_commands of pool 'guarded')"
@@ -440,14 +358,12 @@ def test_deny_commands_refuses_each_listed_command(stack: Stack, wiped: None) ->
             assert c.call("DEL", "guard:3") == 1
             assert c.call("FLUSHDB") == b"OK"  # not listed
         assert sum(int(s.call("DBSIZE")) for s in stack.ring) == 0
-    finally:
-        proxy.cleanup()
 
 
-def test_deny_commands_unknown_name_fails_the_check(stack: Stack) -> None:
-    good = run_proxy_check(_guarded_config(free_port(), stack.ring, "[flushall, flushdb, keys]"))
+def test_deny_commands_unknown_name_fails_the_check(stack: Fronts) -> None:
+    good = run_proxy_check(_guarded_config(free_port(), stack.ring, ["flushall", "flushdb", "keys"]))
     assert good.returncode == 0, good.stdout + good.stderr
-    bad = run_proxy_check(_guarded_config(free_port(), stack.ring, "[flushall, nosuchcommand]"))
+    bad = run_proxy_check(_guarded_config(free_port(), stack.ring, ["flushall", "nosuchcommand"]))
     out = bad.stdout + bad.stderr
     assert bad.returncode != 0, out
     for part in ("check.yml", "guarded", "deny_commands", "nosuchcommand"):
@@ -460,7 +376,7 @@ def test_deny_commands_unknown_name_fails_the_check(stack: Stack) -> None:
     ids=" ".join,
 )
 def test_strip_prefix_listener_refuses_keyspace_wide(
-    stack: Stack, wiped: None, command: tuple[str, ...]
+    stack: Fronts, wiped: None, command: tuple[str, ...]
 ) -> None:
     with RawClient(stack.ports["legacy"]) as c:
         assert c.call("SET", "old:a", "1") == b"OK"
@@ -519,15 +435,6 @@ def test_info_server_and_keyspace(front: Front) -> None:
         client.close()
 
 
-def _client_lines(listing: Any) -> list[dict[str, str]]:
-    assert isinstance(listing, bytes), listing
-    rows = []
-    for line in listing.decode().splitlines():
-        if line.strip():
-            rows.append(dict(part.split("=", 1) for part in line.split() if "=" in part))
-    return rows
-
-
 def test_client_list_and_kill(front: Front) -> None:
     with (
         RawClient(front.port) as me,
@@ -538,7 +445,7 @@ def test_client_list_and_kill(front: Front) -> None:
         assert me.call("CLIENT", "SETNAME", "alpha") == b"OK"
         assert other.call("CLIENT", "SETNAME", "beta") == b"OK"
         assert other.call("GET", front.key("some", 1)) is None
-        rows = _client_lines(me.call("CLIENT", "LIST"))
+        rows = client_list(me.call("CLIENT", "LIST"))
         for row in rows:
             for name in ("id", "addr", "laddr", "name", "age", "idle", "cmd"):
                 assert name in row, (name, row)
@@ -561,11 +468,11 @@ def test_client_list_and_kill(front: Front) -> None:
         assert me.call("CLIENT", "KILL", fourth_addr) == b"OK"
         assert fourth.closed_by_peer()
         assert me.call("PING") == b"PONG"
-        names = {r["name"] for r in _client_lines(me.call("CLIENT", "LIST"))}
+        names = {r["name"] for r in client_list(me.call("CLIENT", "LIST"))}
         assert "beta" not in names and "alpha" in names
 
 
-def test_command_count_info_docs(stack: Stack) -> None:
+def test_command_count_info_docs(stack: Fronts) -> None:
     with RawClient(stack.ports["ring"]) as c:
         count = c.call("COMMAND", "COUNT")
         assert isinstance(count, int) and count > 200

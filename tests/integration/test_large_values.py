@@ -18,22 +18,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import (
-    Nutcracker,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    plain_redis,
-    poll_until,
-    pool_yaml,
-    proc_status,
-    reset_peak_rss,
-    running_redis_servers,
-    start_ring_proxy,
-)
+from tests.integration.harness.clients import RawClient, encode, plain_redis
+from tests.integration.harness.configs import native_config, nutcracker_pool_yaml, pool_yaml, server_lines
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.process import proc_status, reset_peak_rss
+from tests.integration.harness.proxyproc import Nutcracker, ResProxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
+from tests.integration.harness.waiting import poll_until
 
 MB = 1024 * 1024
 
@@ -46,11 +37,8 @@ def servers() -> Iterator[list[RedisServer]]:
 
 @pytest.fixture(scope="module")
 def proxy(servers: list[RedisServer]) -> Iterator[ResProxy]:
-    p = start_ring_proxy(servers, hash="fnv1a_64", distribution="ketama", timeout=30000)
-    try:
+    with start_ring_proxy(servers, hash="fnv1a_64", distribution="ketama", timeout=30000) as p:
         yield p
-    finally:
-        p.cleanup()
 
 
 PINGER = """
@@ -195,10 +183,7 @@ def _receiving(servers: list[RedisServer]) -> bool:
     """Whether a server has a client with a half-received command (query buffer or arguments
     holding more than 1 MB)."""
     for server in servers:
-        text = server.call("CLIENT", "LIST")
-        assert isinstance(text, bytes)
-        for line in text.decode().splitlines():
-            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        for fields in server.clients():
             if int(fields.get("qbuf", 0)) + int(fields.get("argv-mem", 0)) > MB:
                 return True
     return False
@@ -207,17 +192,12 @@ def _receiving(servers: list[RedisServer]) -> bool:
 def test_a_big_value_for_a_server_that_is_down_gets_one_error_and_the_client_goes_on() -> None:
     dead = free_port()  # nothing listens there
     listen = free_port()
-    proxy = ResProxy(
-        native_config(pool_yaml("dead", listen, [f"127.0.0.1:{dead}:1 s0"], timeout=2000))
-    ).start()
-    try:
+    with ResProxy(native_config(pool_yaml("dead", listen, [f"127.0.0.1:{dead}:1 s0"], timeout=2000))).start():
         with RawClient(listen, timeout_s=30) as c:
             for _ in range(2):
                 reply = c.call("SET", "k", b"z" * (4 * MB))
                 assert isinstance(reply, Exception) and "unavailable" in str(reply), reply
                 assert c.call("PING") == b"PONG"
-    finally:
-        proxy.cleanup()
 
 
 @pytest.mark.parametrize("through", ["resproxy", "nutcracker"])
@@ -226,15 +206,11 @@ def test_twemproxys_mget_binary_value_with_a_400_ms_timeout(servers: list[RedisS
     ones through MSET, then MGET, with the pool's timeout at 400 ms (nutcracker passes it; a
     big reply arriving over more than 400 ms must count as progress, not as a late reply)."""
     port = free_port()
-    text = (
-        f"beta:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n"
-        f"  timeout: 400\n  redis: true\n  servers:\n"
-        + "".join(f"    - 127.0.0.1:{s.port}:1 s{i}\n" for i, s in enumerate(servers))
+    text = nutcracker_pool_yaml(
+        "beta", port, server_lines(servers), hash="fnv1a_64", distribution="ketama", timeout=400, redis=True
     )
-    process: ResProxy | Nutcracker = (
-        ResProxy(text).start() if through == "resproxy" else Nutcracker(text, [port]).start()
-    )
-    try:
+    process: ResProxy | Nutcracker = ResProxy(text) if through == "resproxy" else Nutcracker(text, [port])
+    with process.start():
         values = {f"kkk-{i}": os.urandom(16 * MB + 1024) for i in range(5)}
         values.update({f"kkk2-{i}": b"" for i in range(5)})
         client = plain_redis(port, timeout_s=30)
@@ -242,17 +218,10 @@ def test_twemproxys_mget_binary_value_with_a_400_ms_timeout(servers: list[RedisS
             assert client.mset(values) is True
             assert client.mget(list(values)) == list(values.values())
             assert client.delete(*values) == 10
-    finally:
-        process.cleanup()
 
 
 def _connections_received(server: RedisServer) -> int:
-    info = server.call("INFO", "stats").decode()
-    return int(
-        next(line for line in info.splitlines() if line.startswith("total_connections_received:")).split(":")[
-            1
-        ]
-    )
+    return int(server.info("stats")["total_connections_received"])
 
 
 def test_streamed_requests_reuse_their_server_connection(proxy: ResProxy, servers: list[RedisServer]) -> None:
@@ -279,10 +248,7 @@ def test_a_reload_during_a_streamed_set_lets_it_finish(proxy: ResProxy) -> None:
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as sock:
             sock.sendall(command[: 16 * MB])
-            with open(proxy.config_path, "w") as f:
-                f.write(original.replace("timeout: 30000", "timeout: 29000"))
-            proxy.send_signal(signal.SIGHUP)
-            poll_until(lambda: "reload accepted" in proxy.log(), "the reload", 10)
+            assert proxy.reload(original.replace("timeout: 30000", "timeout: 29000"))
             sock.sendall(command[16 * MB :])
             assert sock.recv(64) == b"+OK\r\n"
         with RawClient(proxy.port, timeout_s=30) as c:
@@ -290,10 +256,7 @@ def test_a_reload_during_a_streamed_set_lets_it_finish(proxy: ResProxy) -> None:
             assert c.call("SET", "reload:k2", value) == b"OK"
             assert c.call("GET", "reload:k2") == value
     finally:
-        with open(proxy.config_path, "w") as f:
-            f.write(original)
-        proxy.send_signal(signal.SIGHUP)
-        poll_until(lambda: proxy.log().count("reload accepted") >= 2, "the reload back", 10)
+        assert proxy.reload(original)
 
 
 # --- found in review: each fails on the first streaming code ----------------------------------
@@ -335,14 +298,13 @@ def test_a_streamed_reply_obeys_the_output_limit_and_a_gone_client_costs_nothing
         pool_yaml(
             "lim",
             listen,
-            [f"127.0.0.1:{servers[0].port}:1 s0"],
+            server_lines(servers[:1]),
             timeout=30000,
             client_output_buffer_limit="16mb 0 0",
         )
     )
     size = 128 * MB
-    proxy = ResProxy(text).start()
-    try:
+    with ResProxy(text).start() as proxy:
         with RawClient(listen, timeout_s=60) as c:
             assert c.call("SET", "lim:big", os.urandom(1024) * (size // 1024)) == b"OK"
         pid = proxy.pid
@@ -369,8 +331,6 @@ def test_a_streamed_reply_obeys_the_output_limit_and_a_gone_client_costs_nothing
                 assert c.call("STRLEN", "lim:big") == size
         grown = proc_status(pid, "VmHWM") - base
         assert grown < 48 * MB, grown // MB
-    finally:
-        proxy.cleanup()
 
 
 def test_a_client_closed_or_idle_mid_stream_gets_one_error_and_frees_its_connection(
@@ -378,12 +338,11 @@ def test_a_client_closed_or_idle_mid_stream_gets_one_error_and_frees_its_connect
 ) -> None:
     def config(port: int) -> str:
         return native_config(
-            pool_yaml("mid", port, [f"127.0.0.1:{servers[0].port}:1 s0"], timeout=30000, client_timeout=1000)
+            pool_yaml("mid", port, server_lines(servers[:1]), timeout=30000, client_timeout=1000)
         )
 
     listen = free_port()
-    proxy = ResProxy(config(listen)).start()
-    try:
+    with ResProxy(config(listen)).start() as proxy:
         # idle halfway through a big value: closed by client_timeout, the half command dropped
         with socket.create_connection(("127.0.0.1", listen), timeout=10) as sock:
             sock.sendall(encode("SET", "mid:idle", b"i" * (4 * MB))[: 2 * MB])
@@ -398,8 +357,7 @@ def test_a_client_closed_or_idle_mid_stream_gets_one_error_and_frees_its_connect
         with socket.create_connection(("127.0.0.1", listen), timeout=10) as sock:
             sock.sendall(encode("SET", "mid:reload", b"r" * (4 * MB))[: 2 * MB])
             poll_until(lambda: _receiving(servers[:1]), "the streamed SET passing", 10)
-            with open(proxy.config_path, "w") as f:
-                f.write(config(free_port()))
+            proxy.write_config(config(free_port()))
             proxy.send_signal(signal.SIGHUP)
             data = b""
             while chunk := sock.recv(65536):
@@ -407,5 +365,3 @@ def test_a_client_closed_or_idle_mid_stream_gets_one_error_and_frees_its_connect
         assert data.count(b"\r\n") == 1 and data.startswith(b"-ERR"), data
         poll_until(lambda: not _receiving(servers[:1]), "the half command dropped", 10)
         assert servers[0].call("EXISTS", "mid:reload") == 0
-    finally:
-        proxy.cleanup()

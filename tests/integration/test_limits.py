@@ -26,19 +26,14 @@ import hiredis
 import pytest
 
 from proxy.hashing import key_slot
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    http_get,
-    native_config,
-    poll_until,
-    pool_yaml,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import native_config, pool_yaml
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 BRIEF_MS = 1000
 PATIENT_MS = 10000
@@ -55,16 +50,9 @@ class ClusterSetup:
     b: RedisServer  # the third master
 
 
-def _wait_metrics(port: int) -> None:
-    """The metrics endpoint opens just after the ready line: wait for it (bounded)."""
-    poll_until(lambda: http_get(port, "/metrics")[0] == 200, "metrics endpoint", 15)
-
-
 @pytest.fixture(scope="module")
 def setup() -> Iterator[ClusterSetup]:
-    cluster = RedisCluster(masters=3, replicas=0, node_timeout_ms=1000).start()
-    proxy: ResProxy | None = None
-    try:
+    with RedisCluster(masters=3, replicas=0, node_timeout_ms=1000).start() as cluster:
         ports = {"brief": free_port(), "patient": free_port()}
         metrics_port = free_port()
         pools = [
@@ -78,25 +66,21 @@ def setup() -> Iterator[ClusterSetup]:
             )
             for name, timeout in (("brief", BRIEF_MS), ("patient", PATIENT_MS))
         ]
-        proxy = ResProxy(native_config(*pools), args=["--metrics", f"127.0.0.1:{metrics_port}"])
-        proxy.start(pools=2)
-        _wait_metrics(metrics_port)
-        poll_until(
-            lambda: all(
-                Metrics(metrics_port).value("resproxy_cluster_slots_served", pool=p) == 16384 for p in ports
-            ),
-            "both pools know the whole slot map",
-            15,
-        )
-        # The proxy's map refreshes ask slot 0's master first; it is left alone, so the map
-        # keeps naming A for the slots A stops serving.
-        first = cluster.slot_owner(0)
-        a, b = [m for m in cluster.masters() if m is not first]
-        yield ClusterSetup(cluster, proxy, ports, metrics_port, a, b)
-    finally:
-        if proxy is not None:
-            proxy.cleanup()
-        cluster.cleanup()
+        metrics = ["--metrics", f"127.0.0.1:{metrics_port}"]
+        with ResProxy(native_config(*pools), metrics, metrics_port=metrics_port).start(pools=2) as proxy:
+            poll_until(
+                lambda: all(
+                    Metrics(metrics_port).value("resproxy_cluster_slots_served", pool=p) == 16384
+                    for p in ports
+                ),
+                "both pools know the whole slot map",
+                15,
+            )
+            # The proxy's map refreshes ask slot 0's master first; it is left alone, so the map
+            # keeps naming A for the slots A stops serving.
+            first = cluster.slot_owner(0)
+            a, b = [m for m in cluster.masters() if m is not first]
+            yield ClusterSetup(cluster, proxy, ports, metrics_port, a, b)
 
 
 def _keys_on(cluster: RedisCluster, node: RedisServer, prefix: str, count: int) -> list[str]:
@@ -271,13 +255,13 @@ def test_a_moved_loop_ends_in_too_many_redirections_and_the_connection_stays_usa
 
 
 def test_client_connections_limit_rejects_counts_and_frees_a_place() -> None:
-    backend = RedisServer().start()
-    port, metrics_port = free_port(), free_port()
-    pool = pool_yaml("limited", port, [f"127.0.0.1:{backend.port}:1 s0"], client_connections=2, timeout=1000)
-    proxy = ResProxy(native_config(pool), args=["--metrics", f"127.0.0.1:{metrics_port}"])
-    try:
-        proxy.start()
-        _wait_metrics(metrics_port)
+    with (
+        RedisServer().start() as backend,
+        start_ring_proxy(
+            [backend], name="limited", metrics=True, client_connections=2, timeout=1000
+        ) as proxy,
+    ):
+        port, metrics_port = proxy.port, proxy.metrics_port
 
         def value(name: str) -> float:
             return Metrics(metrics_port).value(name, pool="limited")
@@ -317,6 +301,3 @@ def test_client_connections_limit_rejects_counts_and_frees_a_place() -> None:
             assert value("resproxy_client_eof_total") == 2
         assert value("resproxy_client_connections_rejected_total") == 1
         assert backend.call("GET", "k") == b"4"
-    finally:
-        proxy.cleanup()
-        backend.cleanup()

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import tempfile
 
-from tests.integration.harness import (
-    ROOT,
-    ResProxy,
-    free_port,
-    native_config,
-    poll_until,
-    pool_yaml,
-    running_redis_servers,
-)
+from tests.integration.harness.configs import native_config, pool_yaml
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy, run_proxy, run_proxy_on
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 
-def _run(config: str, *args: str) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "resproxy.yml")
-        with open(path, "w") as f:
-            f.write(config)
-        return subprocess.run(
-            [sys.executable, "-m", "proxy", "-c", path, *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+def _app(port: int) -> str:
+    """A pool ``app`` listening on ``port`` (over a server nobody needs to run)."""
+    return native_config(pool_yaml("app", port, ["127.0.0.1:6379:1"]))
 
 
 def test_an_address_in_use_names_the_pool_or_the_metrics_endpoint() -> None:
@@ -38,45 +21,32 @@ def test_an_address_in_use_names_the_pool_or_the_metrics_endpoint() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        taken = _run(native_config(pool_yaml("app", port, ["127.0.0.1:6379:1"])))
+        taken = run_proxy_on(_app(port))
         assert taken.returncode == 2
         assert f"pool app: cannot listen on 127.0.0.1:{port}" in taken.stderr, taken.stderr
-        metrics = _run(
-            native_config(pool_yaml("app", free_port(), ["127.0.0.1:6379:1"])),
-            "--metrics",
-            f"127.0.0.1:{port}",
-        )
+        metrics = run_proxy_on(_app(free_port()), "--metrics", f"127.0.0.1:{port}")
         assert metrics.returncode == 2
         assert f"metrics endpoint: cannot listen on 127.0.0.1:{port}" in metrics.stderr
 
 
 def test_a_bad_metrics_option_is_not_blamed_on_the_file() -> None:
-    bad = _run(native_config(pool_yaml("app", free_port(), ["127.0.0.1:6379:1"])), "--metrics", "nonsense")
+    bad = run_proxy_on(_app(free_port()), "--metrics", "nonsense")
     assert bad.returncode == 1
     assert bad.stderr.startswith("resproxy: --metrics:"), bad.stderr
     assert "configuration file" not in bad.stderr
 
 
 def test_a_cluster_pool_on_a_plain_server_logs_the_server_s_answer() -> None:
-    with running_redis_servers(1) as servers:
+    with RedisServer().start() as server:
         port = free_port()
         config = native_config(
-            pool_yaml("c", port, [f"127.0.0.1:{servers[0].port}"], distribution="cluster", timeout=300)
+            pool_yaml("c", port, [f"127.0.0.1:{server.port}"], distribution="cluster", timeout=300)
         )
-        proxy = ResProxy(config).start()
-        try:
+        with ResProxy(config).start() as proxy:
             poll_until(lambda: "cluster support disabled" in proxy.log(), "the node's own answer logged", 10)
-        finally:
-            proxy.cleanup()
 
 
 def test_a_missing_file_says_it_cannot_be_read() -> None:
-    missing = subprocess.run(
-        [sys.executable, "-m", "proxy", "-t", "-c", "/nonexistent/r.yml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    missing = run_proxy("-t", "-c", "/nonexistent/r.yml")
     assert missing.returncode == 1
     assert "cannot be read" in missing.stderr and "syntax" not in missing.stderr, missing.stderr

@@ -9,32 +9,23 @@ import hiredis
 import pytest
 import redis
 
-from tests.integration.harness import (
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    pool_yaml,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.configs import native_config, pool_yaml, server_lines
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
 
 
 @pytest.fixture(scope="module")
 def setup() -> Iterator[tuple[ResProxy, list[RedisServer], int]]:
     with running_redis_servers(3) as servers:
         port, closed = free_port(), free_port()
-        lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers)]
+        lines = server_lines(servers)
         text = native_config(
             pool_yaml("ring", port, lines), pool_yaml("quiet", closed, lines, allow_monitor=False)
         )
-        proxy = ResProxy(text).start(pools=2)
-        proxy.port = port
-        try:
+        with ResProxy(text, port=port).start(pools=2) as proxy:
             yield proxy, servers, closed
-        finally:
-            proxy.cleanup()
 
 
 def _home(servers: list[RedisServer], key: str) -> int:

@@ -7,7 +7,6 @@ parser, and every count checked is the exact number the test's traffic implies.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from typing import Any
 
@@ -16,49 +15,38 @@ import pytest
 
 from proxy.client import LATENCY_SAMPLE_EVERY
 from proxy.config import parse
-from proxy.hashing import hash_function
-from proxy.ring import RingServer, build
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    http_get,
-    native_config,
-    poll_until,
-    pool_yaml,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.configs import native_config, pool_yaml, server_lines
+from tests.integration.harness.metrics import Metrics, http_get
+from tests.integration.harness.placement import ring_port
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 
 def _config(port: int, metrics_port: int, backends: list[RedisServer], **keys: Any) -> str:
-    lines = [f"127.0.0.1:{b.port}:1 s{b.port}" for b in backends]
+    lines = server_lines(backends, [f"s{b.port}" for b in backends])
     pool = pool_yaml("app", port, lines, hash="fnv1a_64", distribution="ketama", timeout=500, **keys)
-    return native_config(pool) + f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n"
+    return native_config(pool, metrics_port=metrics_port)
 
 
 def _start(backends: list[RedisServer], **keys: object) -> ResProxy:
     port, mport = free_port(), free_port()
-    proxy = ResProxy(_config(port, mport, backends, **keys)).start()
-    proxy.port, proxy.mport = port, mport
-    return proxy
+    return ResProxy(_config(port, mport, backends, **keys), port=port, metrics_port=mport).start()
 
 
 def _owner(backends: list[RedisServer], key: bytes) -> RedisServer:
     """Where the ketama ring of the test's config puts ``key`` (twemproxy's placement)."""
-    names = sorted((f"s{b.port}" for b in backends), key=lambda n: (len(n), n))
-    continuum = build("ketama", [RingServer(i, n, 1) for i, n in enumerate(names)])
-    index = continuum.dispatch(hash_function("fnv1a_64")(key))
-    return next(b for b in backends if f"s{b.port}" == names[index])
+    port = ring_port(parse(_config(1, 2, backends)), "app", key)
+    return next(b for b in backends if b.port == port)
 
 
 def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None:
     backends = servers[:3]
     for b in backends:
         b.call("FLUSHALL")
-    proxy = _start(backends, preconnect=True)
-    try:
+    with _start(backends, preconnect=True) as proxy:
         victim = backends[2]
         keys = [f"user:{i * 7919}:profile" for i in range(60)]
         on_victim = [k for k in keys if _owner(backends, k.encode()) is victim]
@@ -86,7 +74,7 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
                 if isinstance(c.call("GET", k), hiredis.ReplyError):
                     dead_errors += 1
             assert dead_errors == len(on_victim)
-            samples = Metrics(proxy.mport)
+            samples = Metrics(proxy.metrics_port)
         p = {"pool": "app"}
         assert samples.value("resproxy_requests_total", command="set", **p) == len(keys)
         assert samples.value("resproxy_requests_total", command="get", **p) == len(keys) + len(on_victim)
@@ -142,18 +130,16 @@ def test_metrics_count_known_traffic_exactly(servers: list[RedisServer]) -> None
                 assert samples.value("resproxy_server_in_flight", **s) == 0
             assert samples.value("resproxy_server_connects_total", **s) == 1
         assert samples.value("resproxy_pool_can_serve", **p) == 0
-        status, body = http_get(proxy.mport, "/healthz")
+        status, body = http_get(proxy.metrics_port, "/healthz")
         assert status == 503 and json.loads(body)["pools"]["app"].startswith("server(s) down")
         victim.restart()
-        poll_until(lambda: http_get(proxy.mport, "/healthz")[0] == 200, "healthz back to 200", timeout_s=15)
+        poll_until(lambda: http_get(proxy.metrics_port, "/healthz")[0] == 200, "healthz back to 200", 15)
         with RawClient(proxy.port) as c:
             info = c.call("INFO").decode()
         assert "# Proxy" in info and "# Stats" in info and "pool_app:" in info
         assert "total_commands_processed:" in info
         with RawClient(proxy.port) as c:
             assert c.call("INFO", "clients").decode().startswith("# Clients")
-    finally:
-        proxy.cleanup()
 
 
 def _placement_ok(proxy_port: int, backends: list[RedisServer], keys: list[str]) -> None:
@@ -197,20 +183,15 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
         if not s.alive():
             s.restart()
         s.call("FLUSHALL")
-    proxy = _start([a, b])
-    try:
+    with _start([a, b]) as proxy:
         stop = threading.Event()
         workers = [Pipeliner(proxy.port, stop) for _ in range(3)]
         for w in workers:
             w.start()
         poll_until(lambda: all(w.batches > 5 for w in workers), "pipelines running", 30)
         # b stays, a leaves, c joins
-        with open(proxy.config_path, "w") as f:
-            f.write(_config(proxy.port, proxy.mport, [b, c]))
-        proxy.send_signal(signal.SIGHUP)
-        poll_until(
-            lambda: Metrics(proxy.mport).value("resproxy_config_reloads_total") == 1, "reload accepted", 15
-        )
+        assert proxy.reload(_config(proxy.port, proxy.metrics_port, [b, c]))
+        assert Metrics(proxy.metrics_port).value("resproxy_config_reloads_total") == 1
         marks = [w.batches for w in workers]
         poll_until(
             lambda: all(w.batches > m + 5 for w, m in zip(workers, marks)),
@@ -218,15 +199,9 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
             30,
         )
         # an invalid config is rejected and the running one keeps serving
-        with open(proxy.config_path, "w") as f:
-            f.write("pools:\n  app:\n    listen: 127.0.0.1:1\n    hash: nope\n")
-        proxy.send_signal(signal.SIGHUP)
-        poll_until(
-            lambda: Metrics(proxy.mport).value("resproxy_config_reload_failures_total") == 1,
-            "reload rejected",
-            15,
-        )
-        samples = Metrics(proxy.mport)
+        assert not proxy.reload("pools:\n  app:\n    listen: 127.0.0.1:1\n    hash: nope\n")
+        samples = Metrics(proxy.metrics_port)
+        assert samples.value("resproxy_config_reload_failures_total") == 1
         assert samples.value("resproxy_config_last_reload_successful") == 0
         marks = [w.batches for w in workers]
         poll_until(
@@ -249,8 +224,6 @@ def test_sighup_reload_adds_and_removes_servers_without_dropping_clients(
         _placement_ok(proxy.port, [b, c], keys)
         assert b.call("DBSIZE") + c.call("DBSIZE") == len(keys)
         assert "reload accepted" in proxy.log() and "reload rejected" in proxy.log()
-    finally:
-        proxy.cleanup()
 
 
 def test_reload_adds_a_pool_and_json_logs(servers: list[RedisServer]) -> None:
@@ -258,26 +231,20 @@ def test_reload_adds_a_pool_and_json_logs(servers: list[RedisServer]) -> None:
     if not a.alive():
         a.restart()
     port, mport, port2 = free_port(), free_port(), free_port()
-    proxy = ResProxy(_config(port, mport, [a]), args=["--log-format", "json"]).start()
-    try:
+    with ResProxy(_config(port, mport, [a]), args=["--log-format", "json"]).start() as proxy:
         with RawClient(port) as held:
             assert held.call("SET", "k", "v") == b"OK"
             text = _config(port, mport, [a]).replace(
                 "metrics:", pool_yaml("second", port2, [f"127.0.0.1:{a.port}:1"]) + "metrics:"
             )
             parse(text)  # the test's own config is valid
-            with open(proxy.config_path, "w") as f:
-                f.write(text)
-            proxy.send_signal(signal.SIGHUP)
-            poll_until(lambda: "reload accepted" in proxy.log(), "reload accepted", 15)
+            assert proxy.reload(text)
             with RawClient(port2) as c2:
                 assert c2.call("GET", "k") == b"v"
             assert held.call("GET", "k") == b"v"  # the old connection was never dropped
         lines = [json.loads(line) for line in proxy.log().splitlines() if line.strip()]
         assert all({"ts", "level", "logger", "msg"} <= set(e) for e in lines)
         assert any("reload accepted" in e["msg"] and e["level"] == "info" for e in lines)
-    finally:
-        proxy.cleanup()
 
 
 def _timers_to(port: int) -> list[int]:
@@ -298,12 +265,9 @@ def test_tcpkeepalive_is_set_on_server_connections(servers: list[RedisServer], k
     backend = servers[3]
     if not backend.alive():
         backend.restart()
-    proxy = _start([backend], preconnect=True, tcpkeepalive=keepalive)
-    try:
+    with _start([backend], preconnect=True, tcpkeepalive=keepalive) as proxy:
         with RawClient(proxy.port) as c:
             assert c.call("SET", "ka", "1") == b"OK"
         kinds = _timers_to(backend.port)
         assert kinds, "the proxy's connection to the server"
         assert all(k == (2 if keepalive else 0) for k in kinds), kinds
-    finally:
-        proxy.cleanup()

@@ -14,44 +14,25 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import Nutcracker, RawClient, RedisServer, ResProxy, free_port
+from proxy.config import HASHES  # every hash a config may name: twemproxy's
+from tests.integration.harness.clients import RawClient
+from tests.integration.harness.configs import nutcracker_pool_yaml, server_lines
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import Nutcracker, ResProxy
+from tests.integration.harness.servers import RedisServer
 
-HASHES = [
-    "one_at_a_time",
-    "md5",
-    "crc16",
-    "crc32",
-    "crc32a",
-    "fnv1_64",
-    "fnv1a_64",
-    "fnv1_32",
-    "fnv1a_32",
-    "hsieh",
-    "murmur",
-    "jenkins",
-]
 DISTRIBUTIONS = ["ketama", "modula"]
 CASES = [(h, d) for h in HASHES for d in DISTRIBUTIONS]
 
 
 def _pool(name: str, port: int, backends: list[RedisServer], named: bool, hash_: str, dist: str) -> str:
     if named:
-        servers = [
-            f"127.0.0.1:{b.port}:{w} {n}" for b, w, n in zip(backends, (1, 2, 1), ("alpha", "beta", "gamma"))
-        ]
+        weighted = zip(backends, (1, 2, 1), ("alpha", "beta", "gamma"))
+        servers = [f"127.0.0.1:{b.port}:{w} {n}" for b, w, n in weighted]
     else:
-        servers = [f"127.0.0.1:{b.port}:1" for b in backends]
-    lines = [
-        f"{name}:",
-        f"  listen: 127.0.0.1:{port}",
-        f"  hash: {hash_}",
-        f"  distribution: {dist}",
-        '  hash_tag: "{}"',
-        "  redis: true",
-        "  timeout: 5000",
-        "  servers:",
-    ] + [f"   - {s}" for s in servers]
-    return "\n".join(lines) + "\n"
+        servers = server_lines(backends, None)
+    keys = {"hash": hash_, "distribution": dist, "hash_tag": "{}", "redis": True, "timeout": 5000}
+    return nutcracker_pool_yaml(name, port, servers, **keys)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +44,11 @@ def pair(backends: list[RedisServer]) -> Iterator[dict[tuple[str, str], tuple[in
     named = {case: HASHES.index(case[0]) % 2 == 0 for case in CASES}
     nut_text = "".join(_pool(f"{h}_{d}", nut_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES)
     res_text = "".join(_pool(f"{h}_{d}", res_ports[(h, d)], backends, named[(h, d)], h, d) for h, d in CASES)
-    nut = Nutcracker(nut_text, nut_ports.values())
-    res = ResProxy(res_text)
-    try:
+    with ResProxy(res_text) as res, Nutcracker(nut_text, nut_ports.values()) as nut:
         res.launch()
         nut.start()
         res.wait_ready(pools=len(CASES))
         yield {case: (res_ports[case], nut_ports[case]) for case in CASES}
-    finally:
-        res.cleanup()
-        nut.cleanup()
 
 
 def _keys(prefix: bytes) -> list[bytes]:

@@ -3,7 +3,6 @@ could be on, the client's own subscription counts, RESP2 arrays and RESP3 pushes
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -13,63 +12,41 @@ import hiredis
 import pytest
 import redis
 
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    poll_until,
-    pool_yaml,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import native_config, pool_yaml, route, server_lines
+from tests.integration.harness.deployments import Fronts, FrontsSpec, running_fronts
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
+from tests.integration.harness.waiting import poll_until
 
 CHANNELS = 20
 MESSAGES = 1000
 
-
-class Fronts:
-    def __init__(
-        self, ports: dict[str, int], ring: list[RedisServer], solo: RedisServer, reference: RedisServer
-    ) -> None:
-        self.ports = ports
-        self.ring = ring
-        self.solo = solo
-        self.reference = reference
+# ring, cluster (seeded with every master), a listener ``edge`` routing rq: to ``jobs``; /metrics
+SPEC = FrontsSpec(
+    listeners={"edge": [route("rq:", "jobs")]},
+    ring_keys={"hash_tag": "{}"},
+    names="r",
+    seeds=None,
+    solo="jobs",
+    metrics=True,
+)
 
 
 @pytest.fixture(scope="module")
-def fronts(cluster: RedisCluster) -> Iterator[Fronts]:
-    with running_redis_servers(5) as servers:
-        ring, solo, reference = servers[:3], servers[3], servers[4]
-        ports = {"ring": free_port(), "cluster": free_port(), "listener": free_port(), "jobs": free_port()}
-        seeds = [f"127.0.0.1:{m.port}" for m in cluster.masters()]
-        text = native_config(
-            pool_yaml(
-                "ring",
-                ports["ring"],
-                [f"127.0.0.1:{s.port}:1 r{i}" for i, s in enumerate(ring)],
-                hash_tag="{}",
-            ),
-            pool_yaml("cluster", ports["cluster"], seeds, distribution="cluster"),
-            pool_yaml("jobs", ports["jobs"], [f"127.0.0.1:{solo.port}:1 solo"]),
-        )
-        mport = ports["metrics"] = free_port()
-        text += f"metrics:\n  listen: 127.0.0.1:{mport}\n"
-        text += (
-            "listeners:\n  edge:\n"
-            f"    listen: 127.0.0.1:{ports['listener']}\n"
-            "    routes:\n      - {prefix: 'rq:', pool: jobs}\n"
-            "    default_pool: ring\n"
-        )
-        proxy = ResProxy(text).start(pools=4)
-        try:
-            yield Fronts(ports, ring, solo, reference)
-        finally:
-            proxy.cleanup()
+def solo() -> Iterator[RedisServer]:
+    """The one server of the ``jobs`` pool."""
+    with RedisServer().start() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fronts(backends: list[RedisServer], cluster: RedisCluster, solo: RedisServer) -> Iterator[Fronts]:
+    with running_fronts(SPEC, backends, cluster, solo) as started:
+        yield started
 
 
 class Sub:
@@ -179,7 +156,7 @@ def test_resp3_subscribers_get_pushes(fronts: Fronts) -> None:
 
 
 @pytest.mark.parametrize("front", ["ring", "listener"])
-def test_counts_and_subscribed_mode_as_one_redis(fronts: Fronts, front: str) -> None:
+def test_counts_and_subscribed_mode_as_one_redis(fronts: Fronts, reference: RedisServer, front: str) -> None:
     """The same sequence to the proxy and to one redis-server: the same bytes."""
     sequence: list[tuple[Any, ...]] = [
         ("SUBSCRIBE", "a", "b", "a"),
@@ -196,7 +173,7 @@ def test_counts_and_subscribed_mode_as_one_redis(fronts: Fronts, front: str) -> 
     ]
     replies = [3, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1]
     raws = []
-    for port in (fronts.ports[front], fronts.reference.port):
+    for port in (fronts.front(front).port, reference.port):
         sub = Sub(port)
         try:
             out = b""
@@ -251,15 +228,15 @@ def test_cluster_publish_and_sharded_pubsub(fronts: Fronts) -> None:
         sub.close()
 
 
-def test_listener_routes_channels_by_prefix(fronts: Fronts) -> None:
-    port = fronts.ports["listener"]
+def test_listener_routes_channels_by_prefix(fronts: Fronts, solo: RedisServer) -> None:
+    port = fronts.ports["edge"]
     sub = Sub(port)
     try:
         sub.send("SUBSCRIBE", "rq:pubsub:worker1", "other")
         sub.read()
         sub.read()
         # the rq: channel is on the rq: route's server, the other on the default ring
-        assert fronts.solo.call("PUBSUB", "NUMSUB", "rq:pubsub:worker1") == [b"rq:pubsub:worker1", 1]
+        assert solo.call("PUBSUB", "NUMSUB", "rq:pubsub:worker1") == [b"rq:pubsub:worker1", 1]
         with RawClient(port) as pub:
             assert pub.call("PUBLISH", "rq:pubsub:worker1", "stop") == 1
             assert pub.call("PUBLISH", "other", "x") == 1
@@ -291,18 +268,16 @@ def test_redis_py_pubsub_and_a_subscriber_that_leaves(fronts: Fronts) -> None:
     r.close()
 
 
-def test_a_subscriber_whose_server_goes_away_is_closed_to_resubscribe(fronts: Fronts) -> None:
-    sub = Sub(fronts.ports["listener"])
+def test_a_subscriber_whose_server_goes_away_is_closed_to_resubscribe(
+    fronts: Fronts, solo: RedisServer
+) -> None:
+    sub = Sub(fronts.ports["edge"])
     try:
         sub.send("SUBSCRIBE", "rq:gone")
         sub.read()
-        victims = [
-            line.split(" ")[0][3:]
-            for line in fronts.solo.call("CLIENT", "LIST").decode().splitlines()
-            if "cmd=subscribe" in line
-        ]
+        victims = [c["id"] for c in solo.clients() if c["cmd"] == "subscribe"]
         assert len(victims) == 1
-        fronts.solo.call("CLIENT", "KILL", "ID", victims[0])
+        solo.call("CLIENT", "KILL", "ID", victims[0])
         sub.sock.settimeout(10)
         deadline = time.monotonic() + 10
         closed = False
@@ -317,44 +292,31 @@ def test_subscriptions_follow_reloads(fronts: Fronts) -> None:
     """A reload that rebuilds the pool keeps every subscription; one that adds a server moves
     the channels it now owns there; both twice. Every message still arrives, once."""
     with running_redis_servers(4) as servers:
-        port, mport = free_port(), free_port()
+        port = free_port()
 
         def config(count: int, timeout: int) -> str:
-            lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers[:count])]
-            return (
-                native_config(pool_yaml("ring", port, lines, timeout=timeout))
-                + f"metrics:\n  listen: 127.0.0.1:{mport}\n"
-            )
+            return native_config(pool_yaml("ring", port, server_lines(servers[:count]), timeout=timeout))
 
-        proxy = ResProxy(config(3, 1000)).start()
         channels = [f"reload.{i * 31}.{i}" for i in range(40)]
-        sub = Sub(port)
-        try:
-            sub.send("SUBSCRIBE", *channels)
-            for _ in channels:
+        with ResProxy(config(3, 1000), port=port).start() as proxy:
+            sub = Sub(port)
+            try:
+                sub.send("SUBSCRIBE", *channels)
+                for _ in channels:
+                    sub.read()
+                sub.send("PSUBSCRIBE", "reload.*")
                 sub.read()
-            sub.send("PSUBSCRIBE", "reload.*")
-            sub.read()
-            reloads = 0
-            for step, (count, timeout) in enumerate([(3, 1100), (4, 1100), (4, 1200), (3, 1300), (4, 1400)]):
-                with open(proxy.config_path, "w") as f:
-                    f.write(config(count, timeout))
-                proxy.send_signal(signal.SIGHUP)
-                reloads += 1
-                poll_until(
-                    lambda: Metrics(mport).value("resproxy_config_reloads_total") >= reloads,
-                    "reload applied",
-                    20,
-                )
-                with RawClient(port) as pub:
+                steps = [(3, 1100), (4, 1100), (4, 1200), (3, 1300), (4, 1400)]
+                for step, (count, timeout) in enumerate(steps):
+                    assert proxy.reload(config(count, timeout)), step
+                    with RawClient(port) as pub:
+                        for ch in channels:
+                            assert pub.call("PUBLISH", ch, f"s{step}") == 2, (step, ch)
                     for ch in channels:
-                        assert pub.call("PUBLISH", ch, f"s{step}") == 2, (step, ch)
-                for ch in channels:
-                    assert sub.read() == [b"message", ch.encode(), f"s{step}".encode()]
-                    assert sub.read() == [b"pmessage", b"reload.*", ch.encode(), f"s{step}".encode()]
-        finally:
-            sub.close()
-            proxy.cleanup()
+                        assert sub.read() == [b"message", ch.encode(), f"s{step}".encode()]
+                        assert sub.read() == [b"pmessage", b"reload.*", ch.encode(), f"s{step}".encode()]
+            finally:
+                sub.close()
 
 
 def test_a_sharded_subscription_follows_its_slot_through_a_migration(
@@ -367,11 +329,6 @@ def test_a_sharded_subscription_follows_its_slot_through_a_migration(
     source = cluster.slot_owner(slot)
     target = next(m for m in cluster.masters() if m is not source)
 
-    def move_to(owner: RedisServer) -> None:
-        owner_id = cluster.node_id(owner)
-        for node in [owner, *(n for n in cluster.alive_nodes() if n is not owner)]:
-            node.call("CLUSTER", "SETSLOT", str(slot), "NODE", owner_id)
-
     sub = Sub(fronts.ports["cluster"])
     try:
         sub.send("SSUBSCRIBE", channel)
@@ -379,7 +336,7 @@ def test_a_sharded_subscription_follows_its_slot_through_a_migration(
         with RawClient(fronts.ports["cluster"]) as pub:
             assert pub.call("SPUBLISH", channel, "before") == 1
             assert sub.read() == [b"smessage", channel.encode(), b"before"]
-            move_to(target)
+            cluster.set_slot_owner(slot, target)
             # the proxy learns the map (the node's sunsubscribe, a MOVED) and subscribes there
             poll_until(
                 lambda: target.call("PUBSUB", "SHARDNUMSUB", channel)[1] == 1,
@@ -390,11 +347,13 @@ def test_a_sharded_subscription_follows_its_slot_through_a_migration(
             assert sub.read() == [b"smessage", channel.encode(), b"after"]
     finally:
         sub.close()
-        move_to(source)
+        cluster.set_slot_owner(slot, source)
 
 
 @pytest.mark.parametrize("resp3", [False, True])
-def test_pipelined_subscribe_then_unsubscribe_or_publish_as_one_redis(fronts: Fronts, resp3: bool) -> None:
+def test_pipelined_subscribe_then_unsubscribe_or_publish_as_one_redis(
+    fronts: Fronts, reference: RedisServer, resp3: bool
+) -> None:
     """In one write: what follows a SUBSCRIBE waits for the servers' confirmations (a PUBLISH
     right after finds the subscription; an UNSUBSCRIBE right after is answered in order)."""
     sequences: list[list[tuple[Any, ...]]] = [
@@ -406,7 +365,7 @@ def test_pipelined_subscribe_then_unsubscribe_or_publish_as_one_redis(fronts: Fr
     counts = [5, 4, 2, 1]  # (UNSUBSCRIBE of all lists in Redis's hash order: one name left)
     for sequence, count in zip(sequences, counts):
         raws = []
-        for port in (fronts.ports["ring"], fronts.reference.port):
+        for port in (fronts.ports["ring"], reference.port):
             sub = Sub(port, resp3=resp3)
             try:
                 sub.sock.sendall(b"".join(encode(*c) for c in sequence))

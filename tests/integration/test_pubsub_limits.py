@@ -9,37 +9,21 @@ from collections.abc import Iterator
 import hiredis
 import pytest
 
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    poll_until,
-    pool_yaml,
-    proc_status,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.process import proc_status
+from tests.integration.harness.proxyproc import ResProxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 
 @pytest.fixture(scope="module")
 def setup() -> Iterator[tuple[ResProxy, RedisServer]]:
-    with running_redis_servers(1) as servers:
-        port, mport = free_port(), free_port()
-        text = native_config(
-            pool_yaml(
-                "p", port, [f"127.0.0.1:{servers[0].port}:1 s0"], client_output_buffer_limit="1mb 512kb 1"
-            )
-        )
-        text += f"metrics:\n  listen: 127.0.0.1:{mport}\n"
-        proxy = ResProxy(text).start()
-        proxy.port, proxy.mport = port, mport
-        try:
-            yield proxy, servers[0]
-        finally:
-            proxy.cleanup()
+    with (
+        RedisServer().start() as server,
+        start_ring_proxy([server], name="p", metrics=True, client_output_buffer_limit="1mb 512kb 1") as proxy,
+    ):
+        yield proxy, server
 
 
 def test_a_subscriber_that_stops_reading_is_closed_and_others_are_served(
@@ -74,7 +58,7 @@ def test_a_subscriber_that_stops_reading_is_closed_and_others_are_served(
                     pass
                 reader.setblocking(True)
                 if i % 100 == 99:
-                    m = Metrics(proxy.mport)
+                    m = Metrics(proxy.metrics_port)
                     if m.value("resproxy_client_closed_total", pool="p", reason="output_buffer_limit") >= 1:
                         closed = True
                         break
@@ -84,7 +68,7 @@ def test_a_subscriber_that_stops_reading_is_closed_and_others_are_served(
         growth = proc_status(proxy.pid, "VmRSS") - rss_before
         assert growth < 32 * 1024 * 1024, growth  # bounded by the limit, not by what was sent
         poll_until(
-            lambda: Metrics(proxy.mport).value("resproxy_pubsub_subscribers", pool="p") == 1,
+            lambda: Metrics(proxy.metrics_port).value("resproxy_pubsub_subscribers", pool="p") == 1,
             "only the reading subscriber left",
             10,
         )

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -28,18 +26,15 @@ from typing import Any
 import pytest
 
 from proxy.config import Config, ConfigError, parse
-from proxy.hashing import hash_function, hash_tag_key
-from proxy.ring import RingServer, build
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    free_port,
-    http_get,
-    poll_until,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient
+from tests.integration.harness.configs import listener_yaml, native_config, pool_yaml, route
+from tests.integration.harness.metrics import Metrics, http_get
+from tests.integration.harness.placement import ring_port
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.process import Stoppable
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
+from tests.integration.harness.waiting import poll_until
 
 RELOAD_TIMEOUT_S = 30.0  # generous: other test runs share this machine
 
@@ -80,49 +75,25 @@ ORIGINAL = Spec(servers=(("alpha", 0, 1), ("beta", 1, 1), ("gamma", 2, 1)))
 
 
 def render(spec: Spec, ports: Ports) -> str:
-    lines = [
-        "pools:",
-        "  app:",
-        f"    listen: 127.0.0.1:{ports.app}",
-        f"    hash: {spec.hash}",
-        f'    hash_tag: "{spec.hash_tag}"',
-        f"    distribution: {spec.distribution}",
-        f"    timeout: {spec.timeout_ms}",
-        f"    server_connections: {spec.server_connections}",
-        "    servers:",
-        *(f"      - 127.0.0.1:{ports.backends[i]}:{w} {name}" for name, i, w in spec.servers),
-        "  side:",
-        f"    timeout: {spec.side_timeout_ms}",
-        "    servers:",
-        f"      - 127.0.0.1:{ports.side}:1 delta",
-        "listeners:",
-        "  edge:",
-        f"    listen: 127.0.0.1:{ports.edge}",
-    ]
-    if spec.default_pool is not None:
-        lines.append(f"    default_pool: {spec.default_pool}")
-    lines.append("    routes:")
-    lines.extend(f'      - {{prefix: "{p}", pool: {pool}}}' for p, pool in spec.routes)
+    app = [f"127.0.0.1:{ports.backends[i]}:{w} {name}" for name, i, w in spec.servers]
+    edge = [route(prefix, pool) for prefix, pool in spec.routes]
+    listeners = [listener_yaml("edge", ports.edge, *edge, default_pool=spec.default_pool)]
     if spec.spare_listen is not None:
-        lines += [
-            "  spare:",
-            f"    listen: 127.0.0.1:{spec.spare_listen}",
-            "    routes:",
-            '      - {prefix: "x:", pool: app}',
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _owner(config: Config, pool: str, key: bytes) -> int:
-    """The port of the backend that ``pool`` of ``config`` puts ``key`` on (twemproxy's rule)."""
-    pc = next(p for p in config.pools if p.name == pool)
-    # twemproxy orders a pool's servers by name: shorter first, then bytewise
-    servers = sorted(pc.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
-    if len(servers) == 1:
-        return servers[0].address.port
-    continuum = build(pc.distribution, [RingServer(i, s.name, s.weight) for i, s in enumerate(servers)])
-    hashed = hash_tag_key(key, pc.hash_tag)
-    return servers[continuum.dispatch(hash_function(pc.hash)(hashed) if hashed else 0)].address.port
+        listeners.append(listener_yaml("spare", spec.spare_listen, route("x:", "app")))
+    return native_config(
+        pool_yaml(
+            "app",
+            ports.app,
+            app,
+            hash=spec.hash,
+            hash_tag=spec.hash_tag,
+            distribution=spec.distribution,
+            timeout=spec.timeout_ms,
+            server_connections=spec.server_connections,
+        ),
+        pool_yaml("side", None, [f"127.0.0.1:{ports.side}:1 delta"], timeout=spec.side_timeout_ms),
+        listeners=listeners,
+    )
 
 
 def _routed_pool(config: Config, listener: str, key: bytes) -> str:
@@ -136,10 +107,10 @@ def _routed_pool(config: Config, listener: str, key: bytes) -> str:
 
 def expected_port(config: Config, front: str, key: bytes) -> int:
     pool = front if front == "app" else _routed_pool(config, front, key)
-    return _owner(config, pool, key)
+    return ring_port(config, pool, key)
 
 
-class Running:
+class Running(Stoppable):
     """The proxy under test, its ports and the reload counts it should report."""
 
     def __init__(self, nodes: list[RedisServer], spec: Spec) -> None:
@@ -153,7 +124,8 @@ class Running:
         self.nodes = nodes
         self.text = render(spec, self.ports)
         self.config = parse(self.text)
-        self.proxy = ResProxy(self.text, args=["--metrics", f"127.0.0.1:{self.ports.metrics}"])
+        metrics = ["--metrics", f"127.0.0.1:{self.ports.metrics}"]
+        self.proxy = ResProxy(self.text, metrics, metrics_port=self.ports.metrics)
         self.proxy.start(pools=2)  # the app pool's front and the edge listener
         self.accepted = 0
         self.rejected = 0
@@ -170,14 +142,8 @@ class Running:
         )
 
     def reload(self, text: str, accept: bool) -> None:
-        """Write ``text`` as the config file, SIGHUP, and await the counter that must move."""
-        tmp = self.proxy.config_path + ".new"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.proxy.config_path)  # the proxy reads either file whole
-        before = self.accepted + self.rejected
-        self.proxy.send_signal(signal.SIGHUP)
-        poll_until(lambda: sum(self.counts()) > before, "reload handled", RELOAD_TIMEOUT_S)
+        """Write ``text`` as the config file, SIGHUP, and await its outcome; the counters follow."""
+        assert self.proxy.reload(text, RELOAD_TIMEOUT_S) == accept, self.proxy.log()[-3000:]
         self.last_ok = accept
         if accept:
             self.accepted += 1
@@ -194,11 +160,8 @@ class Running:
 def running(nodes: list[RedisServer]) -> Iterator[Running]:
     for n in nodes:
         n.call("FLUSHALL")
-    r = Running(nodes, ORIGINAL)
-    try:
+    with Running(nodes, ORIGINAL) as r:
         yield r
-    finally:
-        r.cleanup()
 
 
 def _keys(step: int, front: str, role: str) -> list[bytes]:

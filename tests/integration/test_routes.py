@@ -15,84 +15,80 @@ import pytest
 import redis
 
 from proxy.hashing import key_slot
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    SentinelGroup,
-    free_port,
-    poll_until,
+from tests.integration.harness.clients import RawClient
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import (
+    listener_yaml,
+    native_config,
+    pool_yaml,
+    route,
     sentinel_pool_yaml,
-    start_redis_servers,
+    server_lines,
 )
+from tests.integration.harness.deployments import running_backends
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.sentinel import SentinelGroup
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 
 class Stack:
-    def __init__(self) -> None:
-        self.ring: list[RedisServer] = []
-        self.mirror: RedisServer | None = None
-        self.cluster: RedisCluster | None = None
-        self.group: SentinelGroup | None = None
-        self.proxy: ResProxy | None = None
-        self.port = self.strict_port = self.metrics_port = 0
+    """The three deployments and the mirror behind one resproxy (not started yet)."""
 
-    def cleanup(self) -> None:
-        if self.proxy is not None:
-            self.proxy.cleanup()
-        for s in [*self.ring, *([self.mirror] if self.mirror else [])]:
-            s.cleanup()
-        if self.cluster is not None:
-            self.cluster.cleanup()
-        if self.group is not None:
-            self.group.cleanup()
+    def __init__(self, servers: list[RedisServer], cluster: RedisCluster, group: SentinelGroup) -> None:
+        *self.ring, self.mirror = servers
+        self.cluster, self.group = cluster, group
+        self.port, self.strict_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.proxy = ResProxy(self.render(), metrics_port=self.metrics_port)
+
+    def render(self, *more_routes: str) -> str:
+        """The config, with ``more_routes`` on the ``app`` listener after its product: route."""
+        app_routes = [
+            route("session:", "sessions"),
+            route("product:", "products"),
+            *more_routes,
+            route("cart:", "carts", mirror="carts_mirror"),
+            route("legacy:", "carts", strip_prefix=True),
+        ]
+        return native_config(
+            sentinel_pool_yaml("sessions", self.group, timeout=3000),
+            pool_yaml("products", None, self.cluster.seeds(1), distribution="cluster", timeout=2000),
+            pool_yaml(
+                "carts",
+                None,
+                server_lines(self.ring, "cart"),
+                hash="fnv1a_64",
+                distribution="ketama",
+                timeout=1000,
+            ),
+            pool_yaml("carts_mirror", None, server_lines([self.mirror], None), timeout=300),
+            listeners=[
+                listener_yaml("app", self.port, *app_routes, default_pool="carts"),
+                listener_yaml("strict", self.strict_port, route("session:", "sessions")),
+            ],
+            metrics_port=self.metrics_port,
+        )
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    st = Stack()
-    try:
-        *st.ring, st.mirror = start_redis_servers(3)
-        st.cluster = RedisCluster(masters=3, replicas=0).start()
-        st.group = SentinelGroup("sessions").start()
-        st.port, st.strict_port, st.metrics_port = free_port(), free_port(), free_port()
-        ring = "".join(f"      - 127.0.0.1:{s.port}:1 cart{i}\n" for i, s in enumerate(st.ring))
-        seeds = "".join(f"      - {n}\n" for n in st.cluster.seeds(1))
-        config = (
-            "pools:\n"
-            + sentinel_pool_yaml("sessions", st.group, timeout=3000)
-            + "  products:\n    distribution: cluster\n    timeout: 2000\n    servers:\n"
-            + seeds
-            + "  carts:\n    hash: fnv1a_64\n    distribution: ketama\n    timeout: 1000\n"
-            + "    servers:\n"
-            + ring
-            + f"  carts_mirror:\n    timeout: 300\n    servers:\n      - 127.0.0.1:{st.mirror.port}:1\n"
-            + "listeners:\n"
-            + f"  app:\n    listen: 127.0.0.1:{st.port}\n    default_pool: carts\n    routes:\n"
-            + '      - {prefix: "session:", pool: sessions}\n'
-            + '      - {prefix: "product:", pool: products}\n'
-            + '      - {prefix: "cart:", pool: carts, mirror: carts_mirror}\n'
-            + '      - {prefix: "legacy:", pool: carts, strip_prefix: true}\n'
-            + f"  strict:\n    listen: 127.0.0.1:{st.strict_port}\n    routes:\n"
-            + '      - {prefix: "session:", pool: sessions}\n'
-            + f"metrics:\n  listen: 127.0.0.1:{st.metrics_port}\n"
-        )
-        st.proxy = ResProxy(config).start(pools=2)
-        yield st
-    finally:
-        st.cleanup()
+    cluster, group = RedisCluster(masters=3, replicas=0), SentinelGroup("sessions")
+    with running_backends(3, cluster, group) as plain:
+        st = Stack(plain, cluster, group)
+        with st.proxy.start(pools=2):  # the two listeners
+            yield st
 
 
 def _where(stack: Stack, key: str) -> set[str]:
     """Which deployments hold ``key``, asked of every node directly."""
     found = set()
-    assert stack.cluster is not None and stack.group is not None
     if any(s.call("EXISTS", key) == 1 for s in stack.ring):
         found.add("ring")
     if stack.cluster.slot_owner(key_slot(key.encode())).call("EXISTS", key) == 1:
         found.add("cluster")
-    if stack.group.by_port(stack.group.current_master_port()).call("EXISTS", key) == 1:
+    if stack.group.current_master().call("EXISTS", key) == 1:
         found.add("sentinel")
     return found
 
@@ -146,7 +142,6 @@ def test_default_pool_strip_prefix_and_cross_route_refusal(stack: Stack) -> None
 
 
 def test_mirroring_copies_writes_and_never_hurts_the_primary(stack: Stack) -> None:
-    assert stack.mirror is not None
     mirror = stack.mirror
     sent_before = Metrics(stack.metrics_port).total("resproxy_mirror_sent_total", pool="app")
     with RawClient(stack.port) as c:
@@ -180,25 +175,10 @@ def test_mirroring_copies_writes_and_never_hurts_the_primary(stack: Stack) -> No
 
 
 def test_reload_changes_routes_without_dropping_clients(stack: Stack) -> None:
-    assert stack.proxy is not None
-    proxy = stack.proxy
     with RawClient(stack.port) as held:
         assert held.call("SET", "wish:1", "w") == b"OK"  # no route yet: the default pool
         assert _where(stack, "wish:1") == {"ring"}
-        with open(proxy.config_path) as f:
-            text = f.read()
-        with open(proxy.config_path, "w") as f:
-            f.write(
-                text.replace(
-                    '      - {prefix: "product:", pool: products}\n',
-                    '      - {prefix: "product:", pool: products}\n'
-                    '      - {prefix: "wish:", pool: products}\n',
-                )
-            )
-        import signal
-
-        proxy.send_signal(signal.SIGHUP)
-        poll_until(lambda: "reload accepted" in proxy.log(), "reload accepted", 15)
+        assert stack.proxy.reload(stack.render(route("wish:", "products")))
         assert held.call("SET", "wish:2", "w") == b"OK"  # same connection, new route
         assert _where(stack, "wish:2") == {"cluster"}
         assert held.call("GET", "session:strict") == b"s"

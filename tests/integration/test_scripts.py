@@ -15,84 +15,38 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
 import pytest
 
-from tests.integration.harness import (
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    free_port,
-    poll_until,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, error_text
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import MURMUR_RING, route
+from tests.integration.harness.deployments import FRONTS, Front, Fronts, FrontsSpec, running_fronts
+from tests.integration.harness.servers import RedisServer, running_redis_servers
+from tests.integration.harness.waiting import poll_until
 
 INCR = "return redis.call('INCR', KEYS[1])"
 ECHO_KEY_ARG = "return {KEYS[1], ARGV[1]}"
 
-
-@dataclass
-class Front:
-    """One client-facing address and the servers its keys live on."""
-
-    name: str
-    port: int
-    backends: list[RedisServer]
-    prefixes: tuple[str, ...] = ("",)
-
-    def key(self, kind: str, i: int) -> str:
-        return f"{self.prefixes[i % len(self.prefixes)]}{kind}:{i}"
-
-
-@dataclass
-class Stack:
-    ring: list[RedisServer]
-    cluster: RedisCluster
-    proxy: ResProxy | None = None
-    ports: dict[str, int] = field(default_factory=dict)
-
-    def front(self, name: str) -> Front:
-        masters = self.cluster.masters()
-        if name == "ring":
-            return Front("ring", self.ports["ring"], list(self.ring))
-        if name == "cluster":
-            return Front("cluster", self.ports["cluster"], masters)
-        assert name == "listener"
-        return Front("listener", self.ports["edge"], [*self.ring, *masters], ("c:", "r:"))
+# ring, cluster (3 masters, no replicas), edge routing c: to the cluster and the rest to the ring
+SPEC = FrontsSpec(
+    listeners={"edge": [route("c:", "cluster")]},
+    ring_keys={**MURMUR_RING, "timeout": 2000},
+    cluster_keys={"timeout": 2000},
+    prefixes=("c:", "r:"),
+)
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with running_redis_servers(3) as ring:
-        cluster = RedisCluster(masters=3, replicas=0).start()
-        st = Stack(ring=ring, cluster=cluster)
-        try:
-            st.ports = {name: free_port() for name in ("ring", "cluster", "edge")}
-            config = (
-                "pools:\n"
-                f"  ring:\n    listen: 127.0.0.1:{st.ports['ring']}\n    hash: murmur\n"
-                '    distribution: ketama\n    hash_tag: "{}"\n    timeout: 2000\n'
-                "    servers:\n"
-                + "".join(f"      - 127.0.0.1:{s.port}:1 s{i}\n" for i, s in enumerate(ring))
-                + f"  cluster:\n    listen: 127.0.0.1:{st.ports['cluster']}\n"
-                "    distribution: cluster\n    timeout: 2000\n    servers:\n"
-                + "".join(f"      - {s}\n" for s in cluster.seeds(1))
-                + "listeners:\n"
-                f"  edge:\n    listen: 127.0.0.1:{st.ports['edge']}\n    default_pool: ring\n"
-                "    routes:\n"
-                '      - {prefix: "c:", pool: cluster}\n'
-            )
-            st.proxy = ResProxy(config)
-            st.proxy.start(pools=3)
-            yield st
-        finally:
-            if st.proxy is not None:
-                st.proxy.cleanup()
-            cluster.cleanup()
+def stack() -> Iterator[Fronts]:
+    with (
+        running_redis_servers(3) as ring,
+        RedisCluster(masters=3, replicas=0).start() as cluster,
+        running_fronts(SPEC, ring, cluster) as started,
+    ):
+        yield started
 
 
 def _wipe(servers: Sequence[RedisServer]) -> None:
@@ -102,13 +56,10 @@ def _wipe(servers: Sequence[RedisServer]) -> None:
         s.call("FUNCTION", "FLUSH")
 
 
-FRONTS = ["ring", "cluster", "listener"]
-
-
 @pytest.fixture(params=FRONTS)
-def front(request: pytest.FixtureRequest, stack: Stack) -> Front:
+def front(request: pytest.FixtureRequest, stack: Fronts) -> Front:
     """A front, with every server's data, script cache and functions emptied directly."""
-    _wipe([*stack.ring, *stack.cluster.masters()])
+    _wipe(stack.data_nodes())
     return stack.front(str(request.param))
 
 
@@ -122,11 +73,6 @@ def unique(body: str) -> str:
 
 def sha1(body: str) -> str:
     return hashlib.sha1(body.encode()).hexdigest()
-
-
-def error_text(reply: Any) -> str:
-    assert isinstance(reply, hiredis.ReplyError), f"expected an error, got {reply!r}"
-    return str(reply)
 
 
 def ok(reply: Any) -> Any:
@@ -207,8 +153,8 @@ def test_evalsha_survives_a_flushed_script_cache(front: Front) -> None:
 
 
 @pytest.mark.parametrize("which", ["ring", "cluster"])
-def test_evalsha_after_a_server_restart(stack: Stack, which: str) -> None:
-    _wipe([*stack.ring, *stack.cluster.masters()])
+def test_evalsha_after_a_server_restart(stack: Fronts, which: str) -> None:
+    _wipe(stack.data_nodes())
     front = stack.front(which)
     body = unique(INCR)
     sha = sha1(body)
@@ -287,10 +233,10 @@ def test_pipeline_of_evalsha_after_the_caches_were_flushed(front: Front) -> None
 
 
 @pytest.mark.parametrize("which", ["ring", "cluster"])
-def test_pipeline_of_evalsha_after_a_server_restart(stack: Stack, which: str) -> None:
+def test_pipeline_of_evalsha_after_a_server_restart(stack: Fronts, which: str) -> None:
     """A restarted server gets the scripts clients call by SHA1 first on its new connection:
     a whole pipeline of EVALSHAs right after runs, in order."""
-    _wipe([*stack.ring, *stack.cluster.masters()])
+    _wipe(stack.data_nodes())
     front = stack.front(which)
     body = unique(ECHO_KEY_ARG)
     sha = sha1(body)

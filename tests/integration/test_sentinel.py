@@ -13,19 +13,12 @@ import hiredis
 import pytest
 import redis
 
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    SentinelGroup,
-    Writer,
-    encode,
-    free_port,
-    native_config,
-    poll_until,
-    sentinel_pool_yaml,
-)
+from tests.integration.harness.clients import RawClient, Writer, encode
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.proxyproc import ResProxy, start_sentinel_proxy
+from tests.integration.harness.sentinel import SentinelGroup
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 TIMEOUT_MS = 3000
 CLIENT_TIMEOUT_S = 10.0
@@ -33,26 +26,23 @@ CLIENT_TIMEOUT_S = 10.0
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[SentinelGroup]:
-    g = SentinelGroup("sessions").start()
-    try:
+    with SentinelGroup("sessions").start() as g:
         yield g
-    finally:
-        g.cleanup()
 
 
 @pytest.fixture(scope="module")
 def proxy(group: SentinelGroup) -> Iterator[ResProxy]:
-    port, mport = free_port(), free_port()
-    config = native_config(sentinel_pool_yaml("sessions", group, port, timeout=TIMEOUT_MS, preconnect="true"))
-    p = ResProxy(config + f"metrics:\n  listen: 127.0.0.1:{mport}\n").start()
-    p.port, p.mport = port, mport
-    try:
+    with start_sentinel_proxy(group, "sessions", metrics=True, timeout=TIMEOUT_MS, preconnect=True) as p:
         yield p
-    finally:
-        p.cleanup()
 
 
-def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[list[Writer], float, float]:
+Error = tuple[float, float, str]
+
+
+def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[list[Writer], list[Error]]:
+    """Four writers through the proxy while the master fails over (``manual``) or is killed;
+    the writers and their errors, every one of which came while the proxy switched and none a
+    client's timeout."""
     old_port = group.current_master_port()
     stop = threading.Event()
     writers = [Writer(proxy.port, f"s:{trigger}{i}", stop) for i in range(4)]
@@ -66,7 +56,7 @@ def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[
         else:
             group.by_port(old_port).kill()
         poll_until(lambda: group.current_master_port() != old_port, "sentinels switched", 60, 0.1)
-        new = group.by_port(group.current_master_port())
+        new = group.current_master()
         probe = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)
 
         def proxy_writes_to_new_master() -> bool:
@@ -86,29 +76,27 @@ def _run_failover(proxy: ResProxy, group: SentinelGroup, trigger: str) -> tuple[
         for w in writers:
             w.join(timeout=30)
     assert not any(w.is_alive() for w in writers)
-    return writers, started, switched
+    errors = [e for w in writers for e in w.errors]
+    assert not [e for w in writers for e in w.errors_outside(started, switched)], errors[:5]
+    assert not any("Timeout" in text for _, _, text in errors), errors[:5]
+    return writers, errors
 
 
 def test_keys_go_to_the_master_sentinel_names(proxy: ResProxy, group: SentinelGroup) -> None:
     client = redis.Redis(port=proxy.port, socket_timeout=CLIENT_TIMEOUT_S)
     assert client.set("session:one", "x", ex=60)
     assert 0 < client.ttl("session:one") <= 60
-    master = group.by_port(group.current_master_port())
+    master = group.current_master()
     assert master.call("ROLE")[0] == b"master"
     assert master.call("GET", "session:one") == b"x"
     client.close()
 
 
 def test_replica_reads_from_the_sentinels_replica(group: SentinelGroup) -> None:
-    port = free_port()
-    config = native_config(
-        sentinel_pool_yaml("sessions", group, port, read_from="replica", timeout=TIMEOUT_MS)
-    )
-    p = ResProxy(config).start()
-    try:
-        master = group.by_port(group.current_master_port())
+    with start_sentinel_proxy(group, "sessions", read_from="replica", timeout=TIMEOUT_MS) as p:
+        master = group.current_master()
         replica = next(n for n in group.nodes() if n is not master)
-        client = redis.Redis(port=port, socket_timeout=CLIENT_TIMEOUT_S)
+        client = redis.Redis(port=p.port, socket_timeout=CLIENT_TIMEOUT_S)
         assert client.set("session:rr", "r")
         assert master.call("WAIT", 1, 5000) == 1
         gets = (master.cmdstat("get"), replica.cmdstat("get"))
@@ -117,19 +105,14 @@ def test_replica_reads_from_the_sentinels_replica(group: SentinelGroup) -> None:
         assert replica.cmdstat("get") - gets[1] == 10
         assert master.cmdstat("get") == gets[0]
         client.close()
-    finally:
-        p.cleanup()
 
 
 def test_manual_failover_under_load_loses_no_acknowledged_write(
     proxy: ResProxy, group: SentinelGroup
 ) -> None:
-    writers, started, switched = _run_failover(proxy, group, "manual")
-    errors = [e for w in writers for e in w.errors]
-    assert not [e for w in writers for e in w.errors_outside(started, switched)], errors[:5]
-    assert not any("Timeout" in text for _, _, text in errors), errors[:5]
-    new = group.by_port(group.current_master_port())
-    samples = Metrics(proxy.mport)
+    writers, _ = _run_failover(proxy, group, "manual")
+    new = group.current_master()
+    samples = Metrics(proxy.metrics_port)
     assert samples.total("resproxy_sentinel_switches_total") >= 1
     assert samples.total("resproxy_sentinel_holds_total") >= 1
     assert samples.total("resproxy_sentinel_master_known") == 1
@@ -139,10 +122,7 @@ def test_manual_failover_under_load_loses_no_acknowledged_write(
 
 
 def _blocked_clients(node: RedisServer) -> int:
-    for line in node.call("INFO", "clients").decode().splitlines():
-        if line.startswith("blocked_clients:"):
-            return int(line.split(":")[1])
-    raise LookupError("blocked_clients")
+    return int(node.info("clients")["blocked_clients"])
 
 
 def test_blocked_pop_on_the_old_master_gets_an_error_at_failover(
@@ -150,7 +130,7 @@ def test_blocked_pop_on_the_old_master_gets_an_error_at_failover(
 ) -> None:
     # before the kill test, which leaves one data node dead; ends settled, as the manual one
     group.wait_settled()
-    old = group.by_port(group.current_master_port())
+    old = group.current_master()
     key, item = "session:blocked", "after-failover"
     assert old.call("DEL", key) is not None
     with RawClient(proxy.port, timeout_s=CLIENT_TIMEOUT_S) as client:
@@ -168,7 +148,7 @@ def test_blocked_pop_on_the_old_master_gets_an_error_at_failover(
         text = str(reply)
         assert "connection lost" in text or text.startswith("UNBLOCKED"), (text, proxy.log())
         poll_until(lambda: group.current_master_port() != old.port, "sentinels switched", 60, 0.1)
-        new = group.by_port(group.current_master_port())
+        new = group.current_master()
         assert new is not old
 
         def proxy_writes_to_new_master() -> bool:
@@ -190,9 +170,6 @@ def test_blocked_pop_on_the_old_master_gets_an_error_at_failover(
 def test_master_killed_under_load_errors_only_in_the_switch_window(
     proxy: ResProxy, group: SentinelGroup
 ) -> None:
-    writers, started, switched = _run_failover(proxy, group, "kill")
-    errors = [e for w in writers for e in w.errors]
     # errors (if any) only between the kill and resproxy writing to the new master, each prompt
-    assert not [e for w in writers for e in w.errors_outside(started, switched)], errors[:5]
-    assert not any("Timeout" in text for _, _, text in errors), errors[:5]
+    _, errors = _run_failover(proxy, group, "kill")
     assert all(took < TIMEOUT_MS / 1000.0 + 1.0 for _, took, _ in errors)

@@ -36,20 +36,11 @@ import pytest
 import redis
 
 from proxy.sentinel import REFRESH_S
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisServer,
-    ResProxy,
-    Sentinel,
-    SentinelGroup,
-    Writer,
-    free_port,
-    http_get,
-    native_config,
-    poll_until,
-    sentinel_pool_yaml,
-)
+from tests.integration.harness.clients import RawClient, Writer, client_list
+from tests.integration.harness.metrics import Metrics, http_get
+from tests.integration.harness.proxyproc import ResProxy, start_sentinel_proxy
+from tests.integration.harness.sentinel import Sentinel, SentinelGroup
+from tests.integration.harness.waiting import poll_until
 
 SENTINEL_PW = "sentinel-pw-1"
 REDIS_PW = "redis-pw-1"
@@ -80,8 +71,7 @@ class PasswordSentinel(Sentinel):
 
     def clients(self) -> list[dict[str, str]]:
         """CLIENT LIST, one dict per connection."""
-        text = self.call("CLIENT", "LIST").decode()
-        return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in text.splitlines()]
+        return client_list(self.call("CLIENT", "LIST"))
 
 
 class PasswordSentinelGroup(SentinelGroup):
@@ -89,9 +79,6 @@ class PasswordSentinelGroup(SentinelGroup):
 
     def __init__(self, name: str) -> None:
         super().__init__(name, password=REDIS_PW, sentinel=PasswordSentinel)
-
-    def current_master(self) -> RedisServer:
-        return self.by_port(self.current_master_port())
 
     def password_sentinels(self) -> list[PasswordSentinel]:
         return [s for s in self.sentinels if isinstance(s, PasswordSentinel)]
@@ -103,31 +90,13 @@ def start_proxy(
     redis_auth: str | None,
     timeout_ms: int = TIMEOUT_MS,
 ) -> ResProxy:
-    """resproxy with one sentinel pool on a free port (``.port``), /metrics on ``.mport``."""
-    port, mport = free_port(), free_port()
-    keys: dict[str, object] = {"timeout": timeout_ms, "preconnect": "true"}
+    """resproxy with one sentinel pool on a free port (``.port``), /metrics on ``.metrics_port``."""
+    keys: dict[str, object] = {"timeout": timeout_ms, "preconnect": True}
     if sentinel_auth is not None:
         keys["sentinel_auth"] = sentinel_auth
     if redis_auth is not None:
         keys["redis_auth"] = redis_auth
-    config = native_config(sentinel_pool_yaml(POOL, group, port, **keys))
-    p = ResProxy(config + f"metrics:\n  listen: 127.0.0.1:{mport}\n").start()
-    p.port, p.mport = port, mport
-    try:
-        # the ready line is logged when the fronts listen, just before /metrics opens
-        poll_until(lambda: http_get(mport, "/healthz")[0] in (200, 503), "/healthz answers", 10)
-    except BaseException:
-        p.cleanup()
-        raise
-    return p
-
-
-def role_calls(node: RedisServer) -> int:
-    """How many ROLE commands ``node`` ran (INFO commandstats; refused ones are not counted)."""
-    for line in node.call("INFO", "commandstats", password=REDIS_PW).decode().splitlines():
-        if line.startswith("cmdstat_role:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
+    return start_sentinel_proxy(group, POOL, metrics=True, **keys)
 
 
 def last_client_id(sentinel: PasswordSentinel) -> int:
@@ -145,22 +114,15 @@ def subscribers_since(sentinel: PasswordSentinel, last_id: int) -> tuple[int, in
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[PasswordSentinelGroup]:
-    g = PasswordSentinelGroup(NAME)
-    g.start()
-    try:
+    with PasswordSentinelGroup(NAME).start() as g:
         yield g
-    finally:
-        g.cleanup()
 
 
 @pytest.fixture(scope="module")
 def proxy(group: PasswordSentinelGroup) -> Iterator[ResProxy]:
     """The right passwords for both the sentinels and the data nodes."""
-    p = start_proxy(group, SENTINEL_PW, REDIS_PW)
-    try:
+    with start_proxy(group, SENTINEL_PW, REDIS_PW) as p:
         yield p
-    finally:
-        p.cleanup()
 
 
 def test_passwords_are_required_by_the_sentinels_and_the_data_nodes(
@@ -193,15 +155,15 @@ def test_sentinel_auth_finds_the_master_and_serves_it(proxy: ResProxy, group: Pa
         values = master.call("MGET", *keys, password=REDIS_PW)
         assert values == [v.encode() for v in keys.values()]
     # the proxy's RESP3 connection on the master (nothing else here speaks RESP3 to it) ran them
-    lines = master.call("CLIENT", "LIST", password=REDIS_PW).decode().splitlines()
-    assert any(" resp=3" in line and " cmd=mget " in line for line in lines), lines
+    connections = master.clients(password=REDIS_PW)
+    assert any(c.get("resp") == "3" and c.get("cmd") == "mget" for c in connections), connections
     # redis_auth is also the password clients give the proxy
     with RawClient(port) as raw:
         refused = raw.call("GET", "auth:0")
         assert isinstance(refused, hiredis.ReplyError) and str(refused).startswith("NOAUTH")
-    status, body = http_get(proxy.mport, "/healthz")
+    status, body = http_get(proxy.metrics_port, "/healthz")
     assert status == 200, body
-    assert Metrics(proxy.mport).value("resproxy_sentinel_master_known", pool=POOL) == 1
+    assert Metrics(proxy.metrics_port).value("resproxy_sentinel_master_known", pool=POOL) == 1
     # the proxy's watch connection on every sentinel got past AUTH: subscribed to both channels
     for sentinel in group.password_sentinels():
         poll_until(
@@ -215,7 +177,7 @@ def _assert_not_served(p: ResProxy, group: PasswordSentinelGroup, password: str 
     """Every key gets ``no master known`` promptly (also after more discovery rounds); 503;
     the log says who refused and how."""
     port: int = p.port
-    mport: int = p.mport
+    mport: int = p.metrics_port
     assert "servers not known yet; listening anyway" in p.log()
     assert re.search(r"no sentinel named a live master .*last refusal: .*: (NOAUTH|WRONGPASS)", p.log()), (
         p.log()
@@ -259,8 +221,7 @@ def test_without_the_sentinels_password_the_pool_answers_no_master_known(
     sentinels = group.password_sentinels()
     last_ids = [last_client_id(s) for s in sentinels]
     started = time.monotonic()
-    p = start_proxy(group, sentinel_auth, REDIS_PW, timeout_ms=REFUSED_TIMEOUT_MS)
-    try:
+    with start_proxy(group, sentinel_auth, REDIS_PW, timeout_ms=REFUSED_TIMEOUT_MS) as p:
         # it listens after waiting its timeout for a master, not sooner, not much later
         assert REFUSED_TIMEOUT_MS / 1000.0 <= time.monotonic() - started < 10.0
         _assert_not_served(p, group, REDIS_PW)
@@ -273,8 +234,6 @@ def test_without_the_sentinels_password_the_pool_answers_no_master_known(
                 10,
             )
             assert subscribers_since(s, last_id)[0] == 0
-    finally:
-        p.cleanup()
 
 
 @pytest.mark.parametrize("redis_auth", ["not-the-password", None], ids=["wrong", "missing"])
@@ -282,19 +241,16 @@ def test_without_the_masters_password_the_pool_answers_no_master_known(
     group: PasswordSentinelGroup, redis_auth: str | None
 ) -> None:
     started = time.monotonic()
-    p = start_proxy(group, SENTINEL_PW, redis_auth, timeout_ms=REFUSED_TIMEOUT_MS)
-    try:
+    with start_proxy(group, SENTINEL_PW, redis_auth, timeout_ms=REFUSED_TIMEOUT_MS) as p:
         assert REFUSED_TIMEOUT_MS / 1000.0 <= time.monotonic() - started < 10.0
         _assert_not_served(p, group, redis_auth)
-    finally:
-        p.cleanup()
 
 
 def test_failover_through_authenticated_sentinels_is_followed(
     proxy: ResProxy, group: PasswordSentinelGroup
 ) -> None:
     port: int = proxy.port
-    mport: int = proxy.mport
+    mport: int = proxy.metrics_port
     old = group.current_master()
     first = Metrics(mport)
     holds = first.value("resproxy_sentinel_holds_total", pool=POOL)
@@ -308,8 +264,12 @@ def test_failover_through_authenticated_sentinels_is_followed(
         # ROLE check of the master) lands ~0.25 s into the hold (which lasts ~0.3-1.2 s): it
         # finds the old master still named and still "master" to ROLE, and must not end the
         # hold, or writes acknowledged after the promotion are lost on the old master.
-        roles = role_calls(old)
-        poll_until(lambda: role_calls(old) > roles, "the pool's periodic ROLE check", REFRESH_S + 5, 0.02)
+        roles = old.cmdstat("role", password=REDIS_PW)  # (refused ones are not counted)
+
+        def role_checked() -> bool:
+            return old.cmdstat("role", password=REDIS_PW) > roles
+
+        poll_until(role_checked, "the pool's periodic ROLE check", REFRESH_S + 5, 0.02)
         time.sleep(REFRESH_S - 0.25)  # aiming a fault at a moment, not waiting for an event
         started = time.monotonic()
         assert group.sentinels[0].call("SENTINEL", "FAILOVER", NAME) == b"OK"

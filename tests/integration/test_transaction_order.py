@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import hiredis
 import pytest
 
-from tests.integration.harness import (
-    RawClient,
-    RedisServer,
-    ResProxy,
-    encode,
-    free_port,
-    native_config,
-    pool_yaml,
-    running_redis_servers,
-)
+from tests.integration.harness.clients import RawClient, encode
+from tests.integration.harness.proxyproc import ResProxy, start_ring_proxy
+from tests.integration.harness.servers import RedisServer, running_redis_servers
 
 Cmd = tuple[Any, ...]
 
@@ -33,14 +26,8 @@ def servers() -> Iterator[list[RedisServer]]:
 
 @pytest.fixture(scope="module")
 def proxy(servers: list[RedisServer]) -> Iterator[ResProxy]:
-    port = free_port()
-    lines = [f"127.0.0.1:{s.port}:1 s{i}" for i, s in enumerate(servers[:2])]
-    started = ResProxy(native_config(pool_yaml("default", port, lines, hash_tag="{}"))).start()
-    started.port = port
-    try:
+    with start_ring_proxy(servers[:2], hash_tag="{}") as started:
         yield started
-    finally:
-        started.cleanup()
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +50,19 @@ def _replies(sock: socket.socket, count: int) -> list[Any]:
         assert data, f"closed after {out}"
         reader.feed(data)
     return out
+
+
+def _at_once(count: int, client: Callable[[int, list[Any]], None]) -> list[Any]:
+    """``client(n, bad)`` for n < ``count``, each in a thread of its own, all at once
+    (bounded); what they found wrong."""
+    bad: list[Any] = []
+    threads = [threading.Thread(target=client, args=(n, bad)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    return bad
 
 
 def _both(proxy: ResProxy, reference: RedisServer, payload: bytes, count: int) -> None:
@@ -118,7 +118,7 @@ def test_commands_after_giving_the_watch_back_see_the_watched_writes(proxy: ResP
     connection): the GET must see the INCR, every time."""
     ends = [tail] if tail != ("MULTI",) else [("MULTI",), ("DISCARD",)]
 
-    def client(n: int, bad: list[tuple[int, list[Any]]]) -> None:
+    def client(n: int, bad: list[Any]) -> None:
         key = f"{{w{n}}}"
         with socket.create_connection(("127.0.0.1", proxy.port)) as s:
             for i in range(150):
@@ -128,18 +128,11 @@ def test_commands_after_giving_the_watch_back_see_the_watched_writes(proxy: ResP
                 if out[-1] != str(i + 1).encode():
                     bad.append((i, out))
 
-    bad: list[tuple[int, list[Any]]] = []
-    threads = [threading.Thread(target=client, args=(n, bad)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads)
-    assert bad == []
+    assert _at_once(6, client) == []
 
 
 def test_earlier_pipelined_writes_run_before_the_transaction(proxy: ResProxy) -> None:
-    def client(n: int, bad: list[int]) -> None:
+    def client(n: int, bad: list[Any]) -> None:
         key = f"{{p{n}}}"
         with socket.create_connection(("127.0.0.1", proxy.port)) as s:
             for i in range(200):
@@ -148,14 +141,7 @@ def test_earlier_pipelined_writes_run_before_the_transaction(proxy: ResProxy) ->
                 if out[3] != [str(out[0]).encode()]:
                     bad.append(i)
 
-    bad: list[int] = []
-    threads = [threading.Thread(target=client, args=(n, bad)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads)
-    assert bad == []
+    assert _at_once(4, client) == []
 
 
 @pytest.mark.parametrize("bad", [("DISCARD", "x"), ("MULTI", "x"), ("WATCH",), ("EXEC", "x")])
@@ -199,9 +185,7 @@ def test_unwatch_after_the_watch_connection_is_lost_is_ok(
         assert c.call("WATCH", "{u}") == b"OK"
         killed = 0
         for s in servers[:2]:  # the WATCH connection (only it) is killed by its server
-            listing = s.call("CLIENT", "LIST")
-            for line in listing.decode().splitlines():
-                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            for fields in s.clients():
                 if fields.get("cmd") == "watch":
                     killed += s.call("CLIENT", "KILL", "ID", fields["id"])
         assert killed == 1

@@ -13,34 +13,36 @@ commandstats (``cmdstat_multi``, ``cmdstat_set``...).
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import hiredis
 import pytest
 
-from proxy.config import Config, parse
-from proxy.hashing import hash_function, hash_tag_key, key_slot
-from proxy.ring import RingServer, build
-from tests.integration.harness import (
-    Metrics,
-    RawClient,
-    RedisCluster,
-    RedisServer,
-    ResProxy,
-    SentinelGroup,
-    encode,
-    free_port,
-    poll_until,
+from proxy.config import parse
+from proxy.hashing import key_slot
+from tests.integration.harness.clients import RawClient, comparable, encode, error_text
+from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.configs import (
+    MURMUR_RING,
+    listener_yaml,
+    native_config,
+    pool_yaml,
+    route,
     sentinel_pool_yaml,
-    start_redis_servers,
+    server_lines,
 )
+from tests.integration.harness.deployments import running_backends
+from tests.integration.harness.metrics import Metrics
+from tests.integration.harness.placement import ring_port
+from tests.integration.harness.ports import free_port
+from tests.integration.harness.proxyproc import ResProxy
+from tests.integration.harness.sentinel import SentinelGroup
+from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.waiting import poll_until
 
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 RING_NAMES = ("alpha", "beta", "gamma")
@@ -86,9 +88,6 @@ class Client(RawClient):
         self.buf = b""
         self.last_raw = b""
 
-    def __enter__(self) -> Client:
-        return self
-
     def read_raw(self) -> bytes:
         while True:  # each recv is bounded by the socket timeout
             end = _frame_end(self.buf, 0) if self.buf else None
@@ -117,95 +116,54 @@ class Client(RawClient):
         return [self.read_raw() for _ in commands]
 
 
-def err(reply: Any) -> str:
-    assert isinstance(reply, hiredis.ReplyError), f"expected an error reply, got {reply!r}"
-    return str(reply)
-
-
-def _norm(reply: Any) -> Any:
-    """A decoded reply comparable with ==, errors included."""
-    if isinstance(reply, hiredis.ReplyError):
-        return ("error", str(reply))
-    if isinstance(reply, list):
-        return [_norm(r) for r in reply]
-    return reply
-
-
 # --- the deployments -----------------------------------------------------------------------
 
 
 class Stack:
-    def __init__(self) -> None:
-        self.ring: list[RedisServer] = []
-        self.solo: RedisServer | None = None
-        self.reference: RedisServer | None = None
-        self.cluster: RedisCluster | None = None
-        self.group: SentinelGroup | None = None
-        self.proxy: ResProxy | None = None
-        self.ring_port = self.cluster_port = self.sentinel_port = self.edge_port = 0
-        self.metrics_port = 0
-        self.text = ""
-        self.config: Config | None = None
+    """The module's deployments and the resproxy in front of them (not started yet)."""
 
-    # typed accessors (the fixture sets every one)
-    @property
-    def p(self) -> ResProxy:
-        assert self.proxy is not None
-        return self.proxy
-
-    @property
-    def c(self) -> RedisCluster:
-        assert self.cluster is not None
-        return self.cluster
-
-    @property
-    def g(self) -> SentinelGroup:
-        assert self.group is not None
-        return self.group
-
-    @property
-    def one(self) -> RedisServer:
-        assert self.solo is not None
-        return self.solo
-
-    @property
-    def ref(self) -> RedisServer:
-        assert self.reference is not None
-        return self.reference
-
-    def master(self) -> RedisServer:
-        return self.g.by_port(self.g.current_master_port())
+    def __init__(self, servers: list[RedisServer], cluster: RedisCluster, group: SentinelGroup) -> None:
+        *self.ring, self.one, self.ref = servers  # the ring's, the solo pool's, the reference
+        self.c, self.g = cluster, group
+        self.ring_port, self.cluster_port, self.sentinel_port = free_port(), free_port(), free_port()
+        self.edge_port, self.metrics_port = free_port(), free_port()
+        self.text = self.render()
+        self.config = parse(self.text)
+        self.p = ResProxy(self.text, metrics_port=self.metrics_port)
 
     def render(self, ring_timeout_ms: int = 1000) -> str:
-        ring = "".join(f"      - 127.0.0.1:{s.port}:1 {name}\n" for s, name in zip(self.ring, RING_NAMES))
-        seeds = "".join(f"      - {n}\n" for n in self.c.seeds())
-        return (
-            "pools:\n"
-            f"  ring:\n    listen: 127.0.0.1:{self.ring_port}\n    hash: murmur\n"
-            f'    distribution: ketama\n    hash_tag: "{{}}"\n    timeout: {ring_timeout_ms}\n'
-            "    servers:\n"
-            + ring
-            + f"  solo:\n    timeout: 2000\n    servers:\n      - 127.0.0.1:{self.one.port}:1 solo\n"
-            + f"  cluster:\n    listen: 127.0.0.1:{self.cluster_port}\n    distribution: cluster\n"
-            + "    timeout: 2000\n    cluster_refresh_interval: 60000\n    servers:\n"
-            + seeds
-            + sentinel_pool_yaml("sessions", self.g, self.sentinel_port, timeout=3000)
-            + f"listeners:\n  edge:\n    listen: 127.0.0.1:{self.edge_port}\n"
-            + "    default_pool: solo\n    routes:\n"
-            + '      - {prefix: "cart:", pool: ring}\n'
-            + '      - {prefix: "sess:", pool: solo}\n'
-            + f"metrics:\n  listen: 127.0.0.1:{self.metrics_port}\n"
+        ring = server_lines(self.ring, RING_NAMES)
+        return native_config(
+            pool_yaml("ring", self.ring_port, ring, **MURMUR_RING, timeout=ring_timeout_ms),
+            pool_yaml("solo", None, server_lines([self.one], ["solo"]), timeout=2000),
+            pool_yaml(
+                "cluster",
+                self.cluster_port,
+                self.c.seeds(),
+                distribution="cluster",
+                timeout=2000,
+                cluster_refresh_interval=60000,
+            ),
+            sentinel_pool_yaml("sessions", self.g, self.sentinel_port, timeout=3000),
+            listeners=[
+                listener_yaml(
+                    "edge",
+                    self.edge_port,
+                    route("cart:", "ring"),
+                    route("sess:", "solo"),
+                    default_pool="solo",
+                )
+            ],
+            metrics_port=self.metrics_port,
         )
+
+    def master(self) -> RedisServer:
+        return self.g.current_master()
 
     def ring_owner(self, key: str) -> RedisServer:
         """The ring server the ring pool puts ``key`` on (twemproxy's rule, from the config)."""
-        assert self.config is not None
-        pc = next(p for p in self.config.pools if p.name == "ring")
-        servers = sorted(pc.servers, key=lambda s: (len(s.name.encode()), s.name.encode()))
-        continuum = build(pc.distribution, [RingServer(i, s.name, s.weight) for i, s in enumerate(servers)])
-        hashed = hash_tag_key(key.encode(), pc.hash_tag)
-        port = servers[continuum.dispatch(hash_function(pc.hash)(hashed) if hashed else 0)]
-        return next(s for s in self.ring if s.port == port.address.port)
+        port = ring_port(self.config, "ring", key.encode())
+        return next(s for s in self.ring if s.port == port)
 
     def ring_name(self, server: RedisServer) -> str:
         return RING_NAMES[self.ring.index(server)]
@@ -216,49 +174,14 @@ class Stack:
     def every_data_node(self) -> list[RedisServer]:
         return [*self.ring, self.one, *self.c.masters(), self.master()]
 
-    def cleanup(self) -> None:
-        if self.proxy is not None:
-            self.proxy.cleanup()
-        for s in [*self.ring, *(x for x in (self.solo, self.reference) if x is not None)]:
-            s.cleanup()
-        if self.cluster is not None:
-            self.cluster.cleanup()
-        if self.group is not None:
-            self.group.cleanup()
-
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    st = Stack()
-    try:
-        # the three deployments start in parallel (the cluster and the sentinels take seconds)
-        with ThreadPoolExecutor(3) as pool:
-            plain = pool.submit(start_redis_servers, 5)
-            cluster = pool.submit(lambda: RedisCluster(masters=3, replicas=0).start())
-            group = pool.submit(lambda: SentinelGroup("txsessions").start())
-            failures: list[BaseException] = []
-            try:
-                *st.ring, st.solo, st.reference = plain.result()
-            except BaseException as exc:  # the others are still collected, to be stopped
-                failures.append(exc)
-            try:
-                st.cluster = cluster.result()
-            except BaseException as exc:
-                failures.append(exc)
-            try:
-                st.group = group.result()
-            except BaseException as exc:
-                failures.append(exc)
-        if failures:
-            raise failures[0]
-        st.ring_port, st.cluster_port, st.sentinel_port = free_port(), free_port(), free_port()
-        st.edge_port, st.metrics_port = free_port(), free_port()
-        st.text = st.render()
-        st.config = parse(st.text)
-        st.proxy = ResProxy(st.text).start(pools=4)  # ring, cluster, sessions, edge
-        yield st
-    finally:
-        st.cleanup()
+    cluster, group = RedisCluster(masters=3, replicas=0), SentinelGroup("txsessions")
+    with running_backends(5, cluster, group) as plain:  # in parallel: the cluster and the
+        st = Stack(plain, cluster, group)  # sentinels take seconds
+        with st.p.start(pools=4):  # ring, cluster, sessions, edge
+            yield st
 
 
 @pytest.fixture()
@@ -338,7 +261,7 @@ def names(text: str, *alternatives: str) -> bool:
 def run(port: int, commands: Sequence[Cmd]) -> list[Any]:
     """The commands one by one on a new connection; normalised replies."""
     with Client(port) as c:
-        return [_norm(c.call(*cmd)) for cmd in commands]
+        return [comparable(c.call(*cmd)) for cmd in commands]
 
 
 # --- the basics ----------------------------------------------------------------------------
@@ -486,8 +409,8 @@ def test_keyspace_wide_command_inside_multi_aborts(st: Stack) -> None:
         with Client(pl.port) as c:
             assert c.call("MULTI") == b"OK"
             assert c.call("SET", key, "1") == b"QUEUED"
-            assert err(c.call(*command)).startswith("ERR "), command
-            assert err(c.call("EXEC")) == EXECABORT
+            assert error_text(c.call(*command)).startswith("ERR "), command
+            assert error_text(c.call("EXEC")) == EXECABORT
             assert c.call("PING") == b"PONG"
         assert holders(st.ring, key) == []
         assert cmdstats(st.ring) == before, command
@@ -509,13 +432,13 @@ def _assert_refused_whole(
     assert c.call("MULTI") == b"OK"
     for cmd in queued:
         assert c.call(*cmd) == b"QUEUED", cmd
-    text = err(c.call(*crossing))
+    text = error_text(c.call(*crossing))
     assert text.startswith("CROSSSLOT"), text
     assert names(text, *places[0]) and names(text, *places[1]), (text, places)
     assert any(h in text.lower() for h in hint), text
     assert c.call("SET", keys[0], "after-the-error") == b"QUEUED"  # still inside MULTI
     assert c.raw("EXEC") == b"-" + EXECABORT.encode() + b"\r\n"
-    assert err(c.call("EXEC")) == "ERR EXEC without MULTI"  # the transaction is over
+    assert error_text(c.call("EXEC")) == "ERR EXEC without MULTI"  # the transaction is over
     assert holders(nodes, *keys) == []
     assert cmdstats(nodes) == before  # not one MULTI, SET, INCR or EXEC reached a server
 
@@ -619,10 +542,10 @@ def test_watched_key_picks_the_server_for_the_transaction(st: Stack) -> None:
     with Client(st.ring_port) as c:
         assert c.call("WATCH", kw) == b"OK"
         assert c.call("MULTI") == b"OK"
-        text = err(c.call("SET", kb, "1"))
+        text = error_text(c.call("SET", kb, "1"))
         assert text.startswith("CROSSSLOT") and names(text, st.ring_name(sb), f"127.0.0.1:{sb.port}")
         assert names(text, st.ring_name(sa), f"127.0.0.1:{sa.port}"), text
-        assert err(c.call("EXEC")) == EXECABORT
+        assert error_text(c.call("EXEC")) == EXECABORT
     assert holders(st.ring, kb) == []
     assert cmdstats(st.ring) == before
 
@@ -672,14 +595,9 @@ def test_unwatch_and_discard_forget_the_watch(st: Stack, kind: str) -> None:
 # --- clients that go away ------------------------------------------------------------------
 
 
-def _client_list(server: RedisServer) -> list[dict[str, str]]:
-    text = server.call("CLIENT", "LIST").decode()
-    return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in text.splitlines()]
-
-
 def _no_multi_state(server: RedisServer) -> bool:
     """No connection of ``server`` is inside MULTI (flags x)."""
-    return not any("x" in r.get("flags", "") for r in _client_list(server))
+    return not any("x" in r.get("flags", "") for r in server.clients())
 
 
 def _proxy_clients(st: Stack, pool: str) -> float:
@@ -715,7 +633,7 @@ def test_client_gone_while_watching_leaves_nothing(st: Stack) -> None:
     key = pl.key("dw", "k")
 
     def watching_now() -> set[str]:
-        return {r["id"] for r in _client_list(pl.owner) if r.get("cmd") == "watch"}
+        return {r["id"] for r in pl.owner.clients() if r.get("cmd") == "watch"}
 
     earlier = watching_now()
     gone = Client(pl.port)
@@ -723,7 +641,7 @@ def test_client_gone_while_watching_leaves_nothing(st: Stack) -> None:
     connected = _proxy_clients(st, "ring")
     # WATCH went to the key's server at once, on a connection of that client's own
     watching = watching_now() - earlier
-    assert len(watching) == 1, _client_list(pl.owner)
+    assert len(watching) == 1, pl.owner.clients()
     assert gone.call("MULTI") == b"OK"
     assert gone.call("SET", key, "mine") == b"QUEUED"
     gone.close()
@@ -823,25 +741,8 @@ def test_concurrent_transactions_on_one_key(st: Stack, kind: str) -> None:
 
 
 def _reload(st: Stack, ring_timeout_ms: int) -> None:
-    """Rewrite the config (the ring pool's timeout changes) and SIGHUP; await the counter."""
-    metrics = Metrics(st.metrics_port)
-    before = metrics.value("resproxy_config_reloads_total") + metrics.value(
-        "resproxy_config_reload_failures_total"
-    )
-    text = st.render(ring_timeout_ms)
-    tmp = st.p.config_path + ".new"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, st.p.config_path)
-    st.p.send_signal(signal.SIGHUP)
-
-    def handled() -> bool:
-        m = Metrics(st.metrics_port)
-        return (
-            m.value("resproxy_config_reloads_total") + m.value("resproxy_config_reload_failures_total")
-        ) > before
-
-    poll_until(handled, "reload handled", RELOAD_TIMEOUT_S)
+    """Rewrite the config (the ring pool's timeout changes) and SIGHUP; await its outcome."""
+    assert st.p.reload(st.render(ring_timeout_ms), RELOAD_TIMEOUT_S), st.p.log()[-3000:]
     last = Metrics(st.metrics_port).value("resproxy_config_last_reload_successful")
     assert last == 1, st.p.log()[-3000:]
 
@@ -874,7 +775,7 @@ def test_reload_between_multi_and_exec(st: Stack) -> None:
             _applied_or_clean(wreply, [b"OK"], pl.owner, [wk], [b"w"])
             reply = c.call("EXEC")
             _applied_or_clean(reply, [b"OK", 1, b"OK"], pl.owner, [a, n, b], [b"1", b"1", b"2"])
-            outcomes.append(f"step {step}: {_norm(reply)!r} / watcher {_norm(wreply)!r}")
+            outcomes.append(f"step {step}: {comparable(reply)!r} / watcher {comparable(wreply)!r}")
             for s in pl.others:
                 assert holders([s], a, n, b, wk) == []
             # the held connections carry on
@@ -897,16 +798,8 @@ def test_reload_between_multi_and_exec(st: Stack) -> None:
 # --- cluster slots moving under a transaction ----------------------------------------------
 
 
-def _setslot_everywhere(cluster: RedisCluster, slot: int, owner: RedisServer) -> None:
-    owner_id = cluster.node_id(owner)
-    owner.call("CLUSTER", "SETSLOT", str(slot), "NODE", owner_id)
-    for node in cluster.alive_nodes():
-        if node is not owner:
-            node.call("CLUSTER", "SETSLOT", str(slot), "NODE", owner_id)
-
-
 def _is_retry_abort(reply: Any) -> bool:
-    text = err(reply)
+    text = error_text(reply)
     assert text.startswith("EXECABORT") and "retry" in text.lower(), text
     return True
 
@@ -941,12 +834,9 @@ def test_cluster_slot_moved_between_queuing_and_exec(st: Stack) -> None:
         assert c.call("INCR", "{mv}a") == b"QUEUED"
         assert c.call("SET", "{mv}b", "new") == b"QUEUED"
         # the slot moves, keys and all; the proxy is not told (no refresh for 60 s)
-        target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", st.c.node_id(source))
-        source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", st.c.node_id(target))
-        assert (
-            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{mv}a") == b"OK"
-        )
-        _setslot_everywhere(st.c, slot, target)
+        st.c.begin_migration(slot, source, target)
+        assert st.c.migrate(source, target, "{mv}a") == b"OK"
+        st.c.set_slot_owner(slot, target)
         assert _is_retry_abort(c.call("EXEC"))
         assert c.call("PING") == b"PONG"
     st.c.wait_healthy()
@@ -966,12 +856,8 @@ def test_cluster_slot_migrating_ask_between_queuing_and_exec(st: Stack) -> None:
         assert c.call("SET", "{ask}new", "v") == b"QUEUED"
         assert c.call("INCR", "{ask}old") == b"QUEUED"
         # the slot starts migrating and {ask}old leaves: the source answers ASK for both keys
-        target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", st.c.node_id(source))
-        source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", st.c.node_id(target))
-        assert (
-            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "{ask}old")
-            == b"OK"
-        )
+        st.c.begin_migration(slot, source, target)
+        assert st.c.migrate(source, target, "{ask}old") == b"OK"
         assert _is_retry_abort(c.call("EXEC"))
     with RawClient(target.port) as t:  # nothing applied on the target either
         assert t.pipeline([("ASKING",), ("GET", "{ask}old"), ("ASKING",), ("EXISTS", "{ask}new")]) == [
@@ -981,7 +867,7 @@ def test_cluster_slot_migrating_ask_between_queuing_and_exec(st: Stack) -> None:
             0,
         ]
     assert holders([source], "{ask}new", "{ask}old") == []
-    _setslot_everywhere(st.c, slot, target)  # the migration ends
+    st.c.set_slot_owner(slot, target)  # the migration ends
     st.c.wait_healthy()
     _retry_until_done(st.cluster_port, [("SET", "{ask}new", "v"), ("INCR", "{ask}old")], [b"OK", 2])
     assert target.call("MGET", "{ask}new", "{ask}old") == [b"v", b"2"]
