@@ -317,7 +317,13 @@ class ClientConnection(asyncio.Protocol):
                         else:
                             if strips:  # a router's strip_prefix: the pool sees its own key
                                 raw = self._stripped(args, [1])
-                            send_to(server, raw, slot, resp3, lane)
+                            # target.send_to, inlined on purpose: the call costs ~500
+                            # instructions per GET at -P 16 (callgrind: 11,729 vs 11,229)
+                            direct = server.direct
+                            if direct is not None and not resp3:
+                                direct(raw, slot)
+                            else:
+                                server.send(raw, slot, resp3=resp3, lane=lane)
                         continue
                 elif plain and (spec := fanout.get(args[0])) is not None and len(args) > 1:
                     args[0] = spec.name
