@@ -14,7 +14,7 @@ import uvloop
 
 from proxy import __version__
 from proxy.config import ConfigError, ConfigUnreadable, load, with_metrics
-from proxy.server import serve
+from proxy.server import check_tls, serve
 
 log = logging.getLogger("proxy")
 
@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:  # (the option's fault, not the file's)
             print(f"resproxy: {exc}", file=sys.stderr)
             return 1
+    try:
+        check_tls(config)  # certificates and keys load (before -t says ok, or we start)
+    except ConfigError as exc:
+        print(f"resproxy: configuration file '{args.conf_file}' is invalid: {exc}", file=sys.stderr)
+        return 1
     if args.test_conf:
         print(f"resproxy: configuration file '{args.conf_file}' syntax is ok")
         return 0

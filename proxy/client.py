@@ -30,11 +30,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from proxy import blocking, errors, keyspace, local
+from proxy import acl, blocking, errors, keyspace, local
 from proxy.budget import Budget
 from proxy.commands import (
     CommandSpec,
@@ -134,7 +134,7 @@ class ClientConnection(asyncio.Protocol):
         # on_flushed is set only while reading is paused or the client is closing: the
         # common flush then costs no extra call
         self._transport: asyncio.Transport | None = None
-        self.auth = local.Auth(pool.config.redis_auth)
+        self.auth = local.Auth(acl.users_of(pool.config.redis_auth, pool.config.users))
         self._parser = RequestParser(authenticated=self.auth.ok)
         self.peer = "-"
         # bytes this client holds that count against the budget: unframed request bytes, and
@@ -165,7 +165,7 @@ class ClientConnection(asyncio.Protocol):
         self._blocked: blocking.Blocked | None = None  # a blocking command, while it waits
         self._subscriber: Subscriber | None = None  # its subscriptions, once it subscribes
         self._monitor: Monitor | None = None  # MONITOR's server connections, while it lasts
-        self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
+        self._fast_keys, self._fast_fanout = self._fast_tables()
         self.created = self.last_read = self._clock()
         self.last_command = ""  # CLIENT LIST's cmd=
         self.addr = self.laddr = "-"
@@ -206,7 +206,7 @@ class ClientConnection(asyncio.Protocol):
         self._pool = pool
         self._rows = pool.stats.commands
         self.queue.stats = pool.stats
-        self._fast_keys, self._fast_fanout = without(pool.config.deny_commands)
+        self._fast_keys, self._fast_fanout = self._fast_tables()
         if self._subscriber is not None:
             self._subscriber.repin()  # channels the reload moved follow it
         if self._blocked is not None:
@@ -416,6 +416,14 @@ class ClientConnection(asyncio.Protocol):
     def _row(self, label: str) -> CommandStats:
         return self._pool.stats.command(label)
 
+    def _fast_tables(self) -> tuple[Mapping[bytes, CommandSpec], Mapping[bytes, CommandSpec]]:
+        """What the fast path serves: none of it for a user with limited rights (every command
+        of theirs is checked on the slow path), the table minus ``deny_commands`` otherwise."""
+        user = self.auth.user
+        if user is not None and not user.unrestricted:
+            return {}, {}
+        return without(self._pool.config.deny_commands)
+
     def _plain(self) -> bool:
         """Whether the fast path may serve this client (authenticated, not in a transaction)."""
         txn = self._txn
@@ -446,12 +454,12 @@ class ClientConnection(asyncio.Protocol):
         if not self.auth.ok and name not in (b"AUTH", b"QUIT", b"HELLO"):
             queue.push_error(errors.NOAUTH)
             return
-        deny = self._pool.config.deny_commands
         txn = self._txn
         if txn is not None and txn.state is TxnState.QUEUING:
             if name not in IMMEDIATE_IN_MULTI:
-                if deny and not isinstance(found, Refusal) and is_denied(found, deny):
-                    txn.abort(errors.denied(found.fullname, self._pool.name))
+                refusal = None if isinstance(found, Refusal) else self._not_allowed(found, args)
+                if refusal is not None:
+                    txn.abort(refusal)
                 else:
                     txn.queue(found, args, raw)
                 return
@@ -462,8 +470,9 @@ class ClientConnection(asyncio.Protocol):
             queue.push_error(found.text)
             return
         spec = found
-        if deny and is_denied(spec, deny):
-            queue.push_error(errors.denied(spec.fullname, self._pool.name))
+        refusal = self._not_allowed(spec, args)
+        if refusal is not None:
+            queue.push_error(refusal)
             return
         sub = self._subscriber
         if sub is not None and sub.active and not self.resp3:
@@ -493,6 +502,24 @@ class ClientConnection(asyncio.Protocol):
             self._fanout(spec, args, raw)
         else:
             self._keyed(spec, args, raw)
+
+    def _not_allowed(self, spec: CommandSpec, args: list[bytes]) -> str | None:
+        """Why this client may not run this command (``deny_commands``, or its user's rights:
+        -NOPERM), or None. Every key of a multi-key command is checked."""
+        deny = self._pool.config.deny_commands
+        if deny and is_denied(spec, deny):
+            return errors.denied(spec.fullname, self._pool.name)
+        user = self.auth.user
+        if user is None or user.unrestricted or "no_auth" in spec.flags:
+            return None
+        try:
+            positions = key_positions(spec, args)
+        except UnroutableKeys:
+            positions = []  # (the command fails on its own with that error)
+        text = acl.check(user, spec.fullname, spec.name, args, positions)
+        if text is not None:
+            self._pool.stats.acl_denials += 1
+        return text
 
     def _transaction(self, spec: CommandSpec, args: list[bytes], raw: bytes) -> None:
         txn = self._txn
@@ -708,10 +735,13 @@ class ClientConnection(asyncio.Protocol):
         """HELLO 2|3: the protocol of this client's replies from now on."""
         self.resp3 = on
 
-    def authenticated(self) -> None:
-        """AUTH or HELLO AUTH succeeded: Redis's unauthenticated request limits are off."""
+    def authenticated(self, user: acl.User) -> None:
+        """AUTH or HELLO AUTH succeeded: this connection is ``user`` from now on, and Redis's
+        unauthenticated request limits are off."""
+        self.auth.user = user
         self.auth.ok = True
         self._parser.authenticated = True
+        self._fast_keys, self._fast_fanout = self._fast_tables()
 
     def close_after_replies(self, reason: str | None = None) -> None:
         """QUIT (reason None), or a limit (``reason`` counted): no more requests are read;

@@ -129,6 +129,8 @@ REFUSED_FLAGS = frozenset({"admin", "pubsub"})
 BLOCK_OPTIONAL = frozenset({b"XREAD", b"XREADGROUP"})
 # Local subcommands of CLIENT; the rest of CLIENT is refused.
 LOCAL_CLIENT_SUBCOMMANDS = frozenset({b"SETNAME", b"GETNAME", b"SETINFO", b"ID", b"INFO", b"LIST", b"KILL"})
+# Local subcommands of ACL (the proxy's users: acl.py); the rest of ACL is refused.
+LOCAL_ACL_SUBCOMMANDS = frozenset({b"WHOAMI", b"CAT"})
 
 
 PUBLISH_SPEC: KeySpec = (("index", 1), ("range", 0, 1, 0), ("not_key",))
@@ -203,6 +205,9 @@ def build_table() -> dict[bytes, CommandSpec]:
                 )
                 if name == b"CLIENT":
                     kind = Kind.LOCAL if sub in LOCAL_CLIENT_SUBCOMMANDS else Kind.REFUSED
+                    child = _replace_kind(child, kind)
+                elif name == b"ACL":
+                    kind = Kind.LOCAL if sub in LOCAL_ACL_SUBCOMMANDS else Kind.REFUSED
                     child = _replace_kind(child, kind)
                 elif name in REFUSED_COMMANDS or (name, sub) in REFUSED_SUBCOMMANDS:
                     child = _replace_kind(child, Kind.REFUSED)

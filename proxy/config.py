@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from proxy import command_data
+from proxy import acl, command_data
+from proxy.security import ServerTlsConfig, TlsConfig, parse_server_tls, parse_tls, parse_users
 
 HASHES = (
     "one_at_a_time",
@@ -44,7 +45,7 @@ READ_FROM = ("master", "replica", "prefer_replica")
 # the cluster, not the proxy, decides when a node is out; a sentinel pool has one master.
 RING_ONLY_KEYS = ("hash", "hash_tag", "auto_eject_hosts", "server_retry_timeout", "server_failure_limit")
 CLUSTER_ONLY_KEYS = ("cluster_refresh_interval",)
-SENTINEL_ONLY_KEYS = ("sentinels", "master_name", "sentinel_auth")
+SENTINEL_ONLY_KEYS = ("sentinels", "master_name", "sentinel_auth", "sentinel_username", "sentinel_tls")
 MIRROR_MODES = ("writes", "all")
 DEFAULT_TIMEOUT_MS = 5000
 KETAMA_DEFAULT_PORT = 11211  # twemproxy leaves this port out of a server's default name
@@ -207,6 +208,10 @@ class PoolConfig:
     dedicated_connections: int = DEFAULT_DEDICATED_CONNECTIONS
     dedicated_idle_timeout_ms: int = 60000  # an idle one (kept for reuse) is closed after it
     allow_monitor: bool = True  # MONITOR through the proxy (every server's stream)
+    redis_username: str | None = None  # with redis_auth: AUTH user pass to the servers
+    tls: TlsConfig | None = None  # clients connect with TLS (listen serves TLS only)
+    server_tls: ServerTlsConfig | None = None  # the proxy connects to the servers with TLS
+    users: tuple[acl.User, ...] = ()  # ACL users clients AUTH as (acl.py); redis_auth: default's
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +248,8 @@ class SentinelPoolConfig(ReplicaPoolConfig):
     sentinels: tuple[Address, ...] = ()
     master_name: str = ""
     sentinel_auth: str | None = None
+    sentinel_username: str | None = None
+    sentinel_tls: ServerTlsConfig | None = None
 
 
 def _defaults(cls: type[PoolConfig]) -> dict[str, Any]:
@@ -277,6 +284,8 @@ class ListenerConfig:
     client_limits: ClientLimitsConfig = DEFAULT_CLIENT_LIMITS
     deny_commands: frozenset[bytes] = frozenset()
     allow_monitor: bool = True
+    tls: TlsConfig | None = None
+    users: tuple[acl.User, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,12 +293,15 @@ class Config:
     path: str
     pools: tuple[PoolConfig, ...] = field(default_factory=tuple)
     metrics_listen: Address | None = None  # /metrics and /healthz (native form: metrics.listen)
+    metrics_tls: TlsConfig | None = None  # metrics.tls: scrapes over HTTPS
+    metrics_token: str | None = None  # metrics.token: scrapes of /metrics need this bearer token
     listeners: tuple[ListenerConfig, ...] = field(default_factory=tuple)
     # what the proxy may hold for all clients together; past it, it stops reading from them
     max_buffered_bytes: int = field(default_factory=default_max_buffered_bytes)
 
 
-# key -> (dataclass field, parser)
+# What pools and listeners both have: TLS to their clients, ACL users.
+SECURITY_KEYS = ("tls", "users")
 _POOL_KEYS = {
     "listen",
     "servers",
@@ -316,6 +328,9 @@ _POOL_KEYS = {
     "dedicated_connections",
     "dedicated_idle_timeout",
     "allow_monitor",
+    *SECURITY_KEYS,
+    "redis_username",
+    "server_tls",
 }
 _NATIVE_TOP_KEYS = {"pools", "metrics", "listeners", "max_buffered_bytes"}
 _LISTENER_KEYS = {
@@ -328,6 +343,7 @@ _LISTENER_KEYS = {
     "deny_commands",
     "allow_monitor",
     *CLIENT_LIMIT_KEYS,
+    *SECURITY_KEYS,
 }
 _ROUTE_KEYS = {"prefix", "pool", "strip_prefix", "mirror", "mirror_mode"}
 
@@ -402,6 +418,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         pools=pools,
         listeners=listeners,
         max_buffered_bytes=budget,
+        **_metrics_security(path, doc.get("metrics") if "pools" in doc else None),
     )
     return with_metrics(config, metrics) if metrics is not None else config
 
@@ -476,21 +493,49 @@ def _listener(path: str, name: str, body: Any, pools: set[str]) -> ListenerConfi
         client_limits=_client_limits(where, body),
         deny_commands=_deny_commands(where, body),
         allow_monitor=_allow_monitor(where, body),
+        **_security(where, body),
     )
 
 
+METRICS_KEYS = {"listen", "tls", "token"}
+
+
 def _metrics(path: str, body: Any) -> Address | None:
+    """``metrics.listen``: ``host:port``, or a port alone (loopback: 127.0.0.1)."""
     if body is None:
         return None
-    if not isinstance(body, dict) or set(body) != {"listen"}:
-        raise ConfigError(f"{path}: key 'metrics': expected a mapping with 'listen: host:port'")
+    if not isinstance(body, dict) or "listen" not in body or set(body) - METRICS_KEYS:
+        raise ConfigError(
+            f"{path}: key 'metrics': expected a mapping with 'listen: host:port' (and optional tls, token)"
+        )
+    listen = body["listen"]
+    if isinstance(listen, int) and not isinstance(listen, bool) or str(listen).strip().isdigit():
+        listen = f"127.0.0.1:{str(listen).strip()}"  # a port alone binds loopback only
     try:
-        address = _listen(body["listen"])
+        address = _listen(listen)
     except ValueError as exc:
         raise ConfigError(f"{path}: key 'metrics': listen: {exc}") from None
     if address.unix_path:
         raise ConfigError(f"{path}: key 'metrics': listen: expected host:port")
     return address
+
+
+def _metrics_security(path: str, body: Any) -> dict[str, Any]:
+    """``metrics.tls`` and ``metrics.token`` (checked by ``_metrics`` to be in a mapping)."""
+    out: dict[str, Any] = {}
+    if not isinstance(body, dict):
+        return out
+    if body.get("tls") is not None:
+        try:
+            out["metrics_tls"] = parse_tls(body["tls"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: key 'metrics': tls: {exc}") from None
+    token = body.get("token")
+    if token is not None:
+        if not isinstance(token, str) or len(token) < 16:
+            raise ConfigError(f"{path}: key 'metrics': token: expected a string of 16 characters or more")
+        out["metrics_token"] = token
+    return out
 
 
 def _did_you_mean(key: object, known: Collection[str]) -> str:
@@ -587,6 +632,10 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
     timeout = body.get("timeout", defaults["timeout_ms"])
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout == 0 or timeout < -1:
         raise err("timeout", f"expected milliseconds > 0, got {timeout!r}")
+    if body.get("redis_username") is not None and auth is None:
+        raise err("redis_username", "needs redis_auth (the user's password on the servers)")
+    if body.get("sentinel_username") is not None and body.get("sentinel_auth") is None:
+        raise err("sentinel_username", "needs sentinel_auth (the user's password on the sentinels)")
     if timeout == -1:  # twemproxy's "wait forever"
         timeout = DEFAULT_TIMEOUT_MS
 
@@ -642,6 +691,9 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
         dedicated_connections=integer("dedicated_connections", 1),
         dedicated_idle_timeout_ms=integer("dedicated_idle_timeout", 1),
         allow_monitor=boolean("allow_monitor"),
+        redis_username=_optional_string(where, body, "redis_username"),
+        server_tls=_server_tls(where, body, "server_tls"),
+        **_security(where, body),
     )
     if cluster:
         return ClusterPoolConfig(
@@ -656,6 +708,8 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
             sentinels=tuple(sentinels),
             master_name=master_name,
             sentinel_auth=None if sentinel_auth is None else str(sentinel_auth),
+            sentinel_username=_optional_string(where, body, "sentinel_username"),
+            sentinel_tls=_server_tls(where, body, "sentinel_tls"),
         )
     return RingPoolConfig(
         **common,
@@ -665,6 +719,36 @@ def _pool(path: str, name: str, body: Any, nutcracker: bool = False) -> PoolConf
         server_retry_timeout_ms=integer("server_retry_timeout", 1),
         server_failure_limit=integer("server_failure_limit", 1),
     )
+
+
+def _security(where: str, body: dict[Any, Any]) -> dict[str, Any]:
+    """``tls`` and ``users`` of a pool or listener."""
+    out: dict[str, Any] = {}
+    for key, parse in (("tls", parse_tls), ("users", parse_users)):
+        if body.get(key) is not None:
+            try:
+                out[key] = parse(body[key])
+            except ValueError as exc:
+                raise ConfigError(f"{where}: key '{key}': {exc}") from None
+    return out
+
+
+def _server_tls(where: str, body: dict[Any, Any], key: str) -> ServerTlsConfig | None:
+    if body.get(key) in (None, False):
+        return None
+    try:
+        return parse_server_tls(body[key])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: key '{key}': {exc}") from None
+
+
+def _optional_string(where: str, body: dict[Any, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: key '{key}': expected a string, got {value!r}")
+    return value
 
 
 def _allow_monitor(where: str, body: dict[Any, Any]) -> bool:

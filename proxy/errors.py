@@ -56,6 +56,8 @@ REFUSALS: dict[str, str] = {
     "swapdb": "only database 0 exists through the proxy",
     "migrate": f"moving keys between servers is an operator's task: {_ON_A_SERVER}",
     "cluster": "the proxy hides the cluster from its clients: run it on a cluster node directly",
+    "acl": "the proxy's own users are set in its config file (users:), and the servers' ACLs are "
+    "not changed through it: run ACL on a server directly (ACL WHOAMI and ACL CAT are served)",
     "readonly": "the proxy keeps its cluster connections' state itself (read_from sets replica reads)",
     "readwrite": "the proxy keeps its cluster connections' state itself (read_from sets replica reads)",
     "asking": "the proxy follows -ASK redirections itself",

@@ -1,8 +1,9 @@
 """Commands the proxy answers itself, never sending them to a server (``Kind.LOCAL``).
 
-``serve`` is the one switch: PING, ECHO, QUIT, SELECT (0 only), AUTH and HELLO (the pool's
-``redis_auth`` is the ``default`` user's password; failures counted, logged rate-limited, the
-connection closed past ``auth_failure_limit``), INFO (the proxy's sections plus the servers'
+``serve`` is the one switch: PING, ECHO, QUIT, SELECT (0 only), AUTH and HELLO (the users of
+acl.py: ``users:``, and ``redis_auth`` as the ``default`` user's password; failures counted,
+logged rate-limited, the connection closed past ``auth_failure_limit``), ACL WHOAMI and ACL
+CAT, INFO (the proxy's sections plus the servers'
 ``# Server``/``# Keyspace``: keyspace.py), MONITOR (monitor.py), RESET, COMMAND (from the
 command table: Redis's own metadata, with its docs) and CLIENT (over the clients of the same
 listen address, ``LocalHost.peers``: names, ids, CLIENT LIST lines with Redis's field names,
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from proxy import __version__, errors, keyspace
+from proxy import __version__, acl, errors, keyspace
 from proxy.commands import (
     CommandSpec,
     Refusal,
@@ -51,23 +52,26 @@ def log_limited(kind: str, peer: str, message: str, *args: object) -> None:
 
 
 class Auth:
-    """One client's authentication against its pool's ``redis_auth`` (the ``default`` user's
-    password, as in Redis): whether it has authenticated, and its failed attempts."""
+    """One client's authentication against its pool's or listener's users (acl.py): who it
+    is (``default`` until it AUTHs, if ``default`` needs no password), and its failed AUTHs."""
 
-    __slots__ = ("password", "ok", "failures")
+    __slots__ = ("users", "user", "ok", "failures")
 
-    def __init__(self, password: str | None) -> None:
-        self.password = password
-        self.ok = password is None  # no password: every client is authenticated
+    def __init__(self, users: acl.Users) -> None:
+        self.users = users
+        default = users.default
+        self.user = default if default is not None and default.nopass else None
+        self.ok = self.user is not None  # no password: every client is authenticated
         self.failures = 0
 
-    def accepts(self, args: Sequence[bytes]) -> bool:
-        """``[user] password`` as AUTH and HELLO AUTH take them: only ``default`` exists."""
-        if self.password is None:  # Redis's default user with nopass: any password does
-            return len(args) == 1 or args[0] == b"default"
-        if len(args) == 2 and args[0] != b"default":
-            return False
-        return args[-1] == self.password.encode()
+    def login(self, args: Sequence[bytes]) -> acl.User | None:
+        """The user ``[user] password`` (as AUTH and HELLO AUTH take them) names, if right."""
+        name, password = (b"default", args[0]) if len(args) == 1 else (args[0], args[1])
+        return self.users.authenticate(name, password)
+
+    def default_has_no_password(self) -> bool:
+        default = self.users.default
+        return default is not None and default.nopass
 
 
 class LocalHost(keyspace.KeyspaceHost, Protocol):
@@ -98,7 +102,7 @@ class LocalHost(keyspace.KeyspaceHost, Protocol):
 
     def set_resp3(self, on: bool) -> None: ...
 
-    def authenticated(self) -> None: ...
+    def authenticated(self, user: acl.User) -> None: ...
 
     def close_after_replies(self, reason: str | None = None) -> None: ...
 
@@ -137,6 +141,8 @@ def serve(host: LocalHost, spec: CommandSpec, args: list[bytes]) -> None:
         info(host, args[1:])
     elif name == b"MONITOR":
         host.start_monitor()
+    elif name == b"ACL":
+        acl_command(host, args)
     elif name == b"RESET":
         host.reset()
         queue.push_reply(b"+RESET\r\n")
@@ -162,13 +168,33 @@ def auth(host: LocalHost, args: Sequence[bytes]) -> None:
     queue = host.queue
     if len(args) > 2:
         queue.push_error(errors.SYNTAX)
-    elif host.auth.password is None:
+    elif len(args) == 1 and host.auth.default_has_no_password():
         queue.push_error(errors.AUTH_NOT_CONFIGURED)
-    elif host.auth.accepts(args):
-        host.authenticated()
+    elif (user := host.auth.login(args)) is not None:
+        host.authenticated(user)
         queue.push_reply(OK)
     else:
         auth_failed(host)
+
+
+def acl_command(host: LocalHost, args: Sequence[bytes]) -> None:
+    """ACL WHOAMI (who this connection is) and ACL CAT [category] (Redis's categories)."""
+    queue = host.queue
+    sub = args[1].upper()
+    if sub == b"WHOAMI":
+        user = host.auth.user
+        queue.push_reply(encode_bulk((user.name if user else "default").encode()))
+    elif sub == b"CAT" and len(args) == 2:
+        queue.push_reply(encode_value(sorted(c.encode() for c in acl.CATEGORIES if c != "all")))
+    elif sub == b"CAT":
+        cat = args[2].decode("utf-8", "replace").lower()
+        if cat not in acl.CATEGORIES or cat == "all":
+            queue.push_error(f"ERR Unknown category '{cat}'")
+            return
+        names = sorted(n.encode() for n, cats in acl.COMMANDS.items() if cat in cats)
+        queue.push_reply(encode_value(names))
+    else:
+        queue.push_error(errors.refused("acl|" + sub.decode("utf-8", "replace").lower()))
 
 
 def auth_failed(host: LocalHost) -> None:
@@ -208,10 +234,11 @@ def hello(host: LocalHost, args: Sequence[bytes]) -> None:
     while i < len(args):
         option = args[i].upper()
         if option == b"AUTH" and i + 2 < len(args):
-            if not host.auth.accepts(args[i + 1 : i + 3]):
+            user = host.auth.login(args[i + 1 : i + 3])
+            if user is None:
                 auth_failed(host)
                 return
-            host.authenticated()
+            host.authenticated(user)
             i += 3
         elif option == b"SETNAME" and i + 1 < len(args):
             host.name = args[i + 1]

@@ -23,8 +23,10 @@ curr_connections, uptime.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import ssl
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +105,8 @@ class PoolStats:
         "mirror_errors",
         "mirror_dropped",
         "auth_failures",
+        "acl_denials",
+        "tls_handshake_failures",
         "closed",
         "pubsub_messages",
     )
@@ -121,6 +125,8 @@ class PoolStats:
         self.mirror_errors = 0  # error replies to those copies
         self.mirror_dropped = 0  # copies not sent: the mirror lagged or had no server
         self.auth_failures = 0  # AUTH / HELLO AUTH with a wrong password
+        self.acl_denials = 0  # commands refused -NOPERM by a user's rights (acl.py)
+        self.tls_handshake_failures = 0  # TLS clients whose handshake failed (tls.py)
         self.pubsub_messages = 0  # pub/sub messages delivered to subscribers
         # clients closed by a client limit (config.ClientLimitsConfig), by CLOSE_REASONS
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
@@ -331,6 +337,16 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         ),
         "auth_failures": CounterMetricFamily(
             "resproxy_auth_failures", "AUTH (or HELLO AUTH) with a wrong password", labels=P
+        ),
+        "acl_denials": CounterMetricFamily(
+            "resproxy_acl_denials",
+            "Commands refused NOPERM by the user's command, key or channel rights",
+            labels=P,
+        ),
+        "tls_handshake_failures": CounterMetricFamily(
+            "resproxy_tls_handshake_failures",
+            "TLS client connections whose handshake failed (plaintext, bad or missing certificate, timeout)",
+            labels=P,
         ),
     }
     closed = CounterMetricFamily(
@@ -551,9 +567,21 @@ def health(snap: Snapshot) -> tuple[bool, bytes]:
     return ok, json.dumps(body).encode() + b"\n"
 
 
-async def serve_http(host: str, port: int, source: Callable[[], Snapshot]) -> asyncio.AbstractServer:
-    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 or 503), on the event loop."""
+async def serve_http(
+    host: str,
+    port: int,
+    source: Callable[[], Snapshot],
+    *,
+    context: ssl.SSLContext | None = None,
+    token: str | None = None,
+) -> asyncio.AbstractServer:
+    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 or 503), on the event loop.
+
+    With ``context``: HTTPS. With ``token``: /metrics answers only ``Authorization: Bearer
+    <token>`` (compared in constant time), 401 otherwise; /healthz stays open for probes.
+    """
     registry = registry_for(source)
+    expected = b"bearer " + token.encode() if token else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -563,6 +591,8 @@ async def serve_http(host: str, port: int, source: Callable[[], Snapshot]) -> as
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
             if method not in (b"GET", b"HEAD"):
                 status, ctype, body = b"405 Method Not Allowed", b"text/plain", b"GET only\n"
+            elif path == b"/metrics" and expected is not None and not _bearer_ok(head, expected):
+                status, ctype, body = b"401 Unauthorized", b"text/plain", b"a bearer token is needed\n"
             elif path == b"/metrics":
                 status, ctype, body = b"200 OK", CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
             elif path == b"/healthz":
@@ -584,7 +614,18 @@ async def serve_http(host: str, port: int, source: Callable[[], Snapshot]) -> as
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port, reuse_address=True)
+    return await asyncio.start_server(handle, host, port, reuse_address=True, ssl=context)
+
+
+def _bearer_ok(head: bytes, expected: bytes) -> bool:
+    """Whether the request's Authorization header is ``Bearer <token>`` (constant time)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            given = value.strip()
+            scheme, _, rest = given.partition(b" ")
+            return hmac.compare_digest(scheme.lower() + b" " + rest.strip(), expected)
+    return False
 
 
 def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
@@ -652,6 +693,8 @@ def info_text(snap: Snapshot, section: str | None, pid: int) -> bytes:
                 for reason, field in CLOSE_REASONS.items()
             ),
             f"auth_failures:{sum(p.stats.auth_failures for p in snap.pools)}",
+            f"acl_denials:{sum(p.stats.acl_denials for p in snap.pools)}",
+            f"tls_handshake_failures:{sum(p.stats.tls_handshake_failures for p in snap.pools)}",
             f"buffered_bytes:{snap.buffered_bytes}",
             f"buffer_pauses:{snap.buffer_pauses}",
             f"config_reloads:{snap.reloads}",

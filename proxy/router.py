@@ -104,6 +104,7 @@ class Router:
             client_limits=config.client_limits,
             deny_commands=config.deny_commands,
             allow_monitor=config.allow_monitor,
+            users=config.users,
         )
         self.stats = PoolStats()
         self.servers: list[Server] = []  # each pool reports its own servers

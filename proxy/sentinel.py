@@ -32,13 +32,14 @@ from typing import Any
 
 import hiredis
 
-from proxy import errors
+from proxy import errors, tls
 from proxy.backend import BackendConnection
 from proxy.config import Address, SentinelPoolConfig, ServerConfig
 from proxy.follow import Redirected, Refresher
 from proxy.inflight import ReplySlot
 from proxy.pool import PoolBase
 from proxy.resp import encode_command
+from proxy.security import ServerTlsConfig
 from proxy.target import Placement, Route, Target
 from proxy.upstream import Server, ServerState
 
@@ -53,13 +54,32 @@ CHANNELS = (b"+switch-master", b"+try-failover")
 Node = tuple[str, int]
 
 
-async def ask(node: Node, commands: Sequence[Sequence[bytes]], timeout_s: float) -> list[object]:
+async def connect(
+    node: Node, server_tls: ServerTlsConfig | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to a sentinel or server, with TLS when the pool's config says so."""
+    if server_tls is None:
+        return await asyncio.open_connection(node[0], node[1])
+    return await asyncio.open_connection(
+        node[0],
+        node[1],
+        ssl=tls.server_context(server_tls),
+        server_hostname=tls.server_hostname(server_tls, node[0]),
+    )
+
+
+async def ask(
+    node: Node,
+    commands: Sequence[Sequence[bytes]],
+    timeout_s: float,
+    server_tls: ServerTlsConfig | None = None,
+) -> list[object]:
     """Send ``commands`` to ``node`` on a fresh connection; their replies (decoded), or raise.
 
     The pool's own questions (SENTINEL ..., ROLE), never client requests.
     """
     async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(node[0], node[1])
+        reader, writer = await connect(node, server_tls)
         try:
             writer.write(b"".join(encode_command(list(c)) for c in commands))
             await writer.drain()
@@ -77,8 +97,10 @@ async def ask(node: Node, commands: Sequence[Sequence[bytes]], timeout_s: float)
             writer.close()
 
 
-def _auth(password: str | None) -> list[list[bytes]]:
-    return [[b"AUTH", password.encode()]] if password else []
+def _auth(password: str | None, user: str | None = None) -> list[list[bytes]]:
+    if not password:
+        return []
+    return [[b"AUTH", user.encode(), password.encode()] if user else [b"AUTH", password.encode()]]
 
 
 def _refusal(replies: Sequence[object]) -> str | None:
@@ -216,13 +238,14 @@ class SentinelPool(PoolBase):
                 replies = await ask(
                     sentinel,
                     [
-                        *_auth(pc.sentinel_auth),
+                        *_auth(pc.sentinel_auth, pc.sentinel_username),
                         [b"SENTINEL", b"get-master-addr-by-name", self._master_name],
                         [b"SENTINEL", b"replicas", self._master_name],
                     ],
                     self._timeout_s,
+                    pc.sentinel_tls,
                 )
-            except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+            except (OSError, TimeoutError, hiredis.ProtocolError, tls.TlsSetupError) as exc:
                 log.debug("pool %s: sentinel %s:%d: %s", self.name, *sentinel, exc)
                 continue
             refused = _refusal(replies)
@@ -252,8 +275,11 @@ class SentinelPool(PoolBase):
 
     async def _is_master(self, node: Node) -> bool:
         try:
-            replies = await ask(node, [*_auth(self.config.redis_auth), [b"ROLE"]], self._timeout_s)
-        except (OSError, TimeoutError, hiredis.ProtocolError):
+            pc = self.config
+            replies = await ask(
+                node, [*_auth(pc.redis_auth, pc.redis_username), [b"ROLE"]], self._timeout_s, pc.server_tls
+            )
+        except (OSError, TimeoutError, hiredis.ProtocolError, tls.TlsSetupError):
             return False
         refused = _refusal(replies)
         if refused is not None:
@@ -322,8 +348,9 @@ class SentinelPool(PoolBase):
         while not self._closing:
             writer = None
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*sentinel), self._timeout_s)
-                cmds = [*_auth(self.config.sentinel_auth), [b"SUBSCRIBE", *CHANNELS]]
+                pc = self.config
+                reader, writer = await asyncio.wait_for(connect(sentinel, pc.sentinel_tls), self._timeout_s)
+                cmds = [*_auth(pc.sentinel_auth, pc.sentinel_username), [b"SUBSCRIBE", *CHANNELS]]
                 writer.write(b"".join(encode_command(c) for c in cmds))
                 parser = hiredis.Reader()
                 refused = None
@@ -349,7 +376,7 @@ class SentinelPool(PoolBase):
                             refused,
                             refusals,
                         )
-            except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+            except (OSError, TimeoutError, hiredis.ProtocolError, tls.TlsSetupError) as exc:
                 log.debug("pool %s: sentinel %s:%d watch: %s", self.name, *sentinel, exc)
             finally:
                 if writer is not None:

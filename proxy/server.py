@@ -26,9 +26,10 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import time
 
-from proxy import __version__, accel
+from proxy import __version__, accel, tls
 from proxy.budget import Budget
 from proxy.client import ClientConnection, ClientLimits
 from proxy.cluster import ClusterPool
@@ -43,6 +44,7 @@ from proxy.config import (
     load,
 )
 from proxy.inflight import Flusher
+from proxy.local import log_limited
 from proxy.metrics import (
     ClusterView,
     PoolView,
@@ -54,6 +56,7 @@ from proxy.metrics import (
 )
 from proxy.pool import RingPool
 from proxy.router import Router
+from proxy.security import TlsConfig
 from proxy.sentinel import SentinelPool
 from proxy.target import Pool
 
@@ -66,12 +69,23 @@ RETIRE_POLL_S = 0.05
 class _Front:
     """One client-facing socket and what its clients use (a pool or a router)."""
 
-    def __init__(self, name: str, listen: Address, backlog: int, target: Pool) -> None:
+    def __init__(
+        self, name: str, listen: Address, backlog: int, target: Pool, tls_config: TlsConfig | None
+    ) -> None:
         self.name = name
         self.listen = listen
         self.backlog = backlog
         self.target = target
         self.socket: asyncio.AbstractServer | None = None
+        self.tls = tls_config
+        # built from the files as they are now: a reload builds it again (certificate rotation)
+        self.ssl: ssl.SSLContext | None = None
+        if tls_config is not None:
+            try:
+                self.ssl = tls.front_context(tls_config)
+            except tls.TlsSetupError as exc:
+                kind = "listener" if isinstance(target, Router) else "pool"
+                raise ConfigError(f"{kind} '{name}': {exc}") from None
 
 
 class ProxyServer:
@@ -83,6 +97,7 @@ class ProxyServer:
         self._flusher = Flusher(self._loop.call_soon)
         self._limits = limits or ClientLimits()
         self.budget = Budget(config.max_buffered_bytes)  # what all clients may make us hold
+        check_tls(config)
         self.pools: dict[str, Pool] = {p.name: self._pool(p) for p in config.pools}
         self.fronts: dict[str, _Front] = self._fronts(config, self.pools, {})
         self.clients: dict[str, set[ClientConnection]] = {n: set() for n in self.fronts}
@@ -111,13 +126,13 @@ class ProxyServer:
         fronts = {}
         for pc in config.pools:
             if pc.listen is not None:
-                fronts[pc.name] = _Front(pc.name, pc.listen, pc.backlog, pools[pc.name])
+                fronts[pc.name] = _Front(pc.name, pc.listen, pc.backlog, pools[pc.name], pc.tls)
         for lc in config.listeners:
             router = Router(lc, pools)
             previous = old.get(lc.name)
             if previous is not None and isinstance(previous.target, Router):
                 router.adopt_stats(previous.target.stats)
-            fronts[lc.name] = _Front(lc.name, lc.listen, lc.backlog, router)
+            fronts[lc.name] = _Front(lc.name, lc.listen, lc.backlog, router, lc.tls)
         return fronts
 
     async def start(self) -> None:
@@ -160,12 +175,19 @@ class ProxyServer:
         if addr is None:
             return
         try:
-            self._metrics = await serve_http(addr.host, addr.port, self.snapshot)
+            try:
+                context = tls.front_context(config.metrics_tls) if config.metrics_tls else None
+            except tls.TlsSetupError as exc:
+                raise ConfigError(f"metrics: {exc}") from None
+            self._metrics = await serve_http(
+                addr.host, addr.port, self.snapshot, context=context, token=config.metrics_token
+            )
         except OSError as exc:
             raise OSError(
                 exc.errno, f"metrics endpoint: cannot listen on {addr}: {exc.strerror or exc}"
             ) from None
-        log.info("metrics on http://%s/metrics and /healthz", addr)
+        scheme = "https" if config.metrics_tls else "http"
+        log.info("metrics on %s://%s/metrics and /healthz", scheme, addr)
 
     async def _listen(self, front: _Front) -> asyncio.AbstractServer:
         name = front.name
@@ -190,7 +212,7 @@ class ProxyServer:
             if self.stopping and not any(self.clients.values()):
                 self._drained.set()
 
-        def factory() -> ClientConnection:  # the front's target as it is now (reloads swap it)
+        def client() -> ClientConnection:  # the front's target as it is now (reloads swap it)
             return ClientConnection(
                 front.target,
                 flusher=self._flusher,
@@ -201,6 +223,17 @@ class ProxyServer:
                 budget=self.budget,
                 peers=lambda: clients,
             )
+
+        def handshake_failed(peer: str, why: str) -> None:
+            front.target.stats.tls_handshake_failures += 1
+            log_limited("tls", peer, "%s: TLS handshake from %s failed: %s", front.name, peer, why)
+
+        def factory() -> asyncio.Protocol:  # TLS or not as the front is now (reloads change it)
+            context = front.ssl
+            if context is None:
+                return client()
+            assert front.tls is not None
+            return tls.TlsAcceptor(context, front.tls.handshake_timeout_ms / 1000.0, client, handshake_failed)
 
         addr = front.listen
         if addr.unix_path:
@@ -307,7 +340,12 @@ class ProxyServer:
                 new = load(self.config.path)
                 if new.metrics_listen is None and self.config.metrics_listen is not None:
                     # from --metrics (or removed from the file): kept until a restart
-                    new = dataclasses.replace(new, metrics_listen=self.config.metrics_listen)
+                    new = dataclasses.replace(
+                        new,
+                        metrics_listen=self.config.metrics_listen,
+                        metrics_tls=self.config.metrics_tls,
+                        metrics_token=self.config.metrics_token,
+                    )
                 await self._apply(new)
             except (ConfigError, OSError) as exc:
                 self.reload_failures += 1
@@ -320,7 +358,12 @@ class ProxyServer:
             return True
 
     async def _apply(self, new: Config) -> None:
-        if new.metrics_listen != self.config.metrics_listen:
+        cur = self.config
+        if (new.metrics_listen, new.metrics_tls, new.metrics_token) != (
+            cur.metrics_listen,
+            cur.metrics_tls,
+            cur.metrics_token,
+        ):
             raise ConfigError(f"{new.path}: key 'metrics': changing it needs a restart")
         old_pcs = {pc.name: pc for pc in self.config.pools}
         pools: dict[str, Pool] = {}
@@ -344,6 +387,7 @@ class ProxyServer:
                     pool.stats = current.stats  # the pool's counters carry on
                 pools[pc.name] = pool
                 fresh.append(pool)
+        check_tls(new)  # (the files as they are now: a rotated one is read again below)
         fronts = self._fronts(new, pools, self.fronts)
         # The clients as they are now: a front whose address moves closes these, not the ones
         # its new socket (same name, same set) accepts while the reload runs.
@@ -365,6 +409,7 @@ class ProxyServer:
                 pool.close()
             raise
         # Commit.
+        tls.forget_server_contexts()
         for ring, pc in in_place:
             ring.set_servers(pc)
         for pool in fresh:
@@ -377,6 +422,7 @@ class ProxyServer:
                 # (a factory left holding a replaced front handed out a retired pool).
                 old.target = front.target
                 old.backlog = front.backlog
+                old.tls, old.ssl = front.tls, front.ssl  # new handshakes: the files as they are now
                 fronts[name] = old
                 for client in self.clients.get(name, ()):
                     client.set_pool(front.target)
@@ -454,6 +500,27 @@ class ProxyServer:
         for front in self.fronts.values():
             if front.socket is not None:
                 await front.socket.wait_closed()
+
+
+def check_tls(config: Config) -> None:
+    """Every TLS setting can be used: its files load (ConfigError naming it if not)."""
+    fronts: list[tuple[str, TlsConfig | None]] = [(f"pool '{pc.name}'", pc.tls) for pc in config.pools]
+    fronts += [(f"listener '{lc.name}'", lc.tls) for lc in config.listeners]
+    fronts.append(("metrics", config.metrics_tls))
+    for who, cfg in fronts:
+        if cfg is not None:
+            try:
+                tls.front_context(cfg)
+            except tls.TlsSetupError as exc:
+                raise ConfigError(f"{who}: {exc}") from None
+    for pc in config.pools:
+        for key in ("server_tls", "sentinel_tls"):
+            cfg = getattr(pc, key, None)
+            if cfg is not None:
+                try:
+                    tls.build_server_context(cfg)
+                except tls.TlsSetupError as exc:
+                    raise ConfigError(f"pool '{pc.name}': key '{key}': {exc}") from None
 
 
 async def serve(config: Config) -> None:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from proxy import errors
+from proxy import errors, tls
 from proxy.backend import REDIRECTS, BackendConnection, DedicatedConnection, Loss, RedirectCallback
 from proxy.config import ClusterPoolConfig, PoolConfig, RingPoolConfig, ServerConfig
 from proxy.inflight import ReplySlot
@@ -117,8 +117,10 @@ class Server:
             select.append(READONLY)  # replicas serve reads only on READONLY connections
         self._on_redirect = on_redirect
         self._redirects = redirects
-        self._init = ([encode_command([b"AUTH", auth])] if auth else []) + select
-        hello = [b"HELLO", b"3"] + ([b"AUTH", b"default", auth] if auth else [])
+        user = pc.redis_username.encode() if pc.redis_username else None
+        login = [b"AUTH", *([user] if user else []), auth] if auth else []
+        self._init = ([encode_command(login)] if auth else []) + select
+        hello = [b"HELLO", b"3"] + ([b"AUTH", user or b"default", auth] if auth else [])
         self._init3 = [encode_command(hello)] + select
         self.state = ServerState.UNKNOWN
         self.down_reason = ""
@@ -311,7 +313,17 @@ class Server:
                 if addr.unix_path:
                     await self._loop.create_unix_connection(lambda: conn, addr.unix_path)
                 else:
-                    transport, _ = await self._loop.create_connection(lambda: conn, addr.host, addr.port)
+                    server_tls = self.pool.config.server_tls
+                    if server_tls is None:
+                        transport, _ = await self._loop.create_connection(lambda: conn, addr.host, addr.port)
+                    else:
+                        transport, _ = await self._loop.create_connection(
+                            lambda: conn,
+                            addr.host,
+                            addr.port,
+                            ssl=tls.server_context(server_tls),
+                            server_hostname=tls.server_hostname(server_tls, addr.host),
+                        )
                     if self.pool.config.tcpkeepalive:  # twemproxy's key: keepalive to servers
                         sock = transport.get_extra_info("socket")
                         if sock is not None:
@@ -319,7 +331,7 @@ class Server:
         except asyncio.CancelledError:
             conn.close("proxy shutting down", errors.SHUTTING_DOWN, loss=Loss.CLOSED)
             raise
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, tls.TlsSetupError) as exc:
             reason = _describe(exc)
             self.stats.connect_failures += 1
             conn.close(reason, errors.server_unavailable(self.name, reason))

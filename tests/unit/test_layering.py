@@ -22,18 +22,22 @@ ALLOWED: dict[str, set[str]] = {
     "budget": set(),
     "slotmap": set(),
     "command_data": set(),
+    # who may run what (ACL users), and the security settings' config (TLS, users)
+    "acl": {"command_data"},
+    "security": {"acl"},
     # sans-IO protocol, hashing, tables (accel: their C twins, unless RESPROXY_PURE=1)
     "resp": {"accel"},
     "hashing": {"accel"},
     "ring": {"hashing", "accel"},
     "commands": {"errors", "command_data"},
-    "config": {"command_data"},
+    "config": {"command_data", "acl", "security"},
+    "tls": {"security"},  # SSL contexts, and the handshake of a TLS front's clients
     "inflight": {"errors", "accel"},
     "fanout": {"commands", "resp", "inflight", "errors"},
     "scripts": {"inflight", "resp"},
     # connections to servers, one server, what a pool is to its users
     "backend": {"resp", "inflight", "errors", "metrics"},
-    "upstream": {"backend", "config", "errors", "inflight", "metrics", "resp", "scripts"},
+    "upstream": {"backend", "config", "errors", "inflight", "metrics", "resp", "scripts", "tls"},
     "target": {"config", "inflight", "metrics", "upstream"},
     # the pool kinds
     "follow": {"inflight"},
@@ -61,12 +65,14 @@ ALLOWED: dict[str, set[str]] = {
         "metrics",
         "pool",
         "resp",
+        "security",
         "target",
+        "tls",
         "upstream",
     },
     "router": {"config", "errors", "inflight", "metrics", "target", "upstream"},
     # what a client connection does beyond forwarding
-    "local": {"commands", "errors", "inflight", "keyspace", "resp", "target", "__init__"},
+    "local": {"acl", "commands", "errors", "inflight", "keyspace", "resp", "target", "__init__"},
     "pubsub": {"backend", "config", "errors", "inflight", "resp", "target", "upstream"},
     "monitor": {"backend", "errors", "inflight", "target"},
     "blocking": {"backend", "commands", "errors", "inflight", "target"},
@@ -85,6 +91,7 @@ ALLOWED: dict[str, set[str]] = {
     "stream": {"backend", "commands", "inflight", "metrics", "pool", "resp", "target", "upstream"},
     # the client connection
     "client": {
+        "acl",
         "blocking",
         "budget",
         "commands",
@@ -113,9 +120,12 @@ ALLOWED: dict[str, set[str]] = {
         "inflight",
         "metrics",
         "pool",
+        "local",
         "router",
+        "security",
         "sentinel",
         "target",
+        "tls",
         "__init__",
     },
     "cli": {"config", "server", "__init__"},
@@ -135,6 +145,8 @@ PURE = {
     "slotmap",
     "budget",
     "accel",
+    "acl",
+    "security",
 }
 
 
