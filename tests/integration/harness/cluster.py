@@ -26,12 +26,12 @@ class RedisCluster(Stoppable):
 
     def start(self) -> RedisCluster:
         count = self.masters_count * (1 + self.replicas)
-        self.nodes = start_redis_servers(count, self.extra)
+        self.nodes = self._start_nodes(count)
         try:
             addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
             subprocess.run(
                 [
-                    "redis-cli",
+                    *self.cli_args(),
                     "--cluster",
                     "create",
                     *addrs,
@@ -48,6 +48,14 @@ class RedisCluster(Stoppable):
             self.cleanup()
             raise
         return self
+
+    def _start_nodes(self, count: int) -> list[RedisServer]:
+        """``count`` nodes started in parallel with ``extra`` (a subclass starts other servers)."""
+        return start_redis_servers(count, self.extra)
+
+    def cli_args(self) -> list[str]:
+        """redis-cli and the options it needs to reach the nodes (a subclass adds TLS ones)."""
+        return ["redis-cli"]
 
     def alive_nodes(self) -> list[RedisServer]:
         return [n for n in self.nodes if n.alive()]
