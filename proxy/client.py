@@ -206,6 +206,7 @@ class ClientConnection(asyncio.Protocol):
         self._pool = pool
         self._rows = pool.stats.commands
         self.queue.stats = pool.stats
+        self._relogin(acl.users_of(pool.config.redis_auth, pool.config.users))
         self._fast_keys, self._fast_fanout = self._fast_tables()
         if self._subscriber is not None:
             self._subscriber.repin()  # channels the reload moved follow it
@@ -415,6 +416,24 @@ class ClientConnection(asyncio.Protocol):
 
     def _row(self, label: str) -> CommandStats:
         return self._pool.stats.command(label)
+
+    def _relogin(self, users: acl.Users) -> None:
+        """A reload's users: a connected client has its user's new rights at once (as after
+        Redis's ACL SETUSER); one whose user is gone is closed after its replies (as after
+        ACL DELUSER)."""
+        auth = self.auth
+        if users is auth.users:
+            return
+        auth.users = users
+        if auth.user is None:
+            return
+        user = users.by_name.get(auth.user.name)
+        if user is None:
+            auth.user = None
+            auth.ok = False
+            self.close_after_replies("user_removed")
+        else:
+            auth.user = user
 
     def _fast_tables(self) -> tuple[Mapping[bytes, CommandSpec], Mapping[bytes, CommandSpec]]:
         """What the fast path serves: none of it for a user with limited rights (every command

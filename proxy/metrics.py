@@ -85,6 +85,7 @@ CLOSE_REASONS = {
     "idle_timeout": "client_idle_timeout_disconnections",
     "auth_failure_limit": "auth_failure_limit_disconnections",
     "max_buffered_bytes": "max_buffered_bytes_disconnections",  # held the most, proxy over
+    "user_removed": "user_removed_disconnections",  # a reload removed the user it AUTHed as
 }
 
 

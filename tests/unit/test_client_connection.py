@@ -21,6 +21,7 @@ tests take a loop turn (``await turn()``) where the code defers a write.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from proxy import errors
+from proxy import acl, errors
 from proxy.client import ClientConnection, ClientLimits
 from proxy.config import ClientLimitsConfig, PoolConfig
 from proxy.inflight import Flusher, ReplySlot
@@ -292,9 +293,11 @@ class Harness:
         max_pending: int = 4096,
         max_reply_bytes: int = 4 * 1024 * 1024,
         client_limits: ClientLimitsConfig | None = None,
+        users: tuple[acl.User, ...] = (),
     ) -> None:
         loop = asyncio.get_running_loop()
         self.pool = FakePool(client_limits or ClientLimitsConfig())
+        self.pool.config = dataclasses.replace(self.pool.config, users=users)
         self.closed: list[ClientConnection] = []
         # (by keyword: the same call whether or not the parameters become keyword-only)
         self.client = ClientConnection(
@@ -743,3 +746,60 @@ async def test_local_commands_interleaved_with_pool_commands_keep_order(cut: str
         + bulk("x")
     )
     assert h.pool.stats.commands["ping"].requests == 2
+
+
+# --- ACL users: every command of a user with limited rights is checked --------------------
+
+APP = acl.make_user("app", passwords=[acl.digest("pw")], commands=["+@read", "+@write"], keys=["a*"])
+READER = acl.make_user("app", passwords=[acl.digest("pw")], commands=["+@read"], keys=["a*"])
+
+
+async def test_a_limited_user_pipeline_is_checked_command_by_command_and_key_by_key() -> None:
+    h = Harness(users=(APP,))
+    h.feed(cmd("GET", "a1") + cmd("AUTH", "app", "pw"))
+    h.feed(cmd("GET", "a1") + cmd("GET", "b1") + cmd("MGET", "a2", "b2") + cmd("MGET", "a3", "a4"))
+    h.feed(cmd("PING") + cmd("SET", "a5", "x") + cmd("MSET", "a6", "1", "b6", "2"))
+    await turn()
+    # only the allowed ones reached the pool: nothing before AUTH, no key outside a*
+    assert h.pool.payloads() == [
+        ("A", cmd("GET", "a1")),
+        ("A", cmd("MGET", "a3", "a4")),
+        ("A", cmd("SET", "a5", "x")),
+    ]
+    for i in range(3):
+        h.pool.complete(i)
+    await turn()
+    noperm_key = b"-" + acl.NOPERM_KEY.encode() + b"\r\n"
+    assert h.out == (
+        b"-" + errors.NOAUTH.encode() + b"\r\n"
+        + OK
+        + bulk("v:a1")
+        + noperm_key
+        + noperm_key
+        + b"*2\r\n" + bulk("v:a3") + bulk("v:a4")
+        + b"-NOPERM this user has no permissions to run the 'ping' command\r\n"
+        + OK
+        + noperm_key
+    )  # fmt: skip
+    assert h.pool.stats.acl_denials == 4
+
+
+async def test_a_reload_gives_connected_clients_their_users_new_rights_or_closes_them() -> None:
+    h = Harness(users=(APP,))
+    h.feed(cmd("AUTH", "app", "pw") + cmd("SET", "a1", "x"))
+    await turn()
+    assert len(h.pool.sent) == 1
+    h.pool.complete(0)
+    h.pool.config = dataclasses.replace(h.pool.config, users=(READER,))
+    h.client.set_pool(h.pool)  # what a reload does to the front's clients
+    h.feed(cmd("SET", "a2", "x") + cmd("GET", "a2"))
+    await turn()
+    assert h.pool.payloads()[1:] == [("A", cmd("GET", "a2"))]  # write rights gone at once
+    assert b"'set' command" in h.out
+    h.pool.config = dataclasses.replace(h.pool.config, users=())
+    h.client.set_pool(h.pool)  # the user is gone: closed once its replies are written
+    h.pool.complete(1)
+    await turn()
+    await turn()
+    assert h.closed == [h.client] and closed_after_the_last_write(h.transport.calls)
+    assert h.pool.stats.closed["user_removed"] == 1
