@@ -13,11 +13,16 @@ GET and SET at -P 1 and -P 16 through a resproxy cluster pool against ``redis-be
 straight to the cluster (a cluster-aware client, the best a client can do), in the same A B B A
 rounds; the ratio is resproxy/direct.
 
+Then a TLS section: GET and SET at -P 16 through a second resproxy whose pool serves TLS to its
+clients (the same three servers, plain behind it) against the plain resproxy, A B B A; the ratio
+is TLS/plain throughput (and CPU per request), with redis-server's own TLS/plain ratio beside it
+for scale (one TLS-only redis-server). Certificates are made for the run with openssl.
+
 Last a large-value section (bench/large.py): SETs and GETs of 1, 16, 128 and 512 MB values
 straight to one redis-server and through a fresh nutcracker and resproxy per size in front of it,
 with MB/s, each proxy's peak RSS and the worst latency of a concurrent PING client.
 
-Usage: bench/run.py [--rounds N] [--quick] [--markdown] [--only CASE,...] [--no-cluster]
+Usage: bench/run.py [--rounds N] [--quick] [--markdown] [--only CASE,...] [--no-cluster] [--no-tls]
                     [--no-large | --large-only] [--sizes MB,...] [--large-rounds N]
 Every process it starts is stopped by PID at the end, also on Ctrl-C or failure.
 """
@@ -45,6 +50,7 @@ sys.path.insert(0, ROOT)
 import large  # noqa: E402  (bench/large.py, next to this file)
 
 from tests.integration.harness import RedisCluster, free_port, wait_port  # noqa: E402
+from tests.integration.harness.tls import make_certs  # noqa: E402
 
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 CLIENTS = 50
@@ -105,9 +111,12 @@ def cpu_seconds(pid: int) -> float:
 CLUSTER_CASES = CASES[:4]
 
 
-def run_benchmark(port: int, case: Case, requests: int, cluster: bool = False) -> Result:
+def run_benchmark(
+    port: int, case: Case, requests: int, cluster: bool = False, tls: list[str] | None = None
+) -> Result:
     cmd = [
         "redis-benchmark",
+        *(tls or []),
         "-h",
         "127.0.0.1",
         "-p",
@@ -134,9 +143,11 @@ def run_benchmark(port: int, case: Case, requests: int, cluster: bool = False) -
     return Result(rps=float(row[1]), p50=float(row[4]), p99=float(row[6]))
 
 
-def measure(port: int, pid: int | None, case: Case, requests: int, cluster: bool = False) -> Result:
+def measure(
+    port: int, pid: int | None, case: Case, requests: int, cluster: bool = False, tls: list[str] | None = None
+) -> Result:
     before = cpu_seconds(pid) if pid else 0.0
-    result = run_benchmark(port, case, requests, cluster)
+    result = run_benchmark(port, case, requests, cluster, tls)
     if pid:
         result.cpu_us = (cpu_seconds(pid) - before) * 1e6 / requests
     return result
@@ -169,6 +180,7 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--only", default="", help="comma-separated case names, e.g. 'GET P1,SET P16'")
     ap.add_argument("--no-cluster", action="store_true", help="skip the cluster section")
+    ap.add_argument("--no-tls", action="store_true", help="skip the TLS section")
     ap.add_argument("--no-large", action="store_true", help="skip the large-value section")
     ap.add_argument("--large-only", action="store_true", help="run only the large-value section")
     ap.add_argument(
@@ -319,6 +331,15 @@ def ring_and_cluster(args: argparse.Namespace) -> None:
                     raise SystemExit(f"bench: {name} died during the run")
             scrape(metrics_port)
         report(results, rounds, args.markdown)
+        tls_results: dict[str, Series] = {}
+        tls_cases = [c for c in TLS_CASES if not args.only or c.name in args.only.split(",")]
+        if not args.no_tls and tls_cases:
+            os.kill(nut.pid, signal.SIGTERM)  # the TLS section compares resproxy with itself
+            nut.wait(timeout=10)
+            tls_results = bench_tls(
+                tls_cases, rounds, scale, workdir, backend_ports, res_port, res.pid, start
+            )
+            report_tls(tls_results, rounds, args.markdown)
         stop_all()  # the ring section's processes: the cluster section gets the machine
         cluster_results: dict[str, Series] = {}
         cluster_cases = [c for c in CLUSTER_CASES if not args.only or c.name in args.only.split(",")]
@@ -330,7 +351,11 @@ def ring_and_cluster(args: argparse.Namespace) -> None:
             json.dump(
                 {
                     k: {"runs": {n: [vars(x) for x in v] for n, v in s.runs.items()}, "ratios": s.ratios}
-                    for k, s in [*results.items(), *(("cluster " + k, v) for k, v in cluster_results.items())]
+                    for k, s in [
+                        *results.items(),
+                        *(("cluster " + k, v) for k, v in cluster_results.items()),
+                        *(("tls " + k, v) for k, v in tls_results.items()),
+                    ]
                 },
                 f,
                 indent=1,
@@ -338,6 +363,117 @@ def ring_and_cluster(args: argparse.Namespace) -> None:
     finally:
         stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+TLS_CASES = [CASES[2], CASES[3]]  # GET P16, SET P16
+
+
+def bench_tls(
+    cases: list[Case],
+    rounds: int,
+    scale: float,
+    workdir: str,
+    backend_ports: list[int],
+    plain_port: int,
+    plain_pid: int,
+    start: Callable[..., subprocess.Popen[bytes]],
+) -> dict[str, Series]:
+    """resproxy with a TLS listener vs the plain one over the same servers; redis-server's own
+    TLS vs plain beside it (the ``redis`` and ``redis-tls`` runs)."""
+    certs = make_certs(os.path.join(workdir, "certs"))
+    tls_port, redis_tls_port, redis_plain = free_port(), free_port(), backend_ports[0]
+    servers = "".join(f"      - 127.0.0.1:{p}:1\n" for p in backend_ports)
+    conf = os.path.join(workdir, "resproxy-tls.yml")
+    with open(conf, "w") as f:
+        f.write(
+            f"pools:\n  bench:\n    listen: 127.0.0.1:{tls_port}\n"
+            '    hash: fnv1a_64\n    distribution: ketama\n    hash_tag: "{}"\n'
+            "    timeout: 400\n    server_connections: 1\n    preconnect: true\n"
+            f"    tls: {{cert_file: {certs.server_cert}, key_file: {certs.server_key}}}\n"
+            f"    servers:\n{servers}"
+        )
+    proxy = start([sys.executable, "-m", "proxy", "-c", conf, "--log-level", "warning"], cwd=ROOT)
+    redis_tls = start(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            str(redis_tls_port),
+            "--tls-cert-file",
+            certs.server_cert,
+            "--tls-key-file",
+            certs.server_key,
+            "--tls-ca-cert-file",
+            certs.ca,
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            workdir,
+        ]
+    )
+    wait_port(tls_port, lambda: proxy.poll() is None, "resproxy (TLS)")
+    wait_port(redis_tls_port, lambda: redis_tls.poll() is None, "redis-server (TLS)")
+    tls = ["--tls", "--cacert", certs.ca]
+    results: dict[str, Series] = {}
+    for case in cases:
+        series = results[case.name] = Series(runs={"plain": [], "resproxy": [], "redis": [], "redis-tls": []})
+        requests = max(1000, int(case.requests * scale))
+        for r in range(rounds):
+            abba_round(
+                series,
+                r,
+                "plain",
+                lambda: measure(plain_port, plain_pid, case, requests),
+                lambda: measure(tls_port, proxy.pid, case, requests, tls=tls),
+                f"TLS {case.name} round {r + 1}/{rounds}: resproxy TLS/plain",
+            )
+            series.runs["redis"].append(measure(redis_plain, None, case, requests))
+            series.runs["redis-tls"].append(measure(redis_tls_port, None, case, requests, tls=tls))
+        if proxy.poll() is not None:
+            raise SystemExit("bench: resproxy (TLS) died during the run")
+    return results
+
+
+def report_tls(results: dict[str, Series], rounds: int, markdown: bool) -> None:
+    med = statistics.median
+    header = [
+        "case",
+        "resproxy plain rps",
+        "resproxy TLS rps",
+        "TLS/plain (min-max)",
+        "CPU us/req plain/TLS",
+        "redis plain rps",
+        "redis TLS rps",
+        "redis TLS/plain",
+    ]
+    rows = []
+    for name, s in results.items():
+        pl, t, r, rt = s.runs["plain"], s.runs["resproxy"], s.runs["redis"], s.runs["redis-tls"]
+        cpu_plain = med([x.cpu_us for x in pl if x.cpu_us is not None])
+        cpu_tls = med([x.cpu_us for x in t if x.cpu_us is not None])
+        rows.append(
+            [
+                name,
+                f"{med([x.rps for x in pl]):,.0f}",
+                f"{med([x.rps for x in t]):,.0f}",
+                f"{med(s.ratios):.2f} ({min(s.ratios):.2f}-{max(s.ratios):.2f})",
+                f"{cpu_plain:.1f}/{cpu_tls:.1f}",
+                f"{med([x.rps for x in r]):,.0f}",
+                f"{med([x.rps for x in rt]):,.0f}",
+                f"{med([x.rps for x in rt]) / med([x.rps for x in r]):.2f}",
+            ]
+        )
+    print(
+        f"\nTLS: resproxy with a TLS listener vs plain (same servers, plain behind both), "
+        f"redis-benchmark -c {CLIENTS} -P 16; {rounds} round(s) of A B B A; redis-server's own "
+        "TLS/plain beside it; medians\n"
+    )
+    table(header, rows, markdown)
 
 
 def abba_round(

@@ -105,6 +105,7 @@ class TlsAcceptor(asyncio.Protocol):
         "_task",
         "_client",
         "_early",
+        "_hello",
         "_lost",
     )
 
@@ -124,20 +125,29 @@ class TlsAcceptor(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._client: asyncio.Protocol | None = None
         self._early: list[bytes] = []  # decrypted bytes that came before the client existed
+        # Raw bytes read before the handshake started (uvloop starts reading right after
+        # connection_made, before the task below runs): the ClientHello, for the TLS layer.
+        self._hello: list[bytes] | None = []
         self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = raw = cast(asyncio.Transport, transport)
-        raw.pause_reading()  # the ClientHello is for start_tls, not for data_received
         self._task = self._loop.create_task(self._handshake(raw))
 
     async def _handshake(self, raw: asyncio.Transport) -> None:
         peer = raw.get_extra_info("peername")
         who = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        upgrade = self._loop.start_tls(
+            raw, self, self._context, server_side=True, ssl_handshake_timeout=self._timeout_s
+        )
+        # start_tls, as it starts (in this step), pauses reading, puts its TLS protocol on the
+        # transport and schedules that protocol's connection_made, then resume_reading: bytes
+        # already read go to the TLS protocol before both, so before anything read later.
+        hello, self._hello = self._hello, None
+        if hello:
+            self._loop.call_soon(_feed, raw, b"".join(hello))
         try:
-            tls = await self._loop.start_tls(
-                raw, self, self._context, server_side=True, ssl_handshake_timeout=self._timeout_s
-            )
+            tls = await upgrade
         except asyncio.CancelledError:
             raw.abort()
             raise
@@ -155,7 +165,9 @@ class TlsAcceptor(asyncio.Protocol):
         self._early.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self._client is not None:
+        if self._hello is not None:  # (before start_tls: encrypted)
+            self._hello.append(data)
+        elif self._client is not None:
             self._client.data_received(data)
         else:
             self._early.append(data)
@@ -167,6 +179,24 @@ class TlsAcceptor(asyncio.Protocol):
         self._lost = True
         if self._client is not None:
             self._client.connection_lost(exc)
+
+
+def _feed(raw: asyncio.Transport, data: bytes) -> None:
+    """Hand bytes read before the handshake began to the TLS protocol now on ``raw``."""
+    protocol = raw.get_protocol()
+    if raw.is_closing():
+        return
+    if hasattr(protocol, "buffer_updated"):
+        buffered = cast(asyncio.BufferedProtocol, protocol)
+        view = memoryview(data)
+        while view:
+            buf = memoryview(buffered.get_buffer(len(view)))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            buffered.buffer_updated(n)
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
 
 
 def _why(exc: BaseException) -> str:

@@ -1,0 +1,112 @@
+"""tls.TlsAcceptor on uvloop, with an echo protocol behind it (no Redis: the TLS layer alone).
+
+uvloop starts reading a new connection right after its ``connection_made``, before the
+handshake task runs: a ClientHello read then must still reach the TLS layer (it once sat in
+the acceptor and the handshake hung until its timeout, one connection in ten).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from proxy.tls import TlsAcceptor
+
+CONNECTIONS = 200
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    d: Path = tmp_path_factory.mktemp("tls")
+    crt, key = str(d / "c.pem"), str(d / "k.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-noenc"]
+        + ["-keyout", key, "-out", crt, "-days", "1", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    yield crt, key
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+def _serve(cert: tuple[str, str], client_work: object, timeout_s: float = 5.0) -> tuple[object, list[str]]:
+    """Run an acceptor server on uvloop while ``client_work(port)`` runs in a thread."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(*cert)
+    failures: list[str] = []
+
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: TlsAcceptor(server_ctx, timeout_s, Echo, lambda peer, why: failures.append(why)),
+            "127.0.0.1",
+            0,
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with asyncio.timeout(120):
+                return await asyncio.to_thread(client_work, port)  # type: ignore[arg-type]
+        finally:
+            server.close()
+
+    return uvloop.run(main()), failures
+
+
+def test_every_handshake_completes_when_the_client_speaks_at_once(cert: tuple[str, str]) -> None:
+    context = ssl.create_default_context(cafile=cert[0])
+
+    def clients(port: int) -> list[str]:
+        bad = []
+        for i in range(CONNECTIONS):
+            try:
+                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                with context.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.settimeout(10)
+                    s.sendall(b"hello %d" % i)
+                    if s.recv(100) != b"hello %d" % i:
+                        bad.append(f"{i}: wrong echo")
+            except OSError as exc:
+                bad.append(f"{i}: {exc}")
+        return bad
+
+    bad, failures = _serve(cert, clients)
+    assert bad == [] and failures == []
+
+
+def test_a_plaintext_client_is_closed_and_reported(cert: tuple[str, str]) -> None:
+    def probe(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"PING\r\n")
+            try:
+                return s.recv(100)
+            except ConnectionResetError:
+                return b""
+
+    answer, failures = _serve(cert, probe)
+    assert answer == b"" and len(failures) == 1
+    assert "WRONG_VERSION_NUMBER" in failures[0].upper() or "wrong version" in failures[0]
+
+
+def test_a_silent_client_is_closed_at_the_handshake_timeout_and_reported(cert: tuple[str, str]) -> None:
+    def silent(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            return s.recv(100)  # the proxy closes it: b""
+
+    answer, failures = _serve(cert, silent, timeout_s=0.2)
+    assert answer == b"" and len(failures) == 1 and "longer than" in failures[0]
