@@ -30,6 +30,17 @@ NOPERM_COMMAND = "NOPERM this user has no permissions to run the '{}' command"
 NOPERM_KEY = "NOPERM this user has no permissions to access one of the keys used as arguments"
 NOPERM_CHANNEL = "NOPERM this user has no permissions to access one of the channels used as arguments"
 
+SORT_BY_DENIED = "ERR BY option of SORT denied due to insufficient ACL permissions."
+SORT_GET_DENIED = "ERR GET option of SORT denied due to insufficient ACL permissions."
+# A script runs on the server as the proxy's own user: what it touches cannot be checked here.
+SCRIPT_DENIED = (
+    "NOPERM this user has no permissions to run the '{}' command through the proxy: a script runs "
+    "on the servers with the proxy's rights, not this user's, so scripts are served only to users "
+    "with allcommands, allkeys and allchannels"
+)
+SCRIPT_COMMANDS = frozenset({b"EVAL", b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO", b"FCALL", b"FCALL_RO"})
+SORT_COMMANDS = frozenset({b"SORT", b"SORT_RO"})
+
 # Commands whose arguments after the name are channels (PSUBSCRIBE: patterns), not keys.
 CHANNEL_COMMANDS = {b"SUBSCRIBE": 1, b"SSUBSCRIBE": 1, b"PSUBSCRIBE": 1, b"PUBLISH": 1, b"SPUBLISH": 1}
 ONE_CHANNEL = frozenset({b"PUBLISH", b"SPUBLISH"})
@@ -280,4 +291,28 @@ def check(user: User, fullname: str, name: bytes, args: Sequence[bytes], keys: S
         return None
     if not user.all_keys and keys and not all(_matches(user.keys, args[i]) for i in keys):
         return NOPERM_KEY
+    if name in SCRIPT_COMMANDS and not user.unrestricted:  # (after its declared keys, as Redis)
+        return SCRIPT_DENIED.format(fullname)
+    if name in SORT_COMMANDS and not user.all_keys:
+        return _sort_patterns(args)
+    return None
+
+
+def _sort_patterns(args: Sequence[bytes]) -> str | None:
+    """SORT's BY and GET read keys their patterns name: only for users with every key (Redis)."""
+    i = 2
+    while i < len(args) - 1:
+        option = args[i].upper()
+        if option == b"BY":
+            if b"*" in args[i + 1]:
+                return SORT_BY_DENIED
+            i += 2
+        elif option == b"GET":
+            return SORT_GET_DENIED
+        elif option == b"LIMIT":
+            i += 3
+        elif option == b"STORE":
+            i += 2
+        else:
+            i += 1
     return None

@@ -342,6 +342,7 @@ class ClientConnection(asyncio.Protocol):
                 # local commands may have changed these (AUTH, HELLO 3, RESET, MULTI, WATCH)
                 plain = self._plain()
                 fast = self._fast_keys.get if plain else _no_fast_path
+                fanout = self._fast_fanout  # (AUTH as a user with limited rights empties it)
                 resp3 = self.resp3
         except ProtocolError as exc:
             self.queue.push_error(errors.protocol(str(exc)))
@@ -431,7 +432,8 @@ class ClientConnection(asyncio.Protocol):
         if user is None:
             auth.user = None
             auth.ok = False
-            self.close_after_replies("user_removed")
+            self._pool.stats.closed["user_removed"] += 1
+            self.begin_shutdown(failed=True)  # (at once when nothing is owed: no flush will come)
         else:
             auth.user = user
 

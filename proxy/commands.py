@@ -147,9 +147,11 @@ def _single_key_index(specs: Sequence[KeySpec]) -> int:
     return 0
 
 
-def _kind(name: bytes, flags: frozenset[str], specs: Sequence[KeySpec], container: bool) -> Kind:
+def _kind(name: bytes, flags: frozenset[str], specs: Sequence[KeySpec], container: bool, sub: bool) -> Kind:
     if container:
         return Kind.CONTAINER
+    if sub:  # by its flags and keys alone: LATENCY RESET is not RESET (build_table adds the rest)
+        return Kind.REFUSED if flags & REFUSED_FLAGS or not specs else Kind.KEYED
     if name in LOCAL_COMMANDS:
         return Kind.LOCAL
     if name in FANOUT_COMMANDS:
@@ -173,7 +175,9 @@ def _kind(name: bytes, flags: frozenset[str], specs: Sequence[KeySpec], containe
     return Kind.KEYED
 
 
-def _spec(name: bytes, fullname: str, row: tuple[object, ...], container: bool) -> CommandSpec:
+def _spec(
+    name: bytes, fullname: str, row: tuple[object, ...], container: bool, sub: bool = False
+) -> CommandSpec:
     arity, flags, _first, _last, _step, specs = row[0], row[1], row[2], row[3], row[4], row[5]
     assert isinstance(arity, int) and isinstance(flags, tuple) and isinstance(specs, tuple)
     fl = frozenset(str(f) for f in flags)
@@ -184,7 +188,7 @@ def _spec(name: bytes, fullname: str, row: tuple[object, ...], container: bool) 
         fullname=fullname,
         arity=arity,
         flags=fl,
-        kind=_kind(name, fl, specs, container),
+        kind=_kind(name, fl, specs, container, sub),
         key_index=_single_key_index(specs),
         readonly="readonly" in fl,
         key_specs=tuple(specs),
@@ -201,7 +205,7 @@ def build_table() -> dict[bytes, CommandSpec]:
             children: dict[bytes, CommandSpec] = {}
             for sub, sub_row in subs.items():
                 child = _spec(
-                    sub, f"{name.decode().lower()}|{sub.decode().lower()}", sub_row, container=False
+                    sub, f"{name.decode().lower()}|{sub.decode().lower()}", sub_row, container=False, sub=True
                 )
                 if name == b"CLIENT":
                     kind = Kind.LOCAL if sub in LOCAL_CLIENT_SUBCOMMANDS else Kind.REFUSED

@@ -247,7 +247,7 @@ def hello(host: LocalHost, args: Sequence[bytes]) -> None:
             queue.push_error(errors.SYNTAX)
             return
     if not host.auth.ok:
-        queue.push_error(errors.NOAUTH)
+        queue.push_error(errors.NOAUTH_HELLO)
         return
     host.set_resp3(resp3)
     fields: list[tuple[bytes, Any]] = [
