@@ -13,22 +13,32 @@ Redis Cluster, and the clients that reach them (Python ``ssl`` and ``redis-cli -
 - ``TlsRedisCluster``: ``RedisCluster`` with ``tls-cluster yes`` and ``tls-replication yes``,
   created with ``redis-cli --tls ... --cluster create``
 - ``tls_cli``: ``redis-cli --tls ...`` against a port, bounded
+- ``TlsSentinel``: ``Sentinel`` on a TLS port only, reaching the servers it watches over TLS
+- ``peer_common_name``: the subject CN of the certificate a TLS peer presented
+- ``https_get``: ``http_get`` over HTTPS (resproxy's /metrics with ``metrics.tls``), a bearer
+  token sent or not
+- ``YamlFlow``: a mapping given as one key of ``configs.pool_yaml`` (``tls=YamlFlow(...)``)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import socket
 import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tests.integration.harness.clients import RawClient
 from tests.integration.harness.cluster import RedisCluster
+from tests.integration.harness.sentinel import Sentinel
 from tests.integration.harness.servers import RedisServer
 
 if TYPE_CHECKING:
@@ -392,3 +402,64 @@ class TlsRedisCluster(RedisCluster):
 
     def cli_args(self) -> list[str]:
         return tls_cli_args(self.certs)
+
+
+class TlsSentinel(Sentinel):
+    """A Redis Sentinel that accepts TLS only (``port`` is its TLS port) and reaches the master
+    and replicas it watches over TLS (``tls-replication yes``), presenting the server
+    certificate (which is also a client certificate); ``call`` speaks TLS as
+    ``TlsRedisServer``'s does."""
+
+    name = "redis-sentinel (TLS)"
+
+    def __init__(self, certs: Certs, master_name: str, master_port: int, quorum: int = 2) -> None:
+        super().__init__(master_name, master_port, quorum)
+        self.certs = certs
+        self.context = client_context(certs)
+        with open(self.conf, "a") as f:  # after Sentinel's "port": the last value is the one kept
+            f.write(
+                f"port 0\ntls-port {self.port}\n"
+                f"tls-cert-file {certs.server_cert}\ntls-key-file {certs.server_key}\n"
+                f"tls-ca-cert-file {certs.ca}\ntls-auth-clients no\ntls-replication yes\n"
+            )
+
+    def start(self) -> TlsSentinel:
+        super().start()
+        return self
+
+    def call(self, *args: bytes | str | int) -> Any:
+        with TlsRawClient(self.port, self.context) as c:
+            return c.call(*args)
+
+
+def peer_common_name(sock: socket.socket) -> str:
+    """The subject CN of the certificate the peer of a TLS socket presented (verified)."""
+    assert isinstance(sock, ssl.SSLSocket), sock
+    cert = sock.getpeercert()
+    assert cert, "no peer certificate"
+    subject = cast(tuple[tuple[tuple[str, str], ...], ...], cert["subject"])
+    return next(v for rdn in subject for k, v in rdn if k == "commonName")
+
+
+def https_get(port: int, path: str, certs: Certs, token: str | None = None) -> tuple[int, bytes]:
+    """(status, body) of GET https://127.0.0.1:port/path, the server verified against
+    ``certs.ca`` (hostname included), with ``Authorization: Bearer <token>`` when ``token``;
+    error statuses included."""
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = client_context(certs, client_cert=False)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class YamlFlow(dict[str, object]):
+    """A mapping written as one YAML value where ``configs`` writes ``str(value)`` (the keys
+    of ``pool_yaml``): ``tls=YamlFlow(cert_file=..., key_file=...)``. Its text is JSON, which
+    YAML reads as a flow mapping (strings quoted, booleans true/false)."""
+
+    def __str__(self) -> str:
+        return json.dumps(self)
