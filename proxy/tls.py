@@ -10,7 +10,8 @@
   event loop (uvloop's TLS, ``loop.start_tls``) within ``handshake_timeout``, then hands the
   encrypted transport to the client protocol. A failed handshake (a plaintext client, a
   certificate the CA did not sign, no certificate when one is required, a timeout) closes the
-  connection and is reported to ``on_failure``: counted and logged there, never a traceback.
+  connection and is reported to ``on_failure``: counted and logged there, never a traceback. A
+  peer that just connects and closes (a TCP health check) is not a failed handshake.
 """
 
 from __future__ import annotations
@@ -151,6 +152,11 @@ class TlsAcceptor(asyncio.Protocol):
         except asyncio.CancelledError:
             raw.abort()
             raise
+        except (ConnectionResetError, BrokenPipeError):
+            # The peer closed before any TLS error: a TCP health check (connect, close) or a
+            # client that gave up. Not a failed handshake: nothing to count or log.
+            raw.abort()
+            return
         except (ssl.SSLError, OSError, TimeoutError, EOFError) as exc:
             raw.abort()
             self._failed(who, _why(exc))

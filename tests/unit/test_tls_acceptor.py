@@ -110,3 +110,17 @@ def test_a_silent_client_is_closed_at_the_handshake_timeout_and_reported(cert: t
 
     answer, failures = _serve(cert, silent, timeout_s=0.2)
     assert answer == b"" and len(failures) == 1 and "longer than" in failures[0]
+
+
+def test_a_tcp_health_check_is_not_a_failed_handshake(cert: tuple[str, str]) -> None:
+    def checks(port: int) -> list[bytes]:
+        answers = []
+        for i in range(20):  # connect, then close without a byte: a load balancer's probe
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                if i % 2:
+                    s.shutdown(socket.SHUT_WR)
+                    answers.append(s.recv(100))
+        return answers
+
+    answers, failures = _serve(cert, checks)
+    assert answers == [b""] * 10 and failures == []
