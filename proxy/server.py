@@ -102,6 +102,7 @@ class ProxyServer:
         self.fronts: dict[str, _Front] = self._fronts(config, self.pools, {})
         self.clients: dict[str, set[ClientConnection]] = {n: set() for n in self.fronts}
         self._metrics: asyncio.AbstractServer | None = None
+        self._metrics_ssl: ssl.SSLContext | None = None  # metrics.tls: reloads read its files again
         self._drained = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -182,6 +183,7 @@ class ProxyServer:
             self._metrics = await serve_http(
                 addr.host, addr.port, self.snapshot, context=context, token=config.metrics_token
             )
+            self._metrics_ssl = context
         except OSError as exc:
             raise OSError(
                 exc.errno, f"metrics endpoint: cannot listen on {addr}: {exc.strerror or exc}"
@@ -388,6 +390,9 @@ class ProxyServer:
                 pools[pc.name] = pool
                 fresh.append(pool)
         check_tls(new)  # (the files as they are now: a rotated one is read again below)
+        if self._metrics_ssl is not None and new.metrics_tls is not None:
+            # the endpoint's context, in place: its next handshakes get the files as they are now
+            self._metrics_ssl.load_cert_chain(new.metrics_tls.cert_file, new.metrics_tls.key_file)
         fronts = self._fronts(new, pools, self.fronts)
         # The clients as they are now: a front whose address moves closes these, not the ones
         # its new socket (same name, same set) accepts while the reload runs.

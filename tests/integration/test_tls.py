@@ -587,6 +587,36 @@ def test_sentinel_pool_with_a_tls_master_and_a_tls_sentinel(certs: Certs) -> Non
 # --- metrics --------------------------------------------------------------------------------
 
 
+def test_metrics_certificate_rotates_on_reload(
+    certs: Certs, backends: dict[str, list[RedisServer]], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "metrics.crt", tmp_path / "metrics.key"
+    shutil.copyfile(certs.server_cert, cert)
+    shutil.copyfile(certs.server_key, key)
+    port, metrics_port = free_port(), free_port()
+    text = native_config(pool_yaml("m", port, server_lines(backends["plain"]), timeout=SERVER_TIMEOUT_MS))
+    text += f"metrics:\n  listen: {metrics_port}\n  tls: {{cert_file: {cert}, key_file: {key}}}\n"
+
+    def metrics_cn() -> str:
+        context = client_context(certs, client_cert=False)
+        with socket.create_connection(("127.0.0.1", metrics_port), timeout=CLIENT_TIMEOUT_S) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                return peer_common_name(s)
+
+    with ResProxy(text, port=port).start() as proxy:
+        poll_until(lambda: https_get(metrics_port, "/healthz", certs)[0] == 200, "https /healthz", 10)
+        assert metrics_cn() == "localhost"
+        for new_cert, new_key, cn in (
+            (certs.server2_cert, certs.server2_key, "localhost rotated"),
+            (certs.server_cert, certs.server_key, "localhost"),
+        ):
+            shutil.copyfile(new_cert, cert)
+            shutil.copyfile(new_key, key)
+            assert proxy.reload(text), proxy.log()[-3000:]
+            assert metrics_cn() == cn
+        assert_no_traceback(proxy)
+
+
 def test_metrics_over_https_with_a_token_on_loopback(edge: ResProxy, certs: Certs) -> None:
     port = edge.metrics_port
     assert listening_addresses(port) == {"127.0.0.1"}  # a bare port binds loopback only
