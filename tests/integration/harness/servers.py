@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
 from tests.integration.harness.clients import RawClient, client_list
 from tests.integration.harness.ports import free_port
@@ -78,10 +78,14 @@ class RedisServer(Process):
         return 0
 
 
-def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServer]:
-    """Start ``count`` redis-servers in parallel and wait for all of them."""
-    servers = [RedisServer(extra=extra).launch() for _ in range(count)]
+S = TypeVar("S", bound=RedisServer)
+
+
+def start_all(servers: list[S]) -> list[S]:
+    """Launch ``servers`` at once, then wait for each; on a failure every one is stopped."""
     try:
+        for s in servers:
+            s.launch()
         for s in servers:
             s.wait_ready()
     except BaseException:
@@ -92,12 +96,22 @@ def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServ
 
 
 @contextmanager
-def running_redis_servers(count: int, extra: Sequence[str] = ()) -> Iterator[list[RedisServer]]:
-    """``count`` redis-servers started in parallel for a block (a module fixture's body),
-    stopped by PID at its end, whatever happened."""
-    started = start_redis_servers(count, extra)
+def running(servers: list[S]) -> Iterator[list[S]]:
+    """``start_all(servers)`` for a block (a module fixture's body), each stopped by PID at its
+    end, whatever happened."""
+    started = start_all(servers)
     try:
         yield started
     finally:
         for s in started:
             s.cleanup()
+
+
+def start_redis_servers(count: int, extra: Sequence[str] = ()) -> list[RedisServer]:
+    """Start ``count`` redis-servers in parallel and wait for all of them."""
+    return start_all([RedisServer(extra=extra) for _ in range(count)])
+
+
+def running_redis_servers(count: int, extra: Sequence[str] = ()) -> AbstractContextManager[list[RedisServer]]:
+    """``count`` redis-servers started in parallel for a block, stopped by PID at its end."""
+    return running([RedisServer(extra=extra) for _ in range(count)])

@@ -30,8 +30,8 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from tests.integration.harness.clients import RawClient
 from tests.integration.harness.cluster import RedisCluster
 from tests.integration.harness.sentinel import Sentinel
-from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.servers import RedisServer, running, start_all
 
 if TYPE_CHECKING:
     import pytest
@@ -320,30 +320,14 @@ def start_tls_servers(
     count: int, certs: Certs, auth_clients: AuthClients = "no", extra: Sequence[str] = ()
 ) -> list[TlsRedisServer]:
     """Start ``count`` TLS redis-servers in parallel and wait for all of them."""
-    servers = [TlsRedisServer(certs, auth_clients, extra=extra) for _ in range(count)]
-    try:
-        for s in servers:
-            s.launch()
-        for s in servers:
-            s.wait_ready()
-    except BaseException:
-        for s in servers:
-            s.cleanup()
-        raise
-    return servers
+    return start_all([TlsRedisServer(certs, auth_clients, extra=extra) for _ in range(count)])
 
 
-@contextmanager
 def running_tls_servers(
     count: int, certs: Certs, auth_clients: AuthClients = "no", extra: Sequence[str] = ()
-) -> Iterator[list[TlsRedisServer]]:
+) -> AbstractContextManager[list[TlsRedisServer]]:
     """``count`` TLS redis-servers for a block, stopped by PID at its end, whatever happened."""
-    started = start_tls_servers(count, certs, auth_clients, extra)
-    try:
-        yield started
-    finally:
-        for s in started:
-            s.cleanup()
+    return running([TlsRedisServer(certs, auth_clients, extra=extra) for _ in range(count)])
 
 
 def tls_cli_args(certs: Certs, *, client_cert: bool = True, ca: str | None = None) -> list[str]:
