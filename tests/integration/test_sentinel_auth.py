@@ -9,6 +9,8 @@ module builds the same group from the harness's primitives (``RedisServer``, ``S
 
 * The right passwords: the pool finds the master, serves SET/GET onto it, and holds an
   authenticated subscription on every sentinel (``CLIENT LIST`` on the sentinels: ``sub=2``).
+* ACL users instead of ``default``: ``sentinel_username``/``sentinel_auth`` on the sentinels and
+  ``redis_username``/``redis_auth`` on the data nodes (``CLIENT LIST`` shows ``user=``).
 * A wrong or missing ``sentinel_auth``: the proxy still starts (after waiting its ``timeout``
   for a master), every key gets ``-ERR no master known ...`` at once, ``/healthz`` says 503
   "no master known"; its subscriptions are refused (``sub=0``) and nothing reaches the master.
@@ -212,6 +214,46 @@ def _assert_not_served(p: ResProxy, group: PasswordSentinelGroup, password: str 
     assert samples.value("resproxy_pool_can_serve", pool=POOL) == 0
     assert group.current_master().call("EXISTS", key, password=REDIS_PW) == 0
     assert p.alive()
+
+
+def test_acl_users_on_the_sentinels_and_the_data_nodes(group: PasswordSentinelGroup) -> None:
+    """``sentinel_username`` and ``redis_username``: the proxy logs in as ACL users, not as
+    ``default``, on the sentinels (its questions and its subscription) and on the master."""
+    for sentinel in group.password_sentinels():
+        assert sentinel.call("ACL", "SETUSER", "watcher", "on", ">watch-pw", "~*", "&*", "+@all") == b"OK"
+    for node in group.nodes():
+        assert (
+            node.call("ACL", "SETUSER", "app", "on", ">app-pw", "~*", "&*", "+@all", password=REDIS_PW)
+            == b"OK"
+        )
+    keys: dict[str, object] = {
+        "timeout": TIMEOUT_MS,
+        "preconnect": True,
+        "sentinel_username": "watcher",
+        "sentinel_auth": "watch-pw",
+        "redis_username": "app",
+        "redis_auth": "app-pw",
+    }
+    with start_sentinel_proxy(group, POOL, metrics=True, **keys) as p:
+        client = redis.Redis(port=p.port, password="app-pw", socket_timeout=CLIENT_TIMEOUT_S)
+        try:
+            assert client.set("acl:users", "v") and client.get("acl:users") == b"v"
+        finally:
+            client.close()
+        master = group.current_master()
+        assert master.call("GET", "acl:users", password=REDIS_PW) == b"v"
+        users = {c.get("user") for c in master.clients(password=REDIS_PW) if c.get("cmd") in ("set", "get")}
+        assert users == {"app"}, master.clients(password=REDIS_PW)
+        for sentinel in group.password_sentinels():
+            poll_until(
+                lambda: any(
+                    c.get("user") == "watcher" and c.get("sub") == "2" and c.get("cmd") == "subscribe"
+                    for c in sentinel.clients()
+                ),
+                f"subscribed as watcher on sentinel {sentinel.port}",
+                10,
+            )
+        assert "Traceback" not in p.log()
 
 
 @pytest.mark.parametrize("sentinel_auth", ["not-the-password", None], ids=["wrong", "missing"])
