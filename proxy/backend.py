@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-from proxy import errors
+from proxy import errors, tls
 from proxy.inflight import ReplySlot
 from proxy.metrics import ServerStats
 from proxy.resp import ProtocolError, ReplyParser, is_error
@@ -166,7 +166,7 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = transport = cast(asyncio.Transport, transport)
+        self._transport = transport = tls.joined_writes(cast(asyncio.Transport, transport))
         self.connected = True
         if self.closed:  # closed while connecting
             transport.abort()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from proxy import acl, blocking, errors, keyspace, local
+from proxy import acl, blocking, errors, keyspace, local, tls
 from proxy.budget import Budget
 from proxy.commands import (
     CommandSpec,
@@ -174,7 +174,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = transport = cast(asyncio.Transport, transport)
+        self._transport = transport = tls.joined_writes(cast(asyncio.Transport, transport))
         limits = self._pool.config.client_limits
         # pause_writing comes at the first of: the proxy's own pause point, a client output limit
         high = min(

@@ -187,6 +187,34 @@ class TlsAcceptor(asyncio.Protocol):
             self._client.connection_lost(exc)
 
 
+class JoinedWrites:
+    """A TLS transport whose ``writelines`` is one ``write`` of the joined chunks.
+
+    uvloop's TLS transport encrypts each chunk of a ``writelines`` as a TLS record of its own
+    (16 pipelined replies: 16 records, 16 encryptions, 16 record headers); one write of their
+    concatenation makes as few records as the bytes need. Everything else is the transport's.
+    """
+
+    __slots__ = ("_transport", "write")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.write = transport.write
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self._transport.write(b"".join(chunks))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+def joined_writes(transport: asyncio.Transport) -> asyncio.Transport:
+    """``transport``, with its writes joined when it is a TLS one (see ``JoinedWrites``)."""
+    if transport.get_extra_info("sslcontext") is None:
+        return transport
+    return cast(asyncio.Transport, JoinedWrites(transport))
+
+
 def _feed(raw: asyncio.Transport, data: bytes) -> None:
     """Hand bytes read before the handshake began to the TLS protocol now on ``raw``."""
     protocol = raw.get_protocol()

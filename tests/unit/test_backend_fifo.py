@@ -26,6 +26,9 @@ class Sent:
 
     def abort(self) -> None: ...
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # (no socket, no TLS)
+
 
 class Got:
     def __init__(self) -> None:

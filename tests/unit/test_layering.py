@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "fanout": {"commands", "resp", "inflight", "errors"},
     "scripts": {"inflight", "resp"},
     # connections to servers, one server, what a pool is to its users
-    "backend": {"resp", "inflight", "errors", "metrics"},
+    "backend": {"resp", "inflight", "errors", "metrics", "tls"},
     "upstream": {"backend", "config", "errors", "inflight", "metrics", "resp", "scripts", "tls"},
     "target": {"config", "inflight", "metrics", "upstream"},
     # the pool kinds
@@ -107,6 +107,7 @@ ALLOWED: dict[str, set[str]] = {
         "scripts",
         "stream",
         "target",
+        "tls",
         "transaction",
         "__init__",
     },

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from proxy.tls import TlsAcceptor
+from proxy.tls import TlsAcceptor, joined_writes
 
 CONNECTIONS = 200
 
@@ -124,3 +124,36 @@ def test_a_tcp_health_check_is_not_a_failed_handshake(cert: tuple[str, str]) -> 
 
     answers, failures = _serve(cert, checks)
     assert answers == [b""] * 10 and failures == []
+
+
+class Recorder:
+    """A transport that records its writes, TLS or not as ``sslcontext`` says."""
+
+    def __init__(self, tls: bool) -> None:
+        self.writes: list[bytes] = []
+        self.tls = tls
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.writes.extend(chunks)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return object() if name == "sslcontext" and self.tls else default
+
+
+def test_writes_to_a_tls_transport_are_joined_into_one_and_the_rest_passes_through() -> None:
+    raw = Recorder(tls=True)
+    joined = joined_writes(raw)  # type: ignore[arg-type]
+    joined.writelines([b"+OK\r\n", b"$1\r\nx\r\n", b":1\r\n"])  # one TLS record, not three
+    joined.write(b"+PONG\r\n")
+    assert raw.writes == [b"+OK\r\n$1\r\nx\r\n:1\r\n", b"+PONG\r\n"]
+    joined.pause_reading()
+    assert raw.paused
+    plain = Recorder(tls=False)
+    assert joined_writes(plain) is plain  # type: ignore[arg-type,comparison-overlap]
