@@ -187,12 +187,16 @@ class TlsAcceptor(asyncio.Protocol):
             self._client.connection_lost(exc)
 
 
+JOIN_MAX = 256 * 1024  # bytes of one flush joined into one TLS write
+
+
 class JoinedWrites:
     """A TLS transport whose ``writelines`` is one ``write`` of the joined chunks.
 
     uvloop's TLS transport encrypts each chunk of a ``writelines`` as a TLS record of its own
     (16 pipelined replies: 16 records, 16 encryptions, 16 record headers); one write of their
-    concatenation makes as few records as the bytes need. Everything else is the transport's.
+    concatenation makes as few records as the bytes need. Past ``JOIN_MAX`` bytes the chunks go
+    as they are (a large value is not copied once more). Everything else is the transport's.
     """
 
     __slots__ = ("_transport", "write")
@@ -202,7 +206,10 @@ class JoinedWrites:
         self.write = transport.write
 
     def writelines(self, chunks: list[bytes]) -> None:
-        self._transport.write(b"".join(chunks))
+        if sum(map(len, chunks)) <= JOIN_MAX:
+            self._transport.write(b"".join(chunks))
+        else:
+            self._transport.writelines(chunks)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._transport, name)

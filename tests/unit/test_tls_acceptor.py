@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from proxy.tls import TlsAcceptor, joined_writes
+from proxy.tls import JOIN_MAX, TlsAcceptor, joined_writes
 
 CONNECTIONS = 200
 
@@ -153,6 +153,9 @@ def test_writes_to_a_tls_transport_are_joined_into_one_and_the_rest_passes_throu
     joined.writelines([b"+OK\r\n", b"$1\r\nx\r\n", b":1\r\n"])  # one TLS record, not three
     joined.write(b"+PONG\r\n")
     assert raw.writes == [b"+OK\r\n$1\r\nx\r\n:1\r\n", b"+PONG\r\n"]
+    big = [b"x" * JOIN_MAX, b"y"]
+    joined.writelines(big)  # past JOIN_MAX: not copied into one
+    assert raw.writes[2:] == big
     joined.pause_reading()
     assert raw.paused
     plain = Recorder(tls=False)
