@@ -421,7 +421,9 @@ class ClientConnection(asyncio.Protocol):
     def _relogin(self, users: acl.Users) -> None:
         """A reload's users: a connected client has its user's new rights at once (as after
         Redis's ACL SETUSER); one whose user is gone is closed after its replies (as after
-        ACL DELUSER)."""
+        ACL DELUSER). What it already holds is checked again: subscriptions (a subscriber that
+        lost a channel is closed, as Redis closes it) and a transaction being queued (discarded:
+        EXEC answers EXECABORT; Redis checks each command again at EXEC)."""
         auth = self.auth
         if users is auth.users:
             return
@@ -434,8 +436,25 @@ class ClientConnection(asyncio.Protocol):
             auth.ok = False
             self._pool.stats.closed["user_removed"] += 1
             self.begin_shutdown(failed=True)  # (at once when nothing is owed: no flush will come)
-        else:
+        elif user != auth.user:
             auth.user = user
+            self._recheck(user)
+
+    def _recheck(self, user: acl.User) -> None:
+        if user.unrestricted:
+            return
+        sub = self._subscriber
+        if sub is not None and sub.active:
+            for kind in (sub.channels, sub.patterns, sub.shards):
+                names = list(kind.names)
+                verb = kind.verb
+                if names and acl.check(user, verb.decode().lower(), verb, [verb, *names], []) is not None:
+                    self._pool.stats.closed["rights_revoked"] += 1
+                    self.begin_shutdown(failed=True)
+                    return
+        txn = self._txn
+        if txn is not None and txn.state is TxnState.QUEUING:
+            txn.invalidate(errors.RIGHTS_CHANGED_IN_MULTI)
 
     def _fast_tables(self) -> tuple[Mapping[bytes, CommandSpec], Mapping[bytes, CommandSpec]]:
         """What the fast path serves: none of it for a user with limited rights (every command
@@ -524,9 +543,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._keyed(spec, args, raw)
 
-    def _not_allowed(self, spec: CommandSpec, args: list[bytes]) -> str | None:
+    def _not_allowed(self, spec: CommandSpec, args: list[bytes], count: bool = True) -> str | None:
         """Why this client may not run this command (``deny_commands``, or its user's rights:
-        -NOPERM), or None. Every key of a multi-key command is checked."""
+        -NOPERM), or None. Every key of a multi-key command is checked. ``count``: a refusal
+        is counted (not when stream.py asks before it streams a large value)."""
         deny = self._pool.config.deny_commands
         if deny and is_denied(spec, deny):
             return errors.denied(spec.fullname, self._pool.name)
@@ -538,7 +558,7 @@ class ClientConnection(asyncio.Protocol):
         except UnroutableKeys:
             positions = []  # (the command fails on its own with that error)
         text = acl.check(user, spec.fullname, spec.name, args, positions)
-        if text is not None:
+        if text is not None and count:
             self._pool.stats.acl_denials += 1
         return text
 
@@ -782,9 +802,12 @@ class ClientConnection(asyncio.Protocol):
 
     def reset(self) -> None:
         """RESET: back to a new connection's state (name, protocol, subscriptions, MONITOR,
-        transaction); authentication stays."""
+        transaction, and as Redis does, user: ``default``, or nobody if it needs a password)."""
         self.name = b""
         self.resp3 = False
+        self.auth.as_new()
+        self._parser.authenticated = self.auth.ok
+        self._fast_keys, self._fast_fanout = self._fast_tables()
         if self._subscriber is not None:
             self._subscriber.close(lost=False)
         if self._monitor is not None:

@@ -441,11 +441,39 @@ def key_positions(spec: CommandSpec, args: Sequence[bytes]) -> list[int]:
             step = 1
         keys.extend(range(start, min(last, argc - 1) + 1, step))
     if spec.name == b"SORT":
-        for i in range(2, argc - 1):
-            if args[i].upper() == b"STORE":
+        store = _sort_store(args)
+        if store:
+            keys.append(store)
+    elif spec.name in STORE_OPTION_COMMANDS:
+        # GEORADIUS ... STORE a STORE b: Redis stores into the last one; every one is a key here
+        # (routed together, and each checked against a user's keys)
+        found = set(keys)
+        for i in range(keys[0] + 1 if keys else 2, argc - 1):
+            if args[i].upper() in (b"STORE", b"STOREDIST") and i + 1 not in found:
                 keys.append(i + 1)
-                break
+                found.add(i + 1)
     return keys
+
+
+# Commands whose STORE/STOREDIST option names a destination key, possibly more than once.
+STORE_OPTION_COMMANDS = frozenset({b"GEORADIUS", b"GEORADIUSBYMEMBER"})
+_SORT_SKIP = {b"LIMIT": 2, b"GET": 1, b"BY": 1}
+
+
+def _sort_store(args: Sequence[bytes]) -> int:
+    """SORT's destination: the last STORE's argument, options' arguments skipped, as Redis's
+    ``sortGetKeys`` reads them (0: none)."""
+    store = 0
+    i = 2
+    while i < len(args):
+        word = args[i].upper()
+        skip = _SORT_SKIP.get(word)
+        if skip is not None:
+            i += skip
+        elif word == b"STORE" and i + 1 < len(args):
+            store = i + 1  # (not skipped: a later STORE wins, as in Redis)
+        i += 1
+    return store
 
 
 def _begin(begin: tuple[object, ...], args: Sequence[bytes]) -> int | None:

@@ -254,6 +254,11 @@ EXEC_WITHOUT_MULTI = "ERR EXEC without MULTI"
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 
 
+RIGHTS_CHANGED_IN_MULTI = (
+    "the user's rights changed (a reload) while the transaction was queued; nothing ran, retry it"
+)
+
+
 def execabort_because(text: str) -> str:
     """EXEC itself refused inside MULTI (e.g. its arity): Redis discards the transaction."""
     return "EXECABORT Transaction discarded because of: " + text.removeprefix("ERR ")

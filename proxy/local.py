@@ -59,10 +59,17 @@ class Auth:
 
     def __init__(self, users: acl.Users) -> None:
         self.users = users
-        default = users.default
+        self.user: acl.User | None = None
+        self.ok = False
+        self.failures = 0
+        self.as_new()
+
+    def as_new(self) -> None:
+        """Who a new connection is (and RESET's): ``default`` if it needs no password, else
+        nobody until AUTH."""
+        default = self.users.default
         self.user = default if default is not None and default.nopass else None
         self.ok = self.user is not None  # no password: every client is authenticated
-        self.failures = 0
 
     def login(self, args: Sequence[bytes]) -> acl.User | None:
         """The user ``[user] password`` (as AUTH and HELLO AUTH take them) names, if right."""
@@ -216,6 +223,11 @@ def auth_failed(host: LocalHost) -> None:
         host.close_after_replies("auth_failure_limit")
 
 
+def valid_name(name: bytes) -> bool:
+    """A client name as Redis takes one: printable, no spaces (CLIENT LIST stays one line each)."""
+    return all(0x21 <= c <= 0x7E for c in name)
+
+
 def hello(host: LocalHost, args: Sequence[bytes]) -> None:
     """HELLO [2|3 [AUTH user pass] [SETNAME name]]: Redis's handshake, RESP2 or RESP3."""
     queue = host.queue
@@ -241,6 +253,9 @@ def hello(host: LocalHost, args: Sequence[bytes]) -> None:
             host.authenticated(user)
             i += 3
         elif option == b"SETNAME" and i + 1 < len(args):
+            if not valid_name(args[i + 1]):
+                queue.push_error(errors.CLIENT_NAME)
+                return
             host.name = args[i + 1]
             i += 2
         else:
@@ -306,7 +321,7 @@ def client(host: LocalHost, spec: CommandSpec, args: Sequence[bytes]) -> None:
     queue = host.queue
     sub = spec.name
     if sub == b"SETNAME":
-        if any(c < 0x21 or c > 0x7E for c in args[2]):
+        if not valid_name(args[2]):
             queue.push_error(errors.CLIENT_NAME)
             return
         host.name = args[2]

@@ -86,6 +86,7 @@ CLOSE_REASONS = {
     "auth_failure_limit": "auth_failure_limit_disconnections",
     "max_buffered_bytes": "max_buffered_bytes_disconnections",  # held the most, proxy over
     "user_removed": "user_removed_disconnections",  # a reload removed the user it AUTHed as
+    "rights_revoked": "rights_revoked_disconnections",  # a reload took a channel it is subscribed to
 }
 
 

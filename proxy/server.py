@@ -54,7 +54,7 @@ from proxy.metrics import (
     info_text,
     serve_http,
 )
-from proxy.pool import RingPool
+from proxy.pool import PoolBase, RingPool
 from proxy.router import Router
 from proxy.security import TlsConfig
 from proxy.sentinel import SentinelPool
@@ -370,16 +370,25 @@ class ProxyServer:
         old_pcs = {pc.name: pc for pc in self.config.pools}
         pools: dict[str, Pool] = {}
         in_place: list[tuple[RingPool, RingPoolConfig]] = []
+        reconfigured: list[tuple[PoolBase, PoolConfig]] = []
         fresh: list[Pool] = []
         for pc in new.pools:
             current, before = self.pools.get(pc.name), old_pcs.get(pc.name)
-            if current is not None and before == pc:
+            # what the pool's clients see (users, TLS to them) changes nothing on the servers' side
+            front_only = (
+                dataclasses.replace(before, users=pc.users, tls=pc.tls)
+                if before is not None and type(before) is type(pc)
+                else None
+            )
+            if isinstance(current, PoolBase) and front_only == pc:
                 pools[pc.name] = current
+                if before != pc:
+                    reconfigured.append((current, pc))  # its clients get the new users at commit
             elif (
                 isinstance(current, RingPool)
-                and before is not None
+                and front_only is not None
                 and isinstance(pc, RingPoolConfig)
-                and dataclasses.replace(before, servers=pc.servers) == pc
+                and dataclasses.replace(front_only, servers=pc.servers) == pc
             ):
                 pools[pc.name] = current  # only its server list changed: updated in place
                 in_place.append((current, pc))
@@ -415,6 +424,8 @@ class ProxyServer:
             raise
         # Commit.
         tls.forget_server_contexts()
+        for kept, pc in reconfigured:
+            kept.config = pc
         for ring, pc in in_place:
             ring.set_servers(pc)
         for pool in fresh:

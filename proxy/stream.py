@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from proxy.backend import DedicatedConnection, Loss
-from proxy.commands import FAST_SINGLE_KEY, Kind, Refusal, lookup
+from proxy.commands import FAST_SINGLE_KEY, CommandSpec, Kind, Refusal, lookup
 from proxy.inflight import ReplyQueue, ReplySlot
 from proxy.metrics import CommandStats
 from proxy.pool import RingPool
@@ -66,6 +66,8 @@ class StreamHost(Protocol):
     def _frame_buffered(self) -> None: ...
 
     def _plain(self) -> bool: ...
+
+    def _not_allowed(self, spec: CommandSpec, args: list[bytes], count: bool = True) -> str | None: ...
 
 
 class Streamer:
@@ -120,6 +122,8 @@ class Streamer:
             return None
         if not host._plain():
             return None  # in a transaction (queued, or on its WATCH connection)
+        if host._not_allowed(spec, [spec.name, args[1]], count=False) is not None:
+            return None  # buffered whole, then refused as any command (deny_commands, NOPERM)
         server = host._pool.route(args[1])
         if not isinstance(server, Server) or not isinstance(server.pool, RingPool):
             return None

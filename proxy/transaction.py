@@ -83,6 +83,7 @@ class Transaction:
         "_host",
         "state",
         "_aborted",
+        "_why",
         "_commands",
         "_preload",
         "_bytes",
@@ -96,6 +97,7 @@ class Transaction:
         self._host = host
         self.state = TxnState.IDLE
         self._aborted = False
+        self._why: str | None = None  # EXECABORT's reason when nothing was answered at the time
         self._commands: list[bytes] = []
         self._preload: list[bytes] = []  # SCRIPT LOADs of the queued EVALSHAs' known bodies
         self._bytes = 0
@@ -168,10 +170,10 @@ class Transaction:
             queue.push_error(errors.EXEC_WITHOUT_MULTI)
             return
         conn, server, anchor = self._conn, self._server, self._anchor
-        commands, preload, aborted = self._commands, self._preload, self._aborted
+        commands, preload, aborted, why = self._commands, self._preload, self._aborted, self._why
         self._end()
         if aborted:
-            queue.push_error(errors.EXECABORT)
+            queue.push_error(errors.execabort_because(why) if why else errors.EXECABORT)
             if conn is not None:
                 _give_back(conn, host)
             return
@@ -247,6 +249,15 @@ class Transaction:
         self._bytes = 0
         self._host.queue.push_error(text)
 
+    def invalidate(self, why: str) -> None:
+        """Discard what is queued without a reply now (nothing was asked): EXEC answers
+        EXECABORT with ``why``."""
+        self._aborted = True
+        self._why = why
+        self._commands = []
+        self._preload = []
+        self._bytes = 0
+
     # --- while watching ----------------------------------------------------------------------
 
     def send_watched(self, keys: list[bytes], payload: bytes) -> bool:
@@ -299,6 +310,7 @@ class Transaction:
     def _end(self) -> None:
         self.state = TxnState.IDLE
         self._aborted = False
+        self._why = None
         self._commands = []
         self._preload = []
         self._bytes = 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,7 @@ from tests.integration.harness.configs import MURMUR_RING, native_config, pool_y
 from tests.integration.harness.metrics import Metrics
 from tests.integration.harness.ports import free_port
 from tests.integration.harness.proxyproc import ResProxy
-from tests.integration.harness.servers import RedisServer
+from tests.integration.harness.servers import RedisServer, running
 
 NOPERM_KEY = "NOPERM this user has no permissions to access one of the keys used as arguments"
 NOPERM_CHANNEL = "NOPERM this user has no permissions to access one of the channels used as arguments"
@@ -147,20 +146,6 @@ def ring_pools(ring1: Sequence[RedisServer], ring2: RedisServer) -> list[str]:
         pool_yaml("ring1", None, server_lines(ring1, "r1-"), timeout=2000, preconnect=True, **MURMUR_RING),
         pool_yaml("ring2", None, server_lines([ring2], "r2-"), timeout=2000, preconnect=True),
     ]
-
-
-@contextmanager
-def running(servers: Sequence[RedisServer]) -> Iterator[None]:
-    """``servers`` started in parallel for a block, stopped by PID at its end."""
-    try:
-        for s in servers:
-            s.launch()
-        for s in servers:
-            s.wait_ready()
-        yield
-    finally:
-        for s in servers:
-            s.cleanup()
 
 
 @dataclass
@@ -866,3 +851,128 @@ def test_sort_by_and_get_patterns_need_every_key_as_in_redis(stack: Stack, fresh
             theirs = error_text(direct.call(*command))
             assert "denied due to insufficient ACL permissions" in theirs
             assert comparable(proxied.call(*command)) == ("error", theirs), command
+
+
+# --- found in review: rights reached around the command's key arguments ----------------------
+
+
+def streamed_set(port: int, user: str, key: str, size: int) -> tuple[Any, Any]:
+    """AUTH as ``user`` then SET ``key`` to a ``size``-byte value sent in two writes (a large
+    value after its key: the proxy streams those to the server as they arrive)."""
+    with RawClient(port) as c:
+        assert c.call("AUTH", user, PASSWORDS[user]) == b"OK"
+        c.send(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key.encode(), size) + b"v" * 1000)
+        c.send(b"v" * (size - 1000) + b"\r\n")
+        reply = c.read()
+        return reply, c.call("STRLEN", key)
+
+
+def test_a_large_value_is_checked_like_any_other(stack: Stack, fresh: None) -> None:
+    """A value of 1 MiB or more after its key is streamed to the server as it arrives: the
+    command and its key are checked first (it once went straight to the server)."""
+    size = 2 * 1024 * 1024
+    reply, _ = streamed_set(stack.ports["app"], "app2", "app2:big", size)  # read-only user
+    assert error_text(reply) == noperm("set")
+    reply, _ = streamed_set(stack.ports["app"], "app1", "zzz:big", size)  # not app1's key
+    assert error_text(reply) == NOPERM_KEY
+    assert stack.holders("app2:big") == stack.holders("zzz:big") == []
+    reply, length = streamed_set(stack.ports["app"], "app1", "app1:big", size)  # allowed: stored
+    assert reply == b"OK" and length == size
+
+
+def test_every_store_destination_is_checked(stack: Stack, fresh: None) -> None:
+    """SORT stores into its last STORE (options' arguments skipped, as Redis's sortGetKeys),
+    GEORADIUS into its last STORE/STOREDIST: each one is a key the user must have."""
+    with stack.login("admin") as admin:
+        assert admin.call("RPUSH", "app1:{st}l", "3", "1", "2") == 3
+        assert admin.call("GEOADD", "app1:{st}g", "15", "37", "p") == 1
+    with stack.login("sorter") as sorter, RawClient(stack.reference.port) as direct:
+        assert direct.call("AUTH", "sorter", "pw4") == b"OK"
+        assert direct.call("RPUSH", "app1:{st}l", "3", "1", "2") == 3
+        command = ("SORT", "app1:{st}l", "STORE", "app1:{st}x", "STORE", "zzz:{st}y")
+        theirs = error_text(direct.call(*command))
+        assert error_text(sorter.call(*command)) == theirs == NOPERM_KEY
+        assert sorter.call("SORT", "app1:{st}l", "LIMIT", "0", "2", "STORE", "app1:{st}x") == 2
+    with stack.login("app1") as app1:
+        for option in ("STORE", "STOREDIST"):
+            geo = (
+                "GEORADIUS",
+                "app1:{st}g",
+                "15",
+                "37",
+                "200",
+                "km",
+                "STORE",
+                "app1:{st}a",
+                option,
+                "zzz:{st}b",
+            )
+            assert error_text(app1.call(*geo)) == NOPERM_KEY
+    assert stack.holders("zzz:{st}y") == stack.holders("zzz:{st}b") == []
+
+
+def test_reset_logs_out_as_redis_does_and_sunsubscribe_needs_no_right(stack: Stack) -> None:
+    with stack.login("app1") as app1:
+        assert app1.call("ACL", "WHOAMI") == b"app1"
+        assert app1.call("RESET") == b"RESET"
+        # the default user is off on this listener: back to nobody, as Redis with a password
+        assert error_text(app1.call("GET", "app1:x")) == NOAUTH
+        assert app1.call("AUTH", "app1", "pw1") == b"OK"
+        app1.send(b"*2\r\n$12\r\nSUNSUBSCRIBE\r\n$6\r\nnews.a\r\n")
+        assert app1.read() == [b"sunsubscribe", b"news.a", 0]
+    with RawClient(stack.ports["guarded"]) as c:  # redis_auth: the default user has a password
+        assert c.call("AUTH", "ro", "ro-pw") == b"OK"
+        assert c.call("RESET") == b"RESET"
+        assert error_text(c.call("ACL", "WHOAMI")) == NOAUTH
+        assert error_text(c.call("HELLO", "2", "SETNAME", "bad\nname")).startswith("ERR Client names")
+
+
+def test_a_reload_checks_what_connected_clients_hold(stack: Stack, fresh: None) -> None:
+    """After a reload: a subscriber that lost its channel is closed, a transaction being queued
+    is discarded (EXEC: EXECABORT), as Redis does after ACL SETUSER."""
+    front = ReloadedProxy(stack)
+    with front.proxy.start(), front.login("app1") as subscriber, front.login("app1") as queuing:
+        subscriber.send(b"*2\r\n$9\r\nSUBSCRIBE\r\n$6\r\nnews.a\r\n")
+        assert subscriber.read() == [b"subscribe", b"news.a", 1]
+        assert queuing.call("MULTI") == b"OK"
+        assert queuing.call("SET", "app1:q", "1") == b"QUEUED"
+        users = {**USERS, "app1": {**USERS["app1"], "channels": ["other.*"], "commands": APP1_COMMANDS[1:]}}
+        front.reload(users)  # channels news.* gone, +@read gone
+        assert subscriber.closed_by_peer()
+        assert error_text(queuing.call("EXEC")).startswith(
+            "EXECABORT Transaction discarded because of: the user"
+        )
+        assert stack.holders("app1:q") == []
+        closed = Metrics(front.metrics_port).total("resproxy_client_closed_total", reason="rights_revoked")
+        assert closed == 1
+
+
+def test_a_reload_of_users_alone_keeps_the_pool_and_its_clients_work(stack: Stack, fresh: None) -> None:
+    """A pool whose only change is a user's password is not a new pool: another user's
+    blocked pop and WATCH go on, over two reloads."""
+    port = free_port()
+    users = {"admin": USERS["admin"], "sorter": USERS["sorter"]}
+
+    def config(users: dict[str, dict[str, Any]]) -> str:
+        return native_config(
+            pool_yaml("solo", port, server_lines([stack.ring2], "s"), timeout=2000, users=_Flow(users))
+        )
+
+    with ResProxy(config(users), port=port).start() as proxy:
+        with RawClient(port) as blocked, RawClient(port) as watcher:
+            for c in (blocked, watcher):
+                assert c.call("AUTH", "admin", "adminpw") == b"OK"
+            assert watcher.call("WATCH", "app1:w") == b"OK"
+            blocked.send(b"*3\r\n$5\r\nBLPOP\r\n$6\r\napp1:q\r\n$1\r\n0\r\n")
+            for password in ("pw4-new", "pw4"):
+                assert proxy.reload(config({**users, "sorter": {**USERS["sorter"], "password": password}}))
+            with RawClient(port) as pusher:
+                assert pusher.call("AUTH", "admin", "adminpw") == b"OK"
+                assert pusher.call("RPUSH", "app1:q", "v") == 1
+            assert blocked.read() == [b"app1:q", b"v"]
+            assert watcher.call("MULTI") == b"OK"
+            assert watcher.call("SET", "app1:w", "1") == b"QUEUED"
+            assert watcher.call("EXEC") == [b"OK"]
+            with RawClient(port) as sorter:
+                assert sorter.call("AUTH", "sorter", "pw4") == b"OK"
+        assert "Traceback" not in proxy.log()
