@@ -40,6 +40,15 @@ def _spec(*args: bytes) -> CommandSpec:
         ([b"LMPOP", b"2", b"l1", b"l2", b"LEFT"], [b"l1", b"l2"]),
         ([b"SORT", b"k", b"STORE", b"dest"], [b"k", b"dest"]),  # as COMMAND GETKEYS says
         ([b"SORT", b"k", b"BY", b"w_*", b"GET", b"o_*"], [b"k"]),
+        # the last STORE, options' arguments skipped (Redis's sortGetKeys)
+        ([b"SORT", b"k", b"STORE", b"a", b"STORE", b"b"], [b"k", b"b"]),
+        ([b"SORT", b"k", b"GET", b"STORE", b"LIMIT", b"0", b"1"], [b"k"]),
+        ([b"SORT", b"k", b"LIMIT", b"0", b"1", b"STORE", b"d"], [b"k", b"d"]),
+        # every STORE/STOREDIST of GEORADIUS (Redis stores into the last)
+        (
+            [b"GEORADIUS", b"g", b"1", b"2", b"3", b"km", b"STORE", b"a", b"STOREDIST", b"b"],
+            [b"g", b"a", b"b"],
+        ),
         ([b"OBJECT", b"ENCODING", b"k"], [b"k"]),
         ([b"BITOP", b"AND", b"dest", b"a", b"b"], [b"dest", b"a", b"b"]),
     ],
