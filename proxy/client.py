@@ -434,8 +434,7 @@ class ClientConnection(asyncio.Protocol):
         if user is None:
             auth.user = None
             auth.ok = False
-            self._pool.stats.closed["user_removed"] += 1
-            self.begin_shutdown(failed=True)  # (at once when nothing is owed: no flush will come)
+            self.close_after_replies("user_removed")
         elif user != auth.user:
             auth.user = user
             self._recheck(user)
@@ -449,8 +448,7 @@ class ClientConnection(asyncio.Protocol):
                 names = list(kind.names)
                 verb = kind.verb
                 if names and acl.check(user, verb.decode().lower(), verb, [verb, *names], []) is not None:
-                    self._pool.stats.closed["rights_revoked"] += 1
-                    self.begin_shutdown(failed=True)
+                    self.close_after_replies("rights_revoked")
                     return
         txn = self._txn
         if txn is not None and txn.state is TxnState.QUEUING:
@@ -789,7 +787,7 @@ class ClientConnection(asyncio.Protocol):
         the connection closes once the replies owed are written."""
         if reason is not None:
             self._pool.stats.closed[reason] += 1
-        self._start_closing(failed=reason is not None)
+        self.begin_shutdown(failed=reason is not None)  # (at once when nothing is owed)
 
     def info_text(self, section: str | None) -> bytes:
         """The proxy's own INFO sections, from the composition root (None: every one)."""

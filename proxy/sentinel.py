@@ -58,14 +58,7 @@ async def connect(
     node: Node, server_tls: ServerTlsConfig | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to a sentinel or server, with TLS when the pool's config says so."""
-    if server_tls is None:
-        return await asyncio.open_connection(node[0], node[1])
-    return await asyncio.open_connection(
-        node[0],
-        node[1],
-        ssl=tls.server_context(server_tls),
-        server_hostname=tls.server_hostname(server_tls, node[0]),
-    )
+    return await asyncio.open_connection(node[0], node[1], **tls.connect_options(server_tls, node[0]))
 
 
 async def ask(

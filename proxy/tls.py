@@ -20,7 +20,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
 from proxy.security import ServerTlsConfig, TlsConfig
 
@@ -86,11 +86,14 @@ def forget_server_contexts() -> None:
     server_context.cache_clear()
 
 
-def server_hostname(cfg: ServerTlsConfig, host: str) -> str | None:
-    """The SNI name sent and verified: ``server_name``, else the host connected to."""
-    if cfg.server_name:
-        return cfg.server_name
-    return host if cfg.verify else None
+def connect_options(cfg: ServerTlsConfig | None, host: str) -> dict[str, Any]:
+    """What ``create_connection``/``open_connection`` to ``host`` takes for ``cfg`` (nothing
+    without TLS): the context, and the SNI name sent and verified (``server_name``, else the
+    host connected to)."""
+    if cfg is None:
+        return {}
+    name = cfg.server_name or (host if cfg.verify else None)
+    return {"ssl": server_context(cfg), "server_hostname": name}
 
 
 class TlsAcceptor(asyncio.Protocol):

@@ -313,17 +313,10 @@ class Server:
                 if addr.unix_path:
                     await self._loop.create_unix_connection(lambda: conn, addr.unix_path)
                 else:
-                    server_tls = self.pool.config.server_tls
-                    if server_tls is None:
-                        transport, _ = await self._loop.create_connection(lambda: conn, addr.host, addr.port)
-                    else:
-                        transport, _ = await self._loop.create_connection(
-                            lambda: conn,
-                            addr.host,
-                            addr.port,
-                            ssl=tls.server_context(server_tls),
-                            server_hostname=tls.server_hostname(server_tls, addr.host),
-                        )
+                    options = tls.connect_options(self.pool.config.server_tls, addr.host)
+                    transport, _ = await self._loop.create_connection(
+                        lambda: conn, addr.host, addr.port, **options
+                    )
                     if self.pool.config.tcpkeepalive:  # twemproxy's key: keepalive to servers
                         sock = transport.get_extra_info("socket")
                         if sock is not None:
