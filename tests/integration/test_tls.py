@@ -448,9 +448,12 @@ def to_tls_servers(
 ) -> Iterator[tuple[ResProxy, dict[str, int]]]:
     """Plain fronts over the two TLS-only servers (client certificates required): ``good``
     (verified against ``certs.ca``, presenting ``certs.client_cert``), ``badca`` (verified
-    against the other CA) and ``nocert`` (verified, no client certificate)."""
+    against the other CA), ``nocert`` (verified, no client certificate), ``named`` and
+    ``wrongname`` (``server_name``: the certificate's name, and another one) and ``noverify``
+    (the other CA, ``verify: false``)."""
     servers = server_lines(backends["tls"])
-    ports = {name: free_port() for name in ("good", "badca", "nocert")}
+    ports = {name: free_port() for name in ("good", "badca", "nocert", "named", "wrongname", "noverify")}
+    cert = {"cert_file": certs.client_cert, "key_file": certs.client_key}
     text = native_config(
         pool_yaml(
             "good",
@@ -474,8 +477,29 @@ def to_tls_servers(
             timeout=SERVER_TIMEOUT_MS,
             server_tls=YamlFlow(ca_file=certs.ca),
         ),
+        pool_yaml(
+            "named",
+            ports["named"],
+            servers,
+            timeout=SERVER_TIMEOUT_MS,
+            server_tls=YamlFlow(ca_file=certs.ca, server_name="localhost", **cert),
+        ),
+        pool_yaml(
+            "wrongname",
+            ports["wrongname"],
+            servers,
+            timeout=SERVER_TIMEOUT_MS,
+            server_tls=YamlFlow(ca_file=certs.ca, server_name="elsewhere.example", **cert),
+        ),
+        pool_yaml(
+            "noverify",
+            ports["noverify"],
+            servers,
+            timeout=SERVER_TIMEOUT_MS,
+            server_tls=YamlFlow(ca_file=certs.other_ca, verify=False, **cert),
+        ),
     )
-    with ResProxy(text, port=ports["good"]).start(pools=3) as p:
+    with ResProxy(text, port=ports["good"]).start(pools=len(ports)) as p:
         yield p, ports
 
 
@@ -500,7 +524,11 @@ def test_ring_pool_over_tls_servers(
 
 @pytest.mark.parametrize(
     ("pool", "why"),
-    [("badca", "certificate verify failed"), ("nocert", "certificate required")],
+    [
+        ("badca", "certificate verify failed"),
+        ("nocert", "certificate required"),
+        ("wrongname", "certificate verify failed"),  # (the name is not the certificate's)
+    ],
 )
 def test_server_tls_refused_is_an_error_reply(
     to_tls_servers: tuple[ResProxy, dict[str, int]], pool: str, why: str
@@ -514,6 +542,38 @@ def test_server_tls_refused_is_an_error_reply(
             text = error_text(c.call(*command))
             assert text.startswith("ERR server s") and why in text.lower(), text
         assert c.call("PING") == b"PONG"  # the client's connection stays usable
+    assert_no_traceback(proxy)
+
+
+@pytest.mark.parametrize("pool", ["named", "noverify"])
+def test_server_name_and_verify(to_tls_servers: tuple[ResProxy, dict[str, int]], pool: str) -> None:
+    """``server_name``: the name verified is the certificate's (not the address connected to);
+    ``verify: false``: a server no trusted CA signed is still reached (TLS, unverified)."""
+    proxy, ports = to_tls_servers
+    with RawClient(ports[pool], CLIENT_TIMEOUT_S) as c:
+        assert c.call("SET", f"{pool}:k", "v") == b"OK"
+        assert c.call("GET", f"{pool}:k") == b"v"
+    assert_no_traceback(proxy)
+
+
+def test_tls_servers_restarted_twice_are_reached_again(
+    to_tls_servers: tuple[ResProxy, dict[str, int]], backends: dict[str, list[RedisServer]]
+) -> None:
+    """A TLS server that restarts (twice) is reconnected over TLS; requests work again."""
+    proxy, ports = to_tls_servers
+    server = backends["tls"][0]
+    with RawClient(ports["good"], CLIENT_TIMEOUT_S) as c:
+        keys = [f"restart:{i}" for i in range(40)]
+        for round_ in range(2):
+            server.restart()
+
+            def all_answered() -> bool:
+                replies = c.pipeline([("SET", k, str(round_)) for k in keys])
+                return replies == [b"OK"] * len(keys)
+
+            poll_until(all_answered, f"every key served after restart {round_ + 1}", 30)
+            assert c.call("MGET", *keys) == [str(round_).encode()] * len(keys)
+        assert int(server.call("DBSIZE")) > 0  # its keys are there again, over TLS
     assert_no_traceback(proxy)
 
 

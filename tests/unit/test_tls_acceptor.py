@@ -13,11 +13,13 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
 
-from proxy.tls import JOIN_MAX, TlsAcceptor, joined_writes
+from proxy.security import TlsConfig
+from proxy.tls import JOIN_MAX, TlsAcceptor, TlsSetupError, front_context, joined_writes
 
 CONNECTIONS = 200
 
@@ -45,10 +47,13 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)  # type: ignore[attr-defined]
 
 
-def _serve(cert: tuple[str, str], client_work: object, timeout_s: float = 5.0) -> tuple[object, list[str]]:
+def _serve(
+    cert: tuple[str, str], client_work: object, timeout_s: float = 5.0, context: ssl.SSLContext | None = None
+) -> tuple[Any, list[str]]:
     """Run an acceptor server on uvloop while ``client_work(port)`` runs in a thread."""
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(*cert)
+    server_ctx = context or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if context is None:
+        server_ctx.load_cert_chain(*cert)
     failures: list[str] = []
 
     async def main() -> object:
@@ -160,3 +165,28 @@ def test_writes_to_a_tls_transport_are_joined_into_one_and_the_rest_passes_throu
     assert raw.paused
     plain = Recorder(tls=False)
     assert joined_writes(plain) is plain  # type: ignore[arg-type,comparison-overlap]
+
+
+def test_min_version_and_ciphers_are_applied(cert: tuple[str, str], tmp_path: Path) -> None:
+    """``min_version: TLSv1.3`` refuses a TLS 1.2 client; ``ciphers`` limits TLS 1.2's suites,
+    and a cipher string OpenSSL cannot use is a setup error naming it."""
+    crt, key = cert
+    strict = front_context(TlsConfig(cert_file=crt, key_file=key, min_version="TLSv1.3"))
+    old_client = ssl.create_default_context(cafile=crt)
+    old_client.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def handshake(port: int) -> str:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            with old_client.wrap_socket(raw, server_hostname="localhost") as s:
+                return str(s.version())
+        except ssl.SSLError as exc:
+            return f"refused: {exc.reason}"
+
+    outcome, failures = _serve(cert, handshake, context=strict)
+    assert outcome.startswith("refused") and len(failures) == 1, (outcome, failures)
+    one_suite = "ECDHE-ECDSA-AES128-GCM-SHA256"
+    narrow = front_context(TlsConfig(cert_file=crt, key_file=key, ciphers=one_suite))
+    assert [c["name"] for c in narrow.get_ciphers() if c["protocol"] == "TLSv1.2"] == [one_suite]
+    with pytest.raises(TlsSetupError, match="ciphers 'NO-SUCH-CIPHER'"):
+        front_context(TlsConfig(cert_file=crt, key_file=key, ciphers="NO-SUCH-CIPHER"))
